@@ -1,0 +1,1 @@
+//! succession backend for etcd (in progress).

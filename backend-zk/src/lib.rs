@@ -1,0 +1,1 @@
+//! succession backend for zk (in progress).

@@ -1,0 +1,412 @@
+//! The conformance suite every backend runs (feature `conformance`).
+//!
+//! Each function takes a [`Factory`] that makes participants of one fresh election, runs
+//! one scenario, and panics with a report when the backend breaks the [`Election`]
+//! contract. Every scenario watches all its participants with a [`LeadershipChecker`].
+//! Generate one `#[tokio::test]` per scenario with [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```ignore
+//! mod conformance {
+//!     succession_core::conformance_tests!(my_backend_factory().await);
+//! }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+pub use crate::checker::{EventKind, LeadershipChecker, LeadershipEvent};
+use crate::election::{Election, ElectionExt};
+use crate::error::{ErrorKind, Result};
+use crate::status::Role;
+
+/// How long the backend under test may take for each kind of transition.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// From `join` being called to our place being held.
+    pub join: Duration,
+    /// From the leader resigning or closing to its successor leading.
+    pub handover: Duration,
+    /// From the leader's handle being dropped without close (like a crash) to its
+    /// successor leading (e.g. session timeout or lease TTL plus slack).
+    pub crash: Duration,
+}
+
+/// Makes participants of ONE fresh election (a fresh path or prefix) for one scenario.
+#[async_trait]
+pub trait Factory: Send + Sync {
+    /// A new, not yet joined participant with this id.
+    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>>;
+
+    /// The backend's time bounds.
+    fn bounds(&self) -> Bounds;
+
+    /// What the store still holds for this election (nodes, keys, leases), for the
+    /// clean-exit invariant; must be empty once every participant has closed.
+    async fn leftovers(&self) -> Result<Vec<String>>;
+}
+
+async fn make(f: &dyn Factory, ids: &[&str], checker: &LeadershipChecker) -> Vec<Arc<dyn Election>> {
+    let mut v = Vec::new();
+    for id in ids {
+        let e = f
+            .participant(id)
+            .await
+            .unwrap_or_else(|e| panic!("factory could not make participant {id}: {e}"));
+        checker.watch(e.as_ref());
+        v.push(e);
+    }
+    v
+}
+
+async fn join_all(f: &dyn Factory, es: &[Arc<dyn Election>]) {
+    for e in es {
+        tokio::time::timeout(f.bounds().join, e.join())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not join within {:?}", e.id(), f.bounds().join))
+            .unwrap_or_else(|err| panic!("{} failed to join: {err}", e.id()));
+    }
+}
+
+fn leaders(es: &[Arc<dyn Election>]) -> Vec<usize> {
+    es.iter()
+        .enumerate()
+        .filter(|(_, e)| e.is_leader())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+async fn expect_leader(f: &dyn Factory, e: &Arc<dyn Election>, bound: Duration, what: &str) {
+    let _ = f;
+    e.wait_for_leadership(bound)
+        .await
+        .unwrap_or_else(|err| panic!("{what}: {} did not lead within {bound:?}: {err}", e.id()));
+}
+
+async fn expect_follower(e: &Arc<dyn Election>, bound: Duration) {
+    e.wait_for_status(bound, |s| matches!(s.role, Role::Follower { .. }))
+        .await
+        .unwrap_or_else(|err| panic!("{} did not become a follower: {err}", e.id()));
+}
+
+async fn close_all(es: &[Arc<dyn Election>]) {
+    for e in es {
+        e.close()
+            .await
+            .unwrap_or_else(|err| panic!("{} failed to close: {err}", e.id()));
+    }
+}
+
+/// Participants lead in the order they joined; each resign or close hands over to the next.
+pub async fn fifo_handover_in_join_order(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    expect_leader(f, &es[0], b.join, "first joiner").await;
+    expect_follower(&es[1], b.join).await;
+    expect_follower(&es[2], b.join).await;
+    assert_eq!(leaders(&es), vec![0], "only a leads");
+    es[0].resign().await.expect("a resigns");
+    expect_leader(f, &es[1], b.handover, "after a resigned").await;
+    assert_eq!(leaders(&es), vec![1], "only b leads after a resigned");
+    es[1].close().await.expect("b closes");
+    expect_leader(f, &es[2], b.handover, "after b closed").await;
+    assert_eq!(leaders(&es), vec![2]);
+    close_all(&es).await;
+    checker.assert_ok();
+    assert_eq!(checker.grants(), 3, "{:?}", checker.events());
+}
+
+/// Every grant carries a larger term than the one before, over repeated handovers and
+/// rejoins of the same participants.
+pub async fn terms_strictly_increase_across_grants(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let mut last = None;
+    for round in 0..4 {
+        let i = round % 2;
+        let lead = es[i]
+            .wait_for_leadership(b.handover.max(b.join))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {} did not lead: {e}", es[i].id()));
+        if let Some(prev) = last {
+            assert!(lead.term() > prev, "round {round}: term {} not above {prev}", lead.term());
+        }
+        last = Some(lead.term());
+        es[i].resign().await.expect("resign");
+        tokio::time::timeout(b.join, es[i].join())
+            .await
+            .expect("rejoin in time")
+            .expect("rejoin");
+    }
+    close_all(&es).await;
+    checker.assert_ok();
+    // Four rounds, then closing the leader (a) hands over once more (to b).
+    assert_eq!(checker.grants(), 4 + 1 + 1, "{:?}", checker.events());
+}
+
+/// Closing followers (the last, then one in the middle of the queue) elects nobody new and
+/// leaves the rest of the queue working.
+pub async fn closing_a_follower_elects_nobody_new(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c", "d"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let lead = es[0].wait_for_leadership(b.join).await.expect("a leads");
+    es[3].close().await.expect("d closes");
+    es[1].close().await.expect("b (middle) closes");
+    let ids: Vec<String> = es[0]
+        .participants()
+        .await
+        .expect("participants")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, vec!["a", "c"], "queue after closing followers");
+    assert!(lead.is_current(), "a still leads with the same term");
+    assert_eq!(leaders(&es), vec![0]);
+    assert_eq!(checker.grants(), 1, "nobody new was elected: {:?}", checker.events());
+    // c's predecessor changed from b to a: it must still take over when a leaves.
+    es[0].resign().await.expect("a resigns");
+    expect_leader(f, &es[2], b.handover, "after a resigned (c re-watched a)").await;
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// A leader that closes hands over, ends `Closed`, and refuses to join again.
+pub async fn closing_the_leader_hands_over(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let lead = es[0].wait_for_leadership(b.join).await.expect("a leads");
+    es[0].close().await.expect("a closes");
+    assert_eq!(es[0].status().borrow().role, Role::Closed);
+    assert!(!lead.is_current());
+    expect_leader(f, &es[1], b.handover, "after the leader closed").await;
+    let err = es[0].join().await.expect_err("join after close must fail");
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    es[0].close().await.expect("close is idempotent");
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// A resigned participant is Idle, can join again, and re-enters at the back of the queue.
+pub async fn resign_then_rejoin_goes_to_the_back(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let first = es[0].wait_for_leadership(b.join).await.expect("a leads");
+    es[0].resign().await.expect("a resigns");
+    assert_eq!(es[0].status().borrow().role, Role::Idle);
+    expect_leader(f, &es[1], b.handover, "after a resigned").await;
+    es[0].join().await.expect("a rejoins");
+    expect_follower(&es[0], b.join).await;
+    let ids: Vec<String> = es[1]
+        .participants()
+        .await
+        .expect("participants")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, vec!["b", "a"], "a went to the back");
+    es[1].resign().await.expect("b resigns");
+    let again = es[0]
+        .wait_for_leadership(b.handover)
+        .await
+        .expect("a leads again");
+    assert!(again.term() > first.term());
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// `leader()` and `participants()` read the store and agree with the published roles; an
+/// election nobody joined has no leader and no participants (not an error).
+pub async fn leader_and_participants_match_roles(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    assert_eq!(es[0].leader().await.expect("leader of empty election"), None);
+    assert!(es[0].participants().await.expect("participants of empty election").is_empty());
+    join_all(f, &es).await;
+    let b = f.bounds();
+    for round in 0..2 {
+        let lead = es[round].wait_for_leadership(b.handover.max(b.join)).await.expect("leads");
+        let leader = es[2].leader().await.expect("leader()").expect("someone leads");
+        assert_eq!(leader.id, es[round].id());
+        assert!(leader.is_leader);
+        if let Some(t) = leader.term {
+            assert_eq!(t, lead.term(), "leader() term matches the grant");
+        }
+        let ps = es[2].participants().await.expect("participants()");
+        let ids: Vec<&str> = ps.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, es[round..].iter().map(|e| e.id()).collect::<Vec<_>>());
+        assert_eq!(ps.iter().filter(|p| p.is_leader).count(), 1);
+        assert!(ps[0].is_leader);
+        es[round].close().await.expect("close");
+    }
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// Ten participants, each winning leadership ten times (wait, resign, rejoin): never two
+/// leaders, terms always increasing.
+pub async fn ten_participants_ten_rounds_never_two_leaders(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let ids: Vec<String> = (0..10).map(|i| format!("p{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let es = make(f, &refs, &checker).await;
+    let b = f.bounds();
+    let patience = (b.handover + b.join) * 12;
+    let mut tasks = Vec::new();
+    for e in &es {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10 {
+                e.join().await.expect("join");
+                e.wait_for_leadership(patience)
+                    .await
+                    .unwrap_or_else(|err| panic!("{} round {round}: {err}", e.id()));
+                e.resign().await.expect("resign");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("participant task panicked");
+    }
+    close_all(&es).await;
+    checker.assert_ok();
+    assert_eq!(checker.grants(), 100, "every participant led ten times");
+}
+
+/// `wait_for_leadership` with a timeout gives up with `Timeout` in time while another leads.
+pub async fn wait_for_leadership_times_out_in_time(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b"], &checker).await;
+    join_all(f, &es).await;
+    es[0].wait_for_leadership(f.bounds().join).await.expect("a leads");
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = es[1]
+        .wait_for_leadership(timeout)
+        .await
+        .expect_err("b must not lead while a does");
+    let took = started.elapsed();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(took >= timeout, "returned early: {took:?}");
+    assert!(took < timeout + Duration::from_secs(2), "returned late: {took:?}");
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// After every participant closed, the store holds nothing of them.
+pub async fn close_leaves_nothing_behind(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    join_all(f, &es).await;
+    es[0].wait_for_leadership(f.bounds().join).await.expect("a leads");
+    // Close the leader last so that closing followers under a live leader is covered too.
+    close_all(&[es[1].clone(), es[2].clone(), es[0].clone()]).await;
+    let left = f.leftovers().await.expect("leftovers");
+    assert!(left.is_empty(), "left behind after close: {left:?}");
+    checker.assert_ok();
+}
+
+/// Joining twice holds one place; closing twice is fine; a closed handle refuses `join`.
+pub async fn join_is_idempotent_and_closed_handle_refuses(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a"], &checker).await;
+    join_all(f, &es).await;
+    join_all(f, &es).await;
+    es[0].wait_for_leadership(f.bounds().join).await.expect("a leads");
+    assert_eq!(es[0].participants().await.expect("participants").len(), 1);
+    es[0].close().await.expect("close");
+    es[0].close().await.expect("second close");
+    let err = es[0].join().await.expect_err("join after close");
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    checker.assert_ok();
+}
+
+/// The `Leadership` handle learns of the loss at once, and `run_while_leader` cancels work
+/// on loss and refuses to start when not leading.
+pub async fn leadership_handle_reports_loss_and_cancels_work(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let lead = es[0].wait_for_leadership(b.join).await.expect("a leads");
+    let err = es[1]
+        .run_while_leader(async {})
+        .await
+        .expect_err("b is not leader");
+    assert_eq!(err.kind(), ErrorKind::NotLeader);
+    let a = es[0].clone();
+    let work = tokio::spawn(async move { a.run_while_leader(std::future::pending::<()>()).await });
+    // Let the work start before leadership goes away.
+    tokio::task::yield_now().await;
+    es[0].resign().await.expect("resign");
+    tokio::time::timeout(Duration::from_secs(1), lead.lost())
+        .await
+        .expect("lost() completes once resigned");
+    assert!(!lead.is_current());
+    let res = tokio::time::timeout(Duration::from_secs(1), work)
+        .await
+        .expect("work cancelled in time")
+        .expect("task");
+    assert_eq!(res.expect_err("work was cancelled").kind(), ErrorKind::NotLeader);
+    expect_leader(f, &es[1], b.handover, "after a resigned").await;
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// A leader whose handle is dropped without `close` (like a crashed process) is replaced
+/// within the backend's crash bound.
+pub async fn dropped_leader_is_replaced_within_crash_bound(f: &dyn Factory) {
+    let checker = LeadershipChecker::new();
+    let mut es = make(f, &["a", "b"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    es[0].wait_for_leadership(b.join).await.expect("a leads");
+    let a = es.remove(0);
+    assert_eq!(Arc::strong_count(&a), 1, "the test holds the only handle");
+    drop(a);
+    expect_leader(f, &es[0], b.crash, "after the leader's handle was dropped").await;
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// Generates one `#[tokio::test]` per conformance scenario. `$make` is an expression
+/// (evaluated inside each async test, so it may `.await`) giving a value that implements
+/// [`Factory`](crate::conformance::Factory) for a fresh election.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            fifo_handover_in_join_order,
+            terms_strictly_increase_across_grants,
+            closing_a_follower_elects_nobody_new,
+            closing_the_leader_hands_over,
+            resign_then_rejoin_goes_to_the_back,
+            leader_and_participants_match_roles,
+            ten_participants_ten_rounds_never_two_leaders,
+            wait_for_leadership_times_out_in_time,
+            close_leaves_nothing_behind,
+            join_is_idempotent_and_closed_handle_refuses,
+            leadership_handle_reports_loss_and_cancels_work,
+            dropped_leader_is_replaced_within_crash_bound
+        );
+    };
+    (@each $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let factory = $make;
+                $crate::conformance::$name(&factory).await;
+            }
+        )*
+    };
+}
