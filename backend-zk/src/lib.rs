@@ -1,1 +1,14 @@
-//! succession backend for zk (in progress).
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+mod config;
+mod error;
+mod latch;
+mod names;
+
+pub use config::{
+    ConnectionPolicy, NodeAcl, ZkConfig, ZkConfigBuilder, DEFAULT_CONNECTION_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT, MAX_SESSION_TIMEOUT, MIN_SESSION_TIMEOUT,
+};
+pub use latch::ZkElection;

@@ -1,0 +1,274 @@
+//! [`ZkConfig`]: what a ZooKeeper latch participant needs, validated before anything connects.
+
+use std::fmt;
+use std::time::Duration;
+
+use succession_core::{validate, Error, Result};
+
+/// The smallest session timeout accepted (ZooKeeper's default minimum is 2 x tickTime; with
+/// the common tickTime of 2 s that is 4 s, with tickTime 500 ms it is 1 s).
+pub const MIN_SESSION_TIMEOUT: Duration = Duration::from_secs(1);
+/// The largest session timeout accepted (ZooKeeper's default maximum is 20 x tickTime).
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Default session timeout.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// Default connection timeout (how long one connection attempt may take).
+pub const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a leader does while its connection is in doubt (ZooKeeper `Disconnected`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ConnectionPolicy {
+    /// Drop leadership the moment the connection is in doubt and take it back (with a new
+    /// term) once reconnected, if our node is still first. Curator's standard policy. Safe:
+    /// the leader never acts while another may have been elected.
+    #[default]
+    Standard,
+    /// Keep leading through short connection blips: leadership is dropped only when the
+    /// connection has been lost for a quarter of the session timeout (or the session ends).
+    /// The server expires a silent session one session timeout after it last heard from us,
+    /// and the client notices a silent connection at most 2/3 of the session timeout after
+    /// that, so a quarter leaves a margin before any successor can be elected.
+    Session,
+}
+
+/// The ACL for the nodes this participant creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NodeAcl {
+    /// Anyone may do anything (ZooKeeper's `OPEN_ACL_UNSAFE`, Curator's default).
+    #[default]
+    Open,
+    /// Only clients with the creator's authentication have rights (needs `auth`).
+    CreatorAll,
+}
+
+/// Configuration of one ZooKeeper latch participant. Build with [`ZkConfig::builder`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ZkConfig {
+    /// Connect string: `host:port[,host:port...]`, optionally followed by a chroot path.
+    pub connect: String,
+    /// The latch path (the parent of the participants' nodes), e.g. `/services/app/leader`.
+    pub path: String,
+    /// This participant's id (stored as its node's data, Curator-compatible).
+    pub id: String,
+    /// Requested session timeout (the server may clamp it to 2..20 x tickTime).
+    pub session_timeout: Duration,
+    /// How long one connection attempt may take.
+    pub connection_timeout: Duration,
+    /// What a leader does while the connection is in doubt.
+    pub connection_policy: ConnectionPolicy,
+    /// The ACL of the nodes we create.
+    pub acl: NodeAcl,
+    /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
+    pub(crate) auth: Option<(String, Vec<u8>)>,
+}
+
+impl fmt::Debug for ZkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZkConfig")
+            .field("connect", &self.connect)
+            .field("path", &self.path)
+            .field("id", &self.id)
+            .field("session_timeout", &self.session_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("connection_policy", &self.connection_policy)
+            .field("acl", &self.acl)
+            .field(
+                "auth",
+                &self.auth.as_ref().map(|(scheme, _)| format!("{scheme}:<redacted>")),
+            )
+            .finish()
+    }
+}
+
+impl ZkConfig {
+    /// Start a configuration: connect string, latch path, participant id. Defaults:
+    /// session timeout [`DEFAULT_SESSION_TIMEOUT`], connection timeout
+    /// [`DEFAULT_CONNECTION_TIMEOUT`], [`ConnectionPolicy::Standard`], [`NodeAcl::Open`], no auth.
+    pub fn builder(
+        connect: impl Into<String>,
+        path: impl Into<String>,
+        id: impl Into<String>,
+    ) -> ZkConfigBuilder {
+        ZkConfigBuilder {
+            cfg: ZkConfig {
+                connect: connect.into(),
+                path: path.into(),
+                id: id.into(),
+                session_timeout: DEFAULT_SESSION_TIMEOUT,
+                connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+                connection_policy: ConnectionPolicy::Standard,
+                acl: NodeAcl::Open,
+                auth: None,
+            },
+        }
+    }
+}
+
+/// Builder of [`ZkConfig`]; [`build`](ZkConfigBuilder::build) validates everything.
+#[derive(Debug, Clone)]
+pub struct ZkConfigBuilder {
+    cfg: ZkConfig,
+}
+
+impl ZkConfigBuilder {
+    /// Requested session timeout (1 s ..= 120 s).
+    pub fn session_timeout(mut self, d: Duration) -> Self {
+        self.cfg.session_timeout = d;
+        self
+    }
+
+    /// How long one connection attempt may take.
+    pub fn connection_timeout(mut self, d: Duration) -> Self {
+        self.cfg.connection_timeout = d;
+        self
+    }
+
+    /// What a leader does while the connection is in doubt.
+    pub fn connection_policy(mut self, p: ConnectionPolicy) -> Self {
+        self.cfg.connection_policy = p;
+        self
+    }
+
+    /// The ACL of the nodes we create.
+    pub fn acl(mut self, acl: NodeAcl) -> Self {
+        self.cfg.acl = acl;
+        self
+    }
+
+    /// Digest authentication (`user:password`), added to every session.
+    pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
+        self.cfg.auth = Some(("digest".into(), format!("{user}:{password}").into_bytes()));
+        self
+    }
+
+    /// Validate and build.
+    pub fn build(self) -> Result<ZkConfig> {
+        let c = self.cfg;
+        validate_connect(&c.connect)?;
+        validate::store_path(&c.path, "latch path")?;
+        if c.path == "/zookeeper" || c.path.starts_with("/zookeeper/") {
+            return Err(Error::invalid_config(format!(
+                "latch path {:?} is under /zookeeper, which ZooKeeper reserves; choose another path",
+                c.path
+            )));
+        }
+        validate::participant_id(&c.id)?;
+        validate::duration(
+            c.session_timeout,
+            "session timeout",
+            Some(MIN_SESSION_TIMEOUT),
+            Some(MAX_SESSION_TIMEOUT),
+        )?;
+        validate::duration(
+            c.connection_timeout,
+            "connection timeout",
+            Some(Duration::from_millis(10)),
+            Some(MAX_SESSION_TIMEOUT),
+        )?;
+        if c.acl == NodeAcl::CreatorAll && c.auth.is_none() {
+            return Err(Error::invalid_config(
+                "NodeAcl::CreatorAll needs authentication; add digest_auth(user, password) or use NodeAcl::Open",
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// `host:port[,host:port...][/chroot]`.
+fn validate_connect(connect: &str) -> Result<()> {
+    if connect.trim().is_empty() {
+        return Err(Error::invalid_config(
+            "ZooKeeper connect string is empty; give host:port[,host:port...], e.g. 127.0.0.1:2181",
+        ));
+    }
+    let (hosts, chroot) = match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    };
+    if let Some(chroot) = chroot {
+        validate::store_path(chroot, "chroot in the connect string")?;
+    }
+    for host in hosts.split(',') {
+        let bad = |why: &str| {
+            Error::invalid_config(format!(
+                "ZooKeeper server {host:?} in {connect:?} {why}; write each server as host:port, e.g. 127.0.0.1:2181"
+            ))
+        };
+        let (h, p) = host.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+        if h.is_empty() || h.contains(char::is_whitespace) {
+            return Err(bad("has no host name"));
+        }
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad("has no valid port (1-65535)")),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use succession_core::ErrorKind;
+
+    fn build(connect: &str, path: &str, id: &str) -> Result<ZkConfig> {
+        ZkConfig::builder(connect, path, id).build()
+    }
+
+    #[test]
+    fn good_config_builds_with_documented_defaults() {
+        let c = build("127.0.0.1:2181,127.0.0.2:2181/chroot", "/app/leader", "n1").unwrap();
+        assert_eq!(c.session_timeout, DEFAULT_SESSION_TIMEOUT);
+        assert_eq!(c.connection_policy, ConnectionPolicy::Standard);
+    }
+
+    #[test]
+    fn bad_config_is_refused_with_what_to_do() {
+        let cases = [
+            ("", "/a", "n", "empty"),
+            ("127.0.0.1", "/a", "n", "no port"),
+            ("127.0.0.1:0", "/a", "n", "valid port"),
+            ("127.0.0.1:x", "/a", "n", "valid port"),
+            (":2181", "/a", "n", "no host"),
+            ("127.0.0.1:2181/", "/a", "n", "chroot"),
+            ("127.0.0.1:2181", "a", "n", "relative"),
+            ("127.0.0.1:2181", "/a/", "n", "trailing"),
+            ("127.0.0.1:2181", "/zookeeper/x", "n", "reserves"),
+            ("127.0.0.1:2181", "/a", "", "non-empty"),
+        ];
+        for (connect, path, id, hint) in cases {
+            let e = build(connect, path, id).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig, "{connect} {path} {id}");
+            assert!(e.to_string().contains(hint), "{e} should mention {hint}");
+        }
+        let e = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .session_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 1s"), "{e}");
+        let e = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .session_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("zero"), "{e}");
+        let e = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .acl(NodeAcl::CreatorAll)
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("digest_auth"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let c = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .digest_auth("user", "s3cret")
+            .build()
+            .unwrap();
+        let s = format!("{c:?}");
+        assert!(!s.contains("s3cret"), "{s}");
+        assert!(s.contains("redacted"));
+    }
+}

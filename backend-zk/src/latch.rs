@@ -1,0 +1,945 @@
+//! [`ZkElection`]: the latch participant, and the background driver that keeps it in the
+//! election whatever happens to its session, its node or the latch path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use succession_core::{
+    Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status, StatusCell, Term,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tracing::{debug, info, warn, Instrument};
+use zookeeper_client as zk;
+
+use crate::config::{ConnectionPolicy, NodeAcl, ZkConfig};
+use crate::error::{map, permanent, session_gone};
+use crate::names::{self, protected_prefix, Child};
+
+/// A participant in a ZooKeeper latch election (Curator LeaderLatch-compatible layout).
+///
+/// Create with [`ZkElection::new`] (no I/O), then [`join`](Election::join). A background
+/// task owns the ZooKeeper session and keeps this participant in the election: it repairs
+/// the latch path and its own node after any loss (session expiry, a wiped ensemble, the
+/// path deleted under it), detects a wiped ensemble early with a probe session, and
+/// publishes every change on the [`status`](Election::status) stream.
+///
+/// # Terms
+/// Each grant claims leadership with one atomic multi-operation: check that our node still
+/// exists, and write (empty) data to the latch path. The term is
+/// `Term::new(ctime of the latch path in ms, mzxid of that write)`. zxids grow with every
+/// write, so terms grow with every grant, including a re-grant after a suspension. After a
+/// wipe, zxids restart but the latch path is recreated with a later ctime. Assumption: the
+/// ZooKeeper servers' clocks do not step back across a wipe by more than the wipe took.
+///
+/// # Dropping
+/// Dropping the handle stops the background task and closes the session: ZooKeeper deletes
+/// our node at once, like a process exit. [`close`](Election::close) does the same but
+/// publishes `Closed` first and confirms the deletion.
+pub struct ZkElection {
+    cfg: Arc<ZkConfig>,
+    cell: Arc<StatusCell>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ZkElection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkElection")
+            .field("id", &self.cfg.id)
+            .field("path", &self.cfg.path)
+            .field("role", &self.cell.get().role)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    driver: Mutex<Option<Driver>>,
+    closed: AtomicBool,
+    fatal: Mutex<Option<(ErrorKind, String)>>,
+    /// The driver's current client, for reads from the handle.
+    client: Mutex<Option<zk::Client>>,
+    /// A client for reads when the driver has none (e.g. before `join`).
+    reader: Mutex<Option<zk::Client>>,
+}
+
+struct Driver {
+    tx: mpsc::UnboundedSender<Cmd>,
+    task: JoinHandle<()>,
+}
+
+enum Cmd {
+    Join,
+    Resign(oneshot::Sender<Result<()>>),
+    Close(oneshot::Sender<Result<()>>),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ZkElection {
+    /// A participant for `cfg` (already validated by [`ZkConfig`]'s builder). No I/O happens
+    /// until [`join`](Election::join) or a read.
+    pub fn new(cfg: ZkConfig) -> Result<ZkElection> {
+        Ok(ZkElection {
+            cfg: Arc::new(cfg),
+            cell: Arc::new(StatusCell::new()),
+            inner: Arc::new(Inner::default()),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ZkConfig {
+        &self.cfg
+    }
+
+    /// The id of the ZooKeeper session currently used to take part (None when not
+    /// connected). Useful to match this participant in the server's `cons` output.
+    pub fn session_id(&self) -> Option<i64> {
+        lock(&self.inner.client).as_ref().map(|c| c.session_id().0)
+    }
+
+    fn sender(&self) -> Result<mpsc::UnboundedSender<Cmd>> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(self.closed_error());
+        }
+        let mut d = lock(&self.inner.driver);
+        if let Some(d) = d.as_ref() {
+            if !d.task.is_finished() {
+                return Ok(d.tx.clone());
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = DriverState {
+            cfg: self.cfg.clone(),
+            cell: self.cell.clone(),
+            inner: self.inner.clone(),
+            rx,
+            client: None,
+            states: None,
+            session_timeout: self.cfg.session_timeout,
+            uuid: new_uuid(),
+            stale: Vec::new(),
+            node: None,
+            want: false,
+            failures: 0,
+            failing_since: None,
+        };
+        let span = tracing::info_span!("zk_latch", id = %self.cfg.id, path = %self.cfg.path);
+        let task = tokio::spawn(state.run().instrument(span));
+        *d = Some(Driver {
+            tx: tx.clone(),
+            task,
+        });
+        Ok(tx)
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::closed(&format!("ZooKeeper latch participant {}", self.cfg.id))
+    }
+
+    /// A connected client for reads: the driver's, or a lazily connected reader.
+    async fn read_client(&self) -> Result<zk::Client> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(self.closed_error());
+        }
+        if let Some(c) = lock(&self.inner.client).clone() {
+            if !c.state().is_terminated() {
+                return Ok(c);
+            }
+        }
+        if let Some(c) = lock(&self.inner.reader).clone() {
+            if !c.state().is_terminated() {
+                return Ok(c);
+            }
+        }
+        let c = connect(&self.cfg, self.cfg.session_timeout).await?;
+        *lock(&self.inner.reader) = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn read_participants(&self) -> Result<Vec<Participant>> {
+        let client = self.read_client().await?;
+        let bound = self.cfg.session_timeout;
+        let path = self.cfg.path.clone();
+        let read = async {
+            let children = match client.list_children(&path).await {
+                Ok(c) => c,
+                Err(zk::Error::NoNode) => return Ok(Vec::new()),
+                Err(e) => return Err(map(e, &format!("list latch path {path}"))),
+            };
+            let kids = names::sorted(children);
+            if kids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut reader = client.new_multi_reader();
+            for k in &kids {
+                reader
+                    .add_get_data(&format!("{path}/{}", k.name))
+                    .map_err(|e| map(e, "read participant nodes"))?;
+            }
+            let results = reader
+                .commit()
+                .await
+                .map_err(|e| map(e, "read participant nodes"))?;
+            let path_stat = client.check_stat(&path).await.ok().flatten();
+            let mut out = Vec::new();
+            for (k, r) in kids.iter().zip(results) {
+                if let zk::MultiReadResult::Data { data, .. } = r {
+                    let leader = out.is_empty();
+                    let mut p = Participant::new(String::from_utf8_lossy(&data), leader);
+                    if leader {
+                        if let Some(st) = path_stat {
+                            p = p.with_term(Term::new(st.ctime as u64, st.mzxid as u64));
+                        }
+                    }
+                    out.push(p);
+                } else {
+                    debug!(node = %k.name, "participant node vanished while reading");
+                }
+            }
+            Ok(out)
+        };
+        timeout(bound, read).await.unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "reading the participants of {path} took longer than the session timeout {bound:?}; ZooKeeper is unreachable or slow"
+            )))
+        })
+    }
+}
+
+#[async_trait]
+impl Election for ZkElection {
+    fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    async fn join(&self) -> Result<()> {
+        let tx = self.sender()?;
+        *lock(&self.inner.fatal) = None;
+        let mut rx = self.cell.subscribe();
+        if rx.borrow().role == Role::Idle {
+            self.cell.set_role(Role::Candidate, "joining");
+        }
+        tx.send(Cmd::Join).map_err(|_| self.closed_error())?;
+        loop {
+            if let Some((kind, msg)) = lock(&self.inner.fatal).clone() {
+                return Err(Error::new(kind, msg));
+            }
+            let role = rx.borrow_and_update().role.clone();
+            match role {
+                Role::Closed => return Err(self.closed_error()),
+                Role::Idle => {
+                    return Err(Error::new(
+                        ErrorKind::NotLeader,
+                        format!("{} resigned while joining; call join again", self.cfg.id),
+                    ))
+                }
+                r if r.is_joined() => return Ok(()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(self.closed_error());
+            }
+        }
+    }
+
+    async fn resign(&self) -> Result<()> {
+        let tx = {
+            let d = lock(&self.inner.driver);
+            match d.as_ref() {
+                Some(d) if !d.task.is_finished() => d.tx.clone(),
+                _ => return Ok(()),
+            }
+        };
+        let (ack, done) = oneshot::channel();
+        if tx.send(Cmd::Resign(ack)).is_err() {
+            return Ok(());
+        }
+        done.await.unwrap_or(Ok(()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let driver = lock(&self.inner.driver).take();
+        let mut result = Ok(());
+        if let Some(d) = driver {
+            let (ack, done) = oneshot::channel();
+            if d.tx.send(Cmd::Close(ack)).is_ok() {
+                result = done.await.unwrap_or(Ok(()));
+            }
+            let _ = d.task.await;
+        }
+        self.cell.close("closed");
+        *lock(&self.inner.client) = None;
+        *lock(&self.inner.reader) = None;
+        result
+    }
+
+    fn status(&self) -> watch::Receiver<Status> {
+        self.cell.subscribe()
+    }
+
+    async fn leader(&self) -> Result<Option<Participant>> {
+        Ok(self.read_participants().await?.into_iter().next())
+    }
+
+    async fn participants(&self) -> Result<Vec<Participant>> {
+        self.read_participants().await
+    }
+}
+
+impl Drop for ZkElection {
+    fn drop(&mut self) {
+        if let Some(d) = lock(&self.inner.driver).take() {
+            d.task.abort();
+        }
+        *lock(&self.inner.client) = None;
+        *lock(&self.inner.reader) = None;
+        self.cell.close("handle dropped");
+    }
+}
+
+fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn acls(cfg: &ZkConfig) -> zk::Acls<'static> {
+    match cfg.acl {
+        NodeAcl::Open => zk::Acls::anyone_all(),
+        NodeAcl::CreatorAll => zk::Acls::creator_all(),
+    }
+}
+
+/// Connect a new session (fails fast when no server answers).
+async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client> {
+    let mut c = zk::Client::connector()
+        .with_session_timeout(session_timeout)
+        .with_connection_timeout(cfg.connection_timeout)
+        .with_fail_eagerly();
+    if let Some((scheme, cred)) = &cfg.auth {
+        c = c.with_auth(scheme, cred);
+    }
+    let hosts = cfg.connect.split(',').count() as u32;
+    let bound = cfg.connection_timeout * (hosts + 1);
+    match timeout(bound, c.connect(&cfg.connect)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
+        Err(_) => Err(Error::timeout(format!(
+            "connecting to ZooKeeper at {} took longer than {bound:?}; is it running?",
+            cfg.connect
+        ))),
+    }
+}
+
+/// Our node in the latch.
+#[derive(Debug, Clone)]
+struct OwnNode {
+    name: String,
+    path: String,
+}
+
+/// What the driver does next.
+enum Next {
+    /// Run another round (re-verify our node, re-evaluate the queue).
+    Again,
+    /// Stop the driver (closed or handle gone).
+    Exit,
+}
+
+struct DriverState {
+    cfg: Arc<ZkConfig>,
+    cell: Arc<StatusCell>,
+    inner: Arc<Inner>,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    client: Option<zk::Client>,
+    states: Option<zk::StateWatcher>,
+    /// The negotiated session timeout.
+    session_timeout: Duration,
+    /// The protected-name uuid of the current session's node.
+    uuid: String,
+    /// uuids of nodes earlier sessions of ours may have left behind.
+    stale: Vec<String>,
+    node: Option<OwnNode>,
+    want: bool,
+    failures: u32,
+    failing_since: Option<Instant>,
+}
+
+/// How long to wait after a lost connection before the first probe session.
+const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
+/// Longest gap between probes.
+const MAX_PROBE_GAP: Duration = Duration::from_secs(2);
+/// Longest backoff between repair attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+impl DriverState {
+    async fn run(mut self) {
+        loop {
+            let next = if !self.want {
+                match self.rx.recv().await {
+                    Some(cmd) => self.command(cmd).await,
+                    None => Next::Exit,
+                }
+            } else {
+                self.step().await
+            };
+            if let Next::Exit = next {
+                self.set_client(None);
+                return;
+            }
+        }
+    }
+
+    fn set_client(&mut self, client: Option<zk::Client>) {
+        if let Some(c) = &client {
+            self.session_timeout = c.session_timeout();
+            self.states = Some(c.state_watcher());
+        } else {
+            self.states = None;
+        }
+        if let Some(n) = self.node.take() {
+            debug!(node = %n.name, "forgetting the node of the session we drop");
+        }
+        if self.client.is_some() {
+            // The session we drop may have left nodes under its uuid: remember it for
+            // cleanup, and name the next session's node with a fresh uuid.
+            self.stale.push(std::mem::replace(&mut self.uuid, new_uuid()));
+            if self.stale.len() > 16 {
+                self.stale.remove(0);
+            }
+        }
+        *lock(&self.inner.client) = client.clone();
+        self.client = client;
+    }
+
+    /// One step while participating.
+    async fn step(&mut self) -> Next {
+        let client = match self.client.clone() {
+            Some(c) if !c.state().is_terminated() => c,
+            Some(c) => {
+                let st = c.state();
+                info!(?st, "session ended; building a new session");
+                if st == zk::SessionState::AuthFailed {
+                    return self.fatal(ErrorKind::PermissionDenied, "ZooKeeper rejected the credentials (auth failed); fix digest_auth").await;
+                }
+                if self.cell.get().role.is_leader() || self.node.is_some() {
+                    self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper session expired; rejoining with a new session");
+                }
+                self.set_client(None);
+                return Next::Again;
+            }
+            None => return self.connect().await,
+        };
+        if client.state() == zk::SessionState::Disconnected {
+            return self.suspended(&client).await;
+        }
+        match self.round(&client).await {
+            Ok(next) => {
+                self.failures = 0;
+                self.failing_since = None;
+                next
+            }
+            Err(e) => self.failed(&client, e).await,
+        }
+    }
+
+    /// A round failed with a ZooKeeper error: classify, report, back off.
+    async fn failed(&mut self, client: &zk::Client, e: zk::Error) -> Next {
+        if permanent(&e) {
+            let err = map(e, &format!("take part in latch {}", self.cfg.path));
+            return self.fatal(err.kind(), err.message()).await;
+        }
+        if session_gone(&e) {
+            self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper session expired; rejoining with a new session");
+            self.set_client(None);
+            return Next::Again;
+        }
+        if client.state() == zk::SessionState::Disconnected {
+            return Next::Again;
+        }
+        self.failures += 1;
+        let since = *self.failing_since.get_or_insert_with(Instant::now);
+        let level = if since.elapsed() > self.session_timeout {
+            HealthLevel::Unhealthy
+        } else {
+            HealthLevel::Degraded
+        };
+        let reason = format!("ZooKeeper error, repairing (attempt {}): {e}", self.failures);
+        warn!(%reason);
+        let role = self.cell.get().role;
+        let role = if role.is_leader() { Role::Candidate } else { role };
+        self.cell.set(role, level, reason);
+        self.backoff().await
+    }
+
+    /// Sleep a bounded, jittered backoff while still obeying commands.
+    async fn backoff(&mut self) -> Next {
+        let exp = self.failures.min(6);
+        let base = Duration::from_millis(50 * (1 << exp)).min(MAX_BACKOFF);
+        let jitter = rand::thread_rng().gen_range(0.5..1.0);
+        let until = Instant::now() + base.mul_f64(jitter);
+        loop {
+            tokio::select! {
+                _ = sleep_until(until) => return Next::Again,
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if let Next::Exit = self.command(cmd).await { return Next::Exit; }
+                        if !self.want { return Next::Again; }
+                    }
+                    None => return Next::Exit,
+                },
+            }
+        }
+    }
+
+    async fn fatal(&mut self, kind: ErrorKind, msg: &str) -> Next {
+        warn!(%msg, "permanent failure; leaving the election");
+        *lock(&self.inner.fatal) = Some((kind, msg.to_owned()));
+        self.want = false;
+        self.cell.set(Role::Idle, HealthLevel::Unhealthy, msg.to_owned());
+        if let (Some(c), Some(n)) = (self.client.clone(), self.node.take()) {
+            let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
+        }
+        Next::Again
+    }
+
+    /// Connect a session, retrying with backoff; Candidate and Degraded/Unhealthy meanwhile.
+    async fn connect(&mut self) -> Next {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let cfg = self.cfg.clone();
+            let attempt_fut = async move { connect(&cfg, cfg.session_timeout).await };
+            tokio::pin!(attempt_fut);
+            let result = loop {
+                tokio::select! {
+                    r = &mut attempt_fut => break r,
+                    cmd = self.rx.recv() => match cmd {
+                        Some(cmd) => {
+                            if let Next::Exit = self.command(cmd).await { return Next::Exit; }
+                            if !self.want { return Next::Again; }
+                        }
+                        None => return Next::Exit,
+                    },
+                }
+            };
+            match result {
+                Ok(client) => {
+                    info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
+                    self.set_client(Some(client));
+                    return Next::Again;
+                }
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                    return self.fatal(e.kind(), e.message()).await;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let level = if started.elapsed() > self.cfg.session_timeout {
+                        HealthLevel::Unhealthy
+                    } else {
+                        HealthLevel::Degraded
+                    };
+                    let reason = format!(
+                        "no connection to ZooKeeper for {:.1}s (attempt {attempt}): {}",
+                        started.elapsed().as_secs_f64(),
+                        e.message()
+                    );
+                    let role = self.cell.get().role;
+                    let role = if role.is_joined() || role.is_leader() { Role::Candidate } else { role };
+                    self.cell.set(role, level, reason);
+                    let exp = attempt.min(5);
+                    let base = Duration::from_millis(50 * (1 << exp)).min(MAX_BACKOFF);
+                    let until = Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                    loop {
+                        tokio::select! {
+                            _ = sleep_until(until) => break,
+                            cmd = self.rx.recv() => match cmd {
+                                Some(cmd) => {
+                                    if let Next::Exit = self.command(cmd).await { return Next::Exit; }
+                                    if !self.want { return Next::Again; }
+                                }
+                                None => return Next::Exit,
+                            },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Make sure our node exists and belongs to our session; repair parents and node.
+    async fn ensure_node(&mut self, client: &zk::Client) -> std::result::Result<OwnNode, zk::Error> {
+        let session = client.session_id().0;
+        if let Some(n) = self.node.clone() {
+            match client.check_stat(&n.path).await? {
+                Some(st) if st.ephemeral_owner == session => return Ok(n),
+                Some(_) => {
+                    warn!(node = %n.name, "our node is owned by another session; re-creating");
+                    self.node = None;
+                }
+                None => {
+                    info!(node = %n.name, "our latch node vanished; re-creating it");
+                    self.node = None;
+                }
+            }
+            let role = self.cell.get().role;
+            if role.is_leader() || role.is_joined() {
+                self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node vanished; repairing");
+            }
+        }
+        let path = self.cfg.path.clone();
+        let prefix = protected_prefix(&self.uuid);
+        // Look for a node of ours whose create reply was lost, and for leftovers of our
+        // earlier sessions.
+        let children = match client.list_children(&path).await {
+            Ok(c) => c,
+            Err(zk::Error::NoNode) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for name in &children {
+            let full = format!("{path}/{name}");
+            if name.starts_with(&prefix) {
+                if let Some(st) = client.check_stat(&full).await? {
+                    if st.ephemeral_owner == session {
+                        info!(node = %name, "adopting our node created before a connection loss");
+                        let n = OwnNode { name: name.clone(), path: full };
+                        self.node = Some(n.clone());
+                        return Ok(n);
+                    }
+                }
+            } else if self.stale.iter().any(|u| name.starts_with(&protected_prefix(u))) {
+                info!(node = %name, "deleting a node left by an earlier session of ours");
+                match client.delete(&full, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => debug!(node = %name, %e, "could not delete stale node"),
+                }
+            }
+        }
+        let data = self.cfg.id.as_bytes().to_vec();
+        let acl = acls(&self.cfg);
+        let node_opts = zk::CreateMode::EphemeralSequential.with_acls(acl);
+        let dir_opts = zk::CreateMode::Container.with_acls(acl);
+        let base = format!("{path}/{prefix}{}", names::LOCK_NAME);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match client.create(&base, &data, &node_opts).await {
+                Ok((stat, seq)) => {
+                    let name = format!("{prefix}{}{seq}", names::LOCK_NAME);
+                    if stat.ephemeral_owner != 0 && stat.ephemeral_owner != session {
+                        warn!(node = %name, "created node reports another owner");
+                    }
+                    debug!(node = %name, "created our latch node");
+                    let n = OwnNode { path: format!("{path}/{name}"), name };
+                    self.node = Some(n.clone());
+                    return Ok(n);
+                }
+                Err(zk::Error::NoNode) if tries < 6 => {
+                    // Parents missing (never created, deleted, or a container reaped
+                    // between mkdir and create): recreate them and retry.
+                    info!(%path, "latch path missing; creating it");
+                    match client.mkdir(&path, &dir_opts).await {
+                        Ok(()) | Err(zk::Error::NodeExists) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One election round: repair, evaluate, wait for the next relevant event.
+    async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
+        let node = self.ensure_node(client).await?;
+        let path = self.cfg.path.clone();
+        let kids: Vec<Child> = match client.list_children(&path).await {
+            Ok(c) => names::sorted(c),
+            Err(zk::Error::NoNode) => return Ok(Next::Again),
+            Err(e) => return Err(e),
+        };
+        let Some(pos) = kids.iter().position(|k| k.name == node.name) else {
+            debug!("our node is not among the children; repairing");
+            return Ok(Next::Again);
+        };
+        if pos == 0 {
+            if let Role::Leader { .. } = self.cell.get().role {
+                // Still first and never suspended since the claim (a suspension demotes, or
+                // under ConnectionPolicy::Session our node provably survived): the same
+                // grant continues.
+                let (own, own_watch) = client.check_and_watch_stat(&node.path).await?;
+                if own.is_none() {
+                    return Ok(Next::Again);
+                }
+                self.cell.set_health(HealthLevel::Healthy, "first in the latch");
+                return Ok(self.wait(client, own_watch, None).await);
+            }
+            // Claim: atomically check our node still exists and write the latch path, whose
+            // new mzxid is the term's sequence.
+            let mut w = client.new_multi_writer();
+            w.add_check_version(&node.path, -1)?;
+            w.add_set_data(&path, &[], None)?;
+            let stat = match w.commit().await {
+                Ok(mut results) => match results.pop() {
+                    Some(zk::MultiWriteResult::SetData { stat }) => stat,
+                    _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
+                },
+                Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => {
+                    return Ok(Next::Again)
+                }
+                Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
+                Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
+            };
+            // Watch our own node so that a deletion under us is noticed at once.
+            let (own, own_watch) = client.check_and_watch_stat(&node.path).await?;
+            if own.is_none() {
+                return Ok(Next::Again);
+            }
+            let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
+            if !self.cell.get().role.is_leader() {
+                info!(%term, "elected");
+            }
+            self.cell.set(Role::Leader { term }, HealthLevel::Healthy, "first in the latch");
+            return Ok(self.wait(client, own_watch, None).await);
+        }
+        let pred = &kids[pos - 1];
+        let pred_path = format!("{path}/{}", pred.name);
+        let pred_watch = match client.get_and_watch_data(&pred_path).await {
+            Ok((_, _, w)) => w,
+            Err(zk::Error::NoNode) => return Ok(Next::Again),
+            Err(e) => return Err(e),
+        };
+        let (own, own_watch) = client.check_and_watch_stat(&node.path).await?;
+        if own.is_none() {
+            return Ok(Next::Again);
+        }
+        let leader = match client.get_data(&format!("{path}/{}", kids[0].name)).await {
+            Ok((data, _)) => Some(String::from_utf8_lossy(&data).into_owned()),
+            Err(_) => None,
+        };
+        let reason = if self.cell.get().role.is_leader() {
+            "lost first place in the latch"
+        } else {
+            "waiting for predecessor"
+        };
+        self.cell.set(Role::Follower { leader }, HealthLevel::Healthy, reason);
+        Ok(self.wait(client, own_watch, Some(pred_watch)).await)
+    }
+
+    /// Wait for whatever can change our position: the predecessor or our own node changing,
+    /// the session state changing, or a command.
+    async fn wait(
+        &mut self,
+        client: &zk::Client,
+        own: zk::OneshotWatcher,
+        pred: Option<zk::OneshotWatcher>,
+    ) -> Next {
+        let mut states = self.states.clone().unwrap_or_else(|| client.state_watcher());
+        let pred_changed = async move {
+            match pred {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(pred_changed);
+        let own_changed = own.changed();
+        tokio::pin!(own_changed);
+        loop {
+            tokio::select! {
+                ev = &mut pred_changed => {
+                    debug!(?ev.event_type, path = %ev.path, "predecessor changed");
+                    return Next::Again;
+                }
+                ev = &mut own_changed => {
+                    if ev.event_type == zk::EventType::NodeDeleted {
+                        info!("our latch node was deleted under us; repairing");
+                        self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
+                        self.node = None;
+                    }
+                    return Next::Again;
+                }
+                st = states.changed() => {
+                    self.states = Some(states);
+                    debug!(?st, "session state changed");
+                    return Next::Again;
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        let next = self.command(cmd).await;
+                        return next;
+                    }
+                    None => return Next::Exit,
+                },
+            }
+        }
+    }
+
+    /// The connection is in doubt: not leader (per policy), probe for a wiped or expired
+    /// session, report health, obey commands, until reconnected or replaced.
+    async fn suspended(&mut self, client: &zk::Client) -> Next {
+        let t0 = Instant::now();
+        let was_leader = self.cell.get().role.is_leader();
+        let grace = match self.cfg.connection_policy {
+            ConnectionPolicy::Standard => Duration::ZERO,
+            ConnectionPolicy::Session => self.session_timeout / 4,
+        };
+        let demote = |cell: &StatusCell, node: bool| {
+            let role = if node { Role::Suspended } else { Role::Candidate };
+            cell.set(role, HealthLevel::Degraded, "connection to ZooKeeper lost; reconnecting");
+        };
+        if grace.is_zero() || !was_leader {
+            if was_leader {
+                info!("connection lost: dropping leadership");
+            }
+            demote(&self.cell, self.node.is_some());
+        } else {
+            self.cell.set_health(HealthLevel::Degraded, "connection to ZooKeeper lost; keeping leadership for the grace period");
+        }
+        let mut states = self.states.clone().unwrap_or_else(|| client.state_watcher());
+        let mut probe_gap = FIRST_PROBE_AFTER;
+        let mut next_probe = t0 + probe_gap;
+        let unhealthy_at = t0 + self.session_timeout;
+        let mut marked_unhealthy = false;
+        let mut demoted = grace.is_zero() || !was_leader;
+        loop {
+            if client.state() != zk::SessionState::Disconnected {
+                self.states = Some(states);
+                return Next::Again;
+            }
+            tokio::select! {
+                st = states.changed() => {
+                    debug!(?st, "session state changed while suspended");
+                    if st != zk::SessionState::Disconnected {
+                        self.states = Some(states);
+                        return Next::Again;
+                    }
+                }
+                _ = sleep_until(t0 + grace), if !demoted => {
+                    demoted = true;
+                    info!("connection lost for the grace period: dropping leadership");
+                    demote(&self.cell, self.node.is_some());
+                }
+                _ = sleep_until(unhealthy_at), if !marked_unhealthy => {
+                    marked_unhealthy = true;
+                    demoted = true;
+                    let reason = format!("no connection to ZooKeeper for {:?} (the session timeout)", self.session_timeout);
+                    self.cell.set_health(HealthLevel::Unhealthy, reason);
+                }
+                _ = sleep_until(next_probe) => {
+                    if let Some(fresh) = self.probe(client).await {
+                        info!(old = %client.session_id(), new = %fresh.session_id(),
+                              "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
+                        if !demoted || self.cell.get().role.is_leader() {
+                            demote(&self.cell, false);
+                        }
+                        self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper lost our session (wiped or expired); rejoining");
+                        self.set_client(Some(fresh));
+                        return Next::Again;
+                    }
+                    probe_gap = (probe_gap * 2).min(MAX_PROBE_GAP);
+                    next_probe = Instant::now() + probe_gap;
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        let next = self.command(cmd).await;
+                        if let Next::Exit = next { return Next::Exit; }
+                        if !self.want { return Next::Again; }
+                    }
+                    None => return Next::Exit,
+                },
+            }
+        }
+    }
+
+    /// While our connection is down: can a fresh session reach ZooKeeper, and does
+    /// ZooKeeper still know our session (our node, owned by it)? Returns the fresh client
+    /// when ours is lost for good.
+    async fn probe(&self, client: &zk::Client) -> Option<zk::Client> {
+        let fresh = connect(&self.cfg, self.cfg.session_timeout).await.ok()?;
+        if client.state() != zk::SessionState::Disconnected {
+            return None;
+        }
+        let ours = client.session_id().0;
+        match &self.node {
+            Some(n) => match timeout(self.cfg.connection_timeout, fresh.check_stat(&n.path)).await {
+                Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
+                    debug!("probe: ZooKeeper still holds our node; waiting for our session to reconnect");
+                    None
+                }
+                Ok(Ok(_)) => Some(fresh),
+                _ => None,
+            },
+            // Nothing of ours to keep: a working session beats waiting.
+            None => Some(fresh),
+        }
+    }
+
+    async fn command(&mut self, cmd: Cmd) -> Next {
+        match cmd {
+            Cmd::Join => {
+                self.want = true;
+                Next::Again
+            }
+            Cmd::Resign(ack) => {
+                self.want = false;
+                if self.cell.get().role.is_leader() {
+                    info!("resigning leadership");
+                }
+                // Stop leading BEFORE deleting the node.
+                self.cell.set(Role::Idle, HealthLevel::Healthy, "resigned");
+                let r = self.delete_node().await;
+                let _ = ack.send(r);
+                Next::Again
+            }
+            Cmd::Close(ack) => {
+                self.want = false;
+                self.cell.close("closed");
+                let r = self.delete_node().await;
+                self.set_client(None);
+                let _ = ack.send(r);
+                Next::Exit
+            }
+        }
+    }
+
+    /// Delete our node: retried until done or the session that owns it is gone.
+    async fn delete_node(&mut self) -> Result<()> {
+        let (Some(client), Some(node)) = (self.client.clone(), self.node.take()) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.session_timeout.mul_f64(1.5);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match timeout(left, client.delete(&node.path, None)).await {
+                Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => return Ok(()),
+                Ok(Err(e)) if session_gone(&e) => return Ok(()),
+                Ok(Err(e)) if permanent(&e) => {
+                    return Err(map(e, &format!("delete our latch node {}", node.path)))
+                }
+                Ok(Err(e)) => {
+                    debug!(%e, "delete failed; retrying");
+                }
+                Err(_) => {
+                    return Err(Error::timeout(format!(
+                        "could not delete our latch node {} within 1.5 x the session timeout; ZooKeeper will remove it when the session expires",
+                        node.path
+                    )))
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::timeout(format!(
+                    "could not delete our latch node {}; ZooKeeper will remove it when the session expires",
+                    node.path
+                )));
+            }
+            sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}

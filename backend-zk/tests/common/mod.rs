@@ -1,0 +1,144 @@
+//! Helpers shared by the ZooKeeper backend's test files.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use succession_core::conformance::{Bounds, Factory, LeadershipChecker};
+use succession_core::{async_trait, Election, ElectionExt, Result};
+use succession_zk::{ZkConfig, ZkElection};
+use tokio::time::Instant;
+use zookeeper_client as zk;
+
+/// A participant of the latch at `path` on `connect`.
+pub fn participant(connect: &str, path: &str, id: &str, session: Duration) -> Arc<ZkElection> {
+    let cfg = ZkConfig::builder(connect, path, id)
+        .session_timeout(session)
+        .connection_timeout(Duration::from_millis(1000))
+        .build()
+        .expect("valid config");
+    Arc::new(ZkElection::new(cfg).expect("participant"))
+}
+
+/// `n` participants p0..pn, watched by `checker`, joined in order.
+pub async fn joined(
+    connect: &str,
+    path: &str,
+    n: usize,
+    session: Duration,
+    checker: &LeadershipChecker,
+) -> Vec<Arc<ZkElection>> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let e = participant(connect, path, &format!("p{i}"), session);
+        checker.watch(e.as_ref());
+        tokio::time::timeout(Duration::from_secs(20), e.join())
+            .await
+            .expect("join in time")
+            .expect("join");
+        v.push(e);
+    }
+    v
+}
+
+/// Wait until exactly one of `es` leads (never two at a time), within `bound`.
+pub async fn one_leader(es: &[Arc<ZkElection>], bound: Duration) -> usize {
+    let deadline = Instant::now() + bound;
+    let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
+    loop {
+        let leaders: Vec<usize> = (0..es.len()).filter(|&i| es[i].is_leader()).collect();
+        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+        if leaders.len() == 1 {
+            return leaders[0];
+        }
+        let statuses: Vec<String> = es
+            .iter()
+            .map(|e| {
+                let s = e.status().borrow().clone();
+                format!("{}: {} ({}) / {} ({})", e.id(), s.role, s.reason, s.health.level, s.health.reason)
+            })
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "no leader within {bound:?}; statuses:\n{}",
+            statuses.join("\n")
+        );
+        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+    }
+}
+
+/// A plain client for inspecting or damaging the store.
+pub async fn client(connect: &str) -> zk::Client {
+    zk::Client::connector()
+        .with_session_timeout(Duration::from_secs(5))
+        .connect(connect)
+        .await
+        .expect("inspection client connects")
+}
+
+/// Delete `path` and everything under it.
+pub async fn delete_recursive(c: &zk::Client, path: &str) {
+    let mut stack = vec![path.to_string()];
+    let mut order = Vec::new();
+    while let Some(p) = stack.pop() {
+        if let Ok(kids) = c.list_children(&p).await {
+            for k in kids {
+                stack.push(format!("{p}/{k}"));
+            }
+        }
+        order.push(p);
+    }
+    for p in order.into_iter().rev() {
+        match c.delete(&p, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) => panic!("delete {p}: {e}"),
+        }
+    }
+}
+
+/// The conformance factory: a fresh latch path per scenario on one server.
+pub struct ZkFactory {
+    pub connect: String,
+    pub path: String,
+    pub session: Duration,
+}
+
+impl ZkFactory {
+    pub async fn on_shared_server() -> ZkFactory {
+        let zk = succession_testkit::shared_zk().await;
+        ZkFactory {
+            connect: zk.addr(),
+            path: succession_testkit::unique_path("conformance"),
+            session: Duration::from_secs(2),
+        }
+    }
+}
+
+#[async_trait]
+impl Factory for ZkFactory {
+    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
+        let cfg = ZkConfig::builder(&self.connect, &self.path, id)
+            .session_timeout(self.session)
+            .build()?;
+        Ok(Arc::new(ZkElection::new(cfg)?))
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            join: Duration::from_secs(10),
+            handover: Duration::from_secs(5),
+            // Dropping the handle closes the session: ZooKeeper deletes the node at once.
+            crash: self.session + Duration::from_secs(5),
+        }
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let c = client(&self.connect).await;
+        match c.list_children(&self.path).await {
+            Ok(kids) => Ok(kids),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => panic!("list {}: {e}", self.path),
+        }
+    }
+}
