@@ -77,24 +77,26 @@ pub async fn client(connect: &str) -> zk::Client {
         .expect("inspection client connects")
 }
 
-/// Delete `path` and everything under it.
+/// Delete the latch `path` and its children in one atomic multi-op (retried while live
+/// participants race to re-create nodes in between).
 pub async fn delete_recursive(c: &zk::Client, path: &str) {
-    let mut stack = vec![path.to_string()];
-    let mut order = Vec::new();
-    while let Some(p) = stack.pop() {
-        if let Ok(kids) = c.list_children(&p).await {
-            for k in kids {
-                stack.push(format!("{p}/{k}"));
-            }
+    for _ in 0..100 {
+        let kids = match c.list_children(path).await {
+            Ok(k) => k,
+            Err(zk::Error::NoNode) => return,
+            Err(e) => panic!("list {path}: {e}"),
+        };
+        let mut w = c.new_multi_writer();
+        for k in &kids {
+            w.add_delete(&format!("{path}/{k}"), None).expect("add delete");
         }
-        order.push(p);
-    }
-    for p in order.into_iter().rev() {
-        match c.delete(&p, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => {}
-            Err(e) => panic!("delete {p}: {e}"),
+        w.add_delete(path, None).expect("add delete");
+        match w.commit().await {
+            Ok(_) => return,
+            Err(e) => eprintln!("delete {path} raced with participants ({e}); retrying"),
         }
     }
+    panic!("could not delete {path} in 100 attempts");
 }
 
 /// The conformance factory: a fresh latch path per scenario on one server.

@@ -1,0 +1,281 @@
+//! Chaos against real ZooKeeper servers started by testkit (dedicated per test): wipes,
+//! deleted paths, expired sessions, restarts, dead ensemble members. Every test watches all
+//! participants with the leadership checker (never two leaders, terms only grow).
+mod common;
+
+use std::time::Duration;
+
+use common::{client, delete_recursive, joined, one_leader, participant};
+use succession_core::conformance::LeadershipChecker;
+use succession_core::{Election, ElectionExt, ErrorKind, HealthLevel, Role};
+use succession_testkit::{unique_path, TcpProxy, ZkEnsemble, ZkServer};
+use tokio::time::Instant;
+use zookeeper_client as zk;
+
+const SESSION: Duration = Duration::from_secs(6);
+
+/// The seed scenario (CURATOR-724): the ensemble comes back empty. Everyone must re-enter,
+/// promptly: well before the client library itself would declare the session expired
+/// (1.4 x session timeout after it lost the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_wipe_reelects_leader_before_the_session_timeout() {
+    let mut server = ZkServer::start().await.expect("zookeeper");
+    let path = unique_path("wipe");
+    let checker = LeadershipChecker::new();
+    let es = joined(&server.addr(), &path, 3, SESSION, &checker).await;
+    let first = one_leader(&es, Duration::from_secs(10)).await;
+    let before = es[first].leadership().expect("leads").term();
+
+    server.stop().await.expect("stop");
+    server.wipe().expect("wipe");
+    server.restart().await.expect("restart empty");
+    let back = Instant::now();
+    let i = one_leader(&es, SESSION).await;
+    let took = back.elapsed();
+    let after = es[i].leadership().expect("leads").term();
+    eprintln!("wipe: leader again {took:?} after the server answered (session timeout {SESSION:?})");
+    assert!(after > before, "term {after} must be above {before}");
+    // Everyone is back in the latch, not just the leader.
+    let ps = es[i].participants().await.expect("participants");
+    assert_eq!(ps.len(), 3, "all three re-entered: {ps:?}");
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_wipe_of_whole_ensemble_reelects_leader() {
+    let mut ens = ZkEnsemble::start(3).await.expect("ensemble");
+    let path = unique_path("ens-wipe");
+    let checker = LeadershipChecker::new();
+    let es = joined(&ens.connect_string(), &path, 3, SESSION, &checker).await;
+    let first = one_leader(&es, Duration::from_secs(10)).await;
+    let before = es[first].leadership().expect("leads").term();
+    ens.stop_all().await.expect("stop all");
+    ens.wipe_all().await.expect("wipe all");
+    ens.restart_all().await.expect("restart all");
+    ens.wait_quorum(Duration::from_secs(30)).await.expect("quorum");
+    let i = one_leader(&es, SESSION * 2).await;
+    let after = es[i].leadership().expect("leads").term();
+    assert!(after > before, "term {after} must be above {before}");
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_path_deleted_under_live_participants_reelects_leader() {
+    let server = ZkServer::start().await.expect("zookeeper");
+    let path = unique_path("deleted");
+    let checker = LeadershipChecker::new();
+    let es = joined(&server.addr(), &path, 3, SESSION, &checker).await;
+    one_leader(&es, Duration::from_secs(10)).await;
+    let admin = client(&server.addr()).await;
+    for round in 0..3 {
+        let before = checker.max_term().expect("a grant");
+        delete_recursive(&admin, &path).await;
+        let i = one_leader(&es, Duration::from_secs(10)).await;
+        // Wait for a grant newer than the deletion.
+        let lead = es[i]
+            .wait_for_status(Duration::from_secs(10), |s| {
+                s.role.term().is_some_and(|t| t > before)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: no new grant after the deletion: {e}"));
+        assert!(lead.is_leader());
+        let ps = es[i].participants().await.expect("participants");
+        assert_eq!(ps.len(), 3, "round {round}: everyone re-entered: {ps:?}");
+    }
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+/// The leader's link goes silent (a blackholed proxy), so ZooKeeper expires its session:
+/// the next participant leads; the old leader dropped leadership first, and when its link
+/// comes back it rejoins at the back with a new node, never under its old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_leader_session_expiry_hands_over_and_old_leader_rejoins_at_the_back() {
+    let server = ZkServer::start().await.expect("zookeeper");
+    let proxy = TcpProxy::start(&server.addr()).await.expect("proxy");
+    let path = unique_path("expiry");
+    let session = Duration::from_secs(3);
+    let checker = LeadershipChecker::new();
+    let a = participant(&proxy.addr(), &path, "a", session);
+    checker.watch(a.as_ref());
+    a.join().await.expect("a joins");
+    a.wait_for_leadership(Duration::from_secs(10)).await.expect("a leads");
+    let mut rest = joined(&server.addr(), &path, 2, session, &checker).await;
+    let old_session = a.session_id().expect("session");
+
+    proxy.blackhole();
+    rest[0]
+        .wait_for_leadership(session * 4)
+        .await
+        .expect("p0 leads after a's session expired");
+    assert!(!a.is_leader(), "a dropped leadership");
+    let a_status = a.status().borrow().clone();
+    assert_ne!(a_status.health.level, HealthLevel::Healthy, "a knows it is cut off");
+
+    proxy.restore();
+    a.wait_for_status(session * 4, |s| matches!(s.role, Role::Follower { .. }))
+        .await
+        .expect("a rejoins as a follower");
+    assert_ne!(a.session_id(), Some(old_session), "a uses a new session");
+    let ids: Vec<String> = rest[0]
+        .participants()
+        .await
+        .expect("participants")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, vec!["p0", "p1", "a"], "a re-entered at the back");
+    a.close().await.expect("close");
+    for e in rest.drain(..) {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+/// A restart with the data kept, within the session timeout: every participant keeps its
+/// node (same session); with the default policy the leader drops leadership while the
+/// server is away and takes it back (with a new term) when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_restart_with_data_keeps_nodes_and_leader_takes_leadership_back() {
+    let mut server = ZkServer::start().await.expect("zookeeper");
+    let path = unique_path("restart");
+    let session = Duration::from_secs(20);
+    let checker = LeadershipChecker::new();
+    let es = joined(&server.addr(), &path, 3, session, &checker).await;
+    let first = one_leader(&es, Duration::from_secs(10)).await;
+    let before_term = es[first].leadership().expect("leads").term();
+    let sessions: Vec<_> = es.iter().map(|e| e.session_id()).collect();
+
+    server.kill().await.expect("kill -9");
+    es[first]
+        .wait_for_status(Duration::from_secs(10), |s| s.role == Role::Suspended)
+        .await
+        .expect("leader suspended while the server is away");
+    server.restart().await.expect("restart with data");
+    let again = es[first]
+        .wait_for_leadership(session)
+        .await
+        .expect("the same participant leads again");
+    assert!(again.term() > before_term, "a new grant has a new term");
+    let now: Vec<_> = es.iter().map(|e| e.session_id()).collect();
+    assert_eq!(sessions, now, "sessions survived the restart");
+    assert_eq!(es[first].participants().await.expect("participants").len(), 3);
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_started_before_server_is_up_elects_once_it_is() {
+    let mut server = ZkServer::start().await.expect("zookeeper");
+    server.stop().await.expect("stop");
+    let path = unique_path("early");
+    let checker = LeadershipChecker::new();
+    let mut es = Vec::new();
+    let mut joins = Vec::new();
+    for i in 0..2 {
+        let e = participant(&server.addr(), &path, &format!("p{i}"), SESSION);
+        checker.watch(e.as_ref());
+        let j = e.clone();
+        joins.push(tokio::spawn(async move { j.join().await }));
+        es.push(e);
+    }
+    // Without a server, nobody joins; health says why.
+    es[0]
+        .wait_for_status(Duration::from_secs(10), |s| s.health.level != HealthLevel::Healthy)
+        .await
+        .expect("health reports the missing server");
+    assert!(!joins[0].is_finished(), "join waits for the server");
+    server.restart().await.expect("start");
+    for j in joins {
+        tokio::time::timeout(Duration::from_secs(20), j)
+            .await
+            .expect("joined once the server is up")
+            .expect("task")
+            .expect("join");
+    }
+    one_leader(&es, Duration::from_secs(10)).await;
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+/// 3-node ensemble: the server the leader's session is connected to is killed; the session
+/// moves to another server and exactly one participant leads throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_ensemble_server_of_the_leader_killed_keeps_one_leader() {
+    let mut ens = ZkEnsemble::start(3).await.expect("ensemble");
+    let path = unique_path("ens-kill");
+    let checker = LeadershipChecker::new();
+    let es = joined(&ens.connect_string(), &path, 3, SESSION, &checker).await;
+    let first = one_leader(&es, Duration::from_secs(10)).await;
+    let sid = es[first].session_id().expect("session");
+    let needle = format!("sid=0x{sid:x}");
+    let mut victim = None;
+    for i in 0..ens.len() {
+        let out = succession_testkit::four_letter_word(
+            ens.nodes()[i].port(),
+            "cons",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_default();
+        if out.contains(&needle) {
+            victim = Some(i);
+        }
+    }
+    let victim = victim.expect("found the server the leader is connected to");
+    ens.node(victim).kill().await.expect("kill -9 the leader's server");
+    one_leader(&es, SESSION * 2).await;
+    // Settle: the leader is re-granted (or replaced) on a live server.
+    let i = one_leader(&es, SESSION * 2).await;
+    es[i]
+        .wait_for_status(SESSION, |s| s.is_leader() && s.health.level == HealthLevel::Healthy)
+        .await
+        .expect("a healthy leader");
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+/// A latch path under a node nobody may write to: join fails fast with PermissionDenied and
+/// a message naming the ACL, instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_participant_without_acl_permission_gets_clear_error() {
+    let zk = succession_testkit::shared_zk().await;
+    let admin = client(&zk.addr()).await;
+    let locked = unique_path("locked");
+    admin
+        .mkdir(
+            locked.rsplit_once('/').expect("parent").0,
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .expect("parent");
+    admin
+        .create(&locked, b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_read()))
+        .await
+        .expect("read-only node");
+    let e = participant(&zk.addr(), &format!("{locked}/latch"), "intruder", SESSION);
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), e.join())
+        .await
+        .expect("join must not hang")
+        .expect_err("join must fail");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("ACL"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(e.status().borrow().health.level, HealthLevel::Unhealthy);
+    e.close().await.expect("close");
+}
