@@ -279,3 +279,63 @@ async fn zk_participant_without_acl_permission_gets_clear_error() {
     assert_eq!(e.status().borrow().health.level, HealthLevel::Unhealthy);
     e.close().await.expect("close");
 }
+
+/// With `ConnectionPolicy::Session`, a leader keeps leading (same term, no second grant)
+/// through a connection blip shorter than a quarter of the session timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_session_policy_keeps_leadership_through_a_short_blip() {
+    let server = ZkServer::start().await.expect("zookeeper");
+    let proxy = TcpProxy::start(&server.addr()).await.expect("proxy");
+    let path = unique_path("blip");
+    let checker = LeadershipChecker::new();
+    let cfg = succession_zk::ZkConfig::builder(proxy.addr(), &path, "sticky")
+        .session_timeout(Duration::from_secs(20))
+        .connection_policy(succession_zk::ConnectionPolicy::Session)
+        .build()
+        .expect("config");
+    let a = std::sync::Arc::new(succession_zk::ZkElection::new(cfg).expect("election"));
+    checker.watch(a.as_ref());
+    let b = participant(&server.addr(), &path, "b", SESSION);
+    checker.watch(b.as_ref());
+    a.join().await.expect("join");
+    b.join().await.expect("join");
+    let lead = a.wait_for_leadership(Duration::from_secs(10)).await.expect("a leads");
+    proxy.cut();
+    a.wait_for_status(Duration::from_secs(5), |s| s.health.level == HealthLevel::Degraded)
+        .await
+        .expect("a notices the lost connection");
+    assert!(lead.is_current(), "still leading within the grace period");
+    proxy.restore();
+    a.wait_for_status(Duration::from_secs(5), |s| s.health.level == HealthLevel::Healthy)
+        .await
+        .expect("a reconnects");
+    assert!(lead.is_current(), "the same grant continues");
+    assert_eq!(checker.grants(), 1, "{:?}", checker.events());
+    a.close().await.expect("close");
+    b.wait_for_leadership(Duration::from_secs(10)).await.expect("b leads");
+    b.close().await.expect("close");
+    checker.assert_ok();
+}
+
+/// close() while join() still waits for an unreachable server: both return promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_close_cancels_a_join_waiting_for_the_server() {
+    let mut server = ZkServer::start().await.expect("zookeeper");
+    server.stop().await.expect("stop");
+    let e = participant(&server.addr(), &unique_path("cancel"), "p", SESSION);
+    let j = e.clone();
+    let join = tokio::spawn(async move { j.join().await });
+    e.wait_for_status(Duration::from_secs(10), |s| s.health.level != HealthLevel::Healthy)
+        .await
+        .expect("joining, without a server");
+    tokio::time::timeout(Duration::from_secs(5), e.close())
+        .await
+        .expect("close returns promptly")
+        .expect("close");
+    let err = tokio::time::timeout(Duration::from_secs(5), join)
+        .await
+        .expect("join returns promptly")
+        .expect("task")
+        .expect_err("join was cancelled");
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
