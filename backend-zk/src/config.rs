@@ -77,7 +77,10 @@ impl fmt::Debug for ZkConfig {
             .field("acl", &self.acl)
             .field(
                 "auth",
-                &self.auth.as_ref().map(|(scheme, _)| format!("{scheme}:<redacted>")),
+                &self
+                    .auth
+                    .as_ref()
+                    .map(|(scheme, _)| format!("{scheme}:<redacted>")),
             )
             .finish()
     }

@@ -66,9 +66,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::PermissionDenied);
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("ACL"), "{e}");
-        assert_eq!(map(zk::Error::ConnectionLoss, "x").kind(), ErrorKind::Connection);
+        assert_eq!(
+            map(zk::Error::ConnectionLoss, "x").kind(),
+            ErrorKind::Connection
+        );
         assert!(map(zk::Error::ConnectionLoss, "x").is_retryable());
-        assert_eq!(map(zk::Error::SessionExpired, "x").kind(), ErrorKind::SessionExpired);
+        assert_eq!(
+            map(zk::Error::SessionExpired, "x").kind(),
+            ErrorKind::SessionExpired
+        );
         assert!(session_gone(&zk::Error::ClientClosed));
         assert!(permanent(&zk::Error::NoAuth));
         assert!(!permanent(&zk::Error::NoNode));

@@ -409,7 +409,8 @@ impl DriverState {
         if self.client.is_some() {
             // The session we drop may have left nodes under its uuid: remember it for
             // cleanup, and name the next session's node with a fresh uuid.
-            self.stale.push(std::mem::replace(&mut self.uuid, new_uuid()));
+            self.stale
+                .push(std::mem::replace(&mut self.uuid, new_uuid()));
             if self.stale.len() > 16 {
                 self.stale.remove(0);
             }
@@ -426,10 +427,19 @@ impl DriverState {
                 let st = c.state();
                 info!(?st, "session ended; building a new session");
                 if st == zk::SessionState::AuthFailed {
-                    return self.fatal(ErrorKind::PermissionDenied, "ZooKeeper rejected the credentials (auth failed); fix digest_auth").await;
+                    return self
+                        .fatal(
+                            ErrorKind::PermissionDenied,
+                            "ZooKeeper rejected the credentials (auth failed); fix digest_auth",
+                        )
+                        .await;
                 }
                 if self.cell.get().role.is_leader() || self.node.is_some() {
-                    self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper session expired; rejoining with a new session");
+                    self.cell.set(
+                        Role::Candidate,
+                        HealthLevel::Degraded,
+                        "ZooKeeper session expired; rejoining with a new session",
+                    );
                 }
                 self.set_client(None);
                 return Next::Again;
@@ -456,7 +466,11 @@ impl DriverState {
             return self.fatal(err.kind(), err.message()).await;
         }
         if session_gone(&e) {
-            self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper session expired; rejoining with a new session");
+            self.cell.set(
+                Role::Candidate,
+                HealthLevel::Degraded,
+                "ZooKeeper session expired; rejoining with a new session",
+            );
             self.set_client(None);
             return Next::Again;
         }
@@ -470,10 +484,17 @@ impl DriverState {
         } else {
             HealthLevel::Degraded
         };
-        let reason = format!("ZooKeeper error, repairing (attempt {}): {e}", self.failures);
+        let reason = format!(
+            "ZooKeeper error, repairing (attempt {}): {e}",
+            self.failures
+        );
         warn!(%reason);
         let role = self.cell.get().role;
-        let role = if role.is_leader() { Role::Candidate } else { role };
+        let role = if role.is_leader() {
+            Role::Candidate
+        } else {
+            role
+        };
         self.cell.set(role, level, reason);
         self.backoff().await
     }
@@ -502,7 +523,8 @@ impl DriverState {
         warn!(%msg, "permanent failure; leaving the election");
         *lock(&self.inner.fatal) = Some((kind, msg.to_owned()));
         self.want = false;
-        self.cell.set(Role::Idle, HealthLevel::Unhealthy, msg.to_owned());
+        self.cell
+            .set(Role::Idle, HealthLevel::Unhealthy, msg.to_owned());
         if let (Some(c), Some(n)) = (self.client.clone(), self.node.take()) {
             let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
         }
@@ -551,11 +573,16 @@ impl DriverState {
                         e.message()
                     );
                     let role = self.cell.get().role;
-                    let role = if role.is_joined() || role.is_leader() { Role::Candidate } else { role };
+                    let role = if role.is_joined() || role.is_leader() {
+                        Role::Candidate
+                    } else {
+                        role
+                    };
                     self.cell.set(role, level, reason);
                     let exp = attempt.min(5);
                     let base = Duration::from_millis(50 * (1 << exp)).min(MAX_BACKOFF);
-                    let until = Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                    let until =
+                        Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
                     loop {
                         tokio::select! {
                             _ = sleep_until(until) => break,
@@ -574,7 +601,10 @@ impl DriverState {
     }
 
     /// Make sure our node exists and belongs to our session; repair parents and node.
-    async fn ensure_node(&mut self, client: &zk::Client) -> std::result::Result<OwnNode, zk::Error> {
+    async fn ensure_node(
+        &mut self,
+        client: &zk::Client,
+    ) -> std::result::Result<OwnNode, zk::Error> {
         let session = client.session_id().0;
         if let Some(n) = self.node.clone() {
             match client.check_stat(&n.path).await? {
@@ -590,7 +620,11 @@ impl DriverState {
             }
             let role = self.cell.get().role;
             if role.is_leader() || role.is_joined() {
-                self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node vanished; repairing");
+                self.cell.set(
+                    Role::Candidate,
+                    HealthLevel::Degraded,
+                    "our latch node vanished; repairing",
+                );
             }
         }
         let path = self.cfg.path.clone();
@@ -608,12 +642,19 @@ impl DriverState {
                 if let Some(st) = client.check_stat(&full).await? {
                     if st.ephemeral_owner == session {
                         info!(node = %name, "adopting our node created before a connection loss");
-                        let n = OwnNode { name: name.clone(), path: full };
+                        let n = OwnNode {
+                            name: name.clone(),
+                            path: full,
+                        };
                         self.node = Some(n.clone());
                         return Ok(n);
                     }
                 }
-            } else if self.stale.iter().any(|u| name.starts_with(&protected_prefix(u))) {
+            } else if self
+                .stale
+                .iter()
+                .any(|u| name.starts_with(&protected_prefix(u)))
+            {
                 info!(node = %name, "deleting a node left by an earlier session of ours");
                 match client.delete(&full, None).await {
                     Ok(()) | Err(zk::Error::NoNode) => {}
@@ -636,7 +677,10 @@ impl DriverState {
                         warn!(node = %name, "created node reports another owner");
                     }
                     debug!(node = %name, "created our latch node");
-                    let n = OwnNode { path: format!("{path}/{name}"), name };
+                    let n = OwnNode {
+                        path: format!("{path}/{name}"),
+                        name,
+                    };
                     self.node = Some(n.clone());
                     return Ok(n);
                 }
@@ -676,7 +720,8 @@ impl DriverState {
                 if own.is_none() {
                     return Ok(Next::Again);
                 }
-                self.cell.set_health(HealthLevel::Healthy, "first in the latch");
+                self.cell
+                    .set_health(HealthLevel::Healthy, "first in the latch");
                 return Ok(self.wait(client, own_watch, None).await);
             }
             // Claim: atomically check our node still exists and write the latch path, whose
@@ -689,9 +734,10 @@ impl DriverState {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
                     _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
                 },
-                Err(zk::MultiWriteError::OperationFailed { source: zk::Error::NoNode, .. }) => {
-                    return Ok(Next::Again)
-                }
+                Err(zk::MultiWriteError::OperationFailed {
+                    source: zk::Error::NoNode,
+                    ..
+                }) => return Ok(Next::Again),
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             };
@@ -704,7 +750,11 @@ impl DriverState {
             if !self.cell.get().role.is_leader() {
                 info!(%term, "elected");
             }
-            self.cell.set(Role::Leader { term }, HealthLevel::Healthy, "first in the latch");
+            self.cell.set(
+                Role::Leader { term },
+                HealthLevel::Healthy,
+                "first in the latch",
+            );
             return Ok(self.wait(client, own_watch, None).await);
         }
         let pred = &kids[pos - 1];
@@ -727,7 +777,8 @@ impl DriverState {
         } else {
             "waiting for predecessor"
         };
-        self.cell.set(Role::Follower { leader }, HealthLevel::Healthy, reason);
+        self.cell
+            .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
         Ok(self.wait(client, own_watch, Some(pred_watch)).await)
     }
 
@@ -739,7 +790,10 @@ impl DriverState {
         own: zk::OneshotWatcher,
         pred: Option<zk::OneshotWatcher>,
     ) -> Next {
-        let mut states = self.states.clone().unwrap_or_else(|| client.state_watcher());
+        let mut states = self
+            .states
+            .clone()
+            .unwrap_or_else(|| client.state_watcher());
         let pred_changed = async move {
             match pred {
                 Some(w) => w.changed().await,
@@ -749,33 +803,28 @@ impl DriverState {
         tokio::pin!(pred_changed);
         let own_changed = own.changed();
         tokio::pin!(own_changed);
-        loop {
-            tokio::select! {
-                ev = &mut pred_changed => {
-                    debug!(?ev.event_type, path = %ev.path, "predecessor changed");
-                    return Next::Again;
-                }
-                ev = &mut own_changed => {
-                    if ev.event_type == zk::EventType::NodeDeleted {
-                        info!("our latch node was deleted under us; repairing");
-                        self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
-                        self.node = None;
-                    }
-                    return Next::Again;
-                }
-                st = states.changed() => {
-                    self.states = Some(states);
-                    debug!(?st, "session state changed");
-                    return Next::Again;
-                }
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => {
-                        let next = self.command(cmd).await;
-                        return next;
-                    }
-                    None => return Next::Exit,
-                },
+        tokio::select! {
+            ev = &mut pred_changed => {
+                debug!(?ev.event_type, path = %ev.path, "predecessor changed");
+                Next::Again
             }
+            ev = &mut own_changed => {
+                if ev.event_type == zk::EventType::NodeDeleted {
+                    info!("our latch node was deleted under us; repairing");
+                    self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
+                    self.node = None;
+                }
+                Next::Again
+            }
+            st = states.changed() => {
+                self.states = Some(states);
+                debug!(?st, "session state changed");
+                Next::Again
+            }
+            cmd = self.rx.recv() => match cmd {
+                Some(cmd) => self.command(cmd).await,
+                None => Next::Exit,
+            },
         }
     }
 
@@ -789,8 +838,16 @@ impl DriverState {
             ConnectionPolicy::Session => self.session_timeout / 4,
         };
         let demote = |cell: &StatusCell, node: bool| {
-            let role = if node { Role::Suspended } else { Role::Candidate };
-            cell.set(role, HealthLevel::Degraded, "connection to ZooKeeper lost; reconnecting");
+            let role = if node {
+                Role::Suspended
+            } else {
+                Role::Candidate
+            };
+            cell.set(
+                role,
+                HealthLevel::Degraded,
+                "connection to ZooKeeper lost; reconnecting",
+            );
         };
         if grace.is_zero() || !was_leader {
             if was_leader {
@@ -798,9 +855,15 @@ impl DriverState {
             }
             demote(&self.cell, self.node.is_some());
         } else {
-            self.cell.set_health(HealthLevel::Degraded, "connection to ZooKeeper lost; keeping leadership for the grace period");
+            self.cell.set_health(
+                HealthLevel::Degraded,
+                "connection to ZooKeeper lost; keeping leadership for the grace period",
+            );
         }
-        let mut states = self.states.clone().unwrap_or_else(|| client.state_watcher());
+        let mut states = self
+            .states
+            .clone()
+            .unwrap_or_else(|| client.state_watcher());
         let mut probe_gap = FIRST_PROBE_AFTER;
         let mut next_probe = t0 + probe_gap;
         let unhealthy_at = t0 + self.session_timeout;
@@ -866,14 +929,16 @@ impl DriverState {
         }
         let ours = client.session_id().0;
         match &self.node {
-            Some(n) => match timeout(self.cfg.connection_timeout, fresh.check_stat(&n.path)).await {
-                Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
-                    debug!("probe: ZooKeeper still holds our node; waiting for our session to reconnect");
-                    None
+            Some(n) => {
+                match timeout(self.cfg.connection_timeout, fresh.check_stat(&n.path)).await {
+                    Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
+                        debug!("probe: ZooKeeper still holds our node; waiting for our session to reconnect");
+                        None
+                    }
+                    Ok(Ok(_)) => Some(fresh),
+                    _ => None,
                 }
-                Ok(Ok(_)) => Some(fresh),
-                _ => None,
-            },
+            }
             // Nothing of ours to keep: a working session beats waiting.
             None => Some(fresh),
         }

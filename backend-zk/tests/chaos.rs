@@ -33,7 +33,9 @@ async fn zk_wipe_reelects_leader_before_the_session_timeout() {
     let i = one_leader(&es, SESSION).await;
     let took = back.elapsed();
     let after = es[i].leadership().expect("leads").term();
-    eprintln!("wipe: leader again {took:?} after the server answered (session timeout {SESSION:?})");
+    eprintln!(
+        "wipe: leader again {took:?} after the server answered (session timeout {SESSION:?})"
+    );
     assert!(after > before, "term {after} must be above {before}");
     // Everyone is back in the latch, not just the leader.
     let ps = es[i].participants().await.expect("participants");
@@ -55,7 +57,9 @@ async fn zk_wipe_of_whole_ensemble_reelects_leader() {
     ens.stop_all().await.expect("stop all");
     ens.wipe_all().await.expect("wipe all");
     ens.restart_all().await.expect("restart all");
-    ens.wait_quorum(Duration::from_secs(30)).await.expect("quorum");
+    ens.wait_quorum(Duration::from_secs(30))
+        .await
+        .expect("quorum");
     let i = one_leader(&es, SESSION * 2).await;
     let after = es[i].leadership().expect("leads").term();
     assert!(after > before, "term {after} must be above {before}");
@@ -107,7 +111,9 @@ async fn zk_leader_session_expiry_hands_over_and_old_leader_rejoins_at_the_back(
     let a = participant(&proxy.addr(), &path, "a", session);
     checker.watch(a.as_ref());
     a.join().await.expect("a joins");
-    a.wait_for_leadership(Duration::from_secs(10)).await.expect("a leads");
+    a.wait_for_leadership(Duration::from_secs(10))
+        .await
+        .expect("a leads");
     let mut rest = joined(&server.addr(), &path, 2, session, &checker).await;
     let old_session = a.session_id().expect("session");
 
@@ -118,7 +124,11 @@ async fn zk_leader_session_expiry_hands_over_and_old_leader_rejoins_at_the_back(
         .expect("p0 leads after a's session expired");
     assert!(!a.is_leader(), "a dropped leadership");
     let a_status = a.status().borrow().clone();
-    assert_ne!(a_status.health.level, HealthLevel::Healthy, "a knows it is cut off");
+    assert_ne!(
+        a_status.health.level,
+        HealthLevel::Healthy,
+        "a knows it is cut off"
+    );
 
     proxy.restore();
     a.wait_for_status(session * 4, |s| matches!(s.role, Role::Follower { .. }))
@@ -167,7 +177,10 @@ async fn zk_restart_with_data_keeps_nodes_and_leader_takes_leadership_back() {
     assert!(again.term() > before_term, "a new grant has a new term");
     let now: Vec<_> = es.iter().map(|e| e.session_id()).collect();
     assert_eq!(sessions, now, "sessions survived the restart");
-    assert_eq!(es[first].participants().await.expect("participants").len(), 3);
+    assert_eq!(
+        es[first].participants().await.expect("participants").len(),
+        3
+    );
     for e in &es {
         e.close().await.expect("close");
     }
@@ -191,7 +204,9 @@ async fn zk_started_before_server_is_up_elects_once_it_is() {
     }
     // Without a server, nobody joins; health says why.
     es[0]
-        .wait_for_status(Duration::from_secs(10), |s| s.health.level != HealthLevel::Healthy)
+        .wait_for_status(Duration::from_secs(10), |s| {
+            s.health.level != HealthLevel::Healthy
+        })
         .await
         .expect("health reports the missing server");
     assert!(!joins[0].is_finished(), "join waits for the server");
@@ -235,12 +250,17 @@ async fn zk_ensemble_server_of_the_leader_killed_keeps_one_leader() {
         }
     }
     let victim = victim.expect("found the server the leader is connected to");
-    ens.node(victim).kill().await.expect("kill -9 the leader's server");
+    ens.node(victim)
+        .kill()
+        .await
+        .expect("kill -9 the leader's server");
     one_leader(&es, SESSION * 2).await;
     // Settle: the leader is re-granted (or replaced) on a live server.
     let i = one_leader(&es, SESSION * 2).await;
     es[i]
-        .wait_for_status(SESSION, |s| s.is_leader() && s.health.level == HealthLevel::Healthy)
+        .wait_for_status(SESSION, |s| {
+            s.is_leader() && s.health.level == HealthLevel::Healthy
+        })
         .await
         .expect("a healthy leader");
     for e in &es {
@@ -264,7 +284,11 @@ async fn zk_participant_without_acl_permission_gets_clear_error() {
         .await
         .expect("parent");
     admin
-        .create(&locked, b"", &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_read()))
+        .create(
+            &locked,
+            b"",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_read()),
+        )
         .await
         .expect("read-only node");
     let e = participant(&zk.addr(), &format!("{locked}/latch"), "intruder", SESSION);
@@ -299,20 +323,29 @@ async fn zk_session_policy_keeps_leadership_through_a_short_blip() {
     checker.watch(b.as_ref());
     a.join().await.expect("join");
     b.join().await.expect("join");
-    let lead = a.wait_for_leadership(Duration::from_secs(10)).await.expect("a leads");
-    proxy.cut();
-    a.wait_for_status(Duration::from_secs(5), |s| s.health.level == HealthLevel::Degraded)
+    let lead = a
+        .wait_for_leadership(Duration::from_secs(10))
         .await
-        .expect("a notices the lost connection");
+        .expect("a leads");
+    proxy.cut();
+    a.wait_for_status(Duration::from_secs(5), |s| {
+        s.health.level == HealthLevel::Degraded
+    })
+    .await
+    .expect("a notices the lost connection");
     assert!(lead.is_current(), "still leading within the grace period");
     proxy.restore();
-    a.wait_for_status(Duration::from_secs(5), |s| s.health.level == HealthLevel::Healthy)
-        .await
-        .expect("a reconnects");
+    a.wait_for_status(Duration::from_secs(5), |s| {
+        s.health.level == HealthLevel::Healthy
+    })
+    .await
+    .expect("a reconnects");
     assert!(lead.is_current(), "the same grant continues");
     assert_eq!(checker.grants(), 1, "{:?}", checker.events());
     a.close().await.expect("close");
-    b.wait_for_leadership(Duration::from_secs(10)).await.expect("b leads");
+    b.wait_for_leadership(Duration::from_secs(10))
+        .await
+        .expect("b leads");
     b.close().await.expect("close");
     checker.assert_ok();
 }
@@ -325,9 +358,11 @@ async fn zk_close_cancels_a_join_waiting_for_the_server() {
     let e = participant(&server.addr(), &unique_path("cancel"), "p", SESSION);
     let j = e.clone();
     let join = tokio::spawn(async move { j.join().await });
-    e.wait_for_status(Duration::from_secs(10), |s| s.health.level != HealthLevel::Healthy)
-        .await
-        .expect("joining, without a server");
+    e.wait_for_status(Duration::from_secs(10), |s| {
+        s.health.level != HealthLevel::Healthy
+    })
+    .await
+    .expect("joining, without a server");
     tokio::time::timeout(Duration::from_secs(5), e.close())
         .await
         .expect("close returns promptly")

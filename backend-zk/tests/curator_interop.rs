@@ -80,7 +80,10 @@ impl Curator {
 
     async fn send(&mut self, cmd: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin");
-        stdin.write_all(format!("{cmd}\n").as_bytes()).await.expect("write");
+        stdin
+            .write_all(format!("{cmd}\n").as_bytes())
+            .await
+            .expect("write");
         stdin.flush().await.expect("flush");
     }
 
@@ -102,9 +105,17 @@ async fn zk_curator_and_rust_share_one_latch_and_hand_over_both_ways() {
     java.expect("leader").await;
     let rust = joined(&zk.addr(), &path, 2, SESSION, &checker).await;
     for r in &rust {
-        assert!(!r.is_leader(), "{} must not lead while Curator does", r.id());
+        assert!(
+            !r.is_leader(),
+            "{} must not lead while Curator does",
+            r.id()
+        );
     }
-    let leader = rust[0].leader().await.expect("leader").expect("someone leads");
+    let leader = rust[0]
+        .leader()
+        .await
+        .expect("leader")
+        .expect("someone leads");
     assert_eq!(leader.id, "java-1", "we read Curator's participant id");
     let ids: Vec<String> = rust[0]
         .participants()

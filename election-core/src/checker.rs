@@ -278,7 +278,12 @@ impl LeadershipChecker {
                 .iter()
                 .map(|e| {
                     let ms = t0.map(|t| e.at.saturating_duration_since(t).as_secs_f64() * 1e3);
-                    format!("  +{:>9.3} ms {} {:?}", ms.unwrap_or(0.0), e.participant, e.kind)
+                    format!(
+                        "  +{:>9.3} ms {} {:?}",
+                        ms.unwrap_or(0.0),
+                        e.participant,
+                        e.kind
+                    )
                 })
                 .collect();
             Err(format!(

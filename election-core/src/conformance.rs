@@ -47,7 +47,11 @@ pub trait Factory: Send + Sync {
     async fn leftovers(&self) -> Result<Vec<String>>;
 }
 
-async fn make(f: &dyn Factory, ids: &[&str], checker: &LeadershipChecker) -> Vec<Arc<dyn Election>> {
+async fn make(
+    f: &dyn Factory,
+    ids: &[&str],
+    checker: &LeadershipChecker,
+) -> Vec<Arc<dyn Election>> {
     let mut v = Vec::new();
     for id in ids {
         let e = f
@@ -134,7 +138,11 @@ pub async fn terms_strictly_increase_across_grants(f: &dyn Factory) {
             .await
             .unwrap_or_else(|e| panic!("round {round}: {} did not lead: {e}", es[i].id()));
         if let Some(prev) = last {
-            assert!(lead.term() > prev, "round {round}: term {} not above {prev}", lead.term());
+            assert!(
+                lead.term() > prev,
+                "round {round}: term {} not above {prev}",
+                lead.term()
+            );
         }
         last = Some(lead.term());
         es[i].resign().await.expect("resign");
@@ -174,7 +182,12 @@ pub async fn closing_a_follower_elects_nobody_new(f: &dyn Factory) {
     assert_eq!(ids, vec!["a", "c"], "queue after closing followers");
     assert!(lead.is_current(), "a still leads with the same term");
     assert_eq!(leaders(&es), vec![0]);
-    assert_eq!(checker.grants(), 1, "nobody new was elected: {:?}", checker.events());
+    assert_eq!(
+        checker.grants(),
+        1,
+        "nobody new was elected: {:?}",
+        checker.events()
+    );
     // c's predecessor changed from b to a: it must still take over when a leaves.
     es[0].resign().await.expect("a resigns");
     expect_leader(f, &es[2], b.handover, "after a resigned (c re-watched a)").await;
@@ -235,13 +248,27 @@ pub async fn resign_then_rejoin_goes_to_the_back(f: &dyn Factory) {
 pub async fn leader_and_participants_match_roles(f: &dyn Factory) {
     let checker = LeadershipChecker::new();
     let es = make(f, &["a", "b", "c"], &checker).await;
-    assert_eq!(es[0].leader().await.expect("leader of empty election"), None);
-    assert!(es[0].participants().await.expect("participants of empty election").is_empty());
+    assert_eq!(
+        es[0].leader().await.expect("leader of empty election"),
+        None
+    );
+    assert!(es[0]
+        .participants()
+        .await
+        .expect("participants of empty election")
+        .is_empty());
     join_all(f, &es).await;
     let b = f.bounds();
     for round in 0..2 {
-        let lead = es[round].wait_for_leadership(b.handover.max(b.join)).await.expect("leads");
-        let leader = es[2].leader().await.expect("leader()").expect("someone leads");
+        let lead = es[round]
+            .wait_for_leadership(b.handover.max(b.join))
+            .await
+            .expect("leads");
+        let leader = es[2]
+            .leader()
+            .await
+            .expect("leader()")
+            .expect("someone leads");
         assert_eq!(leader.id, es[round].id());
         assert!(leader.is_leader);
         if let Some(t) = leader.term {
@@ -293,7 +320,10 @@ pub async fn wait_for_leadership_times_out_in_time(f: &dyn Factory) {
     let checker = LeadershipChecker::new();
     let es = make(f, &["a", "b"], &checker).await;
     join_all(f, &es).await;
-    es[0].wait_for_leadership(f.bounds().join).await.expect("a leads");
+    es[0]
+        .wait_for_leadership(f.bounds().join)
+        .await
+        .expect("a leads");
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
     let err = es[1]
@@ -303,7 +333,10 @@ pub async fn wait_for_leadership_times_out_in_time(f: &dyn Factory) {
     let took = started.elapsed();
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
     assert!(took >= timeout, "returned early: {took:?}");
-    assert!(took < timeout + Duration::from_secs(2), "returned late: {took:?}");
+    assert!(
+        took < timeout + Duration::from_secs(2),
+        "returned late: {took:?}"
+    );
     close_all(&es).await;
     checker.assert_ok();
 }
@@ -313,7 +346,10 @@ pub async fn close_leaves_nothing_behind(f: &dyn Factory) {
     let checker = LeadershipChecker::new();
     let es = make(f, &["a", "b", "c"], &checker).await;
     join_all(f, &es).await;
-    es[0].wait_for_leadership(f.bounds().join).await.expect("a leads");
+    es[0]
+        .wait_for_leadership(f.bounds().join)
+        .await
+        .expect("a leads");
     // Close the leader last so that closing followers under a live leader is covered too.
     close_all(&[es[1].clone(), es[2].clone(), es[0].clone()]).await;
     let left = f.leftovers().await.expect("leftovers");
@@ -327,7 +363,10 @@ pub async fn join_is_idempotent_and_closed_handle_refuses(f: &dyn Factory) {
     let es = make(f, &["a"], &checker).await;
     join_all(f, &es).await;
     join_all(f, &es).await;
-    es[0].wait_for_leadership(f.bounds().join).await.expect("a leads");
+    es[0]
+        .wait_for_leadership(f.bounds().join)
+        .await
+        .expect("a leads");
     assert_eq!(es[0].participants().await.expect("participants").len(), 1);
     es[0].close().await.expect("close");
     es[0].close().await.expect("second close");
@@ -362,7 +401,10 @@ pub async fn leadership_handle_reports_loss_and_cancels_work(f: &dyn Factory) {
         .await
         .expect("work cancelled in time")
         .expect("task");
-    assert_eq!(res.expect_err("work was cancelled").kind(), ErrorKind::NotLeader);
+    assert_eq!(
+        res.expect_err("work was cancelled").kind(),
+        ErrorKind::NotLeader
+    );
     expect_leader(f, &es[1], b.handover, "after a resigned").await;
     close_all(&es).await;
     checker.assert_ok();

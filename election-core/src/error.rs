@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn display_names_kind_and_message_and_keeps_source() {
-        let io = std::io::Error::new(std::io::ErrorKind::Other, "boom");
+        let io = std::io::Error::other("boom");
         let e = Error::new(ErrorKind::Connection, "cannot reach 127.0.0.1:1").with_source(io);
         assert_eq!(e.to_string(), "connection: cannot reach 127.0.0.1:1");
         let src = std::error::Error::source(&e).expect("source kept");

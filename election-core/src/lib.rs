@@ -26,7 +26,9 @@ pub mod conformance;
 pub use election::{Election, ElectionExt, Leadership, Participant};
 pub use error::{Error, ErrorKind, Result};
 pub use record::{CasOutcome, CasRecord, Versioned};
-pub use status::{Health, HealthLevel, LeadershipHistory, LeadershipSpan, Role, Status, StatusCell};
+pub use status::{
+    Health, HealthLevel, LeadershipHistory, LeadershipSpan, Role, Status, StatusCell,
+};
 pub use term::Term;
 
 /// Re-exported so backends and users name the same `async_trait`.

@@ -225,7 +225,12 @@ impl MemoryStore {
 
     /// The ids in the queue, in order (what a store listing would show).
     pub fn entries(&self) -> Vec<String> {
-        self.shared.lock().queue.iter().map(|e| e.id.clone()).collect()
+        self.shared
+            .lock()
+            .queue
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
     }
 
     /// Names of the records currently stored.
@@ -290,7 +295,11 @@ fn reconcile(st: &mut State) {
             } else {
                 (HealthLevel::Degraded, why.to_owned())
             };
-            let role = if held { Role::Suspended } else { Role::Candidate };
+            let role = if held {
+                Role::Suspended
+            } else {
+                Role::Candidate
+            };
             m.cell.set(role, level, reason);
             continue;
         }
@@ -299,7 +308,11 @@ fn reconcile(st: &mut State) {
                 let term = Term::new(st.epoch, h.seq);
                 let current = m.cell.get().role;
                 if current.is_leader() && current != (Role::Leader { term }) {
-                    m.cell.set(Role::Candidate, HealthLevel::Healthy, "place lost; rejoined");
+                    m.cell.set(
+                        Role::Candidate,
+                        HealthLevel::Healthy,
+                        "place lost; rejoined",
+                    );
                 }
                 leader = Some((m.cell.clone(), term));
             }
@@ -319,7 +332,11 @@ fn reconcile(st: &mut State) {
         }
     }
     if let Some((cell, term)) = leader {
-        cell.set(Role::Leader { term }, HealthLevel::Healthy, "first in queue");
+        cell.set(
+            Role::Leader { term },
+            HealthLevel::Healthy,
+            "first in queue",
+        );
     }
 }
 
@@ -467,7 +484,9 @@ impl Election for MemoryElection {
             .queue
             .iter()
             .enumerate()
-            .map(|(i, e)| Participant::new(e.id.clone(), i == 0).with_term(Term::new(st.epoch, e.seq)))
+            .map(|(i, e)| {
+                Participant::new(e.id.clone(), i == 0).with_term(Term::new(st.epoch, e.seq))
+            })
             .collect())
     }
 }

@@ -361,10 +361,23 @@ mod tests {
     #[test]
     fn unhealthy_leader_is_demoted_and_closed_is_final() {
         let cell = StatusCell::new();
-        assert!(cell.set_role(Role::Leader { term: Term::new(1, 1) }, "won"));
+        assert!(cell.set_role(
+            Role::Leader {
+                term: Term::new(1, 1)
+            },
+            "won"
+        ));
         assert!(cell.set_health(HealthLevel::Unhealthy, "no connection"));
         assert_eq!(cell.get().role, Role::Suspended);
-        assert!(!cell.set_role(Role::Leader { term: Term::new(1, 2) }, "won"), "no leader while unhealthy");
+        assert!(
+            !cell.set_role(
+                Role::Leader {
+                    term: Term::new(1, 2)
+                },
+                "won"
+            ),
+            "no leader while unhealthy"
+        );
         cell.close("closed");
         assert!(!cell.set(Role::Candidate, HealthLevel::Healthy, "x"));
         assert_eq!(cell.get().role, Role::Closed);

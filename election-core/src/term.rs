@@ -104,7 +104,10 @@ mod tests {
     fn terms_order_by_generation_then_epoch_then_sequence() {
         let a = Term::new(5, 100);
         assert!(a < Term::new(5, 101));
-        assert!(Term::new(5, 999) < Term::new(6, 1), "a new epoch beats any sequence");
+        assert!(
+            Term::new(5, 999) < Term::new(6, 1),
+            "a new epoch beats any sequence"
+        );
         assert!(
             Term::new(9, 999).with_generation(1) < Term::new(1, 1).with_generation(2),
             "a new generation beats any epoch"

@@ -113,7 +113,10 @@ mod tests {
         }
         assert!(participant_id(&"x".repeat(2000)).is_err());
         assert!(participant_id("web-1:4242").is_ok());
-        assert!(participant_id("").unwrap_err().to_string().contains("non-empty"));
+        assert!(participant_id("")
+            .unwrap_err()
+            .to_string()
+            .contains("non-empty"));
     }
 
     #[test]

@@ -6,8 +6,7 @@ use std::time::Duration;
 use succession_core::conformance::{self, Bounds, Factory, LeadershipChecker};
 use succession_core::memory::{MemoryElection, MemoryStore};
 use succession_core::{
-    async_trait, Election, HealthLevel, Participant, Result, Role, Status, StatusCell,
-    Term,
+    async_trait, Election, HealthLevel, Participant, Result, Role, Status, StatusCell, Term,
 };
 use tokio::sync::watch;
 
@@ -153,8 +152,18 @@ async fn checker_flags_overlapping_leaders_directly() {
     let checker = LeadershipChecker::new();
     checker.watch_stream("a".into(), a.subscribe());
     checker.watch_stream("b".into(), b.subscribe());
-    a.set_role(Role::Leader { term: Term::new(1, 1) }, "x");
-    b.set_role(Role::Leader { term: Term::new(1, 2) }, "x");
+    a.set_role(
+        Role::Leader {
+            term: Term::new(1, 1),
+        },
+        "x",
+    );
+    b.set_role(
+        Role::Leader {
+            term: Term::new(1, 2),
+        },
+        "x",
+    );
     let report = checker.check().expect_err("overlap must be flagged");
     assert!(report.contains("two leaders at once"), "{report}");
 }
@@ -166,9 +175,19 @@ async fn checker_flags_a_term_going_backwards() {
     let checker = LeadershipChecker::new();
     checker.watch_stream("a".into(), a.subscribe());
     checker.watch_stream("b".into(), b.subscribe());
-    a.set_role(Role::Leader { term: Term::new(1, 5) }, "x");
+    a.set_role(
+        Role::Leader {
+            term: Term::new(1, 5),
+        },
+        "x",
+    );
     a.set_role(Role::Idle, "resigned");
-    b.set_role(Role::Leader { term: Term::new(1, 4) }, "x");
+    b.set_role(
+        Role::Leader {
+            term: Term::new(1, 4),
+        },
+        "x",
+    );
     let report = checker.check().expect_err("backwards term must be flagged");
     assert!(report.contains("term went backwards"), "{report}");
     let _ = HealthLevel::Healthy;

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use succession_core::conformance::LeadershipChecker;
 use succession_core::memory::MemoryStore;
-use succession_core::{
-    CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role,
-};
+use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
 
 const BOUND: Duration = Duration::from_secs(3);
 
@@ -31,7 +29,10 @@ async fn one_leader(es: &[Arc<dyn Election>]) -> usize {
         if l.len() == 1 {
             return l[0];
         }
-        assert!(tokio::time::Instant::now() < deadline, "no leader within {BOUND:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader within {BOUND:?}"
+        );
         // Wake on any status change of any participant.
         let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
         let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
@@ -64,7 +65,10 @@ async fn memory_outage_suspends_everyone_then_reelects() {
         assert_eq!(e.status().borrow().role, Role::Suspended);
         assert_eq!(e.health_level(), HealthLevel::Degraded);
     }
-    assert_eq!(es[0].leader().await.unwrap_err().kind(), ErrorKind::Connection);
+    assert_eq!(
+        es[0].leader().await.unwrap_err().kind(),
+        ErrorKind::Connection
+    );
     // After the session timeout, places expire: Unhealthy.
     for e in &es {
         e.wait_for_status(BOUND, |s| s.health.level == HealthLevel::Unhealthy)
@@ -91,7 +95,11 @@ async fn memory_suspended_leader_is_replaced_after_session_timeout() {
     b.join().await.unwrap();
     a.wait_for_leadership(BOUND).await.unwrap();
     a.suspend();
-    assert_eq!(a.status().borrow().role, Role::Suspended, "suspended at once");
+    assert_eq!(
+        a.status().borrow().role,
+        Role::Suspended,
+        "suspended at once"
+    );
     assert!(!b.is_leader(), "b waits for a's session to expire");
     b.wait_for_leadership(BOUND).await.unwrap();
     a.resume();
@@ -120,10 +128,16 @@ async fn memory_record_compare_and_swap_detects_conflicts() {
         tokio::spawn(async move { r.changed(Some(v1)).await })
     };
     assert!(matches!(
-        r.compare_and_swap(Some(v1), b"fallback".to_vec()).await.unwrap(),
+        r.compare_and_swap(Some(v1), b"fallback".to_vec())
+            .await
+            .unwrap(),
         CasOutcome::Swapped(_)
     ));
-    let seen = tokio::time::timeout(BOUND, waiter).await.unwrap().unwrap().unwrap();
+    let seen = tokio::time::timeout(BOUND, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.unwrap().value, b"fallback");
     store.wipe();
     assert_eq!(r.read().await.unwrap(), None, "wipe loses records");

@@ -55,7 +55,14 @@ pub async fn one_leader(es: &[Arc<ZkElection>], bound: Duration) -> usize {
             .iter()
             .map(|e| {
                 let s = e.status().borrow().clone();
-                format!("{}: {} ({}) / {} ({})", e.id(), s.role, s.reason, s.health.level, s.health.reason)
+                format!(
+                    "{}: {} ({}) / {} ({})",
+                    e.id(),
+                    s.role,
+                    s.reason,
+                    s.health.level,
+                    s.health.reason
+                )
             })
             .collect();
         assert!(
@@ -88,7 +95,8 @@ pub async fn delete_recursive(c: &zk::Client, path: &str) {
         };
         let mut w = c.new_multi_writer();
         for k in &kids {
-            w.add_delete(&format!("{path}/{k}"), None).expect("add delete");
+            w.add_delete(&format!("{path}/{k}"), None)
+                .expect("add delete");
         }
         w.add_delete(path, None).expect("add delete");
         match w.commit().await {
