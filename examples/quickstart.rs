@@ -42,7 +42,11 @@ async fn main() -> succession::Result<()> {
         n.join().await?;
     }
     let lead = nodes[0].wait_for_leadership(Duration::from_secs(1)).await?;
-    log(format!("{} leads with fencing term {}", nodes[0].id(), lead.term()));
+    log(format!(
+        "{} leads with fencing term {}",
+        nodes[0].id(),
+        lead.term()
+    ));
 
     // Work that must only run while leading: cancelled the moment leadership is lost.
     let worker = {
@@ -59,10 +63,19 @@ async fn main() -> succession::Result<()> {
     tokio::time::sleep(Duration::from_millis(250)).await;
     nodes[0].resign().await?; // stops leading first, then leaves the queue
     let outcome = worker.await.expect("worker task");
-    log(format!("worker of {} stopped: {}", nodes[0].id(), outcome.unwrap_err()));
+    log(format!(
+        "worker of {} stopped: {}",
+        nodes[0].id(),
+        outcome.unwrap_err()
+    ));
 
     let b = nodes[1].wait_for_leadership(Duration::from_secs(1)).await?;
-    log(format!("{} leads with term {} (> {})", nodes[1].id(), b.term(), lead.term()));
+    log(format!(
+        "{} leads with term {} (> {})",
+        nodes[1].id(),
+        b.term(),
+        lead.term()
+    ));
 
     log("the store wipes everything (like a ZooKeeper ensemble coming back empty)".into());
     store.wipe();
@@ -73,12 +86,22 @@ async fn main() -> succession::Result<()> {
         }
     }
     let (who, term) = leader.expect("someone leads again at once");
-    log(format!("{who} leads again after the wipe, term {term} (> {})", b.term()));
+    log(format!(
+        "{who} leads again after the wipe, term {term} (> {})",
+        b.term()
+    ));
 
-    log(format!("{} loses its link to the store (its session expires after 500 ms)", nodes[1].id()));
+    log(format!(
+        "{} loses its link to the store (its session expires after 500 ms)",
+        nodes[1].id()
+    ));
     nodes[1].suspend();
     let c = nodes[2].wait_for_leadership(Duration::from_secs(2)).await?;
-    log(format!("{} leads with term {} (> {term})", nodes[2].id(), c.term()));
+    log(format!(
+        "{} leads with term {} (> {term})",
+        nodes[2].id(),
+        c.term()
+    ));
     nodes[1].resume();
 
     for n in &nodes {
