@@ -7,7 +7,10 @@ use std::time::Duration;
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong while starting, driving or inspecting a test server.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so a test's `.unwrap()` shows the whole
+/// message (what is missing, "run scripts/install-deps", the server log's tail).
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A binary or jar the testkit needs is not installed (or an override points nowhere).
@@ -76,6 +79,12 @@ pub enum Error {
     /// A caller passed an unusable argument (e.g. an ensemble of 0 nodes).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl Error {

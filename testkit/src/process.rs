@@ -84,7 +84,11 @@ pub(crate) struct Proc {
 
 impl Proc {
     pub(crate) fn set(&self, child: Child) {
-        let old = self.child.lock().unwrap_or_else(|e| e.into_inner()).replace(child);
+        let old = self
+            .child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(child);
         if let Some(mut old) = old {
             let _ = old.kill();
             let _ = old.wait();
@@ -107,14 +111,24 @@ impl Proc {
     /// The pid while the process is alive (reaps it first if it exited on its own).
     pub(crate) fn pid(&self) -> Option<u32> {
         let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        let c = g.as_mut()?;
-        match c.try_wait() {
-            Ok(None) => Some(c.id()),
-            _ => {
-                *g = None;
-                None
-            }
-        }
+        live_pid(&mut g)
+    }
+
+    /// Sends `sig` if the child is alive, holding the lock so that nobody reaps it (and
+    /// frees its pid for reuse) in between. Returns the pid signalled.
+    fn signal_live(&self, sig: libc::c_int) -> Option<(u32, std::io::Result<()>)> {
+        let mut g = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let pid = live_pid(&mut g)?;
+        Some((pid, send_signal(pid, sig)))
+    }
+
+    /// True while a spawned child is not yet reaped (running, or exited but not collected).
+    /// Unlike [`Self::pid`] it never reaps, so [`Self::exited`] still sees the status.
+    pub(crate) fn has_child(&self) -> bool {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     pub(crate) fn is_running(&self) -> bool {
@@ -123,19 +137,19 @@ impl Proc {
 
     /// Sends `sig` to the running child, or fails with `NotRunning`.
     pub(crate) fn signal(&self, what: &str, op: &'static str, sig: libc::c_int) -> Result<()> {
-        let pid = self.pid().ok_or_else(|| Error::NotRunning {
-            what: what.to_string(),
-            op,
-        })?;
-        send_signal(pid, sig).map_err(|e| Error::io(format!("{op} {what} (pid {pid})"), e))
+        match self.signal_live(sig) {
+            None => Err(Error::NotRunning {
+                what: what.to_string(),
+                op,
+            }),
+            Some((pid, r)) => r.map_err(|e| Error::io(format!("{op} {what} (pid {pid})"), e)),
+        }
     }
 
     /// Sends SIGTERM (and SIGCONT, in case it is frozen); does not wait.
     pub(crate) fn begin_stop(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = send_signal(pid, libc::SIGTERM);
-            let _ = send_signal(pid, libc::SIGCONT);
-        }
+        let _ = self.signal_live(libc::SIGTERM);
+        let _ = self.signal_live(libc::SIGCONT);
     }
 
     /// Waits until the child exited, SIGKILLing it once `deadline` passes.
@@ -166,8 +180,17 @@ impl Proc {
 
     /// Sends SIGKILL without reaping (the next `pid()`/`exited()` call reaps).
     pub(crate) fn begin_kill(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = send_signal(pid, libc::SIGKILL);
+        let _ = self.signal_live(libc::SIGKILL);
+    }
+}
+
+fn live_pid(g: &mut Option<Child>) -> Option<u32> {
+    let c = g.as_mut()?;
+    match c.try_wait() {
+        Ok(None) => Some(c.id()),
+        _ => {
+            *g = None;
+            None
         }
     }
 }
@@ -221,6 +244,10 @@ fn ephemeral_low() -> u16 {
 /// the kernel's ephemeral range, so outgoing connections never take them while a server is
 /// down for a restart. Another process may still grab one: callers retry on a bind failure.
 pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
+    // Never hand out a port twice in one process: two tests picking the same free port
+    // before either server binds it would otherwise collide.
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let low = ephemeral_low();
     let mut held = Vec::with_capacity(n);
     let mut ports = Vec::with_capacity(n);
@@ -242,13 +269,17 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
             continue;
         }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", candidate)) {
-            let port = l.local_addr().map_err(|e| Error::io("local_addr", e))?.port();
+            let port = l
+                .local_addr()
+                .map_err(|e| Error::io("local_addr", e))?
+                .port();
             if !ports.contains(&port) {
                 ports.push(port);
                 held.push(l);
             }
         }
     }
+    handed_out.extend_from_slice(&ports);
     Ok(ports)
 }
 
