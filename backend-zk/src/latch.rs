@@ -449,7 +449,19 @@ impl DriverState {
         if client.state() == zk::SessionState::Disconnected {
             return self.suspended(&client).await;
         }
-        match self.round(&client).await {
+        // A round's calls wait through a lost connection (up to 1.4 x the session timeout):
+        // abandon the round as soon as the connection is lost, so that suspension, probes
+        // and commands are handled at once.
+        let mut states = self
+            .states
+            .clone()
+            .unwrap_or_else(|| client.state_watcher());
+        let lost = async move { while states.changed().await != zk::SessionState::Disconnected {} };
+        let outcome = tokio::select! {
+            r = self.round(&client) => r,
+            _ = lost => Ok(Next::Again),
+        };
+        match outcome {
             Ok(next) => {
                 self.failures = 0;
                 self.failing_since = None;

@@ -15,6 +15,7 @@ mod error;
 pub mod memory;
 mod record;
 mod status;
+pub mod supervisor;
 mod term;
 pub mod validate;
 
@@ -29,6 +30,7 @@ pub use record::{CasOutcome, CasRecord, Versioned};
 pub use status::{
     Health, HealthLevel, LeadershipHistory, LeadershipSpan, Role, Status, StatusCell,
 };
+pub use supervisor::{Supervisor, SupervisorBuilder, SupervisorEvent};
 pub use term::Term;
 
 /// Re-exported so backends and users name the same `async_trait`.

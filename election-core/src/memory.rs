@@ -88,7 +88,12 @@ struct State {
 struct Entry {
     uid: u64,
     id: String,
+    /// The store sequence when the entry was created (its place in the queue).
+    #[allow(dead_code)]
     seq: u64,
+    /// The sequence of the current grant while this entry's owner leads: every grant,
+    /// also a re-grant after a suspension, draws a new one, so terms never repeat.
+    granted: Option<u64>,
 }
 
 struct Member {
@@ -268,16 +273,33 @@ fn reconcile(st: &mut State) {
             let seq = st.next_seq;
             st.next_seq += 1;
             let id = m.id.clone();
-            st.queue.push(Entry { uid, id, seq });
+            st.queue.push(Entry {
+                uid,
+                id,
+                seq,
+                granted: None,
+            });
             st.members.get_mut(&uid).expect("member").expired = false;
         }
     }
-    let head = st.queue.first().cloned();
-    let head_live = head.as_ref().is_some_and(|h| {
+    let head_live = st.queue.first().is_some_and(|h| {
         st.members
             .get(&h.uid)
             .is_some_and(|m| m.wants && store_ok && !m.suspended)
     });
+    // Only a live head holds a grant; a head that is not live loses it, so that its next
+    // grant gets a new term.
+    for (i, e) in st.queue.iter_mut().enumerate() {
+        if i > 0 || !head_live {
+            e.granted = None;
+        }
+    }
+    if head_live && st.queue[0].granted.is_none() {
+        let g = st.next_seq;
+        st.next_seq += 1;
+        st.queue[0].granted = Some(g);
+    }
+    let head = st.queue.first().cloned();
     let mut leader: Option<(Arc<StatusCell>, Term)> = None;
     for (uid, m) in &st.members {
         if !m.wants {
@@ -305,7 +327,7 @@ fn reconcile(st: &mut State) {
         }
         match &head {
             Some(h) if h.uid == *uid && head_live => {
-                let term = Term::new(st.epoch, h.seq);
+                let term = Term::new(st.epoch, h.granted.expect("a live head holds a grant"));
                 let current = m.cell.get().role;
                 if current.is_leader() && current != (Role::Leader { term }) {
                     m.cell.set(
@@ -485,7 +507,11 @@ impl Election for MemoryElection {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                Participant::new(e.id.clone(), i == 0).with_term(Term::new(st.epoch, e.seq))
+                let p = Participant::new(e.id.clone(), i == 0);
+                match e.granted {
+                    Some(g) => p.with_term(Term::new(st.epoch, g)),
+                    None => p,
+                }
             })
             .collect())
     }

@@ -104,9 +104,8 @@ impl Mode {
     /// Parse the stored form strictly. Errors are [`ErrorKind::Backend`], not retryable,
     /// and say how to repair the record.
     pub fn decode(bytes: &[u8]) -> Result<Mode> {
-        let text = std::str::from_utf8(bytes).map_err(|_| {
-            bad_mode(&String::from_utf8_lossy(bytes), "it is not valid UTF-8")
-        })?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| bad_mode(&String::from_utf8_lossy(bytes), "it is not valid UTF-8"))?;
         text.parse()
     }
 }
@@ -134,8 +133,12 @@ impl FromStr for Mode {
                 ))
             }
         };
-        let generation = strict_u64(generation)
-            .ok_or_else(|| bad_mode(s, "the generation is not an unsigned decimal without leading zeros"))?;
+        let generation = strict_u64(generation).ok_or_else(|| {
+            bad_mode(
+                s,
+                "the generation is not an unsigned decimal without leading zeros",
+            )
+        })?;
         Ok(Mode { layer, generation })
     }
 }
@@ -155,7 +158,8 @@ fn bad_mode(raw: &str, why: &str) -> Error {
 
 /// Digits only, no sign, no leading zero (except "0"), fits in u64.
 fn strict_u64(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()

@@ -1,0 +1,390 @@
+//! [`EtcdConfig`] and its builder: every value is checked before anything is contacted.
+
+use std::fmt;
+use std::time::Duration;
+
+use succession_core::{validate, Error, Result};
+
+/// Default lease TTL: 10 s.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Default timeout for establishing a connection to one endpoint: 5 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default timeout for one unary etcd request (get, txn, grant, revoke): 5 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest lease TTL accepted: 2 s (etcd's own minimum with default settings is
+/// about 1.5 s, rounded up to whole seconds).
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+/// The longest lease TTL accepted (etcd's `MaxLeaseTTL`).
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+
+/// Everything an [`EtcdElection`](crate::EtcdElection) (or an [`EtcdRecord`](crate::EtcdRecord))
+/// needs to know. Build it with [`EtcdConfig::builder`].
+///
+/// `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EtcdConfig {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) prefix: String,
+    pub(crate) id: String,
+    pub(crate) ttl: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("id", &self.id)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+impl EtcdConfig {
+    /// A builder with the defaults: no endpoint, no prefix, no id (all three required),
+    /// TTL [`DEFAULT_TTL`], connect timeout [`DEFAULT_CONNECT_TIMEOUT`], request timeout
+    /// [`DEFAULT_REQUEST_TIMEOUT`], no credentials.
+    pub fn builder() -> EtcdConfigBuilder {
+        EtcdConfigBuilder::default()
+    }
+
+    /// The etcd client endpoints (`http://host:port` or `host:port`).
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The election prefix, e.g. `/services/scheduler/leader`. Candidate keys are
+    /// `<prefix>/<lease id in hex>`; the epoch record is the key `<prefix>` itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// This participant's id (the value of its candidate key).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The lease TTL (whole seconds, at least [`MIN_TTL`]).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The timeout for establishing a connection to one endpoint.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The timeout of one unary request. Streams (watches, lease keep-alives) are not cut by
+    /// it; the lease keeper has its own deadlines.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The user name, when authentication is configured.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// How often the lease is renewed: TTL / 3.
+    pub fn renew_interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// The safety margin by which leadership is dropped BEFORE the server could expire the
+    /// lease: `max(TTL / 6, 300 ms)`. See the crate docs ("Lease safety margin").
+    pub fn safety_margin(&self) -> Duration {
+        (self.ttl / 6).max(Duration::from_millis(300))
+    }
+}
+
+/// Builds an [`EtcdConfig`]; [`build`](EtcdConfigBuilder::build) checks every value.
+#[derive(Clone, Default)]
+pub struct EtcdConfigBuilder {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    id: Option<String>,
+    ttl: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    request_timeout: Option<Duration>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+impl fmt::Debug for EtcdConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfigBuilder")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("id", &self.id)
+            .field("ttl", &self.ttl)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+impl EtcdConfigBuilder {
+    /// Add one endpoint (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Required: at least one.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoints.push(endpoint.into());
+        self
+    }
+
+    /// Add several endpoints (members of one cluster; requests are balanced over them).
+    pub fn endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.endpoints.extend(endpoints.into_iter().map(Into::into));
+        self
+    }
+
+    /// The election prefix: absolute, no trailing slash (e.g. `/services/scheduler/leader`).
+    /// Required. Do not nest elections (`/a` and `/a/b`): as in Go's `concurrency.Election`,
+    /// an election's range `<prefix>/` would contain the other one's keys.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// This participant's id, shown to others as the leader's id. Required, not blank.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The lease TTL: whole seconds, at least 2 s. Default 10 s. Leadership is dropped at
+    /// the latest `TTL - max(TTL/6, 300 ms)` after the last answered renewal was sent;
+    /// a crashed leader is replaced within about TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The connect timeout per endpoint. Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// The timeout of one unary request. Default 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// Authenticate as `user` with `password` (etcd auth). Default: no authentication.
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Check every value and build the configuration.
+    ///
+    /// Errors ([`InvalidConfig`](succession_core::ErrorKind::InvalidConfig)): no endpoint or
+    /// a malformed one, a missing, relative or trailing-slash prefix, a blank id, a TTL that
+    /// is zero, below 2 s or not whole seconds, zero timeouts, an empty user name.
+    pub fn build(self) -> Result<EtcdConfig> {
+        if self.endpoints.is_empty() {
+            return Err(Error::invalid_config(
+                "no etcd endpoint given; add one with .endpoint(\"http://127.0.0.1:2379\")",
+            ));
+        }
+        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        for e in &self.endpoints {
+            endpoints.push(normalize_endpoint(e)?);
+        }
+        let prefix = self.prefix.ok_or_else(|| {
+            Error::invalid_config(
+                "no etcd prefix given; set one with .prefix(\"/services/my-app/leader\")",
+            )
+        })?;
+        validate::store_path(&prefix, "etcd prefix")?;
+        let id = self.id.ok_or_else(|| {
+            Error::invalid_config(
+                "no participant id given; set one with .id(\"hostname-pid\") (non-empty)",
+            )
+        })?;
+        validate::participant_id(&id)?;
+        let ttl = self.ttl.unwrap_or(DEFAULT_TTL);
+        validate::duration(ttl, "etcd lease TTL", Some(MIN_TTL), Some(MAX_TTL))?;
+        if ttl.subsec_nanos() != 0 {
+            return Err(Error::invalid_config(format!(
+                "etcd lease TTL is {ttl:?}, but etcd leases are whole seconds; use e.g. {:?}",
+                Duration::from_secs(ttl.as_secs().max(2))
+            )));
+        }
+        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        validate::duration(connect_timeout, "etcd connect timeout", None, None)?;
+        let request_timeout = self.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT);
+        validate::duration(request_timeout, "etcd request timeout", None, None)?;
+        if let Some(user) = &self.user {
+            if user.trim().is_empty() {
+                return Err(Error::invalid_config(
+                    "etcd user name is empty; give the user name for .credentials(user, password)",
+                ));
+            }
+        }
+        Ok(EtcdConfig {
+            endpoints,
+            prefix,
+            id,
+            ttl,
+            connect_timeout,
+            request_timeout,
+            user: self.user,
+            password: self.password,
+        })
+    }
+}
+
+/// Check one endpoint and return it in the form etcd-client takes (`http://host:port`).
+fn normalize_endpoint(raw: &str) -> Result<String> {
+    let bad = |why: &str| {
+        Error::invalid_config(format!(
+            "etcd endpoint {raw:?} is malformed ({why}); use http://HOST:PORT such as http://127.0.0.1:2379"
+        ))
+    };
+    let e = raw.trim();
+    if e.is_empty() {
+        return Err(bad("empty"));
+    }
+    if e.starts_with("https://") {
+        return Err(Error::invalid_config(format!(
+            "etcd endpoint {raw:?} uses TLS (https), which this build of succession-etcd does not support; use an http:// endpoint"
+        )));
+    }
+    let rest = match e.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(bad(&format!("unsupported scheme {scheme:?}")));
+        }
+        None => e,
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') || rest.contains('?') || rest.contains('#') {
+        return Err(bad("it has a path; give only host and port"));
+    }
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it contains whitespace"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed '[' in an IPv6 address"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or_else(|| bad("no port after the IPv6 address"))?;
+        (host, port)
+    } else {
+        rest.rsplit_once(':').ok_or_else(|| bad("no port"))?
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if host.contains(':') && !rest.starts_with('[') {
+        return Err(bad("IPv6 addresses go in brackets, e.g. http://[::1]:2379"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad(&format!("port {port:?} is not a number in 1..=65535"))),
+    }
+    Ok(format!("http://{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use succession_core::ErrorKind;
+
+    fn base() -> EtcdConfigBuilder {
+        EtcdConfig::builder()
+            .endpoint("127.0.0.1:2379")
+            .prefix("/svc/leader")
+            .id("a")
+    }
+
+    #[test]
+    fn defaults_and_normalized_endpoints() {
+        let c = base().endpoint("http://[::1]:2380/").build().unwrap();
+        assert_eq!(
+            c.endpoints(),
+            ["http://127.0.0.1:2379", "http://[::1]:2380"]
+        );
+        assert_eq!(c.ttl(), DEFAULT_TTL);
+        assert_eq!(
+            c.renew_interval(),
+            Duration::from_millis(3333) + Duration::from_nanos(333_333)
+        );
+        assert_eq!(c.safety_margin(), Duration::from_secs(10) / 6);
+        let short = base().ttl(Duration::from_secs(2)).build().unwrap();
+        assert_eq!(short.safety_margin(), Duration::from_secs(2) / 6);
+        assert!(short.safety_margin() >= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_a_hint() {
+        let cases: Vec<(EtcdConfigBuilder, &str)> = vec![
+            (
+                EtcdConfig::builder().prefix("/a").id("a"),
+                "no etcd endpoint",
+            ),
+            (base().endpoint("localhost"), "no port"),
+            (base().endpoint("http://h:99999"), "1..=65535"),
+            (base().endpoint("http://h:1/x"), "path"),
+            (base().endpoint("ftp://h:1"), "scheme"),
+            (base().endpoint("https://h:1"), "TLS"),
+            (base().endpoint("::1:2379"), "brackets"),
+            (base().endpoint(""), "empty"),
+            (base().prefix("svc"), "relative"),
+            (base().prefix("/svc/"), "trailing"),
+            (base().id("  "), "non-empty"),
+            (base().ttl(Duration::ZERO), "zero"),
+            (base().ttl(Duration::from_secs(1)), "at least 2s"),
+            (base().ttl(Duration::from_millis(2500)), "whole seconds"),
+            (
+                base().connect_timeout(Duration::ZERO),
+                "connect timeout is zero",
+            ),
+            (
+                base().request_timeout(Duration::ZERO),
+                "request timeout is zero",
+            ),
+            (base().credentials("", "pw"), "user name is empty"),
+        ];
+        for (b, hint) in cases {
+            let e = b.build().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(hint), "{hint:?} not in {e}");
+        }
+        let e = EtcdConfig::builder()
+            .endpoint("h:1")
+            .id("a")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("no etcd prefix"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let b = base().credentials("root", "s3cret");
+        assert!(!format!("{b:?}").contains("s3cret"));
+        let c = b.build().unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("<hidden>") && dbg.contains("root"), "{dbg}");
+    }
+}

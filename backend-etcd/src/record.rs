@@ -1,0 +1,169 @@
+//! [`EtcdRecord`]: a compare-and-swap record in etcd, for the supervisor's mode record.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use succession_core::{validate, CasOutcome, CasRecord, Error, ErrorKind, Result, Versioned};
+
+use crate::config::EtcdConfig;
+use crate::conn::{Backoff, Connection};
+use crate::error;
+
+/// A versioned record at one etcd key, written only by compare-and-swap.
+///
+/// The version is the key's mod revision. [`compare_and_swap`](CasRecord::compare_and_swap)
+/// is one txn: "if mod_revision(key) == expected (or create_revision == 0 when the record
+/// must not exist) then put else get". [`changed`](CasRecord::changed) watches the key.
+///
+/// A wiped etcd loses the record (reads give `None`) and restarts revisions, so a version
+/// is only meaningful against the store it was read from.
+pub struct EtcdRecord {
+    conn: Arc<Connection>,
+    key: String,
+}
+
+impl fmt::Debug for EtcdRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdRecord")
+            .field("key", &self.key)
+            .field("endpoints", &self.conn.config.endpoints)
+            .finish()
+    }
+}
+
+impl EtcdRecord {
+    /// A record at `key` (absolute, e.g. `/services/my-app/mode`) using the endpoints,
+    /// credentials and timeouts of `config` (its prefix, id and TTL are not used). No I/O
+    /// until the first call. Prefer [`EtcdElection::record`](crate::EtcdElection::record)
+    /// to share an election's connection.
+    pub fn new(config: &EtcdConfig, key: &str) -> Result<EtcdRecord> {
+        Self::with_connection(Arc::new(Connection::new(config.clone())), key)
+    }
+
+    pub(crate) fn with_connection(conn: Arc<Connection>, key: &str) -> Result<EtcdRecord> {
+        validate::store_path(key, "etcd record key")?;
+        Ok(EtcdRecord {
+            conn,
+            key: key.to_owned(),
+        })
+    }
+
+    /// The key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Read the record and the store revision of the read.
+    async fn read_at(&self) -> Result<(Option<Versioned>, i64)> {
+        let mut c = self.conn.client().await?;
+        let resp = self
+            .conn
+            .request("read the record", c.get(self.key.clone(), None))
+            .await?;
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let v = resp.kvs().first().map(|kv| Versioned {
+            value: kv.value().to_vec(),
+            version: kv.mod_revision() as u64,
+        });
+        Ok((v, rev))
+    }
+}
+
+#[async_trait]
+impl CasRecord for EtcdRecord {
+    async fn read(&self) -> Result<Option<Versioned>> {
+        Ok(self.read_at().await?.0)
+    }
+
+    async fn compare_and_swap(&self, expected: Option<u64>, value: Vec<u8>) -> Result<CasOutcome> {
+        let cmp = match expected {
+            None => Compare::create_revision(self.key.clone(), CompareOp::Equal, 0),
+            Some(v) => {
+                let v = i64::try_from(v).map_err(|_| {
+                    Error::invalid_config(format!(
+                        "version {v} is not an etcd revision; pass a version read from this record"
+                    ))
+                })?;
+                Compare::mod_revision(self.key.clone(), CompareOp::Equal, v)
+            }
+        };
+        let txn = Txn::new()
+            .when(vec![cmp])
+            .and_then(vec![TxnOp::put(self.key.clone(), value, None)])
+            .or_else(vec![TxnOp::get(self.key.clone(), None)]);
+        let mut c = self.conn.client().await?;
+        let resp = self
+            .conn
+            .request("compare-and-swap the record", c.txn(txn))
+            .await?;
+        if resp.succeeded() {
+            let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            return Ok(CasOutcome::Swapped(rev as u64));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| Versioned {
+                value: kv.value().to_vec(),
+                version: kv.mod_revision() as u64,
+            })),
+            _ => None,
+        });
+        Ok(CasOutcome::Conflict(current.flatten()))
+    }
+
+    async fn changed(&self, seen: Option<u64>) -> Result<Option<Versioned>> {
+        let mut backoff = Backoff::for_config(&self.conn.config);
+        loop {
+            let (current, rev) = self.read_at().await?;
+            if current.as_ref().map(|v| v.version) != seen {
+                return Ok(current);
+            }
+            // Watch from just after the read: nothing between the read and the watch is missed.
+            let mut c = self.conn.client().await?;
+            let mut stream = self
+                .conn
+                .request(
+                    "watch the record",
+                    c.watch(
+                        self.key.clone(),
+                        Some(WatchOptions::new().with_start_revision(rev + 1)),
+                    ),
+                )
+                .await?;
+            let broke = loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() {
+                            break resp.compact_revision() == 0;
+                        }
+                        if let Some(ev) = resp.events().last() {
+                            let now = match ev.event_type() {
+                                EventType::Delete => None,
+                                EventType::Put => ev.kv().map(|kv| Versioned {
+                                    value: kv.value().to_vec(),
+                                    version: kv.mod_revision() as u64,
+                                }),
+                            };
+                            if now.as_ref().map(|v| v.version) != seen {
+                                return Ok(now);
+                            }
+                        }
+                    }
+                    Ok(None) => break true,
+                    Err(e) => {
+                        let e = error::map("watch the record", e);
+                        if e.kind() == ErrorKind::PermissionDenied || !e.is_retryable() {
+                            return Err(e);
+                        }
+                        break true;
+                    }
+                }
+            };
+            if broke {
+                // The stream broke (e.g. etcd restarted): re-read and watch again.
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}

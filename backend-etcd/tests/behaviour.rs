@@ -1,0 +1,493 @@
+//! Behaviour of the etcd backend against real etcd: the Go-compatible layout, interop with
+//! the real `etcdctl elect` both ways, clean close (checked with the lease list API), close
+//! during a campaign, the compare-and-swap record, unreachable etcd and permission errors.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{close_all, config, joined, lease_ids, leftovers, raw_client};
+use etcd_client::GetOptions;
+use succession_core::conformance::LeadershipChecker;
+use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
+use succession_etcd::{EtcdConfig, EtcdElection, EtcdRecord};
+use succession_testkit::{etcdctl_bin, shared_etcd, unique_path, EtcdServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const BOUND: Duration = Duration::from_secs(10);
+
+/// A running `etcdctl` with its stdout lines.
+struct Ctl {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Ctl {
+    fn spawn(endpoint: &str, args: &[&str]) -> Ctl {
+        let bin = etcdctl_bin().unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(bin)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn etcdctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Ctl {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until etcdctl prints a line equal to `want`.
+    async fn expect_line(&mut self, want: &str) {
+        let deadline = tokio::time::Instant::now() + BOUND;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    let hit = l == want;
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Ok(None) => panic!(
+                    "etcdctl exited before printing {want:?}; printed {:?}",
+                    self.seen
+                ),
+                Err(_) => panic!(
+                    "etcdctl did not print {want:?} within {BOUND:?}; printed {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// SIGINT (etcdctl elect then resigns and closes its session) and wait for the exit.
+    async fn interrupt(&mut self) {
+        let pid = self.child.id().expect("etcdctl still running") as libc::pid_t;
+        // SAFETY: signals our own child, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        tokio::time::timeout(BOUND, self.child.wait())
+            .await
+            .expect("etcdctl exits after SIGINT")
+            .expect("wait etcdctl");
+    }
+}
+
+async fn election(prefix: &str, id: &str) -> Arc<EtcdElection> {
+    let etcd = shared_etcd().await;
+    Arc::new(EtcdElection::new(config(&[etcd.endpoint()], prefix, id, 3)).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_matches_go_concurrency_election() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("layout");
+    let checker = LeadershipChecker::new();
+    let es = joined(
+        &[vec![etcd.endpoint()], vec![etcd.endpoint()]],
+        &prefix,
+        3,
+        &checker,
+    )
+    .await;
+    let term = es[0].wait_for_leadership(BOUND).await.unwrap().term();
+    let client = raw_client(&etcd.endpoint()).await;
+    let mut c = client.clone();
+    let kvs = c
+        .get(format!("{prefix}/"), Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let mut keys: Vec<(String, String, i64, i64)> = kvs
+        .kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_owned(),
+                kv.value_str().unwrap().to_owned(),
+                kv.lease(),
+                kv.create_revision(),
+            )
+        })
+        .collect();
+    keys.sort_by_key(|k| k.3);
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for (i, (key, value, lease, _)) in keys.iter().enumerate() {
+        let info = es[i].lease().expect("holds a lease");
+        assert_eq!(*lease, info.id, "key attached to the participant's lease");
+        assert_eq!(
+            *key,
+            format!("{prefix}/{:x}", info.id),
+            "key = <prefix>/<lease hex>"
+        );
+        assert_eq!(value, es[i].id(), "value = participant id");
+    }
+    assert_eq!(
+        term.sequence(),
+        keys[0].3 as u64,
+        "term sequence = create revision"
+    );
+    // The epoch record is the prefix key itself, outside the range `<prefix>/`.
+    let epoch = c.get(prefix.clone(), None).await.unwrap();
+    let epoch: u64 = epoch.kvs()[0].value_str().unwrap().parse().unwrap();
+    assert_eq!(term.epoch(), epoch);
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_leaves_no_key_and_no_lease_behind() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("clean");
+    let client = raw_client(&etcd.endpoint()).await;
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    let ours: Vec<i64> = es.iter().map(|e| e.lease().expect("lease").id).collect();
+    // Positive control: while joined, the check sees every key and lease.
+    let live = leftovers(&client, &prefix).await.unwrap();
+    assert_eq!(live.len(), 6, "3 keys and 3 leases while joined: {live:?}");
+    let granted = lease_ids(&client).await;
+    assert!(
+        ours.iter().all(|id| granted.contains(id)),
+        "leases listed while joined"
+    );
+    // Close a follower, then the leader, then the last one.
+    close_all(&[es[1].clone(), es[0].clone(), es[2].clone()]).await;
+    let left = leftovers(&client, &prefix).await.unwrap();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let leases = lease_ids(&client).await;
+    for id in ours {
+        assert!(
+            !leases.contains(&id),
+            "lease {id:x} still granted after close"
+        );
+    }
+    for e in &es {
+        assert_eq!(e.status().borrow().role, Role::Closed);
+        assert!(e.lease().is_none());
+    }
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_a_campaign_cancels_it_and_removes_the_key() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("cancel");
+    let client = raw_client(&etcd.endpoint()).await;
+    let checker = LeadershipChecker::new();
+    let a = election(&prefix, "a").await;
+    let b = election(&prefix, "b").await;
+    checker.watch(a.as_ref());
+    checker.watch(b.as_ref());
+    a.join().await.unwrap();
+    let lead = a.wait_for_leadership(BOUND).await.unwrap();
+    b.join().await.unwrap();
+    b.wait_for_status(
+        BOUND,
+        |s| matches!(&s.role, Role::Follower { leader: Some(l) } if l == "a"),
+    )
+    .await
+    .unwrap();
+    let b_lease = b.lease().unwrap().id;
+    // b waits for a's key to be deleted; closing b cancels that wait at once.
+    let started = std::time::Instant::now();
+    b.close().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "close took {:?}",
+        started.elapsed()
+    );
+    assert!(!lease_ids(&client).await.contains(&b_lease));
+    let ids: Vec<String> = a
+        .participants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(ids, ["a"]);
+    assert!(lead.is_current(), "a still leads with the same term");
+    a.close().await.unwrap();
+    assert!(leftovers(&client, &prefix).await.unwrap().is_empty());
+    checker.assert_ok();
+    assert_eq!(checker.grants(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_listener_observes_our_leaders() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("ctl-listen");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    let mut listener = Ctl::spawn(&etcd.endpoint(), &["elect", "-l", &prefix]);
+    listener.expect_line("p0").await;
+    es[0].resign().await.unwrap();
+    es[1].wait_for_leadership(BOUND).await.unwrap();
+    listener.expect_line("p1").await;
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_observe_an_etcdctl_leader_and_follow_it() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("ctl-lead");
+    let mut ctl = Ctl::spawn(&etcd.endpoint(), &["elect", &prefix, "ctl-1"]);
+    ctl.expect_line("ctl-1").await; // printed once elected
+    let checker = LeadershipChecker::new();
+    let a = election(&prefix, "a").await;
+    checker.watch(a.as_ref());
+    let leader = a.leader().await.unwrap().expect("etcdctl leads");
+    assert_eq!(leader.id, "ctl-1");
+    assert!(leader.is_leader);
+    a.join().await.unwrap();
+    a.wait_for_status(
+        BOUND,
+        |s| matches!(&s.role, Role::Follower { leader: Some(l) } if l == "ctl-1"),
+    )
+    .await
+    .unwrap();
+    assert!(!a.is_leader());
+    ctl.interrupt().await; // etcdctl resigns
+    a.wait_for_leadership(BOUND).await.unwrap();
+    assert_eq!(a.leader().await.unwrap().unwrap().id, "a");
+    a.close().await.unwrap();
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_etcdctl_and_our_candidates_hand_over_in_queue_order() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("ctl-mixed");
+    let checker = LeadershipChecker::new();
+    let ids =
+        |ps: Vec<succession_core::Participant>| ps.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    // Queue: ctl-1 (etcdctl), a (ours), ctl-2 (etcdctl), b (ours).
+    let mut ctl1 = Ctl::spawn(&etcd.endpoint(), &["elect", &prefix, "ctl-1"]);
+    ctl1.expect_line("ctl-1").await;
+    let a = election(&prefix, "a").await;
+    checker.watch(a.as_ref());
+    a.join().await.unwrap();
+    // Watch the election range, so that we know when ctl-2's key is queued behind a.
+    let mut raw = raw_client(&etcd.endpoint()).await;
+    let mut puts = raw
+        .watch(
+            format!("{prefix}/"),
+            Some(etcd_client::WatchOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let mut ctl2 = Ctl::spawn(&etcd.endpoint(), &["elect", &prefix, "ctl-2"]);
+    tokio::time::timeout(BOUND, async {
+        loop {
+            let resp = puts.message().await.unwrap().expect("watch open");
+            if resp.events().iter().any(|e| {
+                e.event_type() == etcd_client::EventType::Put
+                    && e.kv().is_some_and(|kv| kv.value() == b"ctl-2")
+            }) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("ctl-2 queued its key");
+    drop(puts);
+    let b = election(&prefix, "b").await;
+    checker.watch(b.as_ref());
+    b.join().await.unwrap();
+    assert_eq!(
+        ids(b.participants().await.unwrap()),
+        ["ctl-1", "a", "ctl-2", "b"]
+    );
+    assert!(!a.is_leader() && !b.is_leader());
+
+    ctl1.interrupt().await;
+    a.wait_for_leadership(BOUND).await.unwrap();
+    assert!(!b.is_leader());
+    a.resign().await.unwrap();
+    // etcdctl says it was elected; b watches only its predecessor (ctl-2), leader() reads
+    // the store live.
+    ctl2.expect_line("ctl-2").await;
+    assert_eq!(b.leader().await.unwrap().unwrap().id, "ctl-2");
+    assert!(!b.is_leader());
+    ctl2.interrupt().await;
+    b.wait_for_leadership(BOUND).await.unwrap();
+    close_all(&[a, b]).await;
+    checker.assert_ok();
+    assert_eq!(checker.grants(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_compare_and_swap_detects_conflicts_and_changes() {
+    let etcd = shared_etcd().await;
+    let key = format!("{}/mode", unique_path("record"));
+    let cfg = config(&[etcd.endpoint()], "/unused", "r", 3);
+    let r = EtcdRecord::new(&cfg, &key).unwrap();
+    assert_eq!(r.read().await.unwrap(), None);
+    let v1 = match r.compare_and_swap(None, b"primary".to_vec()).await.unwrap() {
+        CasOutcome::Swapped(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(r.read().await.unwrap().unwrap().version, v1);
+    match r.compare_and_swap(None, b"x".to_vec()).await.unwrap() {
+        CasOutcome::Conflict(Some(cur)) => {
+            assert_eq!((cur.value.as_slice(), cur.version), (&b"primary"[..], v1))
+        }
+        other => panic!("{other:?}"),
+    }
+    match r
+        .compare_and_swap(Some(v1 + 1000), b"x".to_vec())
+        .await
+        .unwrap()
+    {
+        CasOutcome::Conflict(Some(cur)) => assert_eq!(cur.version, v1),
+        other => panic!("{other:?}"),
+    }
+    // `changed` returns at once when the version already differs...
+    assert_eq!(r.changed(None).await.unwrap().unwrap().version, v1);
+    // ...and otherwise waits for the next write, by anyone (here: a second handle).
+    let other = succession_etcd::EtcdElection::new(config(&[etcd.endpoint()], "/unused", "o", 3))
+        .unwrap()
+        .record(&key)
+        .unwrap();
+    let waiter = tokio::spawn(async move { r.changed(Some(v1)).await });
+    let v2 = match other
+        .compare_and_swap(Some(v1), b"fallback".to_vec())
+        .await
+        .unwrap()
+    {
+        CasOutcome::Swapped(v) => v,
+        c => panic!("{c:?}"),
+    };
+    let seen = tokio::time::timeout(BOUND, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (seen.value.as_slice(), seen.version),
+        (&b"fallback"[..], v2)
+    );
+    assert!(v2 > v1);
+    assert_eq!(
+        EtcdRecord::new(&cfg, "relative").unwrap_err().kind(),
+        ErrorKind::InvalidConfig
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_etcd_keeps_a_degraded_candidate_that_closes_promptly() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let e = EtcdElection::new(config(
+        &[format!("http://127.0.0.1:{port}")],
+        "/nowhere",
+        "a",
+        2,
+    ))
+    .unwrap();
+    let err = e.leader().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.is_retryable());
+    let joining = tokio::time::timeout(Duration::from_millis(800), e.join()).await;
+    assert!(
+        joining.is_err(),
+        "join keeps waiting while etcd is unreachable"
+    );
+    let s = e
+        .wait_for_status(BOUND, |s| s.health.level == HealthLevel::Degraded)
+        .await
+        .unwrap();
+    assert_eq!(s.role, Role::Candidate);
+    assert!(s.health.reason.contains("retrying"), "{}", s.health.reason);
+    let started = std::time::Instant::now();
+    e.close().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "close took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.join().await.unwrap_err().kind(), ErrorKind::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_denied_fails_join_and_reports_unhealthy() {
+    // Auth is server-wide: a dedicated server.
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut c = raw_client(&etcd.endpoint()).await;
+    c.user_add("root", "rootpw", None).await.unwrap();
+    let _ = c.role_add("root").await;
+    c.user_grant_role("root", "root").await.unwrap();
+    c.user_add("limited", "pw", None).await.unwrap();
+    c.role_add("other-only").await.unwrap();
+    c.role_grant_permission(
+        "other-only",
+        etcd_client::Permission::read_write("/other/").with_prefix(),
+    )
+    .await
+    .unwrap();
+    c.user_grant_role("limited", "other-only").await.unwrap();
+    c.auth_enable().await.unwrap();
+
+    let base = || {
+        EtcdConfig::builder()
+            .endpoint(etcd.endpoint())
+            .prefix("/election")
+            .ttl(Duration::from_secs(2))
+            .request_timeout(Duration::from_secs(2))
+    };
+    // A user without rights on the prefix.
+    let e =
+        EtcdElection::new(base().id("a").credentials("limited", "pw").build().unwrap()).unwrap();
+    let err = tokio::time::timeout(BOUND, e.join())
+        .await
+        .expect("join fails in time")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(e.health_level(), HealthLevel::Unhealthy);
+    e.close().await.unwrap();
+    // A wrong password.
+    let e = EtcdElection::new(
+        base()
+            .id("b")
+            .credentials("limited", "wrong")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let err = e.leader().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    // No credentials at all.
+    let e = EtcdElection::new(base().id("c").build().unwrap()).unwrap();
+    let err = e.participants().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+}

@@ -1,0 +1,274 @@
+//! Helpers shared by the test binaries of succession-etcd (real etcd from the testkit).
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
+use succession_core::conformance::{Bounds, Factory, LeadershipChecker};
+use succession_core::{async_trait, Election, ElectionExt, Result};
+use succession_etcd::{EtcdConfig, EtcdElection};
+use tokio::time::Instant;
+
+/// A configuration for tests: `endpoints`, `prefix`, `id`, TTL in seconds, short timeouts.
+pub fn config(endpoints: &[String], prefix: &str, id: &str, ttl_secs: u64) -> EtcdConfig {
+    EtcdConfig::builder()
+        .endpoints(endpoints.iter().cloned())
+        .prefix(prefix)
+        .id(id)
+        .ttl(Duration::from_secs(ttl_secs))
+        .connect_timeout(Duration::from_secs(2))
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid test config")
+}
+
+/// A raw etcd-client for checks from the outside.
+pub async fn raw_client(endpoint: &str) -> Client {
+    Client::connect([endpoint], None)
+        .await
+        .expect("connect a raw etcd client")
+}
+
+/// What etcd still holds for election `prefix`: candidate keys under `<prefix>/`, and
+/// leases (other than those in `ignore`) whose attached keys lie under `<prefix>/`. The
+/// epoch record (`<prefix>` itself) is election metadata that stays by design.
+pub async fn leftovers(client: &Client, prefix: &str) -> Result<Vec<String>> {
+    let mut c = client.clone();
+    let range = format!("{prefix}/");
+    let mut out = Vec::new();
+    let keys = c
+        .get(range.clone(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| backend(format!("list keys: {e}")))?;
+    for kv in keys.kvs() {
+        out.push(format!(
+            "key {} (lease {:x})",
+            String::from_utf8_lossy(kv.key()),
+            kv.lease()
+        ));
+    }
+    let leases = c
+        .leases()
+        .await
+        .map_err(|e| backend(format!("list leases: {e}")))?;
+    for l in leases.leases() {
+        let ttl = match c
+            .lease_time_to_live(l.id(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+        {
+            Ok(t) => t,
+            Err(_) => continue, // revoked meanwhile
+        };
+        if ttl.ttl() < 0 {
+            continue;
+        }
+        if ttl.keys().iter().any(|k| k.starts_with(range.as_bytes())) {
+            out.push(format!("lease {:x} (ttl {}s)", l.id(), ttl.ttl()));
+        }
+    }
+    Ok(out)
+}
+
+/// All lease ids the server holds.
+pub async fn lease_ids(client: &Client) -> HashSet<i64> {
+    let mut c = client.clone();
+    c.leases()
+        .await
+        .expect("list leases")
+        .leases()
+        .iter()
+        .map(|l| l.id())
+        .collect()
+}
+
+fn backend(msg: String) -> succession_core::Error {
+    succession_core::Error::new(succession_core::ErrorKind::Backend, msg)
+}
+
+/// Conformance factory: the shared etcd of this test binary, a fresh prefix per scenario.
+pub struct EtcdFactory {
+    pub endpoint: String,
+    pub prefix: String,
+    pub ttl_secs: u64,
+    pub client: Client,
+}
+
+impl EtcdFactory {
+    pub async fn new(ttl_secs: u64) -> Self {
+        let etcd = succession_testkit::shared_etcd().await;
+        let endpoint = etcd.endpoint();
+        let client = raw_client(&endpoint).await;
+        EtcdFactory {
+            prefix: succession_testkit::unique_path("conformance"),
+            endpoint,
+            ttl_secs,
+            client,
+        }
+    }
+}
+
+#[async_trait]
+impl Factory for EtcdFactory {
+    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
+        let cfg = config(
+            std::slice::from_ref(&self.endpoint),
+            &self.prefix,
+            id,
+            self.ttl_secs,
+        );
+        Ok(Arc::new(EtcdElection::new(cfg)?))
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            join: Duration::from_secs(5),
+            handover: Duration::from_secs(3),
+            // The lease must expire (TTL, checked by etcd every 500 ms), then the successor
+            // hears of the deletion and re-reads.
+            crash: Duration::from_secs(self.ttl_secs) + Duration::from_secs(4),
+        }
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        leftovers(&self.client, &self.prefix).await
+    }
+}
+
+/// Participants of one election, each watched by `checker`, joined in order.
+pub async fn joined(
+    endpoints_per_participant: &[Vec<String>],
+    prefix: &str,
+    ttl_secs: u64,
+    checker: &LeadershipChecker,
+) -> Vec<Arc<EtcdElection>> {
+    let mut v = Vec::new();
+    for (i, eps) in endpoints_per_participant.iter().enumerate() {
+        let id = format!("p{i}");
+        let e = Arc::new(EtcdElection::new(config(eps, prefix, &id, ttl_secs)).unwrap());
+        checker.watch(e.as_ref());
+        tokio::time::timeout(Duration::from_secs(10), e.join())
+            .await
+            .unwrap_or_else(|_| panic!("{id} did not join in time"))
+            .unwrap_or_else(|err| panic!("{id} failed to join: {err}"));
+        v.push(e);
+    }
+    v
+}
+
+/// Waits (on the status streams, at most `bound`) until exactly one participant leads and
+/// returns its index. Panics if two lead at once at any check.
+pub async fn one_leader(es: &[Arc<EtcdElection>], bound: Duration) -> usize {
+    let deadline = Instant::now() + bound;
+    loop {
+        let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
+        let mut l = Vec::new();
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            if rx.borrow_and_update().is_leader() {
+                l.push(i);
+            }
+        }
+        assert!(l.len() <= 1, "two leaders at once: {l:?}");
+        if l.len() == 1 {
+            return l[0];
+        }
+        if Instant::now() >= deadline {
+            let states: Vec<String> = es
+                .iter()
+                .map(|e| {
+                    let s = e.status().borrow().clone();
+                    format!(
+                        "{}: {} ({}), {} ({})",
+                        e.id(),
+                        s.role,
+                        s.reason,
+                        s.health.level,
+                        s.health.reason
+                    )
+                })
+                .collect();
+            panic!("no leader within {bound:?}: {states:#?}");
+        }
+        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+    }
+}
+
+/// Closes every participant (each must succeed).
+pub async fn close_all(es: &[Arc<EtcdElection>]) {
+    for e in es {
+        e.close()
+            .await
+            .unwrap_or_else(|err| panic!("{} failed to close: {err}", e.id()));
+    }
+}
+
+/// A leader's current term.
+pub fn term_of(e: &EtcdElection) -> succession_core::Term {
+    e.leadership().expect("leads").term()
+}
+
+/// Waits (on the status streams, at most `bound`) until the participants at `live` have
+/// settled: exactly one of them leads, the others follow, all are Healthy, and nobody
+/// else leads. Returns the leader's index.
+pub async fn settled(es: &[Arc<EtcdElection>], live: &[usize], bound: Duration) -> usize {
+    let deadline = Instant::now() + bound;
+    loop {
+        let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
+        let statuses: Vec<succession_core::Status> = rxs
+            .iter_mut()
+            .map(|rx| rx.borrow_and_update().clone())
+            .collect();
+        let leaders: Vec<usize> = (0..es.len()).filter(|&i| statuses[i].is_leader()).collect();
+        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
+        let ok = leaders.len() == 1
+            && live.contains(&leaders[0])
+            && live.iter().all(|&i| {
+                statuses[i].health.level == succession_core::HealthLevel::Healthy
+                    && (statuses[i].is_leader()
+                        || matches!(statuses[i].role, succession_core::Role::Follower { .. }))
+            });
+        if ok {
+            return leaders[0];
+        }
+        if Instant::now() >= deadline {
+            let states: Vec<String> = es
+                .iter()
+                .zip(&statuses)
+                .map(|(e, s)| {
+                    format!(
+                        "{}: {} ({}), {} ({})",
+                        e.id(),
+                        s.role,
+                        s.reason,
+                        s.health.level,
+                        s.health.reason
+                    )
+                })
+                .collect();
+            panic!("participants {live:?} did not settle within {bound:?}: {states:#?}");
+        }
+        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+    }
+}
+
+/// Every participant's role, health and lease, for failure messages.
+pub fn describe(es: &[Arc<EtcdElection>]) -> String {
+    es.iter()
+        .map(|e| {
+            let s = e.status().borrow().clone();
+            format!(
+                "{}: {} ({}), {} ({}), lease {:?}",
+                e.id(),
+                s.role,
+                s.reason,
+                s.health.level,
+                s.health.reason,
+                e.lease()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,730 @@
+//! The dual-layer [`Supervisor`]: an [`Election`] over a primary and a fallback
+//! `Election`, failing over to the fallback when the primary stays unhealthy and back when
+//! it recovers, without ever letting two participants lead at once under the conditions
+//! stated below.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> succession_core::Result<()> {
+//! use std::{sync::Arc, time::Duration};
+//! use succession_core::{memory::MemoryStore, supervisor::Supervisor, Election, ElectionExt};
+//!
+//! let (zk, etcd) = (MemoryStore::new(), MemoryStore::new()); // stand-ins for the real stores
+//! let a = Supervisor::builder()
+//!     .primary(Arc::new(zk.election("a")?))
+//!     .fallback(Arc::new(etcd.election("a")?))
+//!     .mode_record(Arc::new(etcd.record("mode")))
+//!     .heartbeat_record(Arc::new(etcd.record("mode.heartbeat")))
+//!     .primary_session_timeout(zk.session_timeout())
+//!     .failover_after(Duration::from_secs(2))
+//!     .check_interval(Duration::from_millis(100))
+//!     .layer_names("zookeeper", "etcd")
+//!     .build()?;
+//! a.join().await?;
+//! let lead = a.wait_for_leadership(Duration::from_secs(2)).await?;
+//! assert_eq!(lead.term().generation(), a.mode().unwrap().generation);
+//! a.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! Every participant runs both layer elections (hot standby: it joins the fallback too, so a
+//! failover does not wait for a campaign) and follows a **mode record** `{layer, generation}`
+//! ([`Mode`], stored as `primary/7`) kept in the fallback store and changed only by
+//! compare-and-swap. A participant leads when (1) the mode names layer L, (2) it leads the
+//! election of layer L, and (3) the gate below is open; its [`Term`](crate::Term) is L's term with the
+//! mode generation ([`Term::with_generation`](crate::Term::with_generation)), so every term granted after a mode change
+//! orders after every term before it.
+//!
+//! * **Failover** is decided by any joined participant in primary mode whose [`Policy`]
+//!   says so; the default requires the primary to be unhealthy *here* for `failover_after`
+//!   AND no heartbeat from a primary leader for `failover_after` (the primary leader writes
+//!   one into a heartbeat record next to the mode record every `check_interval`), so one
+//!   participant cut off from the primary alone cannot move the cluster.
+//! * **Failback** is decided only by the participant leading through the fallback: it
+//!   publishes that it no longer leads, then swaps the record to `primary/g+1`.
+//! * **Stepping down**: every participant re-reads the record at least every
+//!   `check_interval` (and on every change it is told about). The moment a read shows any
+//!   other value than the mode it leads under — another layer, another generation, or no
+//!   record at all — it publishes that it no longer leads, before anything else.
+//!
+//! # Never two leaders: the argument
+//!
+//! Let X = `check_interval`, T = `record_timeout` (≤ X), V = X + T + X/2 (the *mode lease*),
+//! G = V + V/10 + 10 ms (the *takeover delay*); see [`Timings`].
+//!
+//! 1. *Same generation*: all leaders under one generation lead through the same layer, so
+//!    that layer's own guarantee (one leader, "stop leading before leaving") applies. The
+//!    supervisor publishes "not leading" before it resigns or closes a layer, and on drop.
+//! 2. *Different generations g < h*, with h written at instant t_h. A participant leading
+//!    under h first saw h in a response received after t_h, and leads only G after that
+//!    (**takeover guard**; it applies to every participant, including the writer and a
+//!    participant that just started), so not before t_h + G.
+//!    A participant leading under g must stop before t_h + G. Two cases:
+//!    * it can read the record: its next read is sent by t_h + X and answered by
+//!      t_h + X + T < t_h + G; that read shows something other than g, and it steps down.
+//!    * it cannot (reads fail or time out): fallback leaders lead only within the mode
+//!      lease V of the send time s of their last confirming read, and s < t_h, so they stop
+//!      by t_h + V < t_h + G. Primary leaders do the same with
+//!      [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease). **By default a
+//!      primary leader keeps leading when it cannot read the record** ("a node that cannot
+//!      read the record keeps the last mode"), so that an outage of the fallback store
+//!      never takes leadership away from a healthy primary.
+//! 3. A compare-and-swap whose outcome is unknown (timeout) closes the gate until a read
+//!    sent after it confirms the mode; stale reads (sent before the write that taught us
+//!    the current mode) are ignored.
+//! 4. *Terms only grow*: a participant never publishes a supervisor term twice. When its
+//!    layer hands back a grant it already held (leadership resumed after a short
+//!    suspension, or the gate closed and reopened), it first renews the generation
+//!    (compare-and-swap to `{same layer, g+1}`, with the takeover guard as for any new
+//!    generation) and leads under the new one. Mode changes always bump the generation;
+//!    a record that is gone or went back (a wipe of the fallback store) is re-created or
+//!    renewed with a generation above every one the participant saw.
+//!
+//! **Guaranteed** (one process, one clock; or several machines whose clock *rates* differ by
+//! less than 10 % and whose scheduling delays stay below G − (X + T)):
+//! at most one participant publishes `Leader` at any instant, and terms strictly increase,
+//! whenever every layer keeps its own guarantee and, in the default (non-strict) mode, no
+//! primary leader is cut off from the fallback store while others decide to fail over.
+//!
+//! **Not guaranteed in the default mode: asymmetric partitions.** A primary leader A that
+//! can reach only the primary store, while the other participants can reach only the
+//! fallback store for `failover_after`, keeps leading (it cannot read the flip, and cannot
+//! write heartbeats) while the others fail over and elect a fallback leader: two leaders.
+//! Terms still tell them apart: the fallback leader's term has a higher generation, so a
+//! resource that fences on terms refuses A's writes. With
+//! [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease) A steps down within V of
+//! losing the fallback store instead, closing the window at the price of making primary
+//! leadership depend on the fallback store being readable.
+//!
+//! Other limits: failback is decided from the fallback leader's own view of the primary;
+//! a participant needs one successful read of the mode record to take part
+//! (it cannot know which layer counts before); mode changes need the fallback store (it holds
+//! the record), so while the fallback store is down the cluster stays in its mode; the
+//! generation of a record created after a wipe of the fallback store starts at the Unix
+//! time in ms (same clock assumption as [`Term`](crate::Term)'s epoch).
+//!
+//! # Health, callbacks, events
+//!
+//! The supervisor's [`Health`](crate::Health): `Unhealthy` when the active layer is
+//! (or the mode cannot be known), `Degraded` when running on the fallback, when the active
+//! layer is degraded, the standby layer is not healthy, or the mode record is unreadable (the
+//! reason says which), `Healthy` otherwise. [`SupervisorEvent`]s report layer health changes,
+//! failover, failback, mode renewals and leadership gained/lost, in the order the state
+//! machine made them; callbacks run on a task of their own (see [`event`]'s notes), and
+//! [`Supervisor::events`] offers a broadcast stream.
+//!
+//! `leader()` and `participants()` answer from the active layer (terms with the mode
+//! generation); `join` joins both layers; `resign` and `close` publish "not leading" first,
+//! then leave both layers. The mode and heartbeat records are cluster state: they are not
+//! removed on close.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tracing::Instrument;
+
+use crate::election::{Election, Participant};
+use crate::error::{Error, ErrorKind, Result};
+use crate::record::CasRecord;
+use crate::status::{Role, Status, StatusCell};
+use crate::validate;
+
+mod driver;
+pub mod event;
+mod mode;
+pub mod policy;
+
+pub use event::SupervisorEvent;
+pub use mode::{Layer, LayerRef, Mode};
+pub use policy::{DampedPolicy, Decision, ModeChange, Policy, Timings, View};
+
+use driver::{Inner, Input, Sinks, State};
+use event::{Callback, Filter};
+
+/// Default [`SupervisorBuilder::check_interval`].
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Default [`SupervisorBuilder::event_capacity`].
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// A dual-layer election: itself an [`Election`], built from a primary and a fallback
+/// `Election` and a mode record. See the [module documentation](self) for the mechanism,
+/// the guarantees and what is not guaranteed.
+///
+/// The supervisor owns its layers: do not join, resign or close them yourself. Dropping it
+/// publishes `Closed` at once and releases its references to the layers (like a process
+/// exit); call [`close`](Election::close) for a clean exit.
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = self.mode();
+        f.debug_struct("Supervisor")
+            .field("id", &self.inner.id)
+            .field("mode", &mode.map(|m| m.to_string()))
+            .field("role", &self.inner.cell.get().role)
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// A builder; see [`SupervisorBuilder`] for what is required.
+    pub fn builder() -> SupervisorBuilder {
+        SupervisorBuilder::default()
+    }
+
+    /// Subscribe to this supervisor's events (those sent after this call). Ends after close.
+    pub fn events(&self) -> broadcast::Receiver<SupervisorEvent> {
+        let st = self.inner.lock();
+        match &st.sinks.events {
+            Some(tx) => tx.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// The mode this participant follows (the last one it could read), if it read one yet.
+    pub fn mode(&self) -> Option<Mode> {
+        self.inner.lock().mode
+    }
+
+    /// The validated and derived timings.
+    pub fn timings(&self) -> Timings {
+        self.inner.timings
+    }
+
+    /// One of the layer elections (to inspect; do not join, resign or close it).
+    pub fn layer(&self, layer: Layer) -> &Arc<dyn Election> {
+        &self.inner.layers[layer.index()]
+    }
+
+    /// A layer with its configured name.
+    pub fn layer_ref(&self, layer: Layer) -> LayerRef {
+        self.inner.layer_ref(layer)
+    }
+
+    /// The mode to answer `leader()`/`participants()` with: the one we follow, else a live read.
+    async fn answering_mode(&self) -> Result<Option<Mode>> {
+        if let Some(m) = self.mode() {
+            return Ok(Some(m));
+        }
+        let t = self.inner.timings.record_timeout;
+        match tokio::time::timeout(t, self.inner.mode_record.read()).await {
+            Ok(Ok(Some(v))) => Mode::decode(&v.value).map(Some),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::timeout(format!(
+                "reading the supervisor mode record took longer than {t:?}"
+            ))),
+        }
+    }
+
+    fn map_term(p: Participant, generation: u64) -> Participant {
+        let term = p.term.map(|t| t.with_generation(generation));
+        Participant { term, ..p }
+    }
+
+    fn stop_tasks(&self, st: &mut State) {
+        for t in st.tasks.drain(..) {
+            t.abort();
+        }
+        st.sinks.callbacks = None;
+        st.sinks.events = None;
+        st.beat.send_replace(None);
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl Election for Supervisor {
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// Joins both layers (hot standby) and resolves once our place is held in the active
+    /// layer. Keeps waiting while the mode record cannot be read for the first time or the
+    /// active layer's store is unreachable.
+    async fn join(&self) -> Result<()> {
+        let mut rx = self.inner.cell.subscribe();
+        {
+            let _op = self.inner.ops.lock().await;
+            let mut st = self.inner.lock();
+            if st.closed {
+                return Err(Error::closed(&format!("supervisor of {}", self.inner.id)));
+            }
+            if !st.wants {
+                st.wants = true;
+                st.join_errors = [None, None];
+                for layer in [Layer::Primary, Layer::Fallback] {
+                    let task = driver::join_layer(
+                        self.inner.layers[layer.index()].clone(),
+                        layer,
+                        self.inner.inputs.clone(),
+                        self.inner.timings.check_interval,
+                    );
+                    st.join_tasks
+                        .push(tokio::spawn(task.instrument(self.inner.span.clone())));
+                }
+            }
+            driver::evaluate(&self.inner, &mut st);
+            let _ = self.inner.inputs.send(Input::Nudge);
+        }
+        self.inner.poke.notify_one();
+        loop {
+            {
+                let s = rx.borrow_and_update().clone();
+                match s.role {
+                    Role::Closed => {
+                        return Err(Error::closed(&format!("supervisor of {}", self.inner.id)))
+                    }
+                    Role::Idle => {
+                        return Err(Error::new(
+                            ErrorKind::NotLeader,
+                            format!("{} resigned while joining; call join again", self.inner.id),
+                        ))
+                    }
+                    r if r.is_joined() => return Ok(()),
+                    _ => {}
+                }
+                let st = self.inner.lock();
+                if let Some(mode) = st.mode {
+                    if let Some((kind, msg)) = &st.join_errors[mode.layer.index()] {
+                        return Err(Error::new(
+                            *kind,
+                            format!(
+                                "joining the active layer {} failed: {msg}",
+                                self.inner.layer_ref(mode.layer)
+                            ),
+                        ));
+                    }
+                }
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::closed(&format!("supervisor of {}", self.inner.id)));
+            }
+        }
+    }
+
+    /// Publishes `Idle` (not leading) first, then resigns both layers.
+    async fn resign(&self) -> Result<()> {
+        let _op = self.inner.ops.lock().await;
+        let joins = {
+            let mut st = self.inner.lock();
+            if st.closed || !st.wants {
+                return Ok(());
+            }
+            st.wants = false;
+            st.idle_reason = "resigned".into();
+            driver::evaluate(&self.inner, &mut st);
+            std::mem::take(&mut st.join_tasks)
+        };
+        for j in joins {
+            j.abort();
+            let _ = j.await;
+        }
+        let p = self.inner.layers[0].resign().await;
+        let f = self.inner.layers[1].resign().await;
+        p.and(f)
+    }
+
+    /// Publishes `Idle` (not leading) first, closes both layers, then publishes `Closed` and
+    /// stops the supervisor's tasks; the event stream ends after the last event.
+    async fn close(&self) -> Result<()> {
+        let _op = self.inner.ops.lock().await;
+        let joins = {
+            let mut st = self.inner.lock();
+            if st.closed {
+                return Ok(());
+            }
+            st.wants = false;
+            st.idle_reason = "closing".into();
+            driver::evaluate(&self.inner, &mut st);
+            std::mem::take(&mut st.join_tasks)
+        };
+        for j in joins {
+            j.abort();
+            let _ = j.await;
+        }
+        let p = self.inner.layers[0].close().await;
+        let f = self.inner.layers[1].close().await;
+        let mut st = self.inner.lock();
+        st.closed = true;
+        self.inner.cell.close("closed");
+        self.stop_tasks(&mut st);
+        p.and(f)
+    }
+
+    fn status(&self) -> watch::Receiver<Status> {
+        self.inner.cell.subscribe()
+    }
+
+    /// The leader of the active layer (its term with the mode generation); `Ok(None)` when
+    /// nobody leads or no mode record exists yet.
+    async fn leader(&self) -> Result<Option<Participant>> {
+        let Some(mode) = self.answering_mode().await? else {
+            return Ok(None);
+        };
+        let leader = self.inner.layers[mode.layer.index()].leader().await?;
+        Ok(leader.map(|p| Self::map_term(p, mode.generation)))
+    }
+
+    /// The participants of the active layer in queue order (terms with the mode generation);
+    /// empty when no mode record exists yet.
+    async fn participants(&self) -> Result<Vec<Participant>> {
+        let Some(mode) = self.answering_mode().await? else {
+            return Ok(Vec::new());
+        };
+        let ps = self.inner.layers[mode.layer.index()].participants().await?;
+        Ok(ps
+            .into_iter()
+            .map(|p| Self::map_term(p, mode.generation))
+            .collect())
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        // Like a process exit: stop leading at once (published), then let go of everything.
+        self.inner.cell.close("handle dropped");
+        let mut st = self.inner.lock();
+        st.closed = true;
+        st.wants = false;
+        for j in st.join_tasks.drain(..) {
+            j.abort();
+        }
+        self.stop_tasks(&mut st);
+    }
+}
+
+/// Builds a [`Supervisor`]. Consuming; every setter documents its default.
+///
+/// Required: [`primary`](Self::primary), [`fallback`](Self::fallback),
+/// [`mode_record`](Self::mode_record), [`heartbeat_record`](Self::heartbeat_record),
+/// [`primary_session_timeout`](Self::primary_session_timeout). [`build`](Self::build)
+/// must run inside a tokio runtime.
+#[derive(Default)]
+pub struct SupervisorBuilder {
+    primary: Option<Arc<dyn Election>>,
+    fallback: Option<Arc<dyn Election>>,
+    mode_record: Option<Arc<dyn CasRecord>>,
+    heartbeat_record: Option<Arc<dyn CasRecord>>,
+    session_timeout: Option<Duration>,
+    failover_after: Option<Duration>,
+    failback_after: Option<Duration>,
+    check_interval: Option<Duration>,
+    record_timeout: Option<Duration>,
+    strict: bool,
+    policy: Option<Box<dyn Policy>>,
+    names: Option<(String, String)>,
+    event_capacity: Option<usize>,
+    callbacks: Vec<(Filter, Callback)>,
+}
+
+impl fmt::Debug for SupervisorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SupervisorBuilder")
+            .field("primary", &self.primary)
+            .field("fallback", &self.fallback)
+            .field("mode_record", &self.mode_record)
+            .field("heartbeat_record", &self.heartbeat_record)
+            .field("primary_session_timeout", &self.session_timeout)
+            .field("failover_after", &self.failover_after)
+            .field("failback_after", &self.failback_after)
+            .field("check_interval", &self.check_interval)
+            .field("record_timeout", &self.record_timeout)
+            .field("strict_mode_lease", &self.strict)
+            .field("policy", &self.policy)
+            .field("callbacks", &self.callbacks.len())
+            .finish()
+    }
+}
+
+impl SupervisorBuilder {
+    /// The preferred election (required), e.g. a ZooKeeper latch participant.
+    pub fn primary(mut self, election: Arc<dyn Election>) -> Self {
+        self.primary = Some(election);
+        self
+    }
+
+    /// The fallback election (required), e.g. an etcd participant. Must be a different
+    /// election handle with the same participant id.
+    pub fn fallback(mut self, election: Arc<dyn Election>) -> Self {
+        self.fallback = Some(election);
+        self
+    }
+
+    /// The mode record (required): a compare-and-swap cell in the FALLBACK store, the same
+    /// one for every participant (memory: `MemoryStore::record("mode")`; etcd: an `EtcdRecord`).
+    pub fn mode_record(mut self, record: Arc<dyn CasRecord>) -> Self {
+        self.mode_record = Some(record);
+        self
+    }
+
+    /// The heartbeat record (required): another record next to the mode record, the same one
+    /// for every participant; the primary leader writes to it every `check_interval`.
+    pub fn heartbeat_record(mut self, record: Arc<dyn CasRecord>) -> Self {
+        self.heartbeat_record = Some(record);
+        self
+    }
+
+    /// The primary election's session timeout (required): how long the primary keeps a lost
+    /// participant's place (ZooKeeper: the negotiated session timeout; memory:
+    /// `MemoryStore::session_timeout()`). `failover_after` may not be shorter.
+    pub fn primary_session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the primary must stay unhealthy (and no primary leader heard from) before
+    /// failing over. Default: 2 × the primary session timeout. At least the session timeout
+    /// and at least 2 × `check_interval`.
+    pub fn failover_after(mut self, d: Duration) -> Self {
+        self.failover_after = Some(d);
+        self
+    }
+
+    /// How long the primary must stay healthy again before failing back (the default policy
+    /// grows it after repeated failovers). Default: 2 × `failover_after`.
+    pub fn failback_after(mut self, d: Duration) -> Self {
+        self.failback_after = Some(d);
+        self
+    }
+
+    /// How often each participant re-reads the mode and heartbeat records (changes are also
+    /// watched) and the primary leader writes its heartbeat. Default:
+    /// [`DEFAULT_CHECK_INTERVAL`] (1 s). Shorter means a shorter takeover delay after a mode
+    /// change (see [`Timings::takeover_delay`]) and more reads.
+    pub fn check_interval(mut self, d: Duration) -> Self {
+        self.check_interval = Some(d);
+        self
+    }
+
+    /// How long one read or write of a record may take. Default: `check_interval`; at most
+    /// `check_interval`.
+    pub fn record_timeout(mut self, d: Duration) -> Self {
+        self.record_timeout = Some(d);
+        self
+    }
+
+    /// Also hold primary leaders to the mode lease (default false): a primary leader that
+    /// could not confirm the mode record within [`Timings::mode_lease`] stops leading until it
+    /// can. Closes the asymmetric-partition window (see the module docs) at the price of
+    /// losing leadership whenever the fallback store is unreadable.
+    pub fn strict_mode_lease(mut self, strict: bool) -> Self {
+        self.strict = strict;
+        self
+    }
+
+    /// The failover/failback policy. Default: [`DampedPolicy::new()`].
+    pub fn policy(mut self, policy: impl Policy) -> Self {
+        self.policy = Some(Box::new(policy));
+        self
+    }
+
+    /// Names for the layers in events, statuses and logs. Default: `primary`, `fallback`.
+    pub fn layer_names(mut self, primary: &str, fallback: &str) -> Self {
+        self.names = Some((primary.to_owned(), fallback.to_owned()));
+        self
+    }
+
+    /// Capacity of the broadcast event stream ([`Supervisor::events`]). Default:
+    /// [`DEFAULT_EVENT_CAPACITY`].
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = Some(n);
+        self
+    }
+
+    /// Call `f` with every event, in order (on the callback task; must not block).
+    pub fn on_event(mut self, f: impl Fn(&SupervisorEvent) + Send + Sync + 'static) -> Self {
+        self.callbacks.push((Filter::All, Arc::new(f)));
+        self
+    }
+
+    /// Call `f` with every [`SupervisorEvent::LayerHealth`].
+    pub fn on_layer_health(mut self, f: impl Fn(&SupervisorEvent) + Send + Sync + 'static) -> Self {
+        self.callbacks.push((Filter::LayerHealth, Arc::new(f)));
+        self
+    }
+
+    /// Call `f` with every [`SupervisorEvent::Failover`].
+    pub fn on_failover(mut self, f: impl Fn(&SupervisorEvent) + Send + Sync + 'static) -> Self {
+        self.callbacks.push((Filter::Failover, Arc::new(f)));
+        self
+    }
+
+    /// Call `f` with every [`SupervisorEvent::Failback`].
+    pub fn on_failback(mut self, f: impl Fn(&SupervisorEvent) + Send + Sync + 'static) -> Self {
+        self.callbacks.push((Filter::Failback, Arc::new(f)));
+        self
+    }
+
+    /// Call `f` with every leadership gained or lost.
+    pub fn on_leadership(mut self, f: impl Fn(&SupervisorEvent) + Send + Sync + 'static) -> Self {
+        self.callbacks.push((Filter::Leadership, Arc::new(f)));
+        self
+    }
+
+    /// Validate and start the supervisor (its tasks start at once; it takes part only after
+    /// [`join`](Election::join)). Errors are [`ErrorKind::InvalidConfig`] and say what to do.
+    pub fn build(self) -> Result<Supervisor> {
+        let missing = |what: &str, hint: &str| {
+            Error::invalid_config(format!(
+                "the supervisor needs {what}; set it with SupervisorBuilder::{hint}"
+            ))
+        };
+        let primary = self
+            .primary
+            .ok_or_else(|| missing("a primary election", "primary(Arc<dyn Election>)"))?;
+        let fallback = self
+            .fallback
+            .ok_or_else(|| missing("a fallback election", "fallback(Arc<dyn Election>)"))?;
+        let mode_record = self.mode_record.ok_or_else(|| {
+            missing(
+                "a mode record in the fallback store",
+                "mode_record(Arc<dyn CasRecord>)",
+            )
+        })?;
+        let heartbeat_record = self.heartbeat_record.ok_or_else(|| {
+            missing(
+                "a heartbeat record next to the mode record",
+                "heartbeat_record(Arc<dyn CasRecord>)",
+            )
+        })?;
+        let session_timeout = self.session_timeout.ok_or_else(|| {
+            missing(
+                "the primary election's session timeout (to check failover_after against it)",
+                "primary_session_timeout(Duration)",
+            )
+        })?;
+        if std::ptr::addr_eq(Arc::as_ptr(&primary), Arc::as_ptr(&fallback)) {
+            return Err(Error::invalid_config(
+                "primary and fallback are the same election handle; give the supervisor two different elections, \
+                 ideally in two different stores (e.g. ZooKeeper primary, etcd fallback)",
+            ));
+        }
+        if std::ptr::addr_eq(Arc::as_ptr(&mode_record), Arc::as_ptr(&heartbeat_record)) {
+            return Err(Error::invalid_config(
+                "mode_record and heartbeat_record are the same record; use two records (e.g. \"mode\" and \"mode.heartbeat\")",
+            ));
+        }
+        let id = primary.id().to_owned();
+        validate::participant_id(&id)?;
+        if fallback.id() != id {
+            return Err(Error::invalid_config(format!(
+                "the primary election's participant id is {id:?} but the fallback's is {:?}; \
+                 create both with the same id so that leader() means the same participant in either layer",
+                fallback.id()
+            )));
+        }
+        validate::duration(session_timeout, "primary_session_timeout", None, None)?;
+        let check_interval = self.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
+        validate::duration(check_interval, "check_interval", None, None)?;
+        let record_timeout = self.record_timeout.unwrap_or(check_interval);
+        validate::duration(record_timeout, "record_timeout", None, None)?;
+        if record_timeout > check_interval {
+            return Err(Error::invalid_config(format!(
+                "record_timeout ({record_timeout:?}) is longer than check_interval ({check_interval:?}); \
+                 a read must finish before the next one is due: lower record_timeout to at most {check_interval:?}"
+            )));
+        }
+        let failover_after = self.failover_after.unwrap_or(session_timeout * 2);
+        validate::duration(failover_after, "failover_after", None, None)?;
+        if failover_after < session_timeout {
+            return Err(Error::invalid_config(format!(
+                "failover_after ({failover_after:?}) is shorter than the primary's session timeout ({session_timeout:?}): \
+                 the primary rides out connection losses shorter than its session timeout without losing its leader, \
+                 so failing over sooner would move the cluster for nothing; raise failover_after to at least {session_timeout:?}"
+            )));
+        }
+        if failover_after < check_interval * 2 {
+            return Err(Error::invalid_config(format!(
+                "failover_after ({failover_after:?}) is shorter than 2 x check_interval ({:?}): a primary leader writes its \
+                 heartbeat every check_interval, so a live leader could look silent; raise failover_after or lower check_interval",
+                check_interval * 2
+            )));
+        }
+        let failback_after = self.failback_after.unwrap_or(failover_after * 2);
+        validate::duration(failback_after, "failback_after", None, None)?;
+        let names = self
+            .names
+            .unwrap_or_else(|| ("primary".to_owned(), "fallback".to_owned()));
+        for (n, which) in [(&names.0, "primary"), (&names.1, "fallback")] {
+            if n.trim().is_empty() || n.chars().any(char::is_control) {
+                return Err(Error::invalid_config(format!(
+                    "the {which} layer name {n:?} is empty or has control characters; use a short name such as \"zookeeper\" or \"etcd\""
+                )));
+            }
+        }
+        let capacity = self.event_capacity.unwrap_or(DEFAULT_EVENT_CAPACITY);
+        if capacity == 0 {
+            return Err(Error::invalid_config(
+                "event_capacity is 0; give the event stream room for at least one event (default 1024)",
+            ));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::invalid_config(
+                "SupervisorBuilder::build must run inside a tokio runtime: the supervisor spawns its state machine there",
+            ));
+        }
+
+        let timings = Timings::derive(
+            session_timeout,
+            failover_after,
+            failback_after,
+            check_interval,
+            record_timeout,
+        );
+        let span = tracing::info_span!("supervisor", participant = %id);
+        let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
+        let (events_tx, _) = broadcast::channel(capacity);
+        let callbacks = {
+            let _enter = span.enter();
+            event::spawn_callbacks(self.callbacks, id.clone())
+        };
+        let (beat_tx, beat_rx) = watch::channel(None);
+        let poke = Arc::new(Notify::new());
+        let state = State::new(
+            [primary.status(), fallback.status()],
+            self.policy.unwrap_or_else(|| Box::new(DampedPolicy::new())),
+            Sinks {
+                events: Some(events_tx),
+                callbacks,
+            },
+            beat_tx,
+        );
+        let inner = Arc::new(Inner {
+            id,
+            layers: [primary, fallback],
+            names: [names.0.into(), names.1.into()],
+            mode_record: mode_record.clone(),
+            timings,
+            strict: self.strict,
+            cell: StatusCell::new(),
+            state: std::sync::Mutex::new(state),
+            ops: tokio::sync::Mutex::new(()),
+            inputs: inputs_tx.clone(),
+            poke: poke.clone(),
+            span: span.clone(),
+        });
+        let tasks = [
+            tokio::spawn(driver::drive(inner.clone(), inputs_rx).instrument(span.clone())),
+            tokio::spawn(
+                driver::watch_record(mode_record, false, timings, Some(poke), inputs_tx.clone())
+                    .instrument(span.clone()),
+            ),
+            tokio::spawn(
+                driver::watch_record(heartbeat_record.clone(), true, timings, None, inputs_tx)
+                    .instrument(span.clone()),
+            ),
+            tokio::spawn(
+                driver::write_heartbeats(heartbeat_record, beat_rx, timings).instrument(span),
+            ),
+        ];
+        inner.lock().tasks = tasks.iter().map(|t| t.abort_handle()).collect();
+        Ok(Supervisor { inner })
+    }
+}

@@ -1,0 +1,184 @@
+//! `succession`: leader election from the command line. See `succession --help`.
+
+mod args;
+mod backend;
+mod events;
+mod run;
+mod supervised;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use succession::{Election, Participant};
+use tokio::signal::unix::{signal, SignalKind};
+
+use args::{Cli, Command, Settings};
+use events::{Emitter, V};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("succession: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("succession: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    let stop = Shutdown::install()?;
+    match cli.command {
+        Command::Campaign(common) => campaign(common.resolve()?, stop).await,
+        Command::Observe(o) => observe(o.common.resolve()?, o.interval, stop).await,
+        Command::Run(r) => {
+            let s = r.common.resolve()?;
+            run::run(s, r.grace, r.restart, r.command, stop).await
+        }
+    }
+}
+
+/// SIGINT/SIGTERM handlers, installed at start (before anything can be printed), so a
+/// signal always leads to a clean resign.
+pub struct Shutdown {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    pub fn install() -> Result<Shutdown, String> {
+        let int =
+            signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+        let term =
+            signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+        Ok(Shutdown { int, term })
+    }
+
+    /// Resolves at the next SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// Join within the startup timeout, or explain why not. `Ok(false)`: a signal came first
+/// (the election is closed).
+pub async fn join(
+    e: &Arc<dyn Election>,
+    s: &Settings,
+    stop: &mut Shutdown,
+) -> Result<bool, String> {
+    let joined = tokio::select! {
+        r = tokio::time::timeout(s.startup_timeout, e.join()) => r,
+        _ = stop.recv() => {
+            let _ = e.close().await;
+            return Ok(false);
+        }
+    };
+    match joined {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(err)) => {
+            let _ = e.close().await;
+            Err(format!("cannot join the election: {err}"))
+        }
+        Err(_) => {
+            let st = e.status().borrow().clone();
+            let _ = e.close().await;
+            Err(format!(
+                "could not join the election within {} (--startup-timeout): {}",
+                humantime::format_duration(s.startup_timeout),
+                st.health.reason
+            ))
+        }
+    }
+}
+
+async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
+    let built = backend::build(&s)?;
+    let e = built.election.clone();
+    let em = Emitter::new(e.id());
+    let follower =
+        events::follow_status(em.clone(), e.status(), built.layer, built.layer.is_some());
+    let extra = supervised::follow_events(&built, em.clone());
+    eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
+    if join(&e, &s, &mut stop).await? {
+        stop.recv().await;
+        eprintln!("succession: signal received; resigning");
+    }
+    let r = e.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
+    if let Some(t) = extra {
+        t.abort();
+    }
+    em.emit("closed", &[]);
+    r.map_err(|e| format!("close: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn observe(s: Settings, interval: Duration, mut stop: Shutdown) -> Result<ExitCode, String> {
+    let built = backend::build(&s)?;
+    let e = built.election;
+    let em = Emitter::new(e.id());
+    let first = tokio::time::timeout(s.startup_timeout, e.leader()).await;
+    let mut last: Option<Option<Participant>> = match first {
+        Ok(Ok(l)) => {
+            emit_leader(&em, &l);
+            Some(l)
+        }
+        Ok(Err(err)) => return Err(format!("cannot read the election: {err}")),
+        Err(_) => {
+            return Err(format!(
+            "could not read the election within {} (--startup-timeout); is the store reachable?",
+            humantime::format_duration(s.startup_timeout)
+        ))
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = stop.recv() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match e.leader().await {
+            Ok(l) => {
+                if last.as_ref() != Some(&l) {
+                    emit_leader(&em, &l);
+                    last = Some(l);
+                }
+            }
+            Err(err) => eprintln!("succession: reading the leader failed: {err}"),
+        }
+    }
+    let _ = e.close().await;
+    em.emit("closed", &[]);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn emit_leader(em: &Emitter, l: &Option<Participant>) {
+    match l {
+        Some(p) => {
+            let term = p.term.map(|t| t.to_string());
+            em.emit(
+                "leader",
+                &[
+                    ("leader", V::S(&p.id)),
+                    ("term", term.as_deref().map(V::S).unwrap_or(V::Null)),
+                ],
+            );
+        }
+        None => em.emit("leader", &[("leader", V::Null), ("term", V::Null)]),
+    }
+}

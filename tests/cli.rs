@@ -1,0 +1,480 @@
+//! The `succession` binary against real servers: event stream, observe, run, bad input.
+//! Run with `--features cli` (the README's test command enables every feature).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use succession_testkit::{shared_etcd, shared_zk, unique_path};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_succession");
+
+struct Cli {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    seen: Vec<String>,
+}
+
+impl Cli {
+    fn start(args: &[&str]) -> Cli {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start succession");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Cli {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Read lines until one has `"event":"<event>"`; returns it.
+    async fn until(&mut self, event: &str) -> String {
+        let needle = format!("\"event\":\"{event}\"");
+        let read = async {
+            loop {
+                match self.lines.next_line().await.expect("read stdout") {
+                    Some(l) => {
+                        assert!(l.starts_with("{\"ts_ms\":"), "not a JSON event line: {l}");
+                        self.seen.push(l.clone());
+                        if l.contains(&needle) {
+                            return l;
+                        }
+                    }
+                    None => panic!("stdout closed before {event}; saw {:#?}", self.seen),
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), read).await {
+            Ok(l) => l,
+            Err(_) => panic!("no {event} event within 30s; saw {:#?}", self.seen),
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    async fn exit_code(&mut self) -> i32 {
+        let st = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("wait");
+        st.code().unwrap_or(-1)
+    }
+}
+
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let k = format!("\"{key}\":");
+    let rest = &line[line.find(&k)? + k.len()..];
+    if let Some(r) = rest.strip_prefix('"') {
+        r.split('"').next()
+    } else {
+        rest.split([',', '}']).next()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_campaign_zk_prints_events_and_hands_over_on_sigterm() {
+    let zk = shared_zk().await;
+    let path = unique_path("cli-zk");
+    let mut a = Cli::start(&["campaign", "--zk", &zk.addr(), "--path", &path, "--id", "a"]);
+    a.until("joined").await;
+    let elected = a.until("elected").await;
+    assert_eq!(field(&elected, "id"), Some("a"));
+    assert_eq!(field(&elected, "layer"), Some("zk"));
+    assert!(
+        field(&elected, "term").is_some_and(|t| t.split('.').count() == 3),
+        "{elected}"
+    );
+    let mut b = Cli::start(&["campaign", "--zk", &zk.addr(), "--path", &path, "--id", "b"]);
+    b.until("joined").await;
+    a.signal(libc::SIGTERM);
+    a.until("revoked").await;
+    a.until("closed").await;
+    assert_eq!(a.exit_code().await, 0);
+    let b_elected = b.until("elected").await;
+    let term = |l: &str| {
+        field(l, "term")
+            .expect("term")
+            .parse::<succession::Term>()
+            .expect("term")
+    };
+    assert!(
+        term(&b_elected) > term(&elected),
+        "terms grow: {b_elected} after {elected}"
+    );
+    b.signal(libc::SIGINT);
+    b.until("closed").await;
+    assert_eq!(b.exit_code().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_campaign_etcd_prints_events() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("cli-etcd");
+    let mut a = Cli::start(&[
+        "campaign",
+        "--etcd",
+        &etcd.endpoint(),
+        "--prefix",
+        &prefix,
+        "--id",
+        "a",
+        "--ttl",
+        "5s",
+    ]);
+    a.until("joined").await;
+    let elected = a.until("elected").await;
+    assert_eq!(field(&elected, "layer"), Some("etcd"));
+    a.signal(libc::SIGTERM);
+    a.until("closed").await;
+    assert_eq!(a.exit_code().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_reports_each_leader_change() {
+    let zk = shared_zk().await;
+    let path = unique_path("cli-observe");
+    let mut o = Cli::start(&[
+        "observe",
+        "--zk",
+        &zk.addr(),
+        "--path",
+        &path,
+        "--interval",
+        "50ms",
+    ]);
+    let none = o.until("leader").await;
+    assert_eq!(field(&none, "leader"), Some("null"), "{none}");
+    let mut a = Cli::start(&["campaign", "--zk", &zk.addr(), "--path", &path, "--id", "a"]);
+    a.until("elected").await;
+    let seen_a = o.until("leader").await;
+    assert_eq!(field(&seen_a, "leader"), Some("a"), "{seen_a}");
+    let mut b = Cli::start(&["campaign", "--zk", &zk.addr(), "--path", &path, "--id", "b"]);
+    b.until("joined").await;
+    a.signal(libc::SIGTERM);
+    b.until("elected").await;
+    let seen_b = o.until("leader").await;
+    assert_eq!(field(&seen_b, "leader"), Some("b"), "{seen_b}");
+    for c in [&mut a, &mut b, &mut o] {
+        c.signal(libc::SIGTERM);
+        assert_eq!(c.exit_code().await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_run_gives_the_child_its_term_and_exits_with_its_status() {
+    let zk = shared_zk().await;
+    let path = unique_path("cli-run");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("env");
+    let script = format!(
+        "echo \"$SUCCESSION_TERM $SUCCESSION_LAYER $SUCCESSION_ID\" > {}; exit 3",
+        out.display()
+    );
+    let mut r = Cli::start(&[
+        "run",
+        "--zk",
+        &zk.addr(),
+        "--path",
+        &path,
+        "--id",
+        "runner",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let elected = r.until("elected").await;
+    r.until("closed").await;
+    assert_eq!(r.exit_code().await, 3, "the child's exit status");
+    let env = std::fs::read_to_string(&out).expect("the child ran");
+    let term = field(&elected, "term").expect("term");
+    assert_eq!(env.trim(), format!("{term} zk runner"));
+}
+
+/// Leadership lost (the latch path is deleted under the leader): the child gets SIGTERM,
+/// and one that ignores it is SIGKILLed after --grace; when leadership comes back (path
+/// repaired) the command runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_run_stops_the_child_on_loss_and_restarts_it_when_leading_again() {
+    let zk = shared_zk().await;
+    let path = unique_path("cli-run-loss");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pids = dir.path().join("pids");
+    let script = format!(
+        "trap '' TERM; echo $$ >> {}; while true; do sleep 0.1; done",
+        pids.display()
+    );
+    let mut r = Cli::start(&[
+        "run",
+        "--zk",
+        &zk.addr(),
+        "--path",
+        &path,
+        "--id",
+        "runner",
+        "--grace",
+        "300ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    r.until("elected").await;
+    let first_pid = wait_for_lines(&pids, 1).await[0];
+    let admin = zookeeper_client::Client::connect(&zk.addr())
+        .await
+        .expect("admin client");
+    let kids = admin.list_children(&path).await.expect("children");
+    for k in kids {
+        let _ = admin.delete(&format!("{path}/{k}"), None).await;
+    }
+    r.until("revoked").await;
+    r.until("elected").await;
+    let both = wait_for_lines(&pids, 2).await;
+    assert_ne!(
+        both[0], both[1],
+        "a new child runs after leadership came back"
+    );
+    assert!(
+        !alive(first_pid),
+        "the first child (ignoring SIGTERM) was killed after --grace"
+    );
+    r.signal(libc::SIGTERM);
+    r.until("closed").await;
+    assert_eq!(r.exit_code().await, 0);
+    assert!(
+        !alive(both[1]),
+        "the child is stopped when succession exits"
+    );
+}
+
+async fn wait_for_lines(p: &std::path::Path, n: usize) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: Vec<i32> = std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if v.len() >= n {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} child pids after 30s",
+            v.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); read its state instead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.split_whitespace().nth(2).is_none_or(|st| st != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Runs the binary with `args`, expecting failure: a non-zero exit, a message on stderr
+/// containing `hint`, nothing on stdout, no panic, and no hang.
+async fn refused(args: &[&str], hint: &str) {
+    refused_after(args, hint, false).await
+}
+
+/// Like [`refused`]; with `health_events`, stdout may carry health events (and nothing else).
+async fn refused_after(args: &[&str], hint: &str, health_events: bool) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(20),
+        Command::new(BIN).args(args).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{args:?} hung"))
+    .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} must fail");
+    assert!(
+        err.contains(hint),
+        "{args:?}: stderr {err:?} should contain {hint:?}"
+    );
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if health_events {
+        for l in stdout.lines() {
+            assert!(
+                l.contains("\"event\":\"health\""),
+                "{args:?} printed more than health: {l}"
+            );
+        }
+    } else {
+        assert!(stdout.is_empty(), "{args:?} printed events: {stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_refuses_bad_input_with_a_clear_error() {
+    refused(&["campaign", "--bogus"], "unexpected argument '--bogus'").await;
+    refused(&["campaign"], "no store given").await;
+    refused(&["campaign", "--zk", "127.0.0.1:2181"], "--zk needs --path").await;
+    refused(
+        &["campaign", "--etcd", "http://127.0.0.1:2379"],
+        "--etcd needs --prefix",
+    )
+    .await;
+    refused(
+        &["campaign", "--zk", "nohostport", "--path", "/x"],
+        "has no port",
+    )
+    .await;
+    refused(
+        &["campaign", "--zk", "127.0.0.1:2181", "--path", "relative"],
+        "relative",
+    )
+    .await;
+    refused(
+        &["campaign", "--zk", "127.0.0.1:2181", "--path", "/x/"],
+        "trailing",
+    )
+    .await;
+    refused(
+        &[
+            "campaign",
+            "--zk",
+            "127.0.0.1:2181",
+            "--path",
+            "/x",
+            "--id",
+            "",
+        ],
+        "non-empty",
+    )
+    .await;
+    refused(
+        &[
+            "campaign",
+            "--zk",
+            "127.0.0.1:2181",
+            "--path",
+            "/x",
+            "--session-timeout",
+            "soon",
+        ],
+        "not a duration",
+    )
+    .await;
+    refused(
+        &[
+            "campaign",
+            "--etcd",
+            "ftp://127.0.0.1:2379",
+            "--prefix",
+            "/x",
+        ],
+        "ftp",
+    )
+    .await;
+    refused(&["run", "--zk", "127.0.0.1:2181", "--path", "/x"], "CMD").await;
+    let cfg = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(cfg.path(), "zk = \"127.0.0.1:2181\"\npaht = \"/x\"\n").expect("write");
+    refused(
+        &["campaign", "--config", cfg.path().to_str().unwrap()],
+        "unknown field",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_unreachable_servers_at_start_fail_fast_with_the_reason() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+    let port = dead.local_addr().expect("addr").port();
+    drop(dead);
+    let zk = format!("127.0.0.1:{port}");
+    refused_after(
+        &[
+            "campaign",
+            "--zk",
+            &zk,
+            "--path",
+            "/x",
+            "--startup-timeout",
+            "2s",
+        ],
+        "could not join",
+        true,
+    )
+    .await;
+    let etcd = format!("http://127.0.0.1:{port}");
+    refused_after(
+        &[
+            "campaign",
+            "--etcd",
+            &etcd,
+            "--prefix",
+            "/x",
+            "--startup-timeout",
+            "2s",
+        ],
+        "could not join",
+        true,
+    )
+    .await;
+    refused_after(
+        &[
+            "observe",
+            "--zk",
+            &zk,
+            "--path",
+            "/x",
+            "--startup-timeout",
+            "2s",
+        ],
+        "succession:",
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_reads_settings_from_a_config_file_and_the_environment() {
+    let zk = shared_zk().await;
+    let path = unique_path("cli-config");
+    let cfg = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        cfg.path(),
+        format!(
+            "zk = \"{}\"\npath = \"{path}\"\nsession_timeout = \"4s\"\n",
+            zk.addr()
+        ),
+    )
+    .expect("write");
+    let mut child = Command::new(BIN)
+        .args(["campaign", "--config", cfg.path().to_str().unwrap()])
+        .env("SUCCESSION_ID", "from-env")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut c = Cli {
+        child,
+        lines,
+        seen: Vec::new(),
+    };
+    let elected = c.until("elected").await;
+    assert_eq!(field(&elected, "id"), Some("from-env"));
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.exit_code().await, 0);
+}
