@@ -478,3 +478,171 @@ async fn cli_reads_settings_from_a_config_file_and_the_environment() {
     c.signal(libc::SIGTERM);
     assert_eq!(c.exit_code().await, 0);
 }
+
+/// Several CLI processes whose event lines are merged into one channel.
+struct Fleet {
+    children: Vec<Option<Child>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    seen: Vec<(usize, String)>,
+}
+
+impl Fleet {
+    fn start(args: Vec<Vec<String>>) -> Fleet {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        for (i, a) in args.into_iter().enumerate() {
+            let mut child = Command::new(BIN)
+                .args(&a)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start succession");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if tx.send((i, l)).is_err() {
+                        return;
+                    }
+                }
+            });
+            children.push(Some(child));
+        }
+        Fleet {
+            children,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line (from any process) matching `pred`, within `within`.
+    async fn until(
+        &mut self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(usize, &str) -> bool,
+    ) -> (usize, String) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((i, l))) => {
+                    self.seen.push((i, l.clone()));
+                    if pred(i, &l) {
+                        return (i, l);
+                    }
+                }
+                Ok(None) => panic!("every process exited before {what}; saw {:#?}", self.seen),
+                Err(_) => panic!("no {what} within {within:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        let child = self.children[i].as_mut().expect("running");
+        let pid = child.id().expect("pid") as i32;
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        self.children[i] = None;
+    }
+
+    async fn stop_all(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            if let Some(pid) = c.id() {
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+                .await
+                .expect("exits after SIGTERM")
+                .expect("wait");
+            assert_eq!(st.code(), Some(0));
+        }
+    }
+}
+
+fn event_is(l: &str, event: &str) -> bool {
+    l.contains(&format!("\"event\":\"{event}\""))
+}
+
+/// Supervised mode end to end with real processes: ZooKeeper dies, the fleet fails over to
+/// etcd; the etcd-layer leader process is killed -9; another process leads through etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_supervised_fails_over_to_etcd_and_survives_a_kill9_of_the_leader() {
+    let mut zk = succession_testkit::ZkServer::start()
+        .await
+        .expect("zookeeper");
+    let etcd = shared_etcd().await;
+    let path = unique_path("cli-sup");
+    let args: Vec<Vec<String>> = (0..3)
+        .map(|i| {
+            [
+                "campaign",
+                "--zk",
+                &zk.addr(),
+                "--path",
+                &path,
+                "--etcd",
+                &etcd.endpoint(),
+                "--prefix",
+                &path,
+                "--id",
+                &format!("n{i}"),
+                "--session-timeout",
+                "2s",
+                "--ttl",
+                "3s",
+                "--failover-after",
+                "3s",
+                "--failback-after",
+                "120s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        })
+        .collect();
+    let mut fleet = Fleet::start(args);
+    let (_, first) = fleet
+        .until(Duration::from_secs(30), "a zk leader", |_, l| {
+            event_is(l, "elected")
+        })
+        .await;
+    assert_eq!(field(&first, "layer"), Some("zk"), "{first}");
+
+    zk.stop().await.expect("stop ZooKeeper for good");
+    let (_, fo) = fleet
+        .until(Duration::from_secs(30), "failover", |_, l| {
+            event_is(l, "failover")
+        })
+        .await;
+    assert_eq!(field(&fo, "from"), Some("zk"), "{fo}");
+    assert_eq!(field(&fo, "to"), Some("etcd"), "{fo}");
+    let (leader, elected) = fleet
+        .until(Duration::from_secs(30), "an etcd leader", |_, l| {
+            event_is(l, "elected") && field(l, "layer") == Some("etcd")
+        })
+        .await;
+
+    fleet.kill9(leader);
+    let (next, again) = fleet
+        .until(Duration::from_secs(30), "another etcd leader", |i, l| {
+            i != leader && event_is(l, "elected") && field(l, "layer") == Some("etcd")
+        })
+        .await;
+    assert_ne!(next, leader);
+    let term = |l: &str| {
+        field(l, "term")
+            .expect("term")
+            .parse::<succession::Term>()
+            .expect("term")
+    };
+    assert!(term(&again) > term(&elected), "{again} after {elected}");
+    assert!(term(&elected) > term(&first), "{elected} after {first}");
+    fleet.stop_all().await;
+}

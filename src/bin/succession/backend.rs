@@ -12,6 +12,7 @@ use crate::args::{Backend, Settings};
 pub struct Built {
     pub election: Arc<dyn Election>,
     pub layer: Option<&'static str>,
+    pub supervisor: Option<Arc<succession::Supervisor>>,
 }
 
 pub fn zk(s: &Settings, connect: &str, path: &str) -> Result<ZkElection, String> {
@@ -38,10 +39,12 @@ pub fn build(s: &Settings) -> Result<Built, String> {
         Backend::Zk { connect, path } => Ok(Built {
             election: Arc::new(zk(s, connect, path)?),
             layer: Some("zk"),
+            supervisor: None,
         }),
         Backend::Etcd { endpoints, prefix } => Ok(Built {
             election: Arc::new(etcd(s, endpoints, prefix)?),
             layer: Some("etcd"),
+            supervisor: None,
         }),
         Backend::Supervised { .. } => crate::supervised::build(s),
     }

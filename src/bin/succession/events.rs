@@ -9,7 +9,6 @@ use succession::{HealthLevel, Role, Status};
 use tokio::sync::watch;
 
 /// A field value.
-#[allow(dead_code)]
 pub enum V<'a> {
     S(&'a str),
     N(u64),
@@ -80,13 +79,12 @@ pub fn quote(s: &str) -> String {
 }
 
 /// Turn a status stream into joined / elected / revoked / health events. `layer` names the
-/// store for single-backend mode; `health_layer` says whether health events are emitted
-/// here (the supervisor reports per-layer health itself).
+/// store in single-backend mode; `None` (supervised) emits only `joined`, since the
+/// supervisor's own events carry leadership and per-layer health.
 pub fn follow_status(
     em: Emitter,
     mut rx: watch::Receiver<Status>,
     layer: Option<&'static str>,
-    emit_health: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut prev = rx.borrow_and_update().clone();
@@ -95,7 +93,7 @@ pub fn follow_status(
                 return;
             }
             let s = rx.borrow_and_update().clone();
-            transition(&em, &prev, &s, layer, emit_health);
+            transition(&em, &prev, &s, layer);
             prev = s;
             if prev.role == Role::Closed {
                 return;
@@ -104,28 +102,19 @@ pub fn follow_status(
     })
 }
 
-fn layer_of(s: &Status, fixed: Option<&'static str>) -> &'static str {
-    match fixed {
-        Some(l) => l,
-        // The supervisor names the layer that granted leadership in its reason.
-        None if s.reason.contains("etcd") || s.reason.contains("fallback") => "etcd",
-        None => "zk",
-    }
-}
-
 /// The events for one status change.
-pub fn transition(
-    em: &Emitter,
-    prev: &Status,
-    s: &Status,
-    layer: Option<&'static str>,
-    emit_health: bool,
-) {
-    if emit_health && (prev.health.level != s.health.level) {
+pub fn transition(em: &Emitter, prev: &Status, s: &Status, layer: Option<&'static str>) {
+    if !prev.role.is_joined() && s.role.is_joined() {
+        em.emit("joined", &[]);
+    }
+    let Some(layer) = layer else {
+        return;
+    };
+    if prev.health.level != s.health.level {
         em.emit(
             "health",
             &[
-                ("layer", V::S(layer.unwrap_or("supervisor"))),
+                ("layer", V::S(layer)),
                 ("state", V::S(level(s.health.level))),
                 ("reason", V::S(&s.health.reason)),
             ],
@@ -136,16 +125,10 @@ pub fn transition(
     if was_leader.is_some() && was_leader != now_leader {
         em.emit("revoked", &[("reason", V::S(&s.reason))]);
     }
-    if !prev.role.is_joined() && s.role.is_joined() {
-        em.emit("joined", &[]);
-    }
     if let Some(t) = now_leader {
         if was_leader != Some(t) {
             let term = t.to_string();
-            em.emit(
-                "elected",
-                &[("term", V::S(&term)), ("layer", V::S(layer_of(s, layer)))],
-            );
+            em.emit("elected", &[("term", V::S(&term)), ("layer", V::S(layer))]);
         }
     }
 }

@@ -111,8 +111,7 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     let built = backend::build(&s)?;
     let e = built.election.clone();
     let em = Emitter::new(e.id());
-    let follower =
-        events::follow_status(em.clone(), e.status(), built.layer, built.layer.is_some());
+    let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = supervised::follow_events(&built, em.clone());
     eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
     if join(&e, &s, &mut stop).await? {

@@ -19,8 +19,7 @@ pub async fn run(
     let built = crate::backend::build(&s)?;
     let e = built.election.clone();
     let em = Emitter::new(e.id());
-    let follower =
-        events::follow_status(em.clone(), e.status(), built.layer, built.layer.is_some());
+    let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = crate::supervised::follow_events(&built, em.clone());
     let joined = crate::join(&e, &s, &mut stop).await?;
     let finish = |code: ExitCode| {
@@ -50,11 +49,9 @@ pub async fn run(
                 },
             }
         };
-        let layer = built
-            .layer
-            .unwrap_or_else(|| crate::supervised::active_layer(&e));
+        let layer = crate::supervised::active_layer(&built);
         loop {
-            let mut child = spawn(&cmd, &lead.term().to_string(), layer, e.id())?;
+            let mut child = spawn(&cmd, &lead.term().to_string(), &layer, e.id())?;
             eprintln!(
                 "succession: leading (term {}); started {:?} as pid {}",
                 lead.term(),

@@ -1,21 +1,139 @@
-//! Supervised mode: ZooKeeper primary, etcd fallback.
+//! Supervised mode: ZooKeeper primary, etcd fallback, one `Supervisor` over both.
 
-use crate::args::Settings;
-use crate::backend::Built;
+use std::sync::Arc;
 
-pub fn build(_s: &Settings) -> Result<Built, String> {
-    Err("supervised mode (--zk and --etcd together) is not available yet; use one store".into())
+use succession::supervisor::Layer;
+use succession::{Supervisor, SupervisorEvent};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::args::{Backend, Settings};
+use crate::backend::{self, Built};
+use crate::events::{Emitter, V};
+
+/// Keys of the supervisor's records in etcd: next to the election prefix, outside its
+/// candidate range `<prefix>/`.
+pub fn record_keys(prefix: &str) -> (String, String) {
+    (
+        format!("{prefix}.succession-mode"),
+        format!("{prefix}.succession-heartbeat"),
+    )
 }
 
-/// Extra events of the supervisor (per-layer health, failover, failback); None otherwise.
-pub fn follow_events(
-    _built: &Built,
-    _em: crate::events::Emitter,
-) -> Option<tokio::task::JoinHandle<()>> {
-    None
+pub fn build(s: &Settings) -> Result<Built, String> {
+    let Backend::Supervised {
+        connect,
+        path,
+        endpoints,
+        prefix,
+    } = &s.backend
+    else {
+        unreachable!("supervised::build is only called for supervised settings")
+    };
+    let zk = backend::zk(s, connect, path)?;
+    let etcd = backend::etcd(s, endpoints, prefix)?;
+    let (mode_key, heartbeat_key) = record_keys(prefix);
+    let mode = etcd.record(&mode_key).map_err(|e| e.to_string())?;
+    let heartbeat = etcd.record(&heartbeat_key).map_err(|e| e.to_string())?;
+    let sup = Supervisor::builder()
+        .primary(Arc::new(zk))
+        .fallback(Arc::new(etcd))
+        .mode_record(Arc::new(mode))
+        .heartbeat_record(Arc::new(heartbeat))
+        .primary_session_timeout(s.session_timeout)
+        .failover_after(s.failover_after)
+        .failback_after(s.failback_after)
+        .layer_names("zk", "etcd")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sup = Arc::new(sup);
+    Ok(Built {
+        election: sup.clone(),
+        layer: None,
+        supervisor: Some(sup),
+    })
 }
 
-/// The layer currently active for a supervised election.
-pub fn active_layer(_e: &std::sync::Arc<dyn succession::Election>) -> &'static str {
-    "zk"
+/// Print the supervisor's events: per-layer health, failover, failback, and leadership
+/// with the layer it came through.
+pub fn follow_events(built: &Built, em: Emitter) -> Option<tokio::task::JoinHandle<()>> {
+    let sup = built.supervisor.as_ref()?;
+    let mut rx = sup.events();
+    Some(tokio::spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(RecvError::Lagged(n)) => {
+                    eprintln!("succession: {n} supervisor events were dropped (slow stdout)");
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            };
+            match ev {
+                SupervisorEvent::LayerHealth {
+                    layer,
+                    level,
+                    reason,
+                } => em.emit(
+                    "health",
+                    &[
+                        ("layer", V::S(&layer.name)),
+                        ("state", V::S(level.name())),
+                        ("reason", V::S(&reason)),
+                    ],
+                ),
+                SupervisorEvent::Failover {
+                    from,
+                    to,
+                    generation,
+                    reason,
+                    ..
+                } => em.emit(
+                    "failover",
+                    &[
+                        ("from", V::S(&from.name)),
+                        ("to", V::S(&to.name)),
+                        ("generation", V::N(generation)),
+                        ("reason", V::S(&reason)),
+                    ],
+                ),
+                SupervisorEvent::Failback {
+                    from,
+                    to,
+                    generation,
+                    reason,
+                    ..
+                } => em.emit(
+                    "failback",
+                    &[
+                        ("from", V::S(&from.name)),
+                        ("to", V::S(&to.name)),
+                        ("generation", V::N(generation)),
+                        ("reason", V::S(&reason)),
+                    ],
+                ),
+                SupervisorEvent::LeadershipGained { layer, term } => {
+                    let term = term.to_string();
+                    em.emit(
+                        "elected",
+                        &[("term", V::S(&term)), ("layer", V::S(&layer.name))],
+                    )
+                }
+                SupervisorEvent::LeadershipLost { reason, .. } => {
+                    em.emit("revoked", &[("reason", V::S(&reason))])
+                }
+                _ => {}
+            }
+        }
+    }))
+}
+
+/// The layer that counts now, by name.
+pub fn active_layer(built: &Built) -> String {
+    match &built.supervisor {
+        Some(sup) => {
+            let layer = sup.mode().map(|m| m.layer).unwrap_or(Layer::Primary);
+            sup.layer_ref(layer).name.to_string()
+        }
+        None => built.layer.unwrap_or("zk").to_string(),
+    }
 }
