@@ -32,14 +32,18 @@ pub enum ConnectionPolicy {
     Session,
 }
 
-/// The ACL for the nodes this participant creates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The ACL for the nodes this participant creates (the latch path's parents, and its own
+/// node). Default: [`NodeAcl::Open`] without authentication, [`NodeAcl::CreatorAllOthersRead`]
+/// when [`digest_auth`](ZkConfigBuilder::digest_auth) is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeAcl {
     /// Anyone may do anything (ZooKeeper's `OPEN_ACL_UNSAFE`, Curator's default).
-    #[default]
     Open,
-    /// Only clients with the creator's authentication have rights (needs `auth`).
+    /// Clients with the creator's authentication have all rights; everyone else may read
+    /// (observers can see the leader, nobody else can delete or forge a participant node).
+    CreatorAllOthersRead,
+    /// Only clients with the creator's authentication have any rights (needs auth).
     CreatorAll,
 }
 
@@ -61,6 +65,7 @@ pub struct ZkConfig {
     pub connection_policy: ConnectionPolicy,
     /// The ACL of the nodes we create.
     pub acl: NodeAcl,
+    acl_set: bool,
     /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
     pub(crate) auth: Option<(String, Vec<u8>)>,
 }
@@ -89,7 +94,8 @@ impl fmt::Debug for ZkConfig {
 impl ZkConfig {
     /// Start a configuration: connect string, latch path, participant id. Defaults:
     /// session timeout [`DEFAULT_SESSION_TIMEOUT`], connection timeout
-    /// [`DEFAULT_CONNECTION_TIMEOUT`], [`ConnectionPolicy::Standard`], [`NodeAcl::Open`], no auth.
+    /// [`DEFAULT_CONNECTION_TIMEOUT`], [`ConnectionPolicy::Standard`], no auth and
+    /// [`NodeAcl::Open`] (with auth: [`NodeAcl::CreatorAllOthersRead`]).
     pub fn builder(
         connect: impl Into<String>,
         path: impl Into<String>,
@@ -104,6 +110,7 @@ impl ZkConfig {
                 connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
                 connection_policy: ConnectionPolicy::Standard,
                 acl: NodeAcl::Open,
+                acl_set: false,
                 auth: None,
             },
         }
@@ -138,6 +145,7 @@ impl ZkConfigBuilder {
     /// The ACL of the nodes we create.
     pub fn acl(mut self, acl: NodeAcl) -> Self {
         self.cfg.acl = acl;
+        self.cfg.acl_set = true;
         self
     }
 
@@ -149,7 +157,10 @@ impl ZkConfigBuilder {
 
     /// Validate and build.
     pub fn build(self) -> Result<ZkConfig> {
-        let c = self.cfg;
+        let mut c = self.cfg;
+        if !c.acl_set && c.auth.is_some() {
+            c.acl = NodeAcl::CreatorAllOthersRead;
+        }
         validate_connect(&c.connect)?;
         validate::store_path(&c.path, "latch path")?;
         if c.path == "/zookeeper" || c.path.starts_with("/zookeeper/") {
@@ -171,10 +182,22 @@ impl ZkConfigBuilder {
             Some(Duration::from_millis(10)),
             Some(MAX_SESSION_TIMEOUT),
         )?;
-        if c.acl == NodeAcl::CreatorAll && c.auth.is_none() {
-            return Err(Error::invalid_config(
-                "NodeAcl::CreatorAll needs authentication; add digest_auth(user, password) or use NodeAcl::Open",
-            ));
+        if c.acl != NodeAcl::Open && c.auth.is_none() {
+            return Err(Error::invalid_config(format!(
+                "NodeAcl::{:?} needs authentication; add digest_auth(user, password) or use NodeAcl::Open",
+                c.acl
+            )));
+        }
+        if let Some((_, cred)) = &c.auth {
+            let text = String::from_utf8_lossy(cred);
+            match text.split_once(':') {
+                Some((user, _)) if !user.is_empty() => {}
+                _ => {
+                    return Err(Error::invalid_config(
+                        "digest_auth needs a non-empty user name; call digest_auth(\"user\", \"password\")",
+                    ))
+                }
+            }
         }
         Ok(c)
     }
@@ -262,6 +285,20 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(e.to_string().contains("digest_auth"), "{e}");
+        let e = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .digest_auth("", "pw")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("user name"), "{e}");
+        let c = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .digest_auth("u", "pw")
+            .build()
+            .unwrap();
+        assert_eq!(
+            c.acl,
+            NodeAcl::CreatorAllOthersRead,
+            "auth defaults to creator-all, others read"
+        );
     }
 
     #[test]

@@ -309,9 +309,15 @@ fn new_uuid() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+static CREATOR_ALL_OTHERS_READ: [zk::Acl; 2] = [
+    zk::Acl::new_const(zk::Permission::ALL, "auth", ""),
+    zk::Acl::new_const(zk::Permission::READ, "world", "anyone"),
+];
+
 fn acls(cfg: &ZkConfig) -> zk::Acls<'static> {
     match cfg.acl {
         NodeAcl::Open => zk::Acls::anyone_all(),
+        NodeAcl::CreatorAllOthersRead => zk::Acls::new(&CREATOR_ALL_OTHERS_READ),
         NodeAcl::CreatorAll => zk::Acls::creator_all(),
     }
 }

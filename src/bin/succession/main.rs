@@ -19,6 +19,14 @@ use events::{Emitter, V};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Human-readable logs on stderr; RUST_LOG=succession_zk=debug etc. for more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
