@@ -440,14 +440,7 @@ impl DriverState {
                         )
                         .await;
                 }
-                if self.cell.get().role.is_leader() || self.node.is_some() {
-                    self.cell.set(
-                        Role::Candidate,
-                        HealthLevel::Degraded,
-                        "ZooKeeper session expired; rejoining with a new session",
-                    );
-                }
-                self.set_client(None);
+                self.session_lost();
                 return Next::Again;
             }
             None => return self.connect().await,
@@ -477,6 +470,16 @@ impl DriverState {
         }
     }
 
+    /// Our session ended for good: not leader, no node; a new session comes next.
+    fn session_lost(&mut self) {
+        self.cell.set(
+            Role::Candidate,
+            HealthLevel::Degraded,
+            "ZooKeeper session expired; rejoining with a new session",
+        );
+        self.set_client(None);
+    }
+
     /// A round failed with a ZooKeeper error: classify, report, back off.
     async fn failed(&mut self, client: &zk::Client, e: zk::Error) -> Next {
         if permanent(&e) {
@@ -484,12 +487,7 @@ impl DriverState {
             return self.fatal(err.kind(), err.message()).await;
         }
         if session_gone(&e) {
-            self.cell.set(
-                Role::Candidate,
-                HealthLevel::Degraded,
-                "ZooKeeper session expired; rejoining with a new session",
-            );
-            self.set_client(None);
+            self.session_lost();
             return Next::Again;
         }
         if client.state() == zk::SessionState::Disconnected {
@@ -519,19 +517,23 @@ impl DriverState {
 
     /// Sleep a bounded, jittered backoff while still obeying commands.
     async fn backoff(&mut self) -> Next {
-        let exp = self.failures.min(6);
-        let base = Duration::from_millis(50 * (1 << exp)).min(MAX_BACKOFF);
-        let jitter = rand::thread_rng().gen_range(0.5..1.0);
-        let until = Instant::now() + base.mul_f64(jitter);
+        self.pause(self.failures).await.unwrap_or(Next::Again)
+    }
+
+    /// Sleep a jittered 50 ms x 2^attempt (at most [`MAX_BACKOFF`]) while obeying commands.
+    /// `Some(next)` when a command ends the wait early (closed, resigned).
+    async fn pause(&mut self, attempt: u32) -> Option<Next> {
+        let base = Duration::from_millis(50 * (1 << attempt.min(6))).min(MAX_BACKOFF);
+        let until = Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
         loop {
             tokio::select! {
-                _ = sleep_until(until) => return Next::Again,
+                _ = sleep_until(until) => return None,
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
-                        if let Next::Exit = self.command(cmd).await { return Next::Exit; }
-                        if !self.want { return Next::Again; }
+                        if let Next::Exit = self.command(cmd).await { return Some(Next::Exit); }
+                        if !self.want { return Some(Next::Again); }
                     }
-                    None => return Next::Exit,
+                    None => return Some(Next::Exit),
                 },
             }
         }
@@ -597,21 +599,8 @@ impl DriverState {
                         role
                     };
                     self.cell.set(role, level, reason);
-                    let exp = attempt.min(5);
-                    let base = Duration::from_millis(50 * (1 << exp)).min(MAX_BACKOFF);
-                    let until =
-                        Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                    loop {
-                        tokio::select! {
-                            _ = sleep_until(until) => break,
-                            cmd = self.rx.recv() => match cmd {
-                                Some(cmd) => {
-                                    if let Next::Exit = self.command(cmd).await { return Next::Exit; }
-                                    if !self.want { return Next::Again; }
-                                }
-                                None => return Next::Exit,
-                            },
-                        }
+                    if let Some(next) = self.pause(attempt.min(5)).await {
+                        return next;
                     }
                 }
             }
