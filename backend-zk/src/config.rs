@@ -68,6 +68,8 @@ pub struct ZkConfig {
     acl_set: bool,
     /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
     pub(crate) auth: Option<(String, Vec<u8>)>,
+    /// Optional chroot: every path (the latch path too) is relative to it. Created if missing.
+    pub chroot: Option<String>,
 }
 
 impl fmt::Debug for ZkConfig {
@@ -78,6 +80,7 @@ impl fmt::Debug for ZkConfig {
             .field("id", &self.id)
             .field("session_timeout", &self.session_timeout)
             .field("connection_timeout", &self.connection_timeout)
+            .field("chroot", &self.chroot)
             .field("connection_policy", &self.connection_policy)
             .field("acl", &self.acl)
             .field(
@@ -92,6 +95,14 @@ impl fmt::Debug for ZkConfig {
 }
 
 impl ZkConfig {
+    /// The connect string with the chroot, as given to the client.
+    pub(crate) fn connect_string(&self) -> String {
+        match &self.chroot {
+            Some(c) => format!("{}{c}", self.connect),
+            None => self.connect.clone(),
+        }
+    }
+
     /// Start a configuration: connect string, latch path, participant id. Defaults:
     /// session timeout [`DEFAULT_SESSION_TIMEOUT`], connection timeout
     /// [`DEFAULT_CONNECTION_TIMEOUT`], [`ConnectionPolicy::Standard`], no auth and
@@ -112,6 +123,7 @@ impl ZkConfig {
                 acl: NodeAcl::Open,
                 acl_set: false,
                 auth: None,
+                chroot: None,
             },
         }
     }
@@ -149,6 +161,14 @@ impl ZkConfigBuilder {
         self
     }
 
+    /// Run inside a chroot (e.g. `/tenant-a`): the latch path is then relative to it. The
+    /// chroot node is created (persistent) when missing. Same as a `/chroot` suffix on the
+    /// connect string; give one or the other.
+    pub fn chroot(mut self, chroot: impl Into<String>) -> Self {
+        self.cfg.chroot = Some(chroot.into());
+        self
+    }
+
     /// Digest authentication (`user:password`), added to every session.
     pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
         self.cfg.auth = Some(("digest".into(), format!("{user}:{password}").into_bytes()));
@@ -162,6 +182,18 @@ impl ZkConfigBuilder {
             c.acl = NodeAcl::CreatorAllOthersRead;
         }
         validate_connect(&c.connect)?;
+        if let Some(i) = c.connect.find('/') {
+            if c.chroot.is_some() {
+                return Err(Error::invalid_config(
+                    "a chroot is given twice (in the connect string and with chroot()); keep one",
+                ));
+            }
+            c.chroot = Some(c.connect[i..].to_owned());
+            c.connect.truncate(i);
+        }
+        if let Some(chroot) = &c.chroot {
+            validate::store_path(chroot, "chroot")?;
+        }
         validate::store_path(&c.path, "latch path")?;
         if c.path == "/zookeeper" || c.path.starts_with("/zookeeper/") {
             return Err(Error::invalid_config(format!(
@@ -248,6 +280,18 @@ mod tests {
     fn good_config_builds_with_documented_defaults() {
         let c = build("127.0.0.1:2181,127.0.0.2:2181/chroot", "/app/leader", "n1").unwrap();
         assert_eq!(c.session_timeout, DEFAULT_SESSION_TIMEOUT);
+        assert_eq!(c.chroot.as_deref(), Some("/chroot"));
+        assert_eq!(c.connect_string(), "127.0.0.1:2181,127.0.0.2:2181/chroot");
+        let e = ZkConfig::builder("127.0.0.1:1/a", "/x", "n")
+            .chroot("/b")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        let e = ZkConfig::builder("127.0.0.1:1", "/x", "n")
+            .chroot("b")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("chroot"), "{e}");
         assert_eq!(c.connection_policy, ConnectionPolicy::Standard);
     }
 

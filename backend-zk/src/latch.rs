@@ -271,7 +271,18 @@ impl Election for ZkElection {
         if let Some(d) = driver {
             let (ack, done) = oneshot::channel();
             if d.tx.send(Cmd::Close(ack)).is_ok() {
-                result = done.await.unwrap_or(Ok(()));
+                // Deleting our node is retried for at most 1.5 x the session timeout; never
+                // wait much longer than that, whatever the driver is doing.
+                let bound = self.cfg.session_timeout * 2;
+                result = match timeout(bound, done).await {
+                    Ok(r) => r.unwrap_or(Ok(())),
+                    Err(_) => {
+                        d.task.abort();
+                        Err(Error::timeout(format!(
+                            "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
+                        )))
+                    }
+                };
             }
             let _ = d.task.await;
         }
@@ -333,7 +344,7 @@ async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client
     }
     let hosts = cfg.connect.split(',').count() as u32;
     let bound = cfg.connection_timeout * (hosts + 1);
-    match timeout(bound, c.connect(&cfg.connect)).await {
+    match timeout(bound, c.connect(&cfg.connect_string())).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
         Err(_) => Err(Error::timeout(format!(
@@ -697,11 +708,30 @@ impl DriverState {
                     info!(%path, "latch path missing; creating it");
                     match client.mkdir(&path, &dir_opts).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
+                        Err(zk::Error::NoNode) if self.cfg.chroot.is_some() => {
+                            self.create_chroot().await?;
+                        }
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Create the chroot node (persistent) with a client outside the chroot.
+    async fn create_chroot(&self) -> std::result::Result<(), zk::Error> {
+        let chroot = self.cfg.chroot.clone().unwrap_or_default();
+        info!(%chroot, "chroot missing; creating it");
+        let mut cfg = (*self.cfg).clone();
+        cfg.chroot = None;
+        let outside = connect(&cfg, self.session_timeout)
+            .await
+            .map_err(|_| zk::Error::ConnectionLoss)?;
+        let opts = zk::CreateMode::Persistent.with_acls(acls(&self.cfg));
+        match outside.mkdir(&chroot, &opts).await {
+            Ok(()) | Err(zk::Error::NodeExists) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, delete_recursive, joined, one_leader, participant};
+use common::{all_in_latch, client, delete_recursive, joined, one_leader, participant};
 use succession_core::conformance::LeadershipChecker;
 use succession_core::{Election, ElectionExt, ErrorKind, HealthLevel, Role};
 use succession_testkit::{unique_path, TcpProxy, ZkEnsemble, ZkServer};
@@ -38,8 +38,7 @@ async fn zk_wipe_reelects_leader_before_the_session_timeout() {
     );
     assert!(after > before, "term {after} must be above {before}");
     // Everyone is back in the latch, not just the leader.
-    let ps = es[i].participants().await.expect("participants");
-    assert_eq!(ps.len(), 3, "all three re-entered: {ps:?}");
+    all_in_latch(&es[i], 3, SESSION).await;
     for e in &es {
         e.close().await.expect("close");
     }
@@ -80,17 +79,26 @@ async fn zk_path_deleted_under_live_participants_reelects_leader() {
     for round in 0..3 {
         let before = checker.max_term().expect("a grant");
         delete_recursive(&admin, &path).await;
-        let i = one_leader(&es, Duration::from_secs(10)).await;
-        // Wait for a grant newer than the deletion.
-        let lead = es[i]
-            .wait_for_status(Duration::from_secs(10), |s| {
-                s.role.term().is_some_and(|t| t > before)
-            })
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: no new grant after the deletion: {e}"));
-        assert!(lead.is_leader());
-        let ps = es[i].participants().await.expect("participants");
-        assert_eq!(ps.len(), 3, "round {round}: everyone re-entered: {ps:?}");
+        // Whoever leads next, it must be a grant newer than the deletion.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let i = loop {
+            let i = one_leader(&es, deadline.saturating_duration_since(Instant::now())).await;
+            if es[i].leadership().is_some_and(|l| l.term() > before) {
+                break i;
+            }
+            // Still the old grant: wait until it ends, then look again.
+            let _ = es[i]
+                .wait_for_status(deadline.saturating_duration_since(Instant::now()), |s| {
+                    s.role.term().is_none_or(|t| t > before)
+                })
+                .await;
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no new grant after the deletion"
+            );
+        };
+        // Everyone re-enters (the followers repair on their own watch events).
+        all_in_latch(&es[i], 3, Duration::from_secs(10)).await;
     }
     for e in &es {
         e.close().await.expect("close");

@@ -75,6 +75,23 @@ pub async fn one_leader(es: &[Arc<ZkElection>], bound: Duration) -> usize {
     }
 }
 
+/// Wait until `reader` sees `n` participants in the latch (everyone repaired its place).
+pub async fn all_in_latch(reader: &ZkElection, n: usize, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let ps = reader.participants().await.expect("participants");
+        if ps.len() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} participants back in the latch after {bound:?}: {ps:?}",
+            ps.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A plain client for inspecting or damaging the store.
 pub async fn client(connect: &str) -> zk::Client {
     zk::Client::connector()
