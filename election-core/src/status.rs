@@ -18,7 +18,10 @@ pub enum Role {
     Candidate,
     /// Our place is held in the store and another participant leads (its id when known).
     Follower {
-        /// The id of the current leader, when known.
+        /// The id of the leader as of this participant's last evaluation of the queue. A
+        /// follower re-evaluates when the participant just before it changes (no herd), so
+        /// further back in the queue this can lag a handover; `Election::leader()` reads
+        /// the live value.
         leader: Option<String>,
     },
     /// We lead, with this fencing term.
