@@ -20,7 +20,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 /// Everything an [`EtcdElection`](crate::EtcdElection) (or an [`EtcdRecord`](crate::EtcdRecord))
 /// needs to know. Build it with [`EtcdConfig::builder`].
 ///
-/// `Debug` never shows the password.
+/// `Debug` never shows the password or TLS key material.
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EtcdConfig {
@@ -32,6 +32,41 @@ pub struct EtcdConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) user: Option<String>,
     pub(crate) password: Option<String>,
+    /// `Some` exactly when the endpoints are `https://` (only possible with feature `tls`).
+    pub(crate) tls: Option<TlsSettings>,
+}
+
+/// The TLS settings of a configuration. `Debug` shows sizes and presence, never PEM data.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    /// PEM of the CA(s) that signed the etcd server certificate.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// PEM of the client certificate (chain) and its private key.
+    pub(crate) identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name checked in the server certificate instead of the endpoint's host.
+    pub(crate) domain_name: Option<String>,
+}
+
+impl TlsSettings {
+    fn is_empty(&self) -> bool {
+        self.ca_pem.is_none() && self.identity_pem.is_none() && self.domain_name.is_none()
+    }
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("tls")
+            .field(
+                "ca",
+                &self
+                    .ca_pem
+                    .as_ref()
+                    .map(|ca| format!("<{} bytes>", ca.len())),
+            )
+            .field("identity", &self.identity_pem.as_ref().map(|_| "<hidden>"))
+            .field("domain_name", &self.domain_name)
+            .finish()
+    }
 }
 
 impl fmt::Debug for EtcdConfig {
@@ -45,6 +80,7 @@ impl fmt::Debug for EtcdConfig {
             .field("request_timeout", &self.request_timeout)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -57,7 +93,8 @@ impl EtcdConfig {
         EtcdConfigBuilder::default()
     }
 
-    /// The etcd client endpoints (`http://host:port` or `host:port`).
+    /// The etcd client endpoints, normalized to `http://host:port` (or `https://host:port`
+    /// when TLS is configured).
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
@@ -94,6 +131,17 @@ impl EtcdConfig {
         self.user.as_deref()
     }
 
+    /// True when the connection to etcd uses TLS (`https://` endpoints; feature `tls`).
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The name checked in the server certificate when set with
+    /// [`EtcdConfigBuilder::tls_domain_name`] (otherwise each endpoint's host is checked).
+    pub fn tls_domain_name(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.domain_name.as_deref())
+    }
+
     /// How often the lease is renewed: TTL / 3.
     pub fn renew_interval(&self) -> Duration {
         self.ttl / 3
@@ -117,6 +165,7 @@ pub struct EtcdConfigBuilder {
     request_timeout: Option<Duration>,
     user: Option<String>,
     password: Option<String>,
+    tls: TlsSettings,
 }
 
 impl fmt::Debug for EtcdConfigBuilder {
@@ -130,9 +179,16 @@ impl fmt::Debug for EtcdConfigBuilder {
             .field("request_timeout", &self.request_timeout)
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
+
+/// Whether this build can talk TLS to etcd (cargo feature `tls`).
+const TLS_BUILT_IN: bool = cfg!(feature = "tls");
+
+const ENABLE_TLS: &str = "enable the `tls` feature of succession-etcd (or of succession), e.g. \
+     succession-etcd = { version = \"0.1\", features = [\"tls\"] }";
 
 impl EtcdConfigBuilder {
     /// Add one endpoint (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Required: at least one.
@@ -192,21 +248,60 @@ impl EtcdConfigBuilder {
         self
     }
 
+    /// TLS: the PEM of the CA certificate(s) that signed the etcd server's certificate
+    /// (e.g. the contents of etcd's `--trusted-ca-file`, or `ca.pem`). Required for
+    /// `https://` endpoints; endpoints given as `host:port` then become `https://`.
+    /// Needs the cargo feature `tls` (without it, [`build`](Self::build) refuses TLS
+    /// settings and says so).
+    pub fn tls_ca_pem(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca_pem = Some(ca_pem.into());
+        self
+    }
+
+    /// TLS client certificate authentication (etcd's `--client-cert-auth`): the client
+    /// certificate (chain) and its private key, both PEM. Optional; needs
+    /// [`tls_ca_pem`](Self::tls_ca_pem) and the cargo feature `tls`.
+    pub fn tls_identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.identity_pem = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// TLS: the name to check in the server certificate instead of each endpoint's host
+    /// (e.g. `etcd.internal` when connecting by IP to a server whose certificate names only
+    /// its DNS name). Optional; needs [`tls_ca_pem`](Self::tls_ca_pem) and the cargo
+    /// feature `tls`.
+    pub fn tls_domain_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.domain_name = Some(name.into());
+        self
+    }
+
     /// Check every value and build the configuration.
     ///
     /// Errors ([`InvalidConfig`](succession_core::ErrorKind::InvalidConfig)): no endpoint or
     /// a malformed one, a missing, relative or trailing-slash prefix, a blank id, a TTL that
-    /// is zero, below 2 s or not whole seconds, zero timeouts, an empty user name.
+    /// is zero, below 2 s or not whole seconds, zero timeouts, an empty user name; TLS
+    /// settings or `https://` endpoints without the `tls` feature, `https://` without a CA,
+    /// `http://` and `https://` endpoints mixed, PEM data that is not PEM.
     pub fn build(self) -> Result<EtcdConfig> {
         if self.endpoints.is_empty() {
             return Err(Error::invalid_config(
                 "no etcd endpoint given; add one with .endpoint(\"http://127.0.0.1:2379\")",
             ));
         }
-        let mut endpoints = Vec::with_capacity(self.endpoints.len());
+        let mut parsed = Vec::with_capacity(self.endpoints.len());
         for e in &self.endpoints {
-            endpoints.push(normalize_endpoint(e)?);
+            parsed.push(parse_endpoint(e)?);
         }
+        let tls = check_tls(&self.endpoints, &parsed, self.tls)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints = parsed
+            .iter()
+            .map(|(_, host_port)| format!("{scheme}://{host_port}"))
+            .collect();
         let prefix = self.prefix.ok_or_else(|| {
             Error::invalid_config(
                 "no etcd prefix given; set one with .prefix(\"/services/my-app/leader\")",
@@ -247,32 +342,126 @@ impl EtcdConfigBuilder {
             request_timeout,
             user: self.user,
             password: self.password,
+            tls,
         })
     }
 }
 
-/// Check one endpoint and return it in the form etcd-client takes (`http://host:port`).
-fn normalize_endpoint(raw: &str) -> Result<String> {
+/// The scheme an endpoint was given with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+    /// `host:port`: `https` when TLS is configured, else `http`.
+    Bare,
+}
+
+/// Check the TLS settings against the endpoints' schemes and this build's features.
+/// `Some` when the connection uses TLS.
+fn check_tls(
+    raw: &[String],
+    parsed: &[(Scheme, String)],
+    tls: TlsSettings,
+) -> Result<Option<TlsSettings>> {
+    let https = parsed.iter().position(|(s, _)| *s == Scheme::Https);
+    let http = parsed.iter().position(|(s, _)| *s == Scheme::Http);
+    if https.is_none() && tls.is_empty() {
+        return Ok(None);
+    }
+    if !TLS_BUILT_IN {
+        let what = match https {
+            Some(i) => format!("etcd endpoint {:?} uses TLS (https)", raw[i]),
+            None => "TLS settings (tls_ca_pem / tls_identity_pem / tls_domain_name) are given"
+                .to_owned(),
+        };
+        return Err(Error::invalid_config(format!(
+            "{what}, but this build of succession-etcd has no TLS support; {ENABLE_TLS}"
+        )));
+    }
+    if let (Some(s), Some(p)) = (https, http) {
+        return Err(Error::invalid_config(format!(
+            "etcd endpoints mix TLS and plain text: {:?} is https, {:?} is http; \
+             all members of one cluster are reached the same way, use https:// for all",
+            raw[s], raw[p]
+        )));
+    }
+    if let Some(p) = http {
+        return Err(Error::invalid_config(format!(
+            "TLS settings are given, but etcd endpoint {:?} is plain http; \
+             use https://HOST:PORT (or HOST:PORT) with TLS",
+            raw[p]
+        )));
+    }
+    let Some(ca) = &tls.ca_pem else {
+        let what = match https {
+            Some(i) => format!("etcd endpoint {:?} uses TLS (https)", raw[i]),
+            None => "TLS client settings are given".to_owned(),
+        };
+        return Err(Error::invalid_config(format!(
+            "{what}, but no CA is given to check the server certificate; \
+             set .tls_ca_pem(<PEM of the CA that signed the etcd server certificate>)"
+        )));
+    };
+    check_pem(ca, "CERTIFICATE", "the TLS CA (tls_ca_pem)")?;
+    if let Some((cert, key)) = &tls.identity_pem {
+        check_pem(
+            cert,
+            "CERTIFICATE",
+            "the TLS client certificate (tls_identity_pem)",
+        )?;
+        check_pem(key, "PRIVATE KEY", "the TLS client key (tls_identity_pem)")?;
+    }
+    if let Some(name) = &tls.domain_name {
+        if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid_config(format!(
+                "TLS domain name {name:?} is blank or contains whitespace; give the DNS name \
+                 (or IP address) the etcd server certificate names, e.g. \"etcd.internal\""
+            )));
+        }
+    }
+    Ok(Some(tls))
+}
+
+/// A sanity check (not a parse) that `pem` is PEM holding a `-----BEGIN …{label}-----` block.
+fn check_pem(pem: &[u8], label: &str, what: &str) -> Result<()> {
+    if pem.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(Error::invalid_config(format!(
+            "{what} is empty; pass the contents of the PEM file, not its path"
+        )));
+    }
+    let text = String::from_utf8_lossy(pem);
+    let has_block = text.split("-----BEGIN ").skip(1).any(|rest| {
+        rest.split_once("-----")
+            .is_some_and(|(header, _)| header.ends_with(label))
+    });
+    if !has_block {
+        return Err(Error::invalid_config(format!(
+            "{what} is not PEM with a \"-----BEGIN …{label}-----\" block ({} bytes); \
+             pass the contents of the PEM file (not its path, not DER)",
+            pem.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Check one endpoint and split it into its scheme and `host:port`.
+fn parse_endpoint(raw: &str) -> Result<(Scheme, String)> {
     let bad = |why: &str| {
         Error::invalid_config(format!(
-            "etcd endpoint {raw:?} is malformed ({why}); use http://HOST:PORT such as http://127.0.0.1:2379"
+            "etcd endpoint {raw:?} is malformed ({why}); use http://HOST:PORT such as http://127.0.0.1:2379 (https:// with TLS)"
         ))
     };
     let e = raw.trim();
     if e.is_empty() {
         return Err(bad("empty"));
     }
-    if e.starts_with("https://") {
-        return Err(Error::invalid_config(format!(
-            "etcd endpoint {raw:?} uses TLS (https), which this build of succession-etcd does not support; use an http:// endpoint"
-        )));
-    }
-    let rest = match e.split_once("://") {
-        Some(("http", rest)) => rest,
+    let (scheme, rest) = match e.split_once("://") {
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some(("https", rest)) => (Scheme::Https, rest),
         Some((scheme, _)) => {
             return Err(bad(&format!("unsupported scheme {scheme:?}")));
         }
-        None => e,
+        None => (Scheme::Bare, e),
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.contains('/') || rest.contains('?') || rest.contains('#') {
@@ -302,7 +491,7 @@ fn normalize_endpoint(raw: &str) -> Result<String> {
         Ok(p) if p > 0 => {}
         _ => return Err(bad(&format!("port {port:?} is not a number in 1..=65535"))),
     }
-    Ok(format!("http://{rest}"))
+    Ok((scheme, rest.to_owned()))
 }
 
 #[cfg(test)]
@@ -386,5 +575,127 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("<hidden>") && dbg.contains("root"), "{dbg}");
+    }
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nQ0FTRUNSRVQ=\n-----END CERTIFICATE-----\n";
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nQ0VSVFNFQ1JFVA==\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nS0VZU0VDUkVU\n-----END PRIVATE KEY-----\n";
+
+    fn tls_base() -> EtcdConfigBuilder {
+        EtcdConfig::builder()
+            .endpoint("https://127.0.0.1:2379")
+            .prefix("/svc/leader")
+            .id("a")
+            .tls_ca_pem(CA)
+    }
+
+    #[test]
+    fn debug_never_shows_tls_key_material() {
+        let b = tls_base()
+            .tls_identity_pem(CERT, KEY)
+            .tls_domain_name("etcd.internal");
+        let dbg = format!("{b:?}");
+        for secret in ["S0VZU0VDUkVU", "Q0VSVFNFQ1JFVA", "Q0FTRUNSRVQ", "BEGIN"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
+        assert!(dbg.contains(&format!("<{} bytes>", CA.len())), "{dbg}");
+        assert!(dbg.contains("identity: Some(\"<hidden>\")"), "{dbg}");
+        #[cfg(feature = "tls")]
+        {
+            let c = b.build().unwrap();
+            let dbg = format!("{c:?}");
+            for secret in ["S0VZU0VDUkVU", "Q0VSVFNFQ1JFVA", "Q0FTRUNSRVQ", "BEGIN"] {
+                assert!(!dbg.contains(secret), "{secret} in {dbg}");
+            }
+            assert!(
+                dbg.contains(&format!(
+                    "tls: Some(tls {{ ca: Some(\"<{} bytes>\"), identity: Some(\"<hidden>\"), \
+                     domain_name: Some(\"etcd.internal\") }})",
+                    CA.len()
+                )),
+                "{dbg}"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_the_tls_feature_tls_is_refused_with_a_hint() {
+        let cases = [
+            (base().endpoint("https://h:1"), "\"https://h:1\" uses TLS"),
+            (base().tls_ca_pem(CA), "TLS settings"),
+            (base().tls_domain_name("x"), "TLS settings"),
+            (tls_base(), "uses TLS"),
+        ];
+        for (b, hint) in cases {
+            let e = b.build().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            let text = e.to_string();
+            assert!(text.contains(hint), "{hint:?} not in {text}");
+            assert!(text.contains("enable the `tls` feature"), "{text}");
+        }
+        assert!(!base().build().unwrap().uses_tls());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_endpoints_and_settings_are_checked() {
+        let c = tls_base()
+            .endpoint("127.0.0.1:2380")
+            .tls_identity_pem(CERT, KEY)
+            .build()
+            .unwrap();
+        assert!(c.uses_tls());
+        assert_eq!(
+            c.endpoints(),
+            ["https://127.0.0.1:2379", "https://127.0.0.1:2380"]
+        );
+        assert_eq!(c.tls_domain_name(), None);
+        let c = base()
+            .tls_ca_pem(CA)
+            .tls_domain_name("etcd")
+            .build()
+            .unwrap();
+        assert_eq!(c.endpoints(), ["https://127.0.0.1:2379"]);
+        assert_eq!(c.tls_domain_name(), Some("etcd"));
+        assert!(!base().build().unwrap().uses_tls());
+
+        let cases: Vec<(EtcdConfigBuilder, &str)> = vec![
+            (tls_base().endpoint("http://h:1"), "mix TLS and plain text"),
+            (base().endpoint("https://h:1"), "no CA is given"),
+            (
+                tls_base().endpoints(["h:1", "http://h:2", "https://h:3"]),
+                "mix TLS and plain text",
+            ),
+            (
+                base().tls_ca_pem(CA).endpoint("http://h:1"),
+                "is plain http",
+            ),
+            (
+                EtcdConfig::builder()
+                    .endpoint("https://h:1")
+                    .prefix("/a")
+                    .id("a"),
+                "\"https://h:1\" uses TLS (https), but no CA is given",
+            ),
+            (base().tls_identity_pem(CERT, KEY), "no CA is given"),
+            (tls_base().tls_ca_pem(""), "TLS CA (tls_ca_pem) is empty"),
+            (tls_base().tls_ca_pem("/etc/ca.pem"), "is not PEM"),
+            (tls_base().tls_ca_pem(KEY), "is not PEM"),
+            (
+                tls_base().tls_identity_pem(KEY, CERT),
+                "client certificate (tls_identity_pem) is not PEM",
+            ),
+            (
+                tls_base().tls_identity_pem(CERT, " \n"),
+                "client key (tls_identity_pem) is empty",
+            ),
+            (tls_base().tls_domain_name(" "), "TLS domain name"),
+        ];
+        for (b, hint) in cases {
+            let e = b.build().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(hint), "{hint:?} not in {e}");
+        }
     }
 }

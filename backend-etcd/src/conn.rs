@@ -61,10 +61,15 @@ impl Connection {
                 .with_user(user.clone(), password.clone())
                 .with_auto_token_refresh(true);
         }
-        let client = error::request(
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &c.tls {
+            opts = opts.with_tls(tls_options(tls));
+        }
+        let client = error::request_in(
             "connect",
             c.connect_timeout + c.request_timeout,
             Client::connect(c.endpoints.clone(), Some(opts)),
+            c.tls.as_ref(),
         )
         .await?;
         *slot = Some(client.clone());
@@ -81,8 +86,32 @@ impl Connection {
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        error::request(op, self.config.request_timeout, fut).await
+        error::request_in(
+            op,
+            self.config.request_timeout,
+            fut,
+            self.config.tls.as_ref(),
+        )
+        .await
     }
+}
+
+/// etcd-client's TLS options for `tls` (PEM data is parsed when the client is made; a
+/// malformed file fails `connect` with an error naming TLS).
+#[cfg(feature = "tls")]
+fn tls_options(tls: &crate::config::TlsSettings) -> etcd_client::TlsOptions {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    let mut t = TlsOptions::new();
+    if let Some(ca) = &tls.ca_pem {
+        t = t.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &tls.identity_pem {
+        t = t.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(name) = &tls.domain_name {
+        t = t.domain_name(name.clone());
+    }
+    t
 }
 
 /// Bounded, jittered exponential backoff ("full jitter"): the n-th wait is uniform in

@@ -47,6 +47,40 @@ async fn probe_health(port: u16) -> std::result::Result<String, String> {
     }
 }
 
+/// TLS for the client port of an etcd started by [`EtcdServer::start_tls`]: PEM files the
+/// test made (e.g. with `rcgen`). Relative paths are taken from the current directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The server certificate (`--cert-file`); it must name 127.0.0.1 (an IP SAN) for
+    /// clients that connect to [`EtcdServer::endpoint`].
+    pub cert_pem_path: PathBuf,
+    /// The server certificate's private key (`--key-file`).
+    pub key_pem_path: PathBuf,
+    /// When set, clients must present a certificate signed by this CA
+    /// (`--client-cert-auth --trusted-ca-file`).
+    pub client_ca_path: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    /// Absolute paths, each checked to be a readable file.
+    fn resolved(&self) -> Result<EtcdTls> {
+        let abs = |p: &Path, what: &str| -> Result<PathBuf> {
+            let p = std::path::absolute(p).map_err(|e| Error::io(format!("resolve {what}"), e))?;
+            std::fs::metadata(&p)
+                .map_err(|e| Error::io(format!("read {what} {}", p.display()), e))?;
+            Ok(p)
+        };
+        Ok(EtcdTls {
+            cert_pem_path: abs(&self.cert_pem_path, "the etcd server certificate")?,
+            key_pem_path: abs(&self.key_pem_path, "the etcd server key")?,
+            client_ca_path: match &self.client_ca_path {
+                Some(p) => Some(abs(p, "the etcd client CA")?),
+                None => None,
+            },
+        })
+    }
+}
+
 /// One etcd process: an [`EtcdServer`], or one member of an [`EtcdCluster`].
 ///
 /// It keeps its ports and data across [`stop`](Self::stop)/[`kill`](Self::kill) and
@@ -62,6 +96,8 @@ pub struct EtcdMember {
     peer_port: u16,
     initial_cluster: String,
     token: Mutex<String>,
+    /// TLS on the client port; then `/health` is probed on the plain-HTTP metrics port.
+    tls: Option<(EtcdTls, u16)>,
     etcd: PathBuf,
     data_dir: PathBuf,
     log: LogFile,
@@ -90,6 +126,7 @@ impl EtcdMember {
             peer_port,
             initial_cluster,
             token: Mutex::new(token),
+            tls: None,
             etcd: etcd.to_path_buf(),
             data_dir: dir.path().join("data"),
             log: LogFile::new(dir.path().join("etcd.log")),
@@ -108,7 +145,7 @@ impl EtcdMember {
         let log2 = log
             .try_clone()
             .map_err(|e| Error::io("clone log handle", e))?;
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let token = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut cmd = Command::new(&self.etcd);
@@ -130,8 +167,21 @@ impl EtcdMember {
             .args(["--initial-cluster-token", &token])
             .args(["--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
-            .args(["--log-level", "info"])
-            .current_dir(self.dir.path())
+            .args(["--log-level", "info"]);
+        if let Some((tls, metrics_port)) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert_pem_path)
+                .arg("--key-file")
+                .arg(&tls.key_pem_path)
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{metrics_port}"));
+            if let Some(ca) = &tls.client_ca_path {
+                cmd.arg("--client-cert-auth")
+                    .arg("--trusted-ca-file")
+                    .arg(ca);
+            }
+        }
+        cmd.current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2));
@@ -154,9 +204,19 @@ impl EtcdMember {
         })
     }
 
-    /// `"http://127.0.0.1:PORT"`, the client endpoint.
+    /// `"http://127.0.0.1:PORT"`, the client endpoint (`https://` when it serves TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Where `GET /health` is asked: the client port, or for a TLS server its plain-HTTP
+    /// metrics port (`--listen-metrics-urls`), so readiness needs no TLS client.
+    fn health_port(&self) -> u16 {
+        match &self.tls {
+            Some((_, metrics_port)) => *metrics_port,
+            None => self.client_port,
+        }
     }
 
     /// `"127.0.0.1:PORT"`, the client address without scheme (e.g. for a [`crate::TcpProxy`]).
@@ -268,7 +328,7 @@ impl EtcdMember {
                     }
                     return Err(e);
                 }
-                if Instant::now() >= deadline || probe_health(self.client_port).await.is_ok() {
+                if Instant::now() >= deadline || probe_health(self.health_port()).await.is_ok() {
                     return Ok(());
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -290,7 +350,7 @@ impl EtcdMember {
                     op: "wait until ready",
                 });
             }
-            let last = match probe_health(self.client_port).await {
+            let last = match probe_health(self.health_port()).await {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
@@ -311,7 +371,7 @@ impl EtcdMember {
 
     /// True if `GET /health` says healthy right now.
     pub async fn is_healthy(&self) -> bool {
-        self.proc.is_running() && probe_health(self.client_port).await.is_ok()
+        self.proc.is_running() && probe_health(self.health_port()).await.is_ok()
     }
 }
 
@@ -327,14 +387,31 @@ impl EtcdServer {
     /// true. Retries with other ports if a picked one was taken meanwhile. A missing binary
     /// is an [`Error::MissingDependency`].
     pub async fn start() -> Result<EtcdServer> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`start`](Self::start), but the client port serves TLS with `tls`'s certificate
+    /// (and, with [`EtcdTls::client_ca_path`], demands client certificates signed by that
+    /// CA). [`endpoint`](Self::endpoint) is then `"https://127.0.0.1:PORT"`. Readiness is
+    /// checked with `GET /health` on an extra plain-HTTP metrics port on 127.0.0.1. Peers
+    /// stay plain HTTP. Missing certificate files are an [`Error::Io`].
+    pub async fn start_tls(tls: EtcdTls) -> Result<EtcdServer> {
+        let tls = tls.resolved()?;
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<EtcdTls>) -> Result<EtcdServer> {
         let etcd = etcd_bin()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let ports = free_ports(2)?;
+            // client, peer (and the plain-HTTP metrics port of a TLS server)
+            let ports = free_ports(if tls.is_some() { 3 } else { 2 })?;
             let name = "default".to_string();
             let cluster = format!("{name}=http://127.0.0.1:{}", ports[1]);
-            let member = EtcdMember::create(&etcd, name, ports[0], ports[1], cluster, new_token())?;
+            let mut member =
+                EtcdMember::create(&etcd, name, ports[0], ports[1], cluster, new_token())?;
+            member.tls = tls.clone().map(|t| (t, ports[2]));
             member.spawn("start").await?;
             match member.wait_ready(START_TIMEOUT).await {
                 Ok(()) => return Ok(EtcdServer { member }),
@@ -344,7 +421,8 @@ impl EtcdServer {
         }
     }
 
-    /// `"http://127.0.0.1:PORT"`, the client endpoint.
+    /// `"http://127.0.0.1:PORT"`, the client endpoint (`"https://…"` for
+    /// [`start_tls`](Self::start_tls)).
     pub fn endpoint(&self) -> String {
         self.member.endpoint()
     }
@@ -530,7 +608,7 @@ impl EtcdCluster {
                     continue;
                 }
                 running += 1;
-                match probe_health(m.client_port).await {
+                match probe_health(m.health_port()).await {
                     Ok(_) => states.push(format!("{}: healthy", m.name)),
                     Err(e) => {
                         ok = false;
@@ -612,5 +690,22 @@ impl EtcdCluster {
         }
         // Members wait for each other (quorum), so no per-member readiness here.
         self.wait_healthy_inner(RESTART_TIMEOUT, true).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn start_tls_with_a_missing_certificate_is_an_io_error_naming_it() {
+        let tls = EtcdTls {
+            cert_pem_path: PathBuf::from("/nonexistent/server.pem"),
+            key_pem_path: PathBuf::from("/nonexistent/server-key.pem"),
+            client_ca_path: None,
+        };
+        let e = EtcdServer::start_tls(tls).await.unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        assert!(e.to_string().contains("/nonexistent/server.pem"), "{e}");
     }
 }

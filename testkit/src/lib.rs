@@ -38,7 +38,7 @@ pub use deps::{
     find_zk_classpath, java_bin, zk_classpath, DEBIAN_JAVA_DIR, JVM_QUIET_LOGGING,
 };
 pub use error::{Error, Result};
-pub use etcd::{EtcdCluster, EtcdMember, EtcdServer};
+pub use etcd::{EtcdCluster, EtcdMember, EtcdServer, EtcdTls};
 pub use process::process_alive;
 pub use proxy::TcpProxy;
 pub use shared::{shared_etcd, shared_zk, try_shared_etcd, try_shared_zk, SharedEtcd, SharedZk};
