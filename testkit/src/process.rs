@@ -265,7 +265,7 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
         } else {
             0
         };
-        if candidate != 0 && ports.contains(&candidate) {
+        if candidate != 0 && (ports.contains(&candidate) || handed_out.contains(&candidate)) {
             continue;
         }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", candidate)) {
@@ -273,7 +273,7 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
                 .local_addr()
                 .map_err(|e| Error::io("local_addr", e))?
                 .port();
-            if !ports.contains(&port) {
+            if !ports.contains(&port) && !handed_out.contains(&port) {
                 ports.push(port);
                 held.push(l);
             }
