@@ -127,6 +127,7 @@ impl ZkElection {
             stale: Vec::new(),
             node: None,
             want: false,
+            pending: None,
             failures: 0,
             failing_since: None,
         };
@@ -268,23 +269,26 @@ impl Election for ZkElection {
         self.inner.closed.store(true, Ordering::SeqCst);
         let driver = lock(&self.inner.driver).take();
         let mut result = Ok(());
-        if let Some(d) = driver {
+        if let Some(Driver { tx, task }) = driver {
             let (ack, done) = oneshot::channel();
-            if d.tx.send(Cmd::Close(ack)).is_ok() {
-                // Deleting our node is retried for at most 1.5 x the session timeout; never
-                // wait much longer than that, whatever the driver is doing.
-                let bound = self.cfg.session_timeout * 2;
+            let sent = tx.send(Cmd::Close(ack)).is_ok();
+            // Without a sender the driver ends as soon as it has handled what it received.
+            drop(tx);
+            // Deleting our node is retried for at most 1.5 x the session timeout; never
+            // wait much longer than that, whatever the driver is doing.
+            let bound = self.cfg.session_timeout * 2;
+            if sent {
                 result = match timeout(bound, done).await {
                     Ok(r) => r.unwrap_or(Ok(())),
-                    Err(_) => {
-                        d.task.abort();
-                        Err(Error::timeout(format!(
-                            "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
-                        )))
-                    }
+                    Err(_) => Err(Error::timeout(format!(
+                        "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
+                    ))),
                 };
             }
-            let _ = d.task.await;
+            let abort = task.abort_handle();
+            if timeout(bound, task).await.is_err() {
+                abort.abort();
+            }
         }
         self.cell.close("closed");
         *lock(&self.inner.client) = None;
@@ -384,6 +388,9 @@ struct DriverState {
     stale: Vec<String>,
     node: Option<OwnNode>,
     want: bool,
+    /// A command received while waiting inside a round; handled outside the round, so that
+    /// abandoning a round (connection lost) can never cut a command short.
+    pending: Option<Cmd>,
     failures: u32,
     failing_since: Option<Instant>,
 }
@@ -398,7 +405,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 impl DriverState {
     async fn run(mut self) {
         loop {
-            let next = if !self.want {
+            let next = if let Some(cmd) = self.pending.take() {
+                self.command(cmd).await
+            } else if !self.want {
                 match self.rx.recv().await {
                     Some(cmd) => self.command(cmd).await,
                     None => Next::Exit,
@@ -859,7 +868,10 @@ impl DriverState {
                 Next::Again
             }
             cmd = self.rx.recv() => match cmd {
-                Some(cmd) => self.command(cmd).await,
+                Some(cmd) => {
+                    self.pending = Some(cmd);
+                    Next::Again
+                }
                 None => Next::Exit,
             },
         }
