@@ -146,7 +146,26 @@ impl EtcdElection {
             return Ok(());
         };
         let _ = r.stop.send(Some(reason));
-        match r.task.await {
+        // The task obeys `stop` at every wait; its longest uninterruptible step is one
+        // request. Never wait much longer than that.
+        let bound = self.config().request_timeout() * 3 + self.config().ttl();
+        let abort = r.task.abort_handle();
+        let joined = match tokio::time::timeout(bound, r.task).await {
+            Ok(j) => j,
+            Err(_) => {
+                abort.abort();
+                self.inner.cell.set(
+                    Role::Idle,
+                    HealthLevel::Degraded,
+                    "stopping took too long; the lease is left to expire",
+                );
+                return Err(Error::timeout(format!(
+                    "stopping the etcd participation of {} took longer than {bound:?}; its lease expires on its own",
+                    self.id()
+                )));
+            }
+        };
+        match joined {
             Ok(res) => res,
             Err(e) if e.is_cancelled() => Ok(()),
             Err(e) => {
