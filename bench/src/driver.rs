@@ -1,0 +1,437 @@
+//! `succession-bench __driver`: the process that hosts OUR participants during a run.
+//!
+//! It speaks the same line protocol as the Curator driver (`bench/java/BenchLatch.java`),
+//! so both sides are measured the same way: each in a process of its own, stamping events
+//! with `CLOCK_MONOTONIC` nanoseconds (see [`crate::clock`]).
+//!
+//! Commands (stdin, one per line):
+//!
+//! | command | answer |
+//! |---|---|
+//! | `ping` | `pong <ns>` |
+//! | `addzk <tag> <n> <connect> <path> <session ms>` | `added <ns at receipt> <first index> <n>`, then events |
+//! | `addetcd <tag> <n> <endpoint> <prefix> <ttl s> <lease info 0/1>` | same |
+//! | `close <index>` | `closing <ns> <index>` just before `close()`, then `closed <ns> <index>` |
+//! | `closeall` | closes every open participant, `closedall <ns>` |
+//! | `floor <connect> <path> <reps>` | raw zookeeper-client figures: `floor <ns>`, `rtt <ns>`, `wrtt <ns>` lines, then `floordone` |
+//! | `etcdfloor <endpoint> <prefix> <reps>` | the same with raw etcd-client: delete -> watch event, Range and Put round trips; also `sample revokefloor <ns>` (lease revoke -> Delete event) and `sample revokertt <ns>` |
+//! | `quit` | exits |
+//!
+//! Events: `ev <ns> <index> joined <ZooKeeper session id hex or ->` (our place is held),
+//! `ev <ns> <index> leader`, `ev <ns> <index> notleader`, `lease <index> <ns>` (etcd, with
+//! lease info on: the instant before which the server cannot expire the lease), and
+//! `err <index> <message>`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use succession_core::{Election, Role};
+use succession_etcd::{EtcdConfig, EtcdElection};
+use succession_zk::{ZkConfig, ZkElection};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use zookeeper_client as zk;
+
+use crate::clock::{instant_ns, now_ns};
+
+/// One participant hosted by the driver.
+#[derive(Clone)]
+enum Part {
+    Zk(Arc<ZkElection>),
+    Etcd(Arc<EtcdElection>),
+}
+
+impl Part {
+    fn election(&self) -> Arc<dyn Election> {
+        match self {
+            Part::Zk(e) => e.clone(),
+            Part::Etcd(e) => e.clone(),
+        }
+    }
+
+    fn session(&self) -> String {
+        match self {
+            Part::Zk(e) => e
+                .session_id()
+                .map(|s| format!("{s:x}"))
+                .unwrap_or_else(|| "-".into()),
+            Part::Etcd(_) => "-".into(),
+        }
+    }
+}
+
+type Parts = Arc<Mutex<Vec<Option<Part>>>>;
+
+fn say(line: &str) {
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run the driver until `quit` or the end of stdin.
+pub fn main() -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("succession-bench driver: cannot build a tokio runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(serve());
+    // Participants still open are dropped with the runtime, like a process exit.
+    0
+}
+
+async fn serve() {
+    let parts: Parts = Arc::new(Mutex::new(Vec::new()));
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["ping"] => say(&format!("pong {}", now_ns())),
+            ["addzk", tag, n, connect, path, ms] => {
+                let t0 = now_ns();
+                let (Ok(n), Ok(ms)) = (n.parse::<usize>(), ms.parse::<u64>()) else {
+                    say(&format!("err -1 bad addzk line: {line}"));
+                    continue;
+                };
+                let mut made = Vec::new();
+                for _ in 0..n {
+                    let idx = next_index(&parts);
+                    let cfg = ZkConfig::builder(*connect, *path, format!("{tag}-{idx}"))
+                        .session_timeout(Duration::from_millis(ms))
+                        .build();
+                    match cfg.and_then(ZkElection::new) {
+                        Ok(e) => made.push((idx, Part::Zk(Arc::new(e)))),
+                        Err(e) => say(&format!("err {idx} {e}")),
+                    }
+                }
+                start(&parts, t0, made, false);
+            }
+            ["addetcd", tag, n, endpoint, prefix, ttl, info] => {
+                let t0 = now_ns();
+                let (Ok(n), Ok(ttl)) = (n.parse::<usize>(), ttl.parse::<u64>()) else {
+                    say(&format!("err -1 bad addetcd line: {line}"));
+                    continue;
+                };
+                let mut made = Vec::new();
+                for _ in 0..n {
+                    let idx = next_index(&parts);
+                    let cfg = EtcdConfig::builder()
+                        .endpoint(*endpoint)
+                        .prefix(*prefix)
+                        .id(format!("{tag}-{idx}"))
+                        .ttl(Duration::from_secs(ttl))
+                        .build();
+                    match cfg.and_then(EtcdElection::new) {
+                        Ok(e) => made.push((idx, Part::Etcd(Arc::new(e)))),
+                        Err(e) => say(&format!("err {idx} {e}")),
+                    }
+                }
+                start(&parts, t0, made, *info == "1");
+            }
+            ["close", idx] => {
+                let Ok(idx) = idx.parse::<usize>() else {
+                    say(&format!("err -1 bad close line: {line}"));
+                    continue;
+                };
+                let part = lock(&parts).get_mut(idx).and_then(|p| p.take());
+                match part {
+                    Some(p) => {
+                        tokio::spawn(async move {
+                            say(&format!("closing {} {idx}", now_ns()));
+                            if let Err(e) = p.election().close().await {
+                                say(&format!("err {idx} close: {e}"));
+                            }
+                            say(&format!("closed {} {idx}", now_ns()));
+                        });
+                    }
+                    None => say(&format!("err {idx} close: no such open participant")),
+                }
+            }
+            ["closeall"] => {
+                let open: Vec<(usize, Part)> = lock(&parts)
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, p)| p.take().map(|p| (i, p)))
+                    .collect();
+                let closes = open.into_iter().map(|(idx, p)| async move {
+                    if let Err(e) = p.election().close().await {
+                        say(&format!("err {idx} close: {e}"));
+                    }
+                });
+                futures::future::join_all(closes).await;
+                say(&format!("closedall {}", now_ns()));
+            }
+            ["floor", connect, path, reps] => match reps.parse::<usize>() {
+                Ok(reps) => {
+                    if let Err(e) = floor(connect, path, reps).await {
+                        say(&format!("err -1 floor: {e}"));
+                    }
+                    say("floordone");
+                }
+                Err(_) => say(&format!("err -1 bad floor line: {line}")),
+            },
+            ["etcdfloor", endpoint, prefix, reps] => match reps.parse::<usize>() {
+                Ok(reps) => {
+                    if let Err(e) = etcd_floor(endpoint, prefix, reps).await {
+                        say(&format!("err -1 etcdfloor: {e}"));
+                    }
+                    say("floordone");
+                }
+                Err(_) => say(&format!("err -1 bad etcdfloor line: {line}")),
+            },
+            ["quit"] => break,
+            _ => say(&format!("err -1 unknown command: {line}")),
+        }
+    }
+}
+
+fn next_index(parts: &Parts) -> usize {
+    let mut v = lock(parts);
+    v.push(None);
+    v.len() - 1
+}
+
+/// Store the new participants, watch their status, and join them all at once.
+fn start(parts: &Parts, t0: u64, made: Vec<(usize, Part)>, lease_info: bool) {
+    let first = made.first().map(|(i, _)| *i).unwrap_or(0);
+    let n = made.len();
+    {
+        let mut v = lock(parts);
+        for (idx, p) in &made {
+            v[*idx] = Some(p.clone());
+        }
+    }
+    for (idx, p) in made {
+        let e = p.election();
+        tokio::spawn(follow(idx, p.clone()));
+        if lease_info {
+            if let Part::Etcd(e) = &p {
+                tokio::spawn(follow_lease(idx, Arc::downgrade(e)));
+            }
+        }
+        tokio::spawn(async move {
+            if let Err(err) = e.join().await {
+                say(&format!("err {idx} join: {err}"));
+            }
+        });
+    }
+    say(&format!("added {t0} {first} {n}"));
+}
+
+/// Print `joined`, `leader` and `notleader` events of one participant.
+async fn follow(idx: usize, p: Part) {
+    let mut rx = p.election().status();
+    let weak = match &p {
+        Part::Zk(e) => Weak::Zk(Arc::downgrade(e)),
+        Part::Etcd(e) => Weak::Etcd(Arc::downgrade(e)),
+    };
+    drop(p);
+    let (mut joined, mut leader) = (false, false);
+    loop {
+        let role = rx.borrow_and_update().role.clone();
+        let t = now_ns();
+        if !joined && role.is_joined() {
+            joined = true;
+            let sid = weak.upgrade().map(|p| p.session()).unwrap_or("-".into());
+            say(&format!("ev {t} {idx} joined {sid}"));
+        }
+        if role.is_leader() && !leader {
+            leader = true;
+            say(&format!("ev {t} {idx} leader"));
+        } else if !role.is_leader() && leader {
+            leader = false;
+            say(&format!("ev {t} {idx} notleader"));
+        }
+        if role == Role::Closed || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Weak {
+    Zk(std::sync::Weak<ZkElection>),
+    Etcd(std::sync::Weak<EtcdElection>),
+}
+
+impl Weak {
+    fn upgrade(&self) -> Option<Part> {
+        match self {
+            Weak::Zk(w) => w.upgrade().map(Part::Zk),
+            Weak::Etcd(w) => w.upgrade().map(Part::Etcd),
+        }
+    }
+}
+
+/// Print the lease's earliest possible expiry each time it moves (crash-handover victims).
+async fn follow_lease(idx: usize, e: std::sync::Weak<EtcdElection>) {
+    let mut last = 0u64;
+    loop {
+        let Some(e) = e.upgrade() else { return };
+        if let Some(info) = e.lease() {
+            let at = instant_ns(info.expires_no_earlier_than);
+            // Renewals move it by about TTL/3; ignore conversion jitter.
+            if at.abs_diff(last) > 1_000_000 {
+                last = at;
+                say(&format!("lease {idx} {at}"));
+            }
+        }
+        drop(e);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The floor of a graceful handover, with raw zookeeper-client sessions: the time from
+/// sending the delete of a node to the getData watch event at another session, and the
+/// round trips of a read (getData) and a write (setData) on the same connection.
+async fn floor(connect: &str, path: &str, reps: usize) -> Result<(), zk::Error> {
+    let connector = || {
+        zk::Client::connector()
+            .with_session_timeout(Duration::from_secs(6))
+            .connect(connect)
+    };
+    let a = connector().await?;
+    let b = connector().await?;
+    let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    match a.mkdir(path, &persistent).await {
+        Ok(()) | Err(zk::Error::NodeExists) => {}
+        Err(e) => return Err(e),
+    }
+    const WARMUP: usize = 10;
+    for i in 0..WARMUP + reps {
+        let node = format!("{path}/n{i}");
+        a.create(&node, b"x", &ephemeral).await?;
+        let (_, _, watcher) = b.get_and_watch_data(&node).await?;
+        let fired = tokio::spawn(async move {
+            let _ = watcher.changed().await;
+            now_ns()
+        });
+        let t0 = now_ns();
+        a.delete(&node, None).await?;
+        let t1 = fired.await.unwrap_or(t0);
+        if i >= WARMUP {
+            say(&format!("floor {}", t1.saturating_sub(t0)));
+        }
+    }
+    for i in 0..WARMUP + reps {
+        let t0 = now_ns();
+        b.get_data(path).await?;
+        let t1 = now_ns();
+        a.set_data(path, b"y", None).await?;
+        let t2 = now_ns();
+        if i >= WARMUP {
+            say(&format!("rtt {}", t1 - t0));
+            say(&format!("wrtt {}", t2 - t1));
+        }
+    }
+    let _ = a.delete(path, None).await;
+    Ok(())
+}
+
+/// The floor of an etcd handover, with raw etcd-client connections: from sending the delete
+/// of a key to the Delete event on another connection's watch, and Range / Put round trips.
+async fn etcd_floor(endpoint: &str, prefix: &str, reps: usize) -> Result<(), etcd_client::Error> {
+    use etcd_client::{DeleteOptions, EventType, PutOptions, WatchOptions};
+    let mut a = etcd_client::Client::connect([endpoint], None).await?;
+    let mut b = etcd_client::Client::connect([endpoint], None).await?;
+    const WARMUP: usize = 10;
+    for i in 0..WARMUP + reps {
+        let key = format!("{prefix}/k{i}");
+        let put = a.put(key.clone(), "x", None).await?;
+        let rev = put.header().map(|h| h.revision()).unwrap_or(0);
+        let mut w = b
+            .watch(
+                key.clone(),
+                Some(WatchOptions::new().with_start_revision(rev + 1)),
+            )
+            .await?;
+        while let Some(r) = w.message().await? {
+            if r.created() {
+                break;
+            }
+        }
+        let fired = tokio::spawn(async move {
+            while let Ok(Some(r)) = w.message().await {
+                if r.events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return now_ns();
+                }
+            }
+            0
+        });
+        let t0 = now_ns();
+        a.delete(key, None).await?;
+        let t1 = fired.await.unwrap_or(0);
+        if i >= WARMUP && t1 >= t0 {
+            say(&format!("floor {}", t1 - t0));
+        }
+        // The same, deleting the key by revoking its lease (what our close() does).
+        let key = format!("{prefix}/l{i}");
+        let lease = a.lease_grant(60, None).await?.id();
+        let put = a
+            .put(key.clone(), "x", Some(PutOptions::new().with_lease(lease)))
+            .await?;
+        let rev = put.header().map(|h| h.revision()).unwrap_or(0);
+        let mut w = b
+            .watch(
+                key.clone(),
+                Some(WatchOptions::new().with_start_revision(rev + 1)),
+            )
+            .await?;
+        while let Some(r) = w.message().await? {
+            if r.created() {
+                break;
+            }
+        }
+        let fired = tokio::spawn(async move {
+            while let Ok(Some(r)) = w.message().await {
+                if r.events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return now_ns();
+                }
+            }
+            0
+        });
+        let t0 = now_ns();
+        a.lease_revoke(lease).await?;
+        let t2 = now_ns();
+        let t1 = fired.await.unwrap_or(0);
+        if i >= WARMUP && t1 >= t0 {
+            say(&format!("sample revokefloor {}", t1 - t0));
+            say(&format!("sample revokertt {}", t2 - t0));
+        }
+    }
+    let key = format!("{prefix}/rtt");
+    for i in 0..WARMUP + reps {
+        let t0 = now_ns();
+        b.get(key.clone(), None).await?;
+        let t1 = now_ns();
+        a.put(key.clone(), "y", None).await?;
+        let t2 = now_ns();
+        if i >= WARMUP {
+            say(&format!("rtt {}", t1 - t0));
+            say(&format!("wrtt {}", t2 - t1));
+        }
+    }
+    a.delete(
+        format!("{prefix}/"),
+        Some(DeleteOptions::new().with_prefix()),
+    )
+    .await?;
+    Ok(())
+}

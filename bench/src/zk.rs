@@ -1,0 +1,773 @@
+//! ZooKeeper: our latch vs Curator LeaderLatch 5.4.0, on the same server in the same run.
+
+use std::time::Duration;
+
+use succession_testkit::four_letter_word;
+use zookeeper_client as zkc;
+
+use crate::clock::{ms_between, now_ns};
+use crate::proc::{Driver, Msg, Side};
+use crate::report::{Section, Table};
+use crate::stats::{fmt_ms, fmt_ratio, ratio, Samples};
+use crate::{fresh, Ctx, Res, Results};
+
+const SIDES: [Side; 2] = [Side::Ours, Side::Curator];
+const LONG: Duration = Duration::from_secs(30);
+
+fn idx(side: Side) -> usize {
+    match side {
+        Side::Ours => 0,
+        Side::Curator => 1,
+    }
+}
+
+/// When the server on `port` started answering `srvr` as serving, polling every 2 ms: the
+/// instant (ns) the first successful probe was SENT (so a recovery measured from it is never
+/// flattered by the probe's own latency); None after `timeout`.
+pub async fn serving_after(port: u16, timeout: Duration) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let sent = now_ns();
+        if let Ok(text) = four_letter_word(port, "srvr", Duration::from_millis(500)).await {
+            if text.contains("Zxid:") {
+                return Some(sent);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// After how much silence zookeeper-client 0.11 pings, for a session timeout and our default
+/// connection timeout: 3 ticks, a tick being session/20 when the connection timeout exceeds
+/// 3/5 of the session, else connection timeout/8 (`Session::calc_tick_timeout`).
+pub fn zk_ping_after(session: Duration) -> Duration {
+    let conn = succession_zk::DEFAULT_CONNECTION_TIMEOUT;
+    let tick = if conn > session * 3 / 5 {
+        session / 20
+    } else {
+        conn / 8
+    };
+    tick * 3
+}
+
+/// Raw zookeeper-client floor of a graceful handover, and read/write round trips.
+pub async fn floor(ctx: &mut Ctx) -> Res<()> {
+    ctx.progress("zk: floor (raw delete -> getData watch event) and round trips ...");
+    let path = fresh("floor");
+    let addr = ctx.zk.addr();
+    let reps = ctx.p.floor;
+    let (f, r, w) = floor_samples(&mut ctx.ours, &format!("floor {addr} {path} {reps}")).await?;
+    ctx.res.floor = f;
+    ctx.res.rtt = r;
+    ctx.res.wrtt = w;
+    Ok(())
+}
+
+/// Send a `floor`/`etcdfloor` command to our driver and collect (floor, read RTT, write RTT);
+/// named samples stay in the driver's log after `from` (returned too).
+pub async fn floor_samples(d: &mut Driver, cmd: &str) -> Res<(Samples, Samples, Samples)> {
+    let from = d.mark();
+    d.send(cmd).await?;
+    d.wait(from, "`floordone`", Duration::from_secs(120), |m| {
+        matches!(m, Msg::FloorDone)
+    })
+    .await?;
+    let (mut f, mut r, mut w) = (Samples::new(), Samples::new(), Samples::new());
+    for m in &d.log[from..] {
+        match m {
+            Msg::Floor(ns) => f.push(*ns as f64 / 1e6),
+            Msg::Rtt(ns) => r.push(*ns as f64 / 1e6),
+            Msg::Wrtt(ns) => w.push(*ns as f64 / 1e6),
+            _ => {}
+        }
+    }
+    if f.is_empty() {
+        return Err(format!("`{cmd}` produced no samples (see the driver's errors)").into());
+    }
+    Ok((f, r, w))
+}
+
+/// N participants start at once -> exactly one leader.
+pub async fn cold_start(ctx: &mut Ctx) -> Res<()> {
+    let (n, session) = (ctx.p.group, ctx.p.session);
+    let total = ctx.p.warmup + ctx.p.cold;
+    ctx.progress(&format!(
+        "zk: cold start, {n} participants at once, {total} repetitions per side ..."
+    ));
+    let addr = ctx.zk.addr();
+    let mut extra_leaders = [0usize; 2];
+    for rep in 0..total {
+        for side in SIDES {
+            let path = fresh("cold");
+            let d = ctx.host(side);
+            let from = d.mark();
+            let g = d.add_zk("cold", n, &addr, &path, session).await?;
+            let (t, _) = d.next_leader(from, &g.members, LONG).await.ok_or_else(|| {
+                format!("{}: no leader within {LONG:?} of a cold start", side.name())
+            })?;
+            // Exactly one: nobody else may lead shortly after.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let leading = d.leaders_in(&g.members).len();
+            if rep >= ctx.p.warmup {
+                ctx.res.zk_cold[idx(side)].push(ms_between(g.t0, t));
+                if leading != 1 {
+                    extra_leaders[idx(side)] += 1;
+                }
+            }
+            ctx.host(side).close_all(LONG).await?;
+        }
+    }
+    let mut s = Section::new("ZooKeeper: cold start");
+    s.before.push(format!(
+        "{n} participants on a fresh latch path are created and started at once in one driver \
+         process (each with its own new session); measured from the driver receiving the command \
+         to the first `leader` event (ours: status `Leader`; Curator: `isLeader()` callback). \
+         Includes connecting the sessions. 300 ms later exactly one must lead."
+    ));
+    let mut t = Table::new(&[
+        "implementation",
+        "n",
+        "min",
+        "median",
+        "p95",
+        "max",
+        "not exactly one leader",
+    ]);
+    for side in SIDES {
+        let mut row = vec![side.name().to_string()];
+        row.extend(ctx.res.zk_cold[idx(side)].cells());
+        row.push(extra_leaders[idx(side)].to_string());
+        t.row(row);
+    }
+    t.row(ratio_row(&ctx.res.zk_cold));
+    s.tables.push(t);
+    ctx.publish(s);
+    Ok(())
+}
+
+fn ratio_row(pair: &[Samples; 2]) -> Vec<String> {
+    let r = |f: fn(&Samples) -> Option<f64>| fmt_ratio(ratio(f(&pair[0]), f(&pair[1])));
+    vec![
+        "ratio ours / Curator".into(),
+        String::new(),
+        r(Samples::min),
+        r(Samples::median),
+        r(|s| s.percentile(95.0)),
+        r(Samples::max),
+    ]
+}
+
+/// A group of participants kept at a constant size on one path.
+struct Queue {
+    path: String,
+    members: Vec<usize>,
+}
+
+async fn queue(d: &mut Driver, addr: &str, n: usize, session: Duration) -> Res<Queue> {
+    let path = fresh("graceful");
+    let from = d.mark();
+    let g = d.add_zk("g", n, addr, &path, session).await?;
+    d.next_leader(from, &g.members, LONG)
+        .await
+        .ok_or("no leader in a new queue")?;
+    d.wait_joined(&g.members, LONG).await?;
+    Ok(Queue {
+        path,
+        members: g.members,
+    })
+}
+
+/// The current leader closes; time to the successor's leader event, and how long the
+/// leader's close took. Then one participant joins at the back, so the queue keeps its size.
+async fn handover(
+    d: &mut Driver,
+    q: &mut Queue,
+    addr: &str,
+    session: Duration,
+) -> Res<(f64, f64, f64)> {
+    let leaders = d.leaders_in(&q.members);
+    let [leader] = leaders.as_slice() else {
+        return Err(format!("{}: expected one leader, saw {leaders:?}", d.side.name()).into());
+    };
+    let leader = *leader;
+    let rest: Vec<usize> = q.members.iter().copied().filter(|&i| i != leader).collect();
+    let from = d.mark();
+    let t0 = d.close(leader).await?;
+    let (t1, _) = d
+        .next_leader(from, &rest, LONG)
+        .await
+        .ok_or_else(|| format!("{}: no successor within {LONG:?}", d.side.name()))?;
+    let t2 = d.wait_closed(leader, LONG).await?;
+    let g = d.add_zk("g", 1, addr, &q.path, session).await?;
+    d.wait_joined(&g.members, LONG).await?;
+    q.members = rest;
+    q.members.extend(g.members);
+    // Let the newcomer's watches settle before the next handover.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    Ok((ms_between(t0, t1), ms_between(t0, t2), ms_between(t2, t1)))
+}
+
+/// Graceful handover, ours and Curator interleaved.
+pub async fn graceful(ctx: &mut Ctx) -> Res<()> {
+    let (n, session) = (ctx.p.group, ctx.p.session);
+    let total = ctx.p.warmup + ctx.p.graceful;
+    ctx.progress(&format!(
+        "zk: graceful handover, queue of {n}, {total} handovers per side ..."
+    ));
+    let addr = ctx.zk.addr();
+    let mut qo = queue(&mut ctx.ours, &addr, n, session).await?;
+    let mut qc = queue(&mut ctx.curator, &addr, n, session).await?;
+    let mut close = [Samples::new(), Samples::new()];
+    let mut after_close = [Samples::new(), Samples::new()];
+    for rep in 0..total {
+        let o = handover(&mut ctx.ours, &mut qo, &addr, session).await?;
+        let c = handover(&mut ctx.curator, &mut qc, &addr, session).await?;
+        if rep >= ctx.p.warmup {
+            ctx.res.zk_graceful[0].push(o.0);
+            ctx.res.zk_graceful[1].push(c.0);
+            close[0].push(o.1);
+            close[1].push(c.1);
+            after_close[0].push(o.2);
+            after_close[1].push(c.2);
+        }
+    }
+    ctx.ours.close_all(LONG).await?;
+    ctx.curator.close_all(LONG).await?;
+    ctx.res.zk_close = close.clone();
+
+    let r = &ctx.res;
+    let mut s = Section::new("ZooKeeper: graceful handover and its floor");
+    s.before.push(format!(
+        "A queue of {n} participants on one latch path; the leader closes (ours: `close()`; \
+         Curator: `latch.close(); client.close()`), measured from just before that call to the \
+         successor's `leader` event. A new participant then joins at the back. Ours and \
+         Curator alternate, on the same server."
+    ));
+    s.before.push(
+        "The floor: two raw zookeeper-client sessions in our driver process; one deletes a node \
+         the other watches with getData — from sending the delete to the watch event. No \
+         handover can be faster than this. Round trips: getData (read) and setData (write) on an \
+         idle connection."
+            .into(),
+    );
+    let mut t = Table::new(&["measurement", "n", "min", "median", "p95", "max"]);
+    for side in SIDES {
+        let mut row = vec![format!("{} handover", side.name())];
+        row.extend(r.zk_graceful[idx(side)].cells());
+        t.row(row);
+    }
+    t.row(ratio_row(&r.zk_graceful));
+    let mut row = vec!["floor: delete -> watch event (raw)".to_string()];
+    row.extend(r.floor.cells());
+    t.row(row);
+    let fm = r.floor.median().unwrap_or(0.0);
+    let mut row = vec!["succession − floor median".to_string()];
+    row.extend(r.zk_graceful[0].minus(fm).cells());
+    t.row(row);
+    let mut row = vec!["Curator − floor median".to_string()];
+    row.extend(r.zk_graceful[1].minus(fm).cells());
+    t.row(row);
+    for side in SIDES {
+        let mut row = vec![format!("{}: the leader's close call returns", side.name())];
+        row.extend(close[idx(side)].cells());
+        t.row(row);
+        let mut row = vec![format!(
+            "{}: successor leads − leader's close returned",
+            side.name()
+        )];
+        row.extend(after_close[idx(side)].cells());
+        t.row(row);
+    }
+    let mut row = vec!["read round trip (getData)".to_string()];
+    row.extend(r.rtt.cells());
+    t.row(row);
+    let mut row = vec!["write round trip (setData)".to_string()];
+    row.extend(r.wrtt.cells());
+    t.row(row);
+    s.tables.push(t);
+    s.after.push(
+        "What our successor does between the watch event and `Leader` (backend-zk `round`): \
+         `exists` on its own node, `getChildren` of the latch path, the claim (a multi: check \
+         own node + setData on the latch path, whose mzxid becomes the term), then `exists` + \
+         watch on its own node; 3 reads and 1 write, each waited for in turn. Curator 5.4 does \
+         `getChildren` and then calls `isLeader()`."
+            .into(),
+    );
+    ctx.publish(s);
+    Ok(())
+}
+
+/// Crash handover: the leader's process is killed -9; its session expires on the server.
+pub async fn crash(ctx: &mut Ctx) -> Res<()> {
+    let session = ctx.p.crash_session;
+    let reps = ctx.p.crash;
+    ctx.progress(&format!(
+        "zk: crash handover (kill -9 of the leader's process, session {session:?}), {reps} per side ..."
+    ));
+    let addr = ctx.zk.addr();
+    for rep in 0..reps {
+        for side in SIDES {
+            let path = fresh("crash");
+            let mut victim =
+                Driver::spawn(&ctx.env, side, &format!("crash-victim-{rep}-{}", idx(side))).await?;
+            let gv = victim.add_zk("v", 1, &addr, &path, session).await?;
+            victim
+                .next_leader(0, &gv.members, LONG)
+                .await
+                .ok_or("crash victim never led")?;
+            let d = ctx.host(side);
+            let gs = d.add_zk("s", 1, &addr, &path, session).await?;
+            d.wait_joined(&gs.members, LONG).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Some(rss) = victim.rss() {
+                ctx.res.standalone_rss[idx(side)].push(rss as f64);
+            }
+            let d = ctx.host(side);
+            let from = d.mark();
+            let t0 = victim.kill9();
+            let got = d.next_leader(from, &gs.members, session * 3 + LONG).await;
+            victim.reap().await;
+            let (t1, _) =
+                got.ok_or_else(|| format!("{}: no successor after a crash", side.name()))?;
+            ctx.res.zk_crash[idx(side)].push(ms_between(t0, t1));
+            let d = ctx.host(side);
+            d.close(gs.members[0]).await?;
+            d.wait_closed(gs.members[0], LONG).await?;
+        }
+    }
+    let r = &ctx.res;
+    let sms = session.as_secs_f64() * 1000.0;
+    let mut s = Section::new("ZooKeeper: crash handover");
+    s.before.push(format!(
+        "The leader runs alone in its own process (ours: a `succession-bench __driver`; \
+         Curator: a JVM) and is killed with SIGKILL; the successor waits in the long-lived \
+         driver. Measured from just before the kill to the successor's `leader` event. The \
+         session timeout is {} ms for both; the server expires a session at the last packet \
+         it heard from the client + the timeout, rounded up to the next tick ({} ms), and \
+         idle clients ping (zookeeper-client after {} ms of silence here, the Java client \
+         after a third of the timeout).",
+        sms,
+        succession_testkit::ZK_TICK_MS,
+        zk_ping_after(session).as_millis()
+    ));
+    let mut t = Table::new(&["measurement", "n", "min", "median", "p95", "max"]);
+    for side in SIDES {
+        let mut row = vec![format!("{} kill -> successor", side.name())];
+        row.extend(r.zk_crash[idx(side)].cells());
+        t.row(row);
+        let mut row = vec![format!("{} minus session timeout", side.name())];
+        row.extend(r.zk_crash[idx(side)].minus(sms).cells());
+        t.row(row);
+    }
+    t.row(ratio_row(&r.zk_crash));
+    s.tables.push(t);
+    ctx.publish(s);
+    Ok(())
+}
+
+/// kill -9 the server and restart it with its data, within the session timeout.
+pub async fn restart_with_data(ctx: &mut Ctx) -> Res<()> {
+    let session = ctx.p.restart_session;
+    let reps = ctx.p.restart;
+    let n = 3;
+    ctx.progress(&format!(
+        "zk: server kill -9 + restart with data (session {session:?}), {reps} times ..."
+    ));
+    let addr = ctx.zk.addr();
+    let port = ctx.zk.port();
+    let mut groups = Vec::new();
+    for side in SIDES {
+        let path = fresh("restart");
+        let d = ctx.host(side);
+        let from = d.mark();
+        let g = d.add_zk("r", n, &addr, &path, session).await?;
+        d.next_leader(from, &g.members, LONG)
+            .await
+            .ok_or("no leader before the restart")?;
+        d.wait_joined(&g.members, LONG).await?;
+        groups.push(g.members);
+    }
+    let mut outage = Samples::new();
+    for rep in 0..reps {
+        // Both groups lead before the kill.
+        for side in SIDES {
+            let members = groups[idx(side)].clone();
+            let d = ctx.host(side);
+            let deadline = tokio::time::Instant::now() + LONG;
+            while d.leaders_in(&members).is_empty() {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!("{}: no leader before restart {rep}", side.name()).into());
+                }
+                let from = d.mark();
+                d.next_leader(from, &members, Duration::from_millis(200))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let marks = [ctx.ours.mark(), ctx.curator.mark()];
+        let t_kill = now_ns();
+        ctx.zk.kill().await?;
+        let poll = tokio::spawn(serving_after(port, Duration::from_secs(120)));
+        ctx.zk.restart().await?;
+        let t_ans = poll
+            .await?
+            .ok_or("ZooKeeper did not answer after the restart")?;
+        outage.push(ms_between(t_kill, t_ans));
+        for side in SIDES {
+            let members = groups[idx(side)].clone();
+            let d = ctx.host(side);
+            match d.next_leader(marks[idx(side)], &members, LONG).await {
+                Some((t, _)) => ctx.res.zk_restart[idx(side)].push(ms_between(t_ans, t)),
+                None => {
+                    if side == Side::Ours {
+                        return Err(format!(
+                            "ours: no leader within {LONG:?} after a restart with data"
+                        )
+                        .into());
+                    }
+                    ctx.res.zk_restart_curator_missing += 1;
+                }
+            }
+        }
+    }
+    ctx.ours.close_all(LONG).await?;
+    ctx.curator.close_all(LONG).await?;
+    let r = &ctx.res;
+    let mut s = Section::new("ZooKeeper: server restarted with its data");
+    s.before.push(format!(
+        "{n} participants per implementation (session timeout {} s) on two latch paths of the \
+         same server; the server is killed with SIGKILL and restarted on the same data dir \
+         (back within the session timeout, so sessions and nodes survive). Measured from the \
+         moment the server answers `srvr` as serving (polled every 2 ms; the send instant of \
+         the first successful probe) to the first `leader` event after the kill. Kill -> \
+         server answers: median {} ms.",
+        session.as_secs(),
+        fmt_ms(outage.median())
+    ));
+    let mut t = Table::new(&["implementation", "n", "min", "median", "p95", "max"]);
+    for side in SIDES {
+        let mut row = vec![side.name().to_string()];
+        row.extend(r.zk_restart[idx(side)].cells());
+        t.row(row);
+    }
+    t.row(ratio_row(&r.zk_restart));
+    s.tables.push(t);
+    if r.zk_restart_curator_missing > 0 {
+        s.after.push(format!(
+            "Curator had no leader within {} s in {} of {reps} restarts (not in the table).",
+            LONG.as_secs(),
+            r.zk_restart_curator_missing
+        ));
+    }
+    ctx.publish(s);
+    Ok(())
+}
+
+/// Stop, wipe, restart the server: time from "answers again" to a leader.
+pub async fn wipe(ctx: &mut Ctx) -> Res<()> {
+    let session = ctx.p.session;
+    let reps = ctx.p.wipe;
+    let bound = ctx.p.curator_wipe_bound;
+    let n = 3;
+    ctx.progress(&format!(
+        "zk: ensemble wipe (stop, wipe, restart), {reps} times; Curator once, bounded at {bound:?} ..."
+    ));
+    let addr = ctx.zk.addr();
+    let port = ctx.zk.port();
+    let path = fresh("wipe");
+    let from = ctx.ours.mark();
+    let go = ctx.ours.add_zk("w", n, &addr, &path, session).await?;
+    ctx.ours
+        .next_leader(from, &go.members, LONG)
+        .await
+        .ok_or("no leader before the wipe")?;
+    ctx.ours.wait_joined(&go.members, LONG).await?;
+    // Curator in a JVM of its own: it is expected to stay broken.
+    let cpath = fresh("wipe-curator");
+    let mut cur = Driver::spawn(&ctx.env, Side::Curator, "curator-wipe").await?;
+    let gc = cur.add_zk("w", n, &addr, &cpath, session).await?;
+    cur.next_leader(0, &gc.members, LONG)
+        .await
+        .ok_or("Curator: no leader before the wipe")?;
+    cur.wait_joined(&gc.members, LONG).await?;
+    let mut cur = Some(cur);
+    let mut curator_after = String::new();
+    let mut down = Samples::new();
+    for rep in 0..reps {
+        let deadline = tokio::time::Instant::now() + LONG;
+        while ctx.ours.leaders_in(&go.members).is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!("ours: no leader before wipe {rep}").into());
+            }
+            let from = ctx.ours.mark();
+            ctx.ours
+                .next_leader(from, &go.members, Duration::from_millis(200))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mo = ctx.ours.mark();
+        let mc = cur.as_mut().map(|c| c.mark());
+        let t_stop = now_ns();
+        ctx.zk.stop().await?;
+        ctx.zk.wipe()?;
+        let poll = tokio::spawn(serving_after(port, Duration::from_secs(120)));
+        ctx.zk.restart().await?;
+        let t_ans = poll
+            .await?
+            .ok_or("ZooKeeper did not answer after the wipe")?;
+        down.push(ms_between(t_stop, t_ans));
+        let (t, _) = ctx
+            .ours
+            .next_leader(mo, &go.members, LONG)
+            .await
+            .ok_or("ours: no leader within 30 s after a wipe")?;
+        ctx.res.zk_wipe.push(ms_between(t_ans, t));
+        if let (Some(mut c), Some(mc)) = (cur.take(), mc) {
+            let left = Duration::from_nanos(
+                (bound.as_nanos() as u64).saturating_sub(now_ns().saturating_sub(t_ans)),
+            );
+            let got = c.next_leader(mc, &gc.members, left).await;
+            ctx.res.zk_wipe_curator = Some(got.map(|(t, _)| ms_between(t_ans, t)));
+            let from = c.mark();
+            c.send("leaders").await?;
+            let leading = match c
+                .find(from, Duration::from_secs(10), |m| {
+                    matches!(m, Msg::Leaders(_))
+                })
+                .await
+            {
+                Some(Msg::Leaders(k)) => k.to_string(),
+                _ => "?".into(),
+            };
+            let nodes = children(&addr, &cpath).await;
+            curator_after = format!(
+                "After {} s: {leading} of {n} Curator latches report `hasLeadership()`; the \
+                 Curator latch path {}.",
+                bound.as_secs(),
+                match nodes {
+                    Ok(None) => "does not exist on the server (nobody re-created it)".to_string(),
+                    Ok(Some(k)) => format!("has {k} participant node(s)"),
+                    Err(e) => format!("could not be read ({e})"),
+                }
+            );
+            c.reap().await;
+        }
+    }
+    ctx.ours.close_all(LONG).await?;
+    let r = &ctx.res;
+    let mut s = Section::new("ZooKeeper: ensemble wiped (stop, empty data dir, restart)");
+    s.before.push(format!(
+        "{n} participants per implementation (session timeout {} s). The server is stopped \
+         (SIGTERM), its data dir emptied, and restarted empty; measured from the moment \
+         it answers `srvr` as serving (polled every 2 ms; the send instant of the first \
+         successful probe) to the first `leader` event. Stop -> \
+         answers: median {} ms. Curator runs in the first wipe only, in a JVM of its own, and \
+         gets {} s after the server answers (CURATOR-724: 5.4.0 is expected never to recover).",
+        session.as_secs(),
+        fmt_ms(down.median()),
+        bound.as_secs()
+    ));
+    let mut t = Table::new(&["implementation", "n", "min", "median", "p95", "max"]);
+    let mut row = vec![Side::Ours.name().to_string()];
+    row.extend(r.zk_wipe.cells());
+    t.row(row);
+    let cur_cells = match r.zk_wipe_curator {
+        Some(Some(ms)) => vec![
+            "1".into(),
+            fmt_ms(Some(ms)),
+            fmt_ms(Some(ms)),
+            fmt_ms(Some(ms)),
+            fmt_ms(Some(ms)),
+        ],
+        Some(None) => {
+            let never = format!("none in {} s", bound.as_secs());
+            vec![
+                "1".into(),
+                never.clone(),
+                never.clone(),
+                never.clone(),
+                never,
+            ]
+        }
+        None => vec!["0".into(), "–".into(), "–".into(), "–".into(), "–".into()],
+    };
+    let mut row = vec![Side::Curator.name().to_string()];
+    row.extend(cur_cells);
+    t.row(row);
+    s.tables.push(t);
+    if !curator_after.is_empty() {
+        s.after.push(curator_after);
+    }
+    ctx.publish(s);
+    Ok(())
+}
+
+/// The number of children of `path` (None: the path does not exist).
+async fn children(addr: &str, path: &str) -> Res<Option<usize>> {
+    let c = zkc::Client::connector()
+        .with_session_timeout(Duration::from_secs(6))
+        .connect(addr)
+        .await?;
+    match c.list_children(path).await {
+        Ok(k) => Ok(Some(k.len())),
+        Err(zkc::Error::NoNode) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Requests per handover at the smallest scale size [ours, Curator] (median), if measured.
+fn requests(r: &Results) -> Option<(f64, f64)> {
+    let n = r.scale.iter().map(|x| x.n).min()?;
+    let get = |side: Side| {
+        r.scale
+            .iter()
+            .find(|x| x.n == n && x.side == side.name())
+            .and_then(|x| x.requests.median())
+    };
+    get(Side::Ours).zip(get(Side::Curator))
+}
+
+/// Why the graceful figure is what it is.
+pub fn graceful_why(r: &Results) -> String {
+    let o = r.zk_graceful[0].median();
+    let c = r.zk_graceful[1].median();
+    let reqs = match requests(r) {
+        Some((a, b)) => format!(
+            " Requests per handover (scale group, server-side count incl. the leader's delete): \
+             ours {a:.0}, Curator {b:.0}."
+        ),
+        None => String::new(),
+    };
+    let close = format!(
+        " The leader's close call returns after {} ms for ours (publish `Closed`, delete the \
+         node, wait for the answer, drop the session) and {} ms for Curator \
+         (`latch.close(); client.close()`); Curator's successor already leads long before that \
+         call returns, so the close duration is not on its critical path.",
+        fmt_ms(r.zk_close[0].median()),
+        fmt_ms(r.zk_close[1].median())
+    );
+    match ratio(o, c) {
+        Some(x) if x <= 0.8 => format!(
+            "Ours makes more requests after the watch event (3 reads and the claim write, in \
+             sequence) but they run on one tokio task, while Curator's successor passes the \
+             watch event, its `getChildren` callback and the `isLeader()` listener through JVM \
+             threads (ZooKeeper's event thread, Curator's background thread).{reqs}{close}"
+        ),
+        Some(_) => format!(
+            "Ours makes 3 reads and 1 write in sequence after the watch event, Curator one \
+             `getChildren`; dropping the `exists` before `getChildren` (the own-node watch \
+             already reports a deletion) and not waiting for the post-claim `exists` watch \
+             before publishing `Leader` would remove 2 round trips.{reqs}{close}"
+        ),
+        None => "not measured".into(),
+    }
+}
+
+/// Why ours is (or is not) within one read round trip of the floor.
+pub fn floor_why(r: &Results) -> String {
+    let rtt = r.rtt.median().unwrap_or(0.0);
+    let w = r.wrtt.median().unwrap_or(0.0);
+    format!(
+        "After the watch event our successor waits for 3 reads (`exists` own node, \
+         `getChildren`, `exists`+watch own node after the claim) and 1 write (the claim multi, \
+         which makes the term durable) in sequence, ≈ 3 × {} + {} ms here, before it \
+         publishes `Leader`; on top comes the leader's side (publishing `Closed` before the \
+         delete) and the cross-process scheduling that the in-process floor does not pay. \
+         Within one read round trip is out of reach for this design: a correct latch needs at \
+         least `getChildren` (to learn it is first) and our term needs the claim write. \
+         Dropping the first `exists` and the post-claim `exists` wait would bring it to about \
+         one read + one write above the floor.",
+        fmt_ms(Some(rtt)),
+        fmt_ms(Some(w))
+    )
+}
+
+/// Why the cold start figure is what it is.
+pub fn cold_why(r: &Results) -> String {
+    let base = "Both create one new session per participant, then: ours `mkdir -p` of the \
+                parents (containers), create, `getChildren`, the claim multi and an `exists` \
+                watch; Curator create (creating parent containers if needed) and \
+                `getChildren`. All 5 of ours start concurrently on one tokio runtime; Curator's \
+                start one after the other on the command thread, connecting in the background.";
+    match ratio(r.zk_cold[0].median(), r.zk_cold[1].median()) {
+        Some(x) if x <= 0.8 => format!(
+            "{base} Session setup dominates; Curator adds its connection-state machinery and \
+             thread hand-offs per step."
+        ),
+        Some(_) => {
+            format!("{base} Ours does more requests before `Leader` (mkdir, claim, exists).")
+        }
+        None => "not measured".into(),
+    }
+}
+
+/// Why the wipe figure is what it is.
+pub fn wipe_why(r: &Results) -> String {
+    let m = r.zk_wipe.median();
+    let mx = r.zk_wipe.max();
+    let how = "While disconnected, our latch probes with a fresh session, first after 250 ms, \
+               then at intervals doubling to 2 s; a probe that connects and finds our node gone \
+               (the wiped server refuses the old session without ever saying \"expired\") \
+               switches to the fresh session and rejoins at once. So the time after the server \
+               answers is the wait for the next probe (0 to 2 s, depending on how long the \
+               outage lasted and its phase) plus a few round trips.";
+    match (m, mx) {
+        (Some(m), Some(x)) if m < 1000.0 && x < 1000.0 => how.to_string(),
+        (Some(m), _) if m < 1000.0 => format!(
+            "{how} The median is under 1 s but not every run: probing at a short fixed \
+             interval once the server's port accepts connections again would bound it."
+        ),
+        (Some(_), _) => format!(
+            "{how} Probing at a short fixed interval once the server's port accepts \
+             connections again would bring it under 1 s."
+        ),
+        (None, _) => "not measured".into(),
+    }
+}
+
+/// Why the restart figure is what it is.
+pub fn restart_why(r: &Results) -> String {
+    let how = "The server comes back with the sessions and nodes, so nothing has to be \
+               repaired: our participant waits for zookeeper-client to reconnect its old \
+               session (its probe session sees our node still owned by that session and leaves \
+               it alone), then re-claims with a new term. zookeeper-client retries a single \
+               server after 100 ms, doubling each time (+ up to 100 ms jitter), so the wait after \
+               the server answers grows with the length of the outage — up to about the outage \
+               itself. The Java client sleeps a random 0-1 s before each attempt, hence \
+               Curator's ~0.5-1 s.";
+    match r.zk_restart[0].median() {
+        Some(m) if m < 500.0 => format!(
+            "{how} The outages here were short (see the section), so the next attempt came soon."
+        ),
+        Some(_) => format!(
+            "{how} A capped reconnect interval in the client (or a reconnect triggered when our \
+             probe session gets through) would bound it to one interval."
+        ),
+        None => "not measured".into(),
+    }
+}
+
+/// Why the crash figure is what it is.
+pub fn crash_why(r: &Results, p: &crate::Params) -> String {
+    let t = p.crash_session.as_secs_f64() * 1000.0;
+    format!(
+        "The server, not the client, expires the session: at the last packet it heard from \
+         the client + the session timeout, rounded up to the next {tick} ms tick. zookeeper-client \
+         pings after {:.0} ms of silence here (3 of its ticks; see `zk_ping_after`), the Java \
+         client after 1/3 of the timeout ({:.0} ms), so a crashed Curator client was on average last heard from \
+         earlier and its session runs out earlier after the kill; expiry − kill lies in \
+         [timeout − ping interval, timeout + {tick} ms) for both. The successor's own work after \
+         the event is a few ms (see graceful). Only a shorter session timeout or tickTime moves \
+         it{}.",
+        zk_ping_after(p.crash_session).as_secs_f64() * 1000.0,
+        t / 3.0,
+        match r.zk_crash[0].median() {
+            Some(m) if m > t + 100.0 => "; the target is missed by the server's tick rounding, not by the client",
+            _ => "",
+        },
+        tick = succession_testkit::ZK_TICK_MS,
+    )
+}
