@@ -21,22 +21,45 @@ fn idx(side: Side) -> usize {
     }
 }
 
-/// When the server on `port` started answering `srvr` as serving, polling every 2 ms: the
-/// instant (ns) the first successful probe was SENT (so a recovery measured from it is never
-/// flattered by the probe's own latency); None after `timeout`.
+/// When the server on `port` first answered `srvr` as serving: a probe is sent every 2 ms,
+/// without waiting for earlier ones (a probe that connected while the server was still
+/// starting can sit unanswered for a while and must not hide the moment it starts serving);
+/// the instant (ns) the first "serving" answer was received. None after `timeout`.
 pub async fn serving_after(port: u16, timeout: Duration) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut probes = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
     loop {
-        let sent = now_ns();
-        if let Ok(text) = four_letter_word(port, "srvr", Duration::from_millis(500)).await {
-            if text.contains("Zxid:") {
-                return Some(sent);
+        tokio::select! {
+            Some(t) = rx.recv() => {
+                let mut first: u64 = t;
+                while let Ok(t) = rx.try_recv() {
+                    first = first.min(t);
+                }
+                probes.abort_all();
+                return Some(first);
+            }
+            _ = tick.tick() => {
+                if tokio::time::Instant::now() >= deadline {
+                    probes.abort_all();
+                    return None;
+                }
+                while probes.try_join_next().is_some() {}
+                if probes.len() < 64 {
+                    let tx = tx.clone();
+                    probes.spawn(async move {
+                        if let Ok(text) =
+                            four_letter_word(port, "srvr", Duration::from_millis(500)).await
+                        {
+                            if text.contains("Zxid:") {
+                                let _ = tx.send(now_ns());
+                            }
+                        }
+                    });
+                }
             }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -441,9 +464,9 @@ pub async fn restart_with_data(ctx: &mut Ctx) -> Res<()> {
         "{n} participants per implementation (session timeout {} s) on two latch paths of the \
          same server; the server is killed with SIGKILL and restarted on the same data dir \
          (back within the session timeout, so sessions and nodes survive). Measured from the \
-         moment the server answers `srvr` as serving (polled every 2 ms; the send instant of \
-         the first successful probe) to the first `leader` event after the kill. Kill -> \
-         server answers: median {} ms.",
+         moment the server answers `srvr` as serving (a probe every 2 ms, overlapping; the \
+         receipt of the first \"serving\" answer) to the first `leader` event after the kill. \
+         Kill -> server answers: median {} ms.",
         session.as_secs(),
         fmt_ms(outage.median())
     ));
@@ -562,8 +585,8 @@ pub async fn wipe(ctx: &mut Ctx) -> Res<()> {
     s.before.push(format!(
         "{n} participants per implementation (session timeout {} s). The server is stopped \
          (SIGTERM), its data dir emptied, and restarted empty; measured from the moment \
-         it answers `srvr` as serving (polled every 2 ms; the send instant of the first \
-         successful probe) to the first `leader` event. Stop -> \
+         it answers `srvr` as serving (a probe every 2 ms, overlapping; the \
+         receipt of the first \"serving\" answer) to the first `leader` event. Stop -> \
          answers: median {} ms. Curator runs in the first wipe only, in a JVM of its own, and \
          gets {} s after the server answers (CURATOR-724: 5.4.0 is expected never to recover).",
         session.as_secs(),
