@@ -12,8 +12,10 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
+use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::{
-    Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status, StatusCell, Term,
+    Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
+    StatusCell, Term,
 };
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
@@ -99,11 +101,13 @@ impl EtcdElection {
     /// [`leader`](Election::leader) or [`participants`](Election::participants).
     pub fn new(config: EtcdConfig) -> Result<EtcdElection> {
         let layout = Layout::new(&config.prefix);
+        let cell = StatusCell::with_metrics(ElectionMetrics::new("etcd", config.prefix.clone()));
+        cell.set_contact_bound(config.ttl());
         Ok(EtcdElection {
             inner: Arc::new(Inner {
                 conn: Arc::new(Connection::new(config)),
                 layout,
-                cell: StatusCell::new(),
+                cell,
                 closed: AtomicBool::new(false),
                 lease: StdMutex::new(None),
                 refusal: watch::channel(None).0,
@@ -266,8 +270,22 @@ impl Election for EtcdElection {
     async fn close(&self) -> Result<()> {
         let mut run = self.run.lock().await;
         self.inner.closed.store(true, Ordering::SeqCst);
-        let res = self.stop(&mut run, "closed").await;
+        // Not leader from here on, for good: a closed cell publishes nothing more, so the
+        // lease (and our key with it) can be revoked right away, while the participation
+        // task winds down (it revokes again; a revoked lease counts as released).
         self.inner.cell.close("closed");
+        let lease = self.lease().map(|l| l.id);
+        let conn = self.inner.conn.clone();
+        let revoke_now = async move {
+            if let Some(id) = lease {
+                if let Ok(client) = conn.client().await {
+                    if let Err(e) = lease::revoke(&conn, &client, id).await {
+                        tracing::debug!(error = %e, "early revoke failed; the task retries");
+                    }
+                }
+            }
+        };
+        let ((), res) = tokio::join!(revoke_now, self.stop(&mut run, "closed"));
         res
     }
 
@@ -277,6 +295,23 @@ impl Election for EtcdElection {
 
     async fn leader(&self) -> Result<Option<Participant>> {
         Ok(read_queue(&self.inner, Some(1)).await?.into_iter().next())
+    }
+
+    /// Last contact: the send instant of the latest lease renewal etcd answered; safe until
+    /// the lease keeper's step-down point (TTL minus its margin) after it.
+    fn contact(&self) -> Contact {
+        let guard = self.inner.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, rx)) = guard.as_ref() {
+            let s = rx.borrow();
+            if s.lost.is_none() {
+                let last = s.last_renewal.into_std();
+                self.inner.cell.touch(last);
+                self.inner
+                    .cell
+                    .set_contact_bound(s.drop_at.into_std().saturating_duration_since(last));
+            }
+        }
+        self.inner.cell.contact()
     }
 
     async fn participants(&self) -> Result<Vec<Participant>> {
@@ -482,6 +517,7 @@ impl Task {
 
     fn lease_lost(&mut self, why: String) {
         tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
+        self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
         self.set_lease(None);
         // We are not leader: the lease was in doubt before it could be lost, or it was
         // revoked/wiped under us. Our key is gone with the lease.
@@ -706,6 +742,8 @@ impl Task {
             .ok_or_else(|| Flow::LeaseLost("no lease".into()))?;
         let key = self.inner.layout.candidate_key(lease);
         let range = self.inner.layout.range.clone();
+        // When we saw the leader before us leave (for the handover metric).
+        let mut vacated: Option<std::time::Instant> = None;
         loop {
             let txn = Txn::new().and_then(vec![
                 // The leader: the first key by create revision.
@@ -771,6 +809,9 @@ impl Task {
                         "first in the queue",
                     ) {
                         tracing::info!(%term, "leading");
+                        if let Some(at) = vacated.take() {
+                            self.cell().metrics().handover(at);
+                        }
                     }
                     // Lead until our key is deleted (or the lease falls into doubt).
                     let w = watch_delete(
@@ -785,6 +826,7 @@ impl Task {
                     let leader = first_kv(&gets, 0)
                         .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
                     let pred_key = pred.key().to_vec();
+                    let pred_leads = first_kv(&gets, 0).is_some_and(|kv| kv.key() == pred.key());
                     self.cell().set(
                         Role::Follower { leader },
                         HealthLevel::Healthy,
@@ -793,6 +835,7 @@ impl Task {
                     let w =
                         watch_delete(self.inner.conn.clone(), client.clone(), pred_key, rev + 1);
                     self.call(w).await?;
+                    vacated = pred_leads.then(std::time::Instant::now);
                 }
             }
         }

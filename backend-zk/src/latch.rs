@@ -1,14 +1,19 @@
 //! [`ZkElection`]: the latch participant, and the background driver that keeps it in the
 //! election whatever happens to its session, its node or the latch path.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use rand::Rng;
+use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::{
-    Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status, StatusCell, Term,
+    Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
+    StatusCell, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -18,7 +23,7 @@ use zookeeper_client as zk;
 
 use crate::config::{ConnectionPolicy, NodeAcl, ZkConfig};
 use crate::error::{map, permanent, session_gone};
-use crate::names::{self, protected_prefix, Child};
+use crate::names::{self, protected_prefix};
 
 /// A participant in a ZooKeeper latch election (Curator LeaderLatch-compatible layout).
 ///
@@ -86,9 +91,11 @@ impl ZkElection {
     /// A participant for `cfg` (already validated by [`ZkConfig`]'s builder). No I/O happens
     /// until [`join`](Election::join) or a read.
     pub fn new(cfg: ZkConfig) -> Result<ZkElection> {
+        let cell = StatusCell::with_metrics(ElectionMetrics::new("zk", cfg.path.clone()));
+        cell.set_contact_bound(cfg.session_timeout / 2);
         Ok(ZkElection {
             cfg: Arc::new(cfg),
-            cell: Arc::new(StatusCell::new()),
+            cell: Arc::new(cell),
             inner: Arc::new(Inner::default()),
         })
     }
@@ -126,6 +133,9 @@ impl ZkElection {
             uuid: new_uuid(),
             stale: Vec::new(),
             node: None,
+            own_watch: None,
+            first_next: false,
+            vacated: None,
             want: false,
             pending: None,
             failures: 0,
@@ -307,6 +317,13 @@ impl Election for ZkElection {
     async fn participants(&self) -> Result<Vec<Participant>> {
         self.read_participants().await
     }
+
+    /// Last contact: when the driver last saw its session connected (zookeeper-client
+    /// drops a connection whose pings go unanswered); safe for half the negotiated session
+    /// timeout.
+    fn contact(&self) -> Contact {
+        self.cell.contact()
+    }
 }
 
 impl Drop for ZkElection {
@@ -358,6 +375,9 @@ async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client
     }
 }
 
+/// The pending `exists` watch on our own node.
+type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
+
 /// Our node in the latch.
 #[derive(Debug, Clone)]
 struct OwnNode {
@@ -387,6 +407,15 @@ struct DriverState {
     /// uuids of nodes earlier sessions of ours may have left behind.
     stale: Vec<String>,
     node: Option<OwnNode>,
+    /// A pending watch on our node (registered by this session): while it has not fired,
+    /// our node exists, so a round need not read it again.
+    own_watch: Option<OwnWatch>,
+    /// Our predecessor was first in the queue and is gone: we are first now (sequence
+    /// numbers only grow, so no node created since sorts before ours), provided our node
+    /// still exists, which the claim checks atomically.
+    first_next: bool,
+    /// When we learned that the leader before us left (for the handover metric).
+    vacated: Option<Instant>,
     want: bool,
     /// A command received while waiting inside a round; handled outside the round, so that
     /// abandoning a round (connection lost) can never cut a command short.
@@ -425,11 +454,13 @@ impl DriverState {
     fn set_client(&mut self, client: Option<zk::Client>) {
         if let Some(c) = &client {
             self.session_timeout = c.session_timeout();
+            self.cell.set_contact_bound(self.session_timeout / 2);
+            self.cell.touch(std::time::Instant::now());
             self.states = Some(c.state_watcher());
         } else {
             self.states = None;
         }
-        if let Some(n) = self.node.take() {
+        if let Some(n) = self.forget_node() {
             debug!(node = %n.name, "forgetting the node of the session we drop");
         }
         if self.client.is_some() {
@@ -443,6 +474,27 @@ impl DriverState {
         }
         *lock(&self.inner.client) = client.clone();
         self.client = client;
+    }
+
+    /// Forget our node and everything known about it.
+    fn forget_node(&mut self) -> Option<OwnNode> {
+        self.own_watch = None;
+        self.first_next = false;
+        self.node.take()
+    }
+
+    /// Whether our own-node watch is registered and has not fired (then our node exists:
+    /// its deletion would have been delivered before any later reply of this session).
+    fn own_watch_pending(&mut self) -> bool {
+        match self.own_watch.as_mut().map(|w| w.now_or_never()) {
+            Some(None) => true,
+            Some(Some(ev)) => {
+                debug!(?ev.event_type, "our own-node watch fired");
+                self.own_watch = None;
+                false
+            }
+            None => false,
+        }
     }
 
     /// One step while participating.
@@ -492,6 +544,7 @@ impl DriverState {
 
     /// Our session ended for good: not leader, no node; a new session comes next.
     fn session_lost(&mut self) {
+        self.cell.metrics().count(metrics::SESSION_EXPIRATIONS, &[]);
         self.cell.set(
             Role::Candidate,
             HealthLevel::Degraded,
@@ -565,7 +618,7 @@ impl DriverState {
         self.want = false;
         self.cell
             .set(Role::Idle, HealthLevel::Unhealthy, msg.to_owned());
-        if let (Some(c), Some(n)) = (self.client.clone(), self.node.take()) {
+        if let (Some(c), Some(n)) = (self.client.clone(), self.forget_node()) {
             let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
         }
         Next::Again
@@ -634,15 +687,24 @@ impl DriverState {
     ) -> std::result::Result<OwnNode, zk::Error> {
         let session = client.session_id().0;
         if let Some(n) = self.node.clone() {
-            match client.check_stat(&n.path).await? {
-                Some(st) if st.ephemeral_owner == session => return Ok(n),
-                Some(_) => {
-                    warn!(node = %n.name, "our node is owned by another session; re-creating");
-                    self.node = None;
+            if self.own_watch_pending() {
+                return Ok(n);
+            }
+            match client.check_and_watch_stat(&n.path).await? {
+                (Some(st), w) if st.ephemeral_owner == session => {
+                    self.own_watch = Some(Box::pin(w.changed()));
+                    return Ok(n);
                 }
-                None => {
+                (Some(_), _) => {
+                    warn!(node = %n.name, "our node is owned by another session; re-creating");
+                    self.forget_node();
+                }
+                (None, _) => {
                     info!(node = %n.name, "our latch node vanished; re-creating it");
-                    self.node = None;
+                    self.cell
+                        .metrics()
+                        .count(metrics::REPAIRS, &[("cause", "node_missing")]);
+                    self.forget_node();
                 }
             }
             let role = self.cell.get().role;
@@ -715,6 +777,9 @@ impl DriverState {
                     // Parents missing (never created, deleted, or a container reaped
                     // between mkdir and create): recreate them and retry.
                     info!(%path, "latch path missing; creating it");
+                    self.cell
+                        .metrics()
+                        .count(metrics::REPAIRS, &[("cause", "path_missing")]);
                     match client.mkdir(&path, &dir_opts).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
                         Err(zk::Error::NoNode) if self.cfg.chroot.is_some() => {
@@ -745,30 +810,66 @@ impl DriverState {
     }
 
     /// One election round: repair, evaluate, wait for the next relevant event.
+    ///
+    /// Round trips on the handover path: when the predecessor that just left was first,
+    /// only the claim (one multi) stands between its deletion event and `Leader`; the
+    /// pending own-node watch stands in for re-reading our node, and the claim re-checks it
+    /// atomically.
     async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
         let node = self.ensure_node(client).await?;
         let path = self.cfg.path.clone();
-        let kids: Vec<Child> = match client.list_children(&path).await {
-            Ok(c) => names::sorted(c),
-            Err(zk::Error::NoNode) => return Ok(Next::Again),
-            Err(e) => return Err(e),
-        };
-        let Some(pos) = kids.iter().position(|k| k.name == node.name) else {
-            debug!("our node is not among the children; repairing");
-            return Ok(Next::Again);
+        let first_next = std::mem::take(&mut self.first_next) && self.own_watch.is_some();
+        // Register the own-node watch (a node just created or adopted) and read the queue
+        // in one round trip: both requests go out before either answer is awaited.
+        let need_watch = self.own_watch.is_none();
+        let (watched, listed) = tokio::join!(
+            async {
+                if need_watch {
+                    Some(client.check_and_watch_stat(&node.path).await)
+                } else {
+                    None
+                }
+            },
+            async {
+                if first_next {
+                    None
+                } else {
+                    Some(client.list_children(&path).await)
+                }
+            }
+        );
+        if let Some(watched) = watched {
+            match watched? {
+                (Some(_), w) => self.own_watch = Some(Box::pin(w.changed())),
+                (None, _) => {
+                    debug!("our node vanished after its creation; repairing");
+                    self.forget_node();
+                    return Ok(Next::Again);
+                }
+            }
+        }
+        let (pos, kids) = match listed {
+            None => (0, Vec::new()),
+            Some(Ok(c)) => {
+                let kids = names::sorted(c);
+                let Some(pos) = kids.iter().position(|k| k.name == node.name) else {
+                    debug!("our node is not among the children; repairing");
+                    self.forget_node();
+                    return Ok(Next::Again);
+                };
+                (pos, kids)
+            }
+            Some(Err(zk::Error::NoNode)) => return Ok(Next::Again),
+            Some(Err(e)) => return Err(e),
         };
         if pos == 0 {
             if let Role::Leader { .. } = self.cell.get().role {
                 // Still first and never suspended since the claim (a suspension demotes, or
                 // under ConnectionPolicy::Session our node provably survived): the same
                 // grant continues.
-                let (own, own_watch) = client.check_and_watch_stat(&node.path).await?;
-                if own.is_none() {
-                    return Ok(Next::Again);
-                }
                 self.cell
                     .set_health(HealthLevel::Healthy, "first in the latch");
-                return Ok(self.wait(client, own_watch, None).await);
+                return Ok(self.wait(client, None).await);
             }
             // Claim: atomically check our node still exists and write the latch path, whose
             // new mzxid is the term's sequence.
@@ -783,40 +884,50 @@ impl DriverState {
                 Err(zk::MultiWriteError::OperationFailed {
                     source: zk::Error::NoNode,
                     ..
-                }) => return Ok(Next::Again),
+                }) => {
+                    self.forget_node();
+                    return Ok(Next::Again);
+                }
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             };
-            // Watch our own node so that a deletion under us is noticed at once.
-            let (own, own_watch) = client.check_and_watch_stat(&node.path).await?;
-            if own.is_none() {
-                return Ok(Next::Again);
-            }
             let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
             if !self.cell.get().role.is_leader() {
                 info!(%term, "elected");
             }
-            self.cell.set(
-                Role::Leader { term },
-                HealthLevel::Healthy,
-                "first in the latch",
-            );
-            return Ok(self.wait(client, own_watch, None).await);
+            let reason = if first_next {
+                "the leader before us left"
+            } else {
+                "first in the latch"
+            };
+            self.cell
+                .set(Role::Leader { term }, HealthLevel::Healthy, reason);
+            if let Some(vacated) = self.vacated.take() {
+                self.cell.metrics().handover(vacated.into_std());
+            }
+            return Ok(self.wait(client, None).await);
         }
+        self.vacated = None;
         let pred = &kids[pos - 1];
         let pred_path = format!("{path}/{}", pred.name);
-        let pred_watch = match client.get_and_watch_data(&pred_path).await {
-            Ok((_, _, w)) => w,
+        let leader_path = format!("{path}/{}", kids[0].name);
+        // Watch the predecessor and read the leader's id in one round trip.
+        let (pred_read, leader_read) = tokio::join!(client.get_and_watch_data(&pred_path), async {
+            if pos == 1 {
+                None
+            } else {
+                Some(client.get_data(&leader_path).await)
+            }
+        });
+        let (pred_data, pred_watch) = match pred_read {
+            Ok((data, _, w)) => (data, w),
             Err(zk::Error::NoNode) => return Ok(Next::Again),
             Err(e) => return Err(e),
         };
-        let (own, own_watch) = client.check_and_watch_stat(&node.path).await?;
-        if own.is_none() {
-            return Ok(Next::Again);
-        }
-        let leader = match client.get_data(&format!("{path}/{}", kids[0].name)).await {
-            Ok((data, _)) => Some(String::from_utf8_lossy(&data).into_owned()),
-            Err(_) => None,
+        let leader = match leader_read {
+            None => Some(String::from_utf8_lossy(&pred_data).into_owned()),
+            Some(Ok((data, _))) => Some(String::from_utf8_lossy(&data).into_owned()),
+            Some(Err(_)) => None,
         };
         let reason = if self.cell.get().role.is_leader() {
             "lost first place in the latch"
@@ -825,39 +936,63 @@ impl DriverState {
         };
         self.cell
             .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
-        Ok(self.wait(client, own_watch, Some(pred_watch)).await)
+        Ok(self.wait(client, Some((pred_watch, pos == 1))).await)
     }
 
     /// Wait for whatever can change our position: the predecessor or our own node changing,
-    /// the session state changing, or a command.
+    /// the session state changing, or a command. `pred` is the predecessor's watch and
+    /// whether the predecessor is first in the queue (the leader).
     async fn wait(
         &mut self,
         client: &zk::Client,
-        own: zk::OneshotWatcher,
-        pred: Option<zk::OneshotWatcher>,
+        pred: Option<(zk::OneshotWatcher, bool)>,
     ) -> Next {
         let mut states = self
             .states
             .clone()
             .unwrap_or_else(|| client.state_watcher());
+        let pred_first = pred.as_ref().is_some_and(|(_, first)| *first);
         let pred_changed = async move {
             match pred {
-                Some(w) => w.changed().await,
+                Some((w, _)) => w.changed().await,
                 None => std::future::pending().await,
             }
         };
         tokio::pin!(pred_changed);
-        let own_changed = own.changed();
+        let mut own = self.own_watch.take();
+        let mut own_fired = false;
+        let own_changed = async {
+            match own.as_mut() {
+                Some(w) => w.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::pin!(own_changed);
-        tokio::select! {
+        // While waiting, a live driver on a connected session counts as contact with
+        // ZooKeeper (zookeeper-client drops a connection that stops answering its pings).
+        let tick = (self.session_timeout / 6).max(Duration::from_millis(100));
+        let next = loop {
+            if client.state() == zk::SessionState::SyncConnected
+                || client.state() == zk::SessionState::ConnectedReadOnly
+            {
+                self.cell.touch(std::time::Instant::now());
+            }
+            break tokio::select! {
+            _ = sleep(tick) => continue,
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
+                if pred_first && ev.event_type == zk::EventType::NodeDeleted {
+                    self.first_next = true;
+                    self.vacated = Some(Instant::now());
+                }
                 Next::Again
             }
             ev = &mut own_changed => {
+                own_fired = true;
                 if ev.event_type == zk::EventType::NodeDeleted {
                     info!("our latch node was deleted under us; repairing");
                     self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
+                    self.cell.metrics().count(metrics::REPAIRS, &[("cause", "node_deleted")]);
                     self.node = None;
                 }
                 Next::Again
@@ -874,7 +1009,12 @@ impl DriverState {
                 }
                 None => Next::Exit,
             },
+            };
+        };
+        if self.node.is_some() && !own_fired {
+            self.own_watch = own;
         }
+        next
     }
 
     /// The connection is in doubt: not leader (per policy), probe for a wiped or expired
@@ -946,6 +1086,9 @@ impl DriverState {
                     if let Some(fresh) = self.probe(client).await {
                         info!(old = %client.session_id(), new = %fresh.session_id(),
                               "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
+                        let m = self.cell.metrics();
+                        m.count(metrics::SESSION_EXPIRATIONS, &[]);
+                        m.count(metrics::REPAIRS, &[("cause", "session_replaced")]);
                         if !demoted || self.cell.get().role.is_leader() {
                             demote(&self.cell, false);
                         }

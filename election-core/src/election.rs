@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::status::{HealthLevel, Role, Status};
+use crate::status::{Contact, HealthLevel, Role, Status};
 use crate::term::Term;
 
 /// One participant as the store sees it, in queue order.
@@ -104,6 +104,11 @@ pub trait Election: Send + Sync + fmt::Debug + 'static {
 
     /// Every participant in queue order (the first is the leader), read live from the store.
     async fn participants(&self) -> Result<Vec<Participant>>;
+
+    /// When this participant last had confirmed contact with its store, and how long a
+    /// leader's claim stays safe without it. No I/O. Read by
+    /// [`LeaderHealthCheck`](crate::health::LeaderHealthCheck).
+    fn contact(&self) -> Contact;
 }
 
 /// Compile-time proof that [`Election`] stays object safe and shareable.

@@ -12,7 +12,9 @@
 
 mod election;
 mod error;
+pub mod health;
 pub mod memory;
+pub mod metrics;
 mod record;
 mod status;
 pub mod supervisor;
@@ -28,7 +30,7 @@ pub use election::{Election, ElectionExt, Leadership, Participant};
 pub use error::{Error, ErrorKind, Result};
 pub use record::{CasOutcome, CasRecord, Versioned};
 pub use status::{
-    Health, HealthLevel, LeadershipHistory, LeadershipSpan, Role, Status, StatusCell,
+    Contact, Health, HealthLevel, LeadershipHistory, LeadershipSpan, Role, Status, StatusCell,
 };
 pub use supervisor::{Supervisor, SupervisorBuilder, SupervisorEvent};
 pub use term::Term;

@@ -31,8 +31,9 @@ use tokio::sync::watch;
 
 use crate::election::{Election, Participant};
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::ElectionMetrics;
 use crate::record::{CasOutcome, CasRecord, Versioned};
-use crate::status::{HealthLevel, Role, Status, StatusCell};
+use crate::status::{Contact, HealthLevel, Role, Status, StatusCell};
 use crate::term::Term;
 use crate::validate;
 
@@ -147,7 +148,10 @@ impl MemoryStore {
     /// A new participant handle with `id` (validated; ids need not be unique).
     pub fn election(&self, id: &str) -> Result<MemoryElection> {
         validate::participant_id(id)?;
-        let cell = Arc::new(StatusCell::new());
+        let cell = Arc::new(StatusCell::with_metrics(ElectionMetrics::new(
+            "memory", "memory",
+        )));
+        cell.set_contact_bound(self.shared.session_timeout);
         let mut st = self.shared.lock();
         let uid = st.next_uid;
         st.next_uid += 1;
@@ -189,6 +193,11 @@ impl MemoryStore {
         }
         st.available = available;
         if !available {
+            // The link was up until now.
+            let now = std::time::Instant::now();
+            for m in st.members.values() {
+                m.cell.touch(now);
+            }
             st.outage += 1;
             let outage = st.outage;
             self.spawn_expiry(move |st| {
@@ -390,6 +399,7 @@ impl MemoryElection {
         if m.suspended {
             return;
         }
+        m.cell.touch(std::time::Instant::now());
         m.suspended = true;
         m.suspend_gen += 1;
         let gen = m.suspend_gen;
@@ -495,6 +505,17 @@ impl Election for MemoryElection {
 
     async fn leader(&self) -> Result<Option<Participant>> {
         Ok(self.participants().await?.into_iter().next())
+    }
+
+    fn contact(&self) -> Contact {
+        let st = self.store.shared.lock();
+        let linked = st.available && st.members.get(&self.uid).is_some_and(|m| !m.suspended);
+        if linked {
+            // An in-process store answers at once: contact is now while the link is up,
+            // and stays at the last such reading while it is down.
+            self.cell.touch(std::time::Instant::now());
+        }
+        self.cell.contact()
     }
 
     async fn participants(&self) -> Result<Vec<Participant>> {

@@ -2,9 +2,11 @@
 //! store, published together as a [`Status`] on a `tokio::sync::watch` channel.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::metrics::ElectionMetrics;
 use crate::term::Term;
 
 /// The part a participant plays at one instant.
@@ -251,6 +253,35 @@ impl Status {
 #[derive(Debug)]
 pub struct StatusCell {
     tx: tokio::sync::watch::Sender<Status>,
+    metrics: ElectionMetrics,
+    /// Reference point of `contact`.
+    base: Instant,
+    /// Nanoseconds after `base` of the latest contact with the store, plus one (0: none).
+    contact: AtomicU64,
+    /// Nanoseconds a leader may go without contact (see [`Contact::safe_for`]).
+    safe_for: AtomicU64,
+}
+
+/// When a participant last had confirmed contact with its store, and how long a leader may
+/// go without it: the input of the liveness check ([`LeaderHealthCheck`](crate::health::LeaderHealthCheck)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Contact {
+    /// When the participant last heard from its store (ZooKeeper: its driver saw the
+    /// session connected; etcd: the send instant of the latest answered lease renewal;
+    /// supervisor: the layer it leads through). None before the first contact.
+    pub last: Option<Instant>,
+    /// How long after `last` a leader's claim is still safe without further contact
+    /// (ZooKeeper: half the session timeout; etcd: the lease keeper's step-down margin;
+    /// memory: one second). A leader past this bound should already have stepped down.
+    pub safe_for: Duration,
+}
+
+impl Contact {
+    /// A contact record.
+    pub fn new(last: Option<Instant>, safe_for: Duration) -> Self {
+        Contact { last, safe_for }
+    }
 }
 
 impl Default for StatusCell {
@@ -262,8 +293,60 @@ impl Default for StatusCell {
 impl StatusCell {
     /// A cell starting at [`Status::idle`].
     pub fn new() -> Self {
+        Self::with_metrics(ElectionMetrics::disabled())
+    }
+
+    /// A cell that records leadership, term and health changes into `metrics` (see
+    /// [`crate::metrics`]).
+    pub fn with_metrics(metrics: ElectionMetrics) -> Self {
         let (tx, _rx) = tokio::sync::watch::channel(Status::idle());
-        StatusCell { tx }
+        metrics.start();
+        StatusCell {
+            tx,
+            metrics,
+            base: Instant::now(),
+            contact: AtomicU64::new(0),
+            safe_for: AtomicU64::new(Duration::from_secs(1).as_nanos() as u64),
+        }
+    }
+
+    /// The metrics this cell records into (backends add their own counters here).
+    pub fn metrics(&self) -> &ElectionMetrics {
+        &self.metrics
+    }
+
+    /// Record contact with the store at `at` (kept if later than the latest one).
+    pub fn touch(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        self.contact.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Set how long a leader may go without contact ([`Contact::safe_for`]).
+    pub fn set_contact_bound(&self, safe_for: Duration) {
+        self.safe_for
+            .store(safe_for.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The latest contact and its bound.
+    pub fn contact(&self) -> Contact {
+        let c = self.contact.load(Ordering::Relaxed);
+        let last = (c > 0).then(|| self.base + Duration::from_nanos(c - 1));
+        Contact::new(
+            last,
+            Duration::from_nanos(self.safe_for.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Apply `f` to the status; publish and record metrics when it reports a change.
+    fn update(&self, f: impl FnOnce(&mut Status) -> bool) -> bool {
+        self.tx.send_if_modified(|s| {
+            let before = s.clone();
+            let changed = f(s);
+            if changed {
+                self.metrics.status_changed(&before, s);
+            }
+            changed
+        })
     }
 
     /// A new receiver of the status stream.
@@ -280,7 +363,7 @@ impl StatusCell {
     /// Returns whether anything changed.
     pub fn set_role(&self, role: Role, reason: impl Into<Arc<str>>) -> bool {
         let reason = reason.into();
-        self.tx.send_if_modified(|s| {
+        self.update(|s| {
             if s.role == Role::Closed || s.role == role {
                 return false;
             }
@@ -296,7 +379,7 @@ impl StatusCell {
     /// becomes Unhealthy is demoted to Suspended in the same update.
     pub fn set_health(&self, level: HealthLevel, reason: impl Into<Arc<str>>) -> bool {
         let reason = reason.into();
-        self.tx.send_if_modified(|s| {
+        self.update(|s| {
             if s.role == Role::Closed {
                 return false;
             }
@@ -318,7 +401,7 @@ impl StatusCell {
     /// Set role and health in one update (one notification).
     pub fn set(&self, role: Role, level: HealthLevel, reason: impl Into<Arc<str>>) -> bool {
         let reason = reason.into();
-        self.tx.send_if_modified(|s| {
+        self.update(|s| {
             if s.role == Role::Closed {
                 return false;
             }
@@ -347,7 +430,7 @@ impl StatusCell {
     /// Mark closed for good (the last update this cell ever publishes).
     pub fn close(&self, reason: impl Into<Arc<str>>) {
         let reason = reason.into();
-        self.tx.send_if_modified(|s| {
+        self.update(|s| {
             if s.role == Role::Closed {
                 return false;
             }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use succession_core::conformance::{self, Bounds, Factory, LeadershipChecker};
 use succession_core::memory::{MemoryElection, MemoryStore};
 use succession_core::{
-    async_trait, Election, HealthLevel, Participant, Result, Role, Status, StatusCell, Term,
+    async_trait, Contact, Election, HealthLevel, Participant, Result, Role, Status, StatusCell,
+    Term,
 };
 use tokio::sync::watch;
 
@@ -99,6 +100,9 @@ impl Election for EveryoneLeads {
     }
     async fn participants(&self) -> Result<Vec<Participant>> {
         self.inner.participants().await
+    }
+    fn contact(&self) -> Contact {
+        self.inner.contact()
     }
 }
 

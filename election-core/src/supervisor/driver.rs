@@ -20,6 +20,7 @@ use super::mode::{Heartbeat, Layer, LayerRef, Mode};
 use super::policy::{Decision, ModeChange, Policy, Timings, View};
 use crate::election::Election;
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::ElectionMetrics;
 use crate::record::{CasOutcome, CasRecord, Versioned};
 use crate::status::{HealthLevel, Role, Status, StatusCell};
 use crate::term::Term;
@@ -141,15 +142,68 @@ struct Track {
 pub(crate) struct Sinks {
     pub(crate) events: Option<broadcast::Sender<SupervisorEvent>>,
     pub(crate) callbacks: Option<mpsc::UnboundedSender<SupervisorEvent>>,
+    pub(crate) metrics: ElectionMetrics,
+    /// When this participant adopted a mode change (for the handover metric).
+    pub(crate) vacated: Option<Instant>,
 }
 
 impl Sinks {
-    fn emit(&self, event: SupervisorEvent) {
+    /// Log, count and deliver one event.
+    fn emit(&mut self, event: SupervisorEvent) {
+        tracing::info!(event = event.name(), "{event}");
+        self.record(&event);
         if let Some(tx) = &self.callbacks {
             let _ = tx.send(event.clone());
         }
         if let Some(tx) = &self.events {
             let _ = tx.send(event);
+        }
+    }
+}
+
+impl Sinks {
+    /// The metrics an event moves (see [`crate::metrics`]).
+    fn record(&mut self, event: &SupervisorEvent) {
+        use crate::metrics::{health_value, FAILBACKS, FAILOVERS, LAYER_ACTIVE, LAYER_HEALTH};
+        let m = &self.metrics;
+        let initiated = |here: bool| [("initiated", if here { "here" } else { "elsewhere" })];
+        let active = |to: &LayerRef, from: Option<&LayerRef>| {
+            m.gauge_with(LAYER_ACTIVE, "layer", &to.name, 1.0);
+            if let Some(f) = from {
+                m.gauge_with(LAYER_ACTIVE, "layer", &f.name, 0.0);
+            }
+        };
+        match event {
+            SupervisorEvent::Failover {
+                from,
+                to,
+                initiated_here,
+                ..
+            } => {
+                m.count(FAILOVERS, &initiated(*initiated_here));
+                active(to, Some(from));
+                self.vacated = Some(Instant::now());
+            }
+            SupervisorEvent::Failback {
+                from,
+                to,
+                initiated_here,
+                ..
+            } => {
+                m.count(FAILBACKS, &initiated(*initiated_here));
+                active(to, Some(from));
+                self.vacated = Some(Instant::now());
+            }
+            SupervisorEvent::Mode { layer, .. } => active(layer, None),
+            SupervisorEvent::LayerHealth { layer, level, .. } => {
+                m.gauge_with(LAYER_HEALTH, "layer", &layer.name, health_value(*level));
+            }
+            SupervisorEvent::LeadershipGained { .. } => {
+                if let Some(at) = self.vacated.take() {
+                    m.handover(at.into_std());
+                }
+            }
+            SupervisorEvent::LeadershipLost { .. } | SupervisorEvent::Health { .. } => {}
         }
     }
 }
@@ -619,7 +673,6 @@ fn adopt(inner: &Inner, st: &mut State, mode: Mode, at: Instant, initiated: Opti
             initiated_here,
         },
     };
-    tracing::info!(participant = %inner.id, %event, "supervisor mode");
     st.sinks.emit(event);
 }
 

@@ -129,8 +129,9 @@ use tracing::Instrument;
 
 use crate::election::{Election, Participant};
 use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::ElectionMetrics;
 use crate::record::CasRecord;
-use crate::status::{Role, Status, StatusCell};
+use crate::status::{Contact, Role, Status, StatusCell};
 use crate::validate;
 
 mod driver;
@@ -266,8 +267,12 @@ impl Election for Supervisor {
                         self.inner.inputs.clone(),
                         self.inner.timings.check_interval,
                     );
-                    st.join_tasks
-                        .push(tokio::spawn(task.instrument(self.inner.span.clone())));
+                    let span = tracing::info_span!(
+                        parent: &self.inner.span,
+                        "layer",
+                        layer = %self.inner.layer_ref(layer)
+                    );
+                    st.join_tasks.push(tokio::spawn(task.instrument(span)));
                 }
             }
             driver::evaluate(&self.inner, &mut st);
@@ -384,6 +389,12 @@ impl Election for Supervisor {
             .map(|p| Self::map_term(p, mode.generation))
             .collect())
     }
+
+    /// The contact of the layer that counts (the primary before a mode is known).
+    fn contact(&self) -> Contact {
+        let layer = self.mode().map_or(Layer::Primary, |m| m.layer);
+        self.inner.layers[layer.index()].contact()
+    }
 }
 
 impl Drop for Supervisor {
@@ -417,6 +428,7 @@ pub struct SupervisorBuilder {
     failback_after: Option<Duration>,
     check_interval: Option<Duration>,
     record_timeout: Option<Duration>,
+    name: Option<String>,
     strict: bool,
     policy: Option<Box<dyn Policy>>,
     names: Option<(String, String)>,
@@ -525,7 +537,15 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Names for the layers in events, statuses and logs. Default: `primary`, `fallback`.
+    /// The election's name in metrics (label `election`) and in the tracing span. Default:
+    /// `"supervisor"`.
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    /// Names of the two layers in events, status reasons, logs and metrics. Default:
+    /// `"primary"` and `"fallback"`.
     pub fn layer_names(mut self, primary: &str, fallback: &str) -> Self {
         self.names = Some((primary.to_owned(), fallback.to_owned()));
         self
@@ -678,7 +698,9 @@ impl SupervisorBuilder {
             check_interval,
             record_timeout,
         );
-        let span = tracing::info_span!("supervisor", participant = %id);
+        let name = self.name.unwrap_or_else(|| "supervisor".to_owned());
+        let metrics = ElectionMetrics::new("supervisor", name.clone());
+        let span = tracing::info_span!("supervisor", participant = %id, election = %name);
         let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
         let (events_tx, _) = broadcast::channel(capacity);
         let callbacks = {
@@ -693,6 +715,8 @@ impl SupervisorBuilder {
             Sinks {
                 events: Some(events_tx),
                 callbacks,
+                metrics: metrics.clone(),
+                vacated: None,
             },
             beat_tx,
         );
@@ -703,7 +727,7 @@ impl SupervisorBuilder {
             mode_record: mode_record.clone(),
             timings,
             strict: self.strict,
-            cell: StatusCell::new(),
+            cell: StatusCell::with_metrics(metrics),
             state: std::sync::Mutex::new(state),
             ops: tokio::sync::Mutex::new(()),
             inputs: inputs_tx.clone(),

@@ -32,7 +32,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 pub struct Common {
     /// TOML file with any of: zk, path, etcd, prefix, id, session_timeout, ttl,
-    /// failover_after, failback_after, startup_timeout.
+    /// failover_after, failback_after, startup_timeout, health_addr, health_tolerance.
     #[arg(long, env = "SUCCESSION_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// ZooKeeper servers (the primary when --etcd is also given).
@@ -67,6 +67,15 @@ pub struct Common {
     /// [default: 15s].
     #[arg(long, env = "SUCCESSION_STARTUP_TIMEOUT", value_parser = duration, value_name = "DURATION")]
     pub startup_timeout: Option<Duration>,
+    /// Serve GET /healthz (liveness: 503 when this node believes it leads but lost contact
+    /// with its store beyond the safe bound), /metrics (Prometheus) and /status (JSON) on
+    /// this address, e.g. 127.0.0.1:9090 (port 0 picks a free port; the bound address is
+    /// printed as a `health_listening` event). Not served by default.
+    #[arg(long, env = "SUCCESSION_HEALTH_ADDR", value_name = "IP:PORT")]
+    pub health_addr: Option<String>,
+    /// Extra time past the safe bound before /healthz fails [default: 1s].
+    #[arg(long, env = "SUCCESSION_HEALTH_TOLERANCE", value_parser = duration, value_name = "DURATION")]
+    pub health_tolerance: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +122,8 @@ struct FileConfig {
     failover_after: Option<String>,
     failback_after: Option<String>,
     startup_timeout: Option<String>,
+    health_addr: Option<String>,
+    health_tolerance: Option<String>,
 }
 
 /// Which store(s) to use.
@@ -144,6 +155,8 @@ pub struct Settings {
     pub failover_after: Duration,
     pub failback_after: Duration,
     pub startup_timeout: Duration,
+    pub health_addr: Option<std::net::SocketAddr>,
+    pub health_tolerance: Duration,
 }
 
 impl Common {
@@ -219,6 +232,18 @@ impl Common {
         if startup_timeout.is_zero() {
             return Err("--startup-timeout is zero; give a positive duration such as 15s".into());
         }
+        let health_addr = match pick(&self.health_addr, &file.health_addr) {
+            Some(a) => Some(a.trim().parse::<std::net::SocketAddr>().map_err(|e| {
+                format!("--health-addr {a:?} is not IP:PORT ({e}); write e.g. 127.0.0.1:9090 or 0.0.0.0:9090")
+            })?),
+            None => None,
+        };
+        let health_tolerance = dur(
+            self.health_tolerance,
+            &file.health_tolerance,
+            "health_tolerance",
+        )?
+        .unwrap_or(Duration::from_secs(1));
         Ok(Settings {
             backend,
             id,
@@ -227,6 +252,8 @@ impl Common {
             failover_after,
             failback_after,
             startup_timeout,
+            health_addr,
+            health_tolerance,
         })
     }
 }

@@ -3,6 +3,7 @@
 mod args;
 mod backend;
 mod events;
+mod http;
 mod run;
 mod supervised;
 
@@ -121,6 +122,7 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     let em = Emitter::new(e.id());
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = supervised::follow_events(&built, em.clone());
+    let health = serve_health(&s, &e, &em).await?;
     eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
     if join(&e, &s, &mut stop).await? {
         stop.recv().await;
@@ -128,12 +130,26 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     }
     let r = e.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
-    if let Some(t) = extra {
+    for t in extra.into_iter().chain(health) {
         t.abort();
     }
     em.emit("closed", &[]);
     r.map_err(|e| format!("close: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start the `--health-addr` server when asked for.
+pub async fn serve_health(
+    s: &Settings,
+    e: &Arc<dyn Election>,
+    em: &Emitter,
+) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+    match s.health_addr {
+        Some(addr) => http::serve(addr, e.clone(), s.health_tolerance, em)
+            .await
+            .map(Some),
+        None => Ok(None),
+    }
 }
 
 async fn observe(s: Settings, interval: Duration, mut stop: Shutdown) -> Result<ExitCode, String> {

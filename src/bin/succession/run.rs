@@ -21,6 +21,7 @@ pub async fn run(
     let em = Emitter::new(e.id());
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = crate::supervised::follow_events(&built, em.clone());
+    let health = crate::serve_health(&s, &e, &em).await?;
     let joined = crate::join(&e, &s, &mut stop).await?;
     let finish = |code: ExitCode| {
         let e = e.clone();
@@ -28,7 +29,7 @@ pub async fn run(
         async move {
             let r = e.close().await;
             let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
-            if let Some(t) = extra {
+            for t in extra.into_iter().chain(health) {
                 t.abort();
             }
             em.emit("closed", &[]);

@@ -43,6 +43,7 @@ pub fn build(s: &Settings) -> Result<Built, String> {
         .failover_after(s.failover_after)
         .failback_after(s.failback_after)
         .layer_names("zk", "etcd")
+        .name(path)
         .build()
         .map_err(|e| e.to_string())?;
     let sup = Arc::new(sup);
