@@ -646,3 +646,223 @@ async fn cli_supervised_fails_over_to_etcd_and_survives_a_kill9_of_the_leader() 
     assert!(term(&elected) > term(&first), "{elected} after {first}");
     fleet.stop_all().await;
 }
+
+/// `GET path` from the CLI's `--health-addr` server: (status code, body).
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to --health-addr");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .expect("send request");
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.expect("read response");
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("health server answers within 10s");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status code in {head:?}"));
+    (code, body.to_owned())
+}
+
+/// The sum of the samples of `name` whose labels include every pair in `labels`, from a
+/// Prometheus text exposition (None when no sample matches).
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (labelset, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((ls, v)) => (ls, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if labels
+            .iter()
+            .all(|(k, v)| labelset.contains(&format!("{k}=\"{v}\"")))
+        {
+            let v: f64 = value.trim().parse().expect("sample value");
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// The issue-7 acceptance test: two supervised CLI processes serve /healthz, /metrics and
+/// /status; through one failover (ZooKeeper stopped for good) the endpoints report the
+/// leader, the failover, the layer switch and a healthy leader on etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_health_and_metrics_endpoints_follow_a_failover() {
+    let mut zk = succession_testkit::ZkServer::start()
+        .await
+        .expect("zookeeper");
+    let etcd = shared_etcd().await;
+    let path = unique_path("cli-health");
+    let args: Vec<Vec<String>> = (0..2)
+        .map(|i| {
+            [
+                "campaign",
+                "--zk",
+                &zk.addr(),
+                "--path",
+                &path,
+                "--etcd",
+                &etcd.endpoint(),
+                "--prefix",
+                &path,
+                "--id",
+                &format!("h{i}"),
+                "--session-timeout",
+                "2s",
+                "--ttl",
+                "3s",
+                "--failover-after",
+                "3s",
+                "--failback-after",
+                "120s",
+                "--health-addr",
+                "127.0.0.1:0",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        })
+        .collect();
+    let mut fleet = Fleet::start(args);
+    let mut addrs: [Option<String>; 2] = [None, None];
+    let mut zk_leader = None;
+    while addrs.iter().any(Option::is_none) || zk_leader.is_none() {
+        let (i, l) = fleet
+            .until(
+                Duration::from_secs(30),
+                "health addresses and a zk leader",
+                |_, l| event_is(l, "health_listening") || event_is(l, "elected"),
+            )
+            .await;
+        if event_is(&l, "health_listening") {
+            addrs[i] = field(&l, "addr").map(str::to_owned);
+        } else {
+            assert_eq!(field(&l, "layer"), Some("zk"), "{l}");
+            zk_leader = Some(i);
+        }
+    }
+    let addr = |i: usize| addrs[i].clone().expect("address");
+    let l = zk_leader.expect("leader");
+    let f = 1 - l;
+    let sup = [("backend", "supervisor"), ("election", path.as_str())];
+
+    // Before: the leader leads through ZooKeeper; both are live.
+    let (code, body) = http_get(&addr(l), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok: leading (term"), "{body}");
+    let (code, body) = http_get(&addr(f), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, m) = http_get(&addr(l), "/metrics").await;
+    assert_eq!(code, 200);
+    assert_eq!(sample(&m, "succession_is_leader", &sup), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "succession_is_leader", &[("backend", "zk")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "succession_layer_active", &[("layer", "zk")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "succession_failovers_total", &[]), None, "{m}");
+    assert!(m.contains("# HELP succession_is_leader"), "described: {m}");
+    let (_, m) = http_get(&addr(f), "/metrics").await;
+    assert_eq!(sample(&m, "succession_is_leader", &sup), Some(0.0), "{m}");
+
+    // ZooKeeper goes away for good: the fleet fails over to etcd.
+    zk.stop().await.expect("stop ZooKeeper");
+    fleet
+        .until(Duration::from_secs(30), "failover", |_, l| {
+            event_is(l, "failover")
+        })
+        .await;
+    let (e, _) = fleet
+        .until(Duration::from_secs(30), "an etcd leader", |_, l| {
+            event_is(l, "elected") && field(l, "layer") == Some("etcd")
+        })
+        .await;
+    let (code, body) = http_get(&addr(e), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("ok: leading (term"), "{body}");
+    let (code, status) = http_get(&addr(e), "/status").await;
+    assert_eq!(code, 200);
+    assert!(status.contains("\"role\":\"leader\""), "{status}");
+    assert!(status.contains("\"healthy\":true"), "{status}");
+    let (_, m) = http_get(&addr(e), "/metrics").await;
+    assert_eq!(
+        sample(&m, "succession_failovers_total", &sup),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "succession_layer_active", &[("layer", "etcd")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "succession_layer_active", &[("layer", "zk")]),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "succession_is_leader", &sup), Some(1.0), "{m}");
+    assert_eq!(
+        sample(&m, "succession_is_leader", &[("backend", "etcd")]),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "succession_is_leader", &[("backend", "zk")]),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "succession_layer_health", &[("layer", "zk")]).is_some_and(|h| h < 2.0),
+        "the supervisor saw ZooKeeper unhealthy: {m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "succession_leadership_changes_total",
+            &[("backend", "supervisor"), ("change", "gained")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "succession_handover_seconds_count", &sup).is_some_and(|n| n >= 1.0),
+        "the takeover after the failover is timed: {m}"
+    );
+    // The other process saw the same failover and is live (not leading: healthy).
+    let o = 1 - e;
+    let (code, body) = http_get(&addr(o), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    let (_, m) = http_get(&addr(o), "/metrics").await;
+    assert_eq!(
+        sample(&m, "succession_failovers_total", &sup),
+        Some(1.0),
+        "{m}"
+    );
+    let (code, _) = http_get(&addr(o), "/nope").await;
+    assert_eq!(code, 404);
+    fleet.stop_all().await;
+}

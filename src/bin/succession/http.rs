@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::events::{quote, Emitter, V};
 
 /// Install the Prometheus recorder (once per process) and describe succession's metrics.
+/// Must run before the election is built, so that its initial gauges are recorded.
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
@@ -42,11 +43,11 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
 /// bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,
+    metrics: PrometheusHandle,
     election: Arc<dyn Election>,
     tolerance: Duration,
     em: &Emitter,
 ) -> Result<JoinHandle<()>, String> {
-    let metrics = install_metrics()?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on --health-addr {addr}: {e}"))?;

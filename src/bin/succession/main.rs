@@ -117,12 +117,13 @@ pub async fn join(
 }
 
 async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
+    let recorder = install_metrics(&s)?;
     let built = backend::build(&s)?;
     let e = built.election.clone();
     let em = Emitter::new(e.id());
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = supervised::follow_events(&built, em.clone());
-    let health = serve_health(&s, &e, &em).await?;
+    let health = serve_health(&s, recorder, &e, &em).await?;
     eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
     if join(&e, &s, &mut stop).await? {
         stop.recv().await;
@@ -138,17 +139,30 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// With `--health-addr`: install the metrics recorder (before building the election).
+pub fn install_metrics(
+    s: &Settings,
+) -> Result<Option<metrics_exporter_prometheus::PrometheusHandle>, String> {
+    match s.health_addr {
+        Some(_) => http::install_metrics().map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Start the `--health-addr` server when asked for.
 pub async fn serve_health(
     s: &Settings,
+    recorder: Option<metrics_exporter_prometheus::PrometheusHandle>,
     e: &Arc<dyn Election>,
     em: &Emitter,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
-    match s.health_addr {
-        Some(addr) => http::serve(addr, e.clone(), s.health_tolerance, em)
-            .await
-            .map(Some),
-        None => Ok(None),
+    match (s.health_addr, recorder) {
+        (Some(addr), Some(metrics)) => {
+            http::serve(addr, metrics, e.clone(), s.health_tolerance, em)
+                .await
+                .map(Some)
+        }
+        _ => Ok(None),
     }
 }
 

@@ -16,12 +16,13 @@ pub async fn run(
     cmd: Vec<String>,
     mut stop: crate::Shutdown,
 ) -> Result<ExitCode, String> {
+    let recorder = crate::install_metrics(&s)?;
     let built = crate::backend::build(&s)?;
     let e = built.election.clone();
     let em = Emitter::new(e.id());
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = crate::supervised::follow_events(&built, em.clone());
-    let health = crate::serve_health(&s, &e, &em).await?;
+    let health = crate::serve_health(&s, recorder, &e, &em).await?;
     let joined = crate::join(&e, &s, &mut stop).await?;
     let finish = |code: ExitCode| {
         let e = e.clone();
