@@ -290,6 +290,26 @@ impl Default for StatusCell {
     }
 }
 
+/// One tracing event per published change, in the caller's span (the backend's task).
+fn trace_change(before: &Status, after: &Status) {
+    if before.role != after.role {
+        tracing::info!(
+            role = %after.role,
+            health = %after.health.level,
+            reason = %after.reason,
+            "role changed"
+        );
+    } else if before.health.level != after.health.level {
+        if after.health.level == HealthLevel::Unhealthy {
+            tracing::warn!(health = %after.health.level, reason = %after.health.reason, "health changed");
+        } else {
+            tracing::info!(health = %after.health.level, reason = %after.health.reason, "health changed");
+        }
+    } else {
+        tracing::debug!(reason = %after.health.reason, "health reason changed");
+    }
+}
+
 impl StatusCell {
     /// A cell starting at [`Status::idle`].
     pub fn new() -> Self {
@@ -344,6 +364,7 @@ impl StatusCell {
             let changed = f(s);
             if changed {
                 self.metrics.status_changed(&before, s);
+                trace_change(&before, s);
             }
             changed
         })
