@@ -70,17 +70,29 @@ impl LeaderHealthCheck {
         )
     }
 
-    /// `Ok` when healthy, else the report as the error (for health-check frameworks that
-    /// take a `Result`).
-    pub fn check(&self) -> Result<HealthReport, HealthReport> {
+    /// `Ok` when healthy, else [`Unhealthy`] with the report (for health-check frameworks
+    /// that take a `Result`).
+    pub fn check(&self) -> Result<HealthReport, Unhealthy> {
         let r = self.report();
         if r.is_healthy() {
             Ok(r)
         } else {
-            Err(r)
+            Err(Unhealthy(Box::new(r)))
         }
     }
 }
+
+/// The error of [`LeaderHealthCheck::check`]: a leader out of contact beyond the bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy(pub Box<HealthReport>);
+
+impl fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Unhealthy {}
 
 /// The outcome of a [`LeaderHealthCheck`], with what it was based on.
 #[derive(Debug, Clone, PartialEq, Eq)]
