@@ -570,6 +570,33 @@ fn event_is(l: &str, event: &str) -> bool {
     l.contains(&format!("\"event\":\"{event}\""))
 }
 
+/// `campaign` in supervised mode with short timings (session 2 s, TTL 3 s, failover after
+/// 3 s, no failback within a test), plus `extra` flags.
+fn supervised_args(zk: &str, etcd: &str, path: &str, id: &str, extra: &[&str]) -> Vec<String> {
+    let base = [
+        "campaign",
+        "--zk",
+        zk,
+        "--path",
+        path,
+        "--etcd",
+        etcd,
+        "--prefix",
+        path,
+        "--id",
+        id,
+        "--session-timeout",
+        "2s",
+        "--ttl",
+        "3s",
+        "--failover-after",
+        "3s",
+        "--failback-after",
+        "120s",
+    ];
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
 /// Supervised mode end to end with real processes: ZooKeeper dies, the fleet fails over to
 /// etcd; the etcd-layer leader process is killed -9; another process leads through etcd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,33 +606,8 @@ async fn cli_supervised_fails_over_to_etcd_and_survives_a_kill9_of_the_leader() 
         .expect("zookeeper");
     let etcd = shared_etcd().await;
     let path = unique_path("cli-sup");
-    let args: Vec<Vec<String>> = (0..3)
-        .map(|i| {
-            [
-                "campaign",
-                "--zk",
-                &zk.addr(),
-                "--path",
-                &path,
-                "--etcd",
-                &etcd.endpoint(),
-                "--prefix",
-                &path,
-                "--id",
-                &format!("n{i}"),
-                "--session-timeout",
-                "2s",
-                "--ttl",
-                "3s",
-                "--failover-after",
-                "3s",
-                "--failback-after",
-                "120s",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-        })
+    let args = (0..3)
+        .map(|i| supervised_args(&zk.addr(), &etcd.endpoint(), &path, &format!("n{i}"), &[]))
         .collect();
     let mut fleet = Fleet::start(args);
     let (_, first) = fleet
@@ -712,34 +714,11 @@ async fn cli_health_and_metrics_endpoints_follow_a_failover() {
         .expect("zookeeper");
     let etcd = shared_etcd().await;
     let path = unique_path("cli-health");
-    let args: Vec<Vec<String>> = (0..2)
+    let args = (0..2)
         .map(|i| {
-            [
-                "campaign",
-                "--zk",
-                &zk.addr(),
-                "--path",
-                &path,
-                "--etcd",
-                &etcd.endpoint(),
-                "--prefix",
-                &path,
-                "--id",
-                &format!("h{i}"),
-                "--session-timeout",
-                "2s",
-                "--ttl",
-                "3s",
-                "--failover-after",
-                "3s",
-                "--failback-after",
-                "120s",
-                "--health-addr",
-                "127.0.0.1:0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+            let id = format!("h{i}");
+            let extra = ["--health-addr", "127.0.0.1:0"];
+            supervised_args(&zk.addr(), &etcd.endpoint(), &path, &id, &extra)
         })
         .collect();
     let mut fleet = Fleet::start(args);

@@ -70,6 +70,8 @@ struct Inner {
     client: Mutex<Option<zk::Client>>,
     /// A client for reads when the driver has none (e.g. before `join`).
     reader: Mutex<Option<zk::Client>>,
+    /// The path of our node, as far as the driver knows (for a prompt delete on close).
+    node: Mutex<Option<String>>,
 }
 
 struct Driver {
@@ -148,6 +150,34 @@ impl ZkElection {
             task,
         });
         Ok(tx)
+    }
+
+    /// Ask the driver to close (delete our node, drop the session) and wait for it, bounded
+    /// by 2 x the session timeout.
+    async fn stop_driver(&self, driver: Option<Driver>) -> Result<()> {
+        let mut result = Ok(());
+        if let Some(Driver { tx, task }) = driver {
+            let (ack, done) = oneshot::channel();
+            let sent = tx.send(Cmd::Close(ack)).is_ok();
+            // Without a sender the driver ends as soon as it has handled what it received.
+            drop(tx);
+            // Deleting our node is retried for at most 1.5 x the session timeout; never
+            // wait much longer than that, whatever the driver is doing.
+            let bound = self.cfg.session_timeout * 2;
+            if sent {
+                result = match timeout(bound, done).await {
+                    Ok(r) => r.unwrap_or(Ok(())),
+                    Err(_) => Err(Error::timeout(format!(
+                        "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
+                    ))),
+                };
+            }
+            let abort = task.abort_handle();
+            if timeout(bound, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        result
     }
 
     fn closed_error(&self) -> Error {
@@ -278,28 +308,23 @@ impl Election for ZkElection {
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::SeqCst);
         let driver = lock(&self.inner.driver).take();
-        let mut result = Ok(());
-        if let Some(Driver { tx, task }) = driver {
-            let (ack, done) = oneshot::channel();
-            let sent = tx.send(Cmd::Close(ack)).is_ok();
-            // Without a sender the driver ends as soon as it has handled what it received.
-            drop(tx);
-            // Deleting our node is retried for at most 1.5 x the session timeout; never
-            // wait much longer than that, whatever the driver is doing.
-            let bound = self.cfg.session_timeout * 2;
-            if sent {
-                result = match timeout(bound, done).await {
-                    Ok(r) => r.unwrap_or(Ok(())),
-                    Err(_) => Err(Error::timeout(format!(
-                        "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
-                    ))),
-                };
+        // Not leader from here on, for good (a closed cell publishes nothing more): our node
+        // can go at once, while the driver winds down (its own delete then finds nothing).
+        self.cell.close("closed");
+        let early = lock(&self.inner.client)
+            .clone()
+            .zip(lock(&self.inner.node).clone());
+        let bound = self.cfg.session_timeout;
+        let delete_now = async move {
+            if let Some((client, node)) = early {
+                match timeout(bound, client.delete(&node, None)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => debug!(%e, %node, "early delete failed; the driver retries"),
+                    Err(_) => debug!(%node, "early delete timed out; the driver retries"),
+                }
             }
-            let abort = task.abort_handle();
-            if timeout(bound, task).await.is_err() {
-                abort.abort();
-            }
-        }
+        };
+        let (_, result) = tokio::join!(delete_now, self.stop_driver(driver));
         self.cell.close("closed");
         *lock(&self.inner.client) = None;
         *lock(&self.inner.reader) = None;
@@ -480,7 +505,14 @@ impl DriverState {
     fn forget_node(&mut self) -> Option<OwnNode> {
         self.own_watch = None;
         self.first_next = false;
+        *lock(&self.inner.node) = None;
         self.node.take()
+    }
+
+    /// Our node is `n` (created or adopted by the current session).
+    fn set_node(&mut self, n: OwnNode) {
+        *lock(&self.inner.node) = Some(n.path.clone());
+        self.node = Some(n);
     }
 
     /// Whether our own-node watch is registered and has not fired (then our node exists:
@@ -735,7 +767,7 @@ impl DriverState {
                             name: name.clone(),
                             path: full,
                         };
-                        self.node = Some(n.clone());
+                        self.set_node(n.clone());
                         return Ok(n);
                     }
                 }
@@ -770,7 +802,7 @@ impl DriverState {
                         path: format!("{path}/{name}"),
                         name,
                     };
-                    self.node = Some(n.clone());
+                    self.set_node(n.clone());
                     return Ok(n);
                 }
                 Err(zk::Error::NoNode) if tries < 6 => {
@@ -993,7 +1025,7 @@ impl DriverState {
                     info!("our latch node was deleted under us; repairing");
                     self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
                     self.cell.metrics().count(metrics::REPAIRS, &[("cause", "node_deleted")]);
-                    self.node = None;
+                    self.forget_node();
                 }
                 Next::Again
             }
@@ -1166,7 +1198,7 @@ impl DriverState {
 
     /// Delete our node: retried until done or the session that owns it is gone.
     async fn delete_node(&mut self) -> Result<()> {
-        let (Some(client), Some(node)) = (self.client.clone(), self.node.take()) else {
+        let (Some(client), Some(node)) = (self.client.clone(), self.forget_node()) else {
             return Ok(());
         };
         let deadline = Instant::now() + self.session_timeout.mul_f64(1.5);

@@ -239,8 +239,13 @@ async fn follow(idx: usize, p: Part) {
     drop(p);
     let (mut joined, mut leader) = (false, false);
     loop {
-        let role = rx.borrow_and_update().role.clone();
-        let t = now_ns();
+        let (role, since) = {
+            let s = rx.borrow_and_update();
+            (s.role.clone(), s.since)
+        };
+        // The instant the participant published the role (what Curator's listener stamps
+        // in its callback), not when this task got around to reading it.
+        let t = instant_ns(since);
         if !joined && role.is_joined() {
             joined = true;
             let sid = weak.upgrade().map(|p| p.session()).unwrap_or("-".into());

@@ -417,12 +417,13 @@ pub fn graceful_why(r: &Results) -> String {
     format!(
         "{what} Both are bound by the same server work — one raft write (WAL fsync) and one \
          watch event — which alone is {} ms; 0.5x etcdctl would be {} ms, i.e. that floor + {} \
-         ms for everything else. Ours spends that much and more: `close()` takes {} ms longer \
-         than a bare LeaseRevoke round trip (where inside `close()` — stopping the \
-         participation task, dropping the keep-alive stream, the client lock — was not \
-         instrumented), and the successor then reads the queue (one txn). Sending the revoke \
-         right after publishing `Idle`, before tearing the task down, is the first thing to \
-         try; 0.5x would still need nearly all of the remaining client-side time to go.",
+         ms for everything else. Ours spends more: `close()` publishes `Closed` and sends the \
+         revoke at once (the participation task winds down meanwhile), returning {} ms later \
+         than a bare LeaseRevoke round trip; the successor then reads the queue (one txn, \
+         which confirms its own key still exists before it leads). Dropping that read would \
+         open a window in which a participant whose key was deleted by someone else could \
+         lead next to the one that saw the deletion; we keep it, and the target is missed by \
+         about that read plus process wake-ups.",
         fmt_ms(rf),
         fmt_ms(c.map(|c| c / 2.0)),
         fmt_ms(c.zip(rf).map(|(c, f)| c / 2.0 - f)),

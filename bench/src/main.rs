@@ -568,7 +568,10 @@ fn document(
          (one `CuratorFramework`, i.e. one ZooKeeper session, per participant, as separate \
          processes would have). Each driver stamps events with `CLOCK_MONOTONIC` \
          (`System.nanoTime()` in Java reads the same clock; the bench checks this at start), so \
-         instants from different processes are compared directly. Latency figures are in \
+         instants from different processes are compared directly. A participant's `leader` \
+         event is stamped where it happens: ours at the `since` instant of the status that \
+         says `Leader` (taken when the role is published), Curator's in its `isLeader()` \
+         listener. Latency figures are in \
          milliseconds: min / median / p95 (nearest rank) / max over n repetitions, after \
          discarded warm-up repetitions. The machine is shared (other builds and tests may \
          run at the same time): the load average at start and end is in the table below, and \

@@ -313,10 +313,12 @@ pub async fn graceful(ctx: &mut Ctx) -> Res<()> {
     s.tables.push(t);
     s.after.push(
         "What our successor does between the watch event and `Leader` (backend-zk `round`): \
-         `exists` on its own node, `getChildren` of the latch path, the claim (a multi: check \
-         own node + setData on the latch path, whose mzxid becomes the term), then `exists` + \
-         watch on its own node; 3 reads and 1 write, each waited for in turn. Curator 5.4 does \
-         `getChildren` and then calls `isLeader()`."
+         when the deleted predecessor was first in the queue, only the claim — one multi: \
+         check its own node + setData on the latch path, whose mzxid becomes the term — and \
+         nothing else: sequence numbers only grow, so no node created since sorts before its \
+         own, and its pending watch on its own node vouches that the node still exists (the \
+         claim re-checks it atomically). One write round trip. Curator 5.4 does `getChildren` \
+         and then calls `isLeader()`."
             .into(),
     );
     ctx.publish(s);
@@ -672,18 +674,20 @@ pub fn graceful_why(r: &Results) -> String {
         fmt_ms(r.zk_close[0].median()),
         fmt_ms(r.zk_close[1].median())
     );
+    let ours = "After the deletion event of a predecessor that was first, our successor sends \
+                one request, the claim (a multi: check its own node + setData on the latch \
+                path); no `getChildren`, because sequence numbers only grow (no node created \
+                since can sort before its own) and its pending own-node watch vouches for its \
+                node. Curator's successor reads `getChildren` and passes the watch event, the \
+                callback and the `isLeader()` listener through JVM threads (ZooKeeper's event \
+                thread, Curator's background thread).";
     match ratio(o, c) {
-        Some(x) if x <= 0.8 => format!(
-            "Ours makes more requests after the watch event (3 reads and the claim write, in \
-             sequence) but they run on one tokio task, while Curator's successor passes the \
-             watch event, its `getChildren` callback and the `isLeader()` listener through JVM \
-             threads (ZooKeeper's event thread, Curator's background thread).{reqs}{close}"
-        ),
+        Some(x) if x <= 0.8 => format!("{ours}{reqs}{close}"),
         Some(_) => format!(
-            "Ours makes 3 reads and 1 write in sequence after the watch event, Curator one \
-             `getChildren`; dropping the `exists` before `getChildren` (the own-node watch \
-             already reports a deletion) and not waiting for the post-claim `exists` watch \
-             before publishing `Leader` would remove 2 round trips.{reqs}{close}"
+            "{ours} What is left of ours is the claim's write round trip and the wake-ups of \
+             the leader's and successor's tasks; the claim is what makes the term durable, so \
+             only a term taken from the deletion's zxid (not offered by ZooKeeper 3.8's watch \
+             events) would remove it.{reqs}{close}"
         ),
         None => "not measured".into(),
     }
@@ -694,35 +698,29 @@ pub fn floor_why(r: &Results) -> String {
     let rtt = r.rtt.median().unwrap_or(0.0);
     let w = r.wrtt.median().unwrap_or(0.0);
     format!(
-        "After the watch event our successor waits for 3 reads (`exists` own node, \
-         `getChildren`, `exists`+watch own node after the claim) and 1 write (the claim multi, \
-         which makes the term durable) in sequence, ≈ 3 × {} + {} ms here, before it \
-         publishes `Leader`; on top comes the leader's side (publishing `Closed` before the \
-         delete) and the cross-process scheduling that the in-process floor does not pay. \
-         Within one read round trip is out of reach for this design: a correct latch needs at \
-         least `getChildren` (to learn it is first) and our term needs the claim write. \
-         Dropping the first `exists` and the post-claim `exists` wait would bring it to about \
-         one read + one write above the floor.",
-        fmt_ms(Some(rtt)),
-        fmt_ms(Some(w))
+        "After the watch event our successor waits for one write round trip (the claim \
+         multi, which makes the term durable; {} ms here against {} ms for a read) before it \
+         publishes `Leader`; on top come the leader's side (publishing `Closed` before the \
+         delete, in another process) and the cross-process scheduling that the in-process \
+         floor does not pay. The claim cannot become a read: the term is the claim's zxid.",
+        fmt_ms(Some(w)),
+        fmt_ms(Some(rtt))
     )
 }
 
 /// Why the cold start figure is what it is.
 pub fn cold_why(r: &Results) -> String {
     let base = "Both create one new session per participant, then: ours `mkdir -p` of the \
-                parents (containers), create, `getChildren`, the claim multi and an `exists` \
-                watch; Curator create (creating parent containers if needed) and \
-                `getChildren`. All 5 of ours start concurrently on one tokio runtime; Curator's \
+                parents (containers), create, `getChildren` together with an `exists` watch on \
+                its node (both sent before either answer), and the claim multi; Curator create \
+                (creating parent containers if needed) and `getChildren`. All 5 of ours start concurrently on one tokio runtime; Curator's \
                 start one after the other on the command thread, connecting in the background.";
     match ratio(r.zk_cold[0].median(), r.zk_cold[1].median()) {
         Some(x) if x <= 0.8 => format!(
             "{base} Session setup dominates; Curator adds its connection-state machinery and \
              thread hand-offs per step."
         ),
-        Some(_) => {
-            format!("{base} Ours does more requests before `Leader` (mkdir, claim, exists).")
-        }
+        Some(_) => format!("{base} Ours does more requests before `Leader` (mkdir, claim)."),
         None => "not measured".into(),
     }
 }
