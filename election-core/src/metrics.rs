@@ -21,7 +21,7 @@
 //! | `succession_handover_seconds` | histogram | | at a new leader: from learning that the previous leader left to leading |
 //! | `succession_repairs_total` | counter | `cause` | ZooKeeper: times the latch path or our node was re-created (`node_deleted`, `node_missing`, `path_missing`, `session_replaced`) |
 //! | `succession_session_expirations_total` | counter | | ZooKeeper: sessions found expired or lost (wipe) |
-//! | `succession_lease_losses_total` | counter | `cause` | etcd: leases lost (`expired`, `not_renewed`, `key_deleted`) |
+//! | `succession_lease_losses_total` | counter | | etcd: leases lost (expired, revoked or wiped under us) |
 //! | `succession_failovers_total` | counter | `initiated` = `here` / `elsewhere` | supervisor: mode moved to the fallback layer |
 //! | `succession_failbacks_total` | counter | `initiated` = `here` / `elsewhere` | supervisor: mode moved back to the primary layer |
 //! | `succession_layer_active` | gauge | `layer` | supervisor: 1 for the layer that counts, 0 for the other |
