@@ -401,8 +401,8 @@ pub fn graceful_why(r: &Results) -> String {
     let close = r.etcd_close.median();
     let rrtt = r.etcd_revoke_rtt.median();
     let what = format!(
-        "Ours: `close()` publishes `Idle`, stops the participation task and revokes the lease \
-         (deleting the key); the successor's watch fires and it reads the queue in one txn. \
+        "Ours: `close()` publishes `Closed` and revokes the lease at once (deleting the key) \
+         while the participation task winds down; the successor's watch fires and it reads the queue in one txn. \
          etcdctl: SIGINT -> `Resign` (a txn delete) -> the successor's `Campaign` re-reads the \
          queue (a Get), then etcdctl Gets its own key and prints. Floors: revoke -> event {} \
          ms, delete -> event {} ms; a LeaseRevoke round trip is {} ms. Our `close()` returns after {} ms.",

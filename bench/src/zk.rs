@@ -702,9 +702,16 @@ pub fn floor_why(r: &Results) -> String {
          multi, which makes the term durable; {} ms here against {} ms for a read) before it \
          publishes `Leader`; on top come the leader's side (publishing `Closed` before the \
          delete, in another process) and the cross-process scheduling that the in-process \
-         floor does not pay. The claim cannot become a read: the term is the claim's zxid.",
+         floor does not pay. The claim cannot become a read: the term is the claim's zxid. \
+         Curator's successor, which only reads, is {} ms above the floor in the same run.",
         fmt_ms(Some(w)),
-        fmt_ms(Some(rtt))
+        fmt_ms(Some(rtt)),
+        fmt_ms(
+            r.zk_graceful[1]
+                .median()
+                .zip(r.floor.median())
+                .map(|(c, f)| c - f)
+        )
     )
 }
 
