@@ -47,6 +47,48 @@ pub trait Factory: Send + Sync {
     async fn leftovers(&self) -> Result<Vec<String>>;
 }
 
+/// Wait on the status streams until exactly one of `es` leads, and return its index.
+/// Panics when two lead at once at any check, or when nobody leads within `bound` (with
+/// every participant's role, health and reasons in the message). For tests of any backend.
+pub async fn one_leader<E: Election + ?Sized>(es: &[Arc<E>], bound: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
+        let mut l = Vec::new();
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            if rx.borrow_and_update().is_leader() {
+                l.push(i);
+            }
+        }
+        assert!(l.len() <= 1, "two leaders at once: {l:?}");
+        if let [one] = l[..] {
+            return one;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let states: Vec<String> = es
+                .iter()
+                .map(|e| {
+                    let s = e.status().borrow().clone();
+                    format!(
+                        "{}: {} ({}) / {} ({})",
+                        e.id(),
+                        s.role,
+                        s.reason,
+                        s.health.level,
+                        s.health.reason
+                    )
+                })
+                .collect();
+            panic!(
+                "no leader within {bound:?}; statuses:\n{}",
+                states.join("\n")
+            );
+        }
+        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+    }
+}
+
 async fn make(
     f: &dyn Factory,
     ids: &[&str],

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use succession_core::conformance::LeadershipChecker;
+use succession_core::conformance::{self, LeadershipChecker};
 use succession_core::memory::MemoryStore;
 use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
 
@@ -22,22 +22,7 @@ async fn three(store: &MemoryStore, checker: &LeadershipChecker) -> Vec<Arc<dyn 
 }
 
 async fn one_leader(es: &[Arc<dyn Election>]) -> usize {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        let l: Vec<usize> = (0..es.len()).filter(|&i| es[i].is_leader()).collect();
-        assert!(l.len() <= 1, "two leaders: {l:?}");
-        if l.len() == 1 {
-            return l[0];
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no leader within {BOUND:?}"
-        );
-        // Wake on any status change of any participant.
-        let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
-        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
-    }
+    conformance::one_leader(es, BOUND).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,39 +160,7 @@ pub async fn joined(
 /// Waits (on the status streams, at most `bound`) until exactly one participant leads and
 /// returns its index. Panics if two lead at once at any check.
 pub async fn one_leader(es: &[Arc<EtcdElection>], bound: Duration) -> usize {
-    let deadline = Instant::now() + bound;
-    loop {
-        let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
-        let mut l = Vec::new();
-        for (i, rx) in rxs.iter_mut().enumerate() {
-            if rx.borrow_and_update().is_leader() {
-                l.push(i);
-            }
-        }
-        assert!(l.len() <= 1, "two leaders at once: {l:?}");
-        if l.len() == 1 {
-            return l[0];
-        }
-        if Instant::now() >= deadline {
-            let states: Vec<String> = es
-                .iter()
-                .map(|e| {
-                    let s = e.status().borrow().clone();
-                    format!(
-                        "{}: {} ({}), {} ({})",
-                        e.id(),
-                        s.role,
-                        s.reason,
-                        s.health.level,
-                        s.health.reason
-                    )
-                })
-                .collect();
-            panic!("no leader within {bound:?}: {states:#?}");
-        }
-        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
-    }
+    succession_core::conformance::one_leader(es, bound).await
 }
 
 /// Closes every participant (each must succeed).

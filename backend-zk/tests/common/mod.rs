@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use succession_core::conformance::{Bounds, Factory, LeadershipChecker};
-use succession_core::{async_trait, Election, ElectionExt, Result};
+use succession_core::{async_trait, Election, Result};
 use succession_zk::{ZkConfig, ZkElection};
 use tokio::time::Instant;
 use zookeeper_client as zk;
@@ -43,36 +43,7 @@ pub async fn joined(
 
 /// Wait until exactly one of `es` leads (never two at a time), within `bound`.
 pub async fn one_leader(es: &[Arc<ZkElection>], bound: Duration) -> usize {
-    let deadline = Instant::now() + bound;
-    let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
-    loop {
-        let leaders: Vec<usize> = (0..es.len()).filter(|&i| es[i].is_leader()).collect();
-        assert!(leaders.len() <= 1, "two leaders at once: {leaders:?}");
-        if leaders.len() == 1 {
-            return leaders[0];
-        }
-        let statuses: Vec<String> = es
-            .iter()
-            .map(|e| {
-                let s = e.status().borrow().clone();
-                format!(
-                    "{}: {} ({}) / {} ({})",
-                    e.id(),
-                    s.role,
-                    s.reason,
-                    s.health.level,
-                    s.health.reason
-                )
-            })
-            .collect();
-        assert!(
-            Instant::now() < deadline,
-            "no leader within {bound:?}; statuses:\n{}",
-            statuses.join("\n")
-        );
-        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
-    }
+    succession_core::conformance::one_leader(es, bound).await
 }
 
 /// Wait until `reader` sees `n` participants in the latch (everyone repaired its place).
