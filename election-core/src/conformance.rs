@@ -67,17 +67,7 @@ pub async fn one_leader<E: Election + ?Sized>(es: &[Arc<E>], bound: Duration) ->
         if tokio::time::Instant::now() >= deadline {
             let states: Vec<String> = es
                 .iter()
-                .map(|e| {
-                    let s = e.status().borrow().clone();
-                    format!(
-                        "{}: {} ({}) / {} ({})",
-                        e.id(),
-                        s.role,
-                        s.reason,
-                        s.health.level,
-                        s.health.reason
-                    )
-                })
+                .map(|e| format!("{}: {}", e.id(), *e.status().borrow()))
                 .collect();
             panic!(
                 "no leader within {bound:?}; statuses:\n{}",

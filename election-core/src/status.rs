@@ -227,6 +227,18 @@ fn change_role(s: &mut Status, role: Role, reason: Arc<str>) {
     s.since = now;
 }
 
+/// `role (reason) / health (health reason)`, e.g.
+/// `follower (waiting for predecessor) / healthy (connected)`.
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}) / {} ({})",
+            self.role, self.reason, self.health.level, self.health.reason
+        )
+    }
+}
+
 impl Status {
     /// The initial status of a new handle: Idle and Healthy.
     pub fn idle() -> Self {

@@ -204,16 +204,7 @@ pub async fn settled(es: &[Arc<EtcdElection>], live: &[usize], bound: Duration) 
             let states: Vec<String> = es
                 .iter()
                 .zip(&statuses)
-                .map(|(e, s)| {
-                    format!(
-                        "{}: {} ({}), {} ({})",
-                        e.id(),
-                        s.role,
-                        s.reason,
-                        s.health.level,
-                        s.health.reason
-                    )
-                })
+                .map(|(e, s)| format!("{}: {s}", e.id()))
                 .collect();
             panic!("participants {live:?} did not settle within {bound:?}: {states:#?}");
         }
@@ -227,15 +218,7 @@ pub fn describe(es: &[Arc<EtcdElection>]) -> String {
     es.iter()
         .map(|e| {
             let s = e.status().borrow().clone();
-            format!(
-                "{}: {} ({}), {} ({}), lease {:?}",
-                e.id(),
-                s.role,
-                s.reason,
-                s.health.level,
-                s.health.reason,
-                e.lease()
-            )
+            format!("{}: {s}, lease {:?}", e.id(), e.lease())
         })
         .collect::<Vec<_>>()
         .join("\n")
