@@ -65,9 +65,10 @@ pub struct ZkConfig {
     pub connection_policy: ConnectionPolicy,
     /// The ACL of the nodes we create.
     pub acl: NodeAcl,
-    acl_set: bool,
     /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
     pub(crate) auth: Option<(String, Vec<u8>)>,
+    /// SASL DIGEST-MD5 `(user, password)` for every session (feature `sasl`).
+    pub(crate) sasl: Option<(String, String)>,
     /// Optional chroot: every path (the latch path too) is relative to it. Created if missing.
     pub chroot: Option<String>,
 }
@@ -89,6 +90,13 @@ impl fmt::Debug for ZkConfig {
                     .auth
                     .as_ref()
                     .map(|(scheme, _)| format!("{scheme}:<redacted>")),
+            )
+            .field(
+                "sasl",
+                &self
+                    .sasl
+                    .as_ref()
+                    .map(|(user, _)| format!("DIGEST-MD5 {user}:<redacted>")),
             )
             .finish()
     }
@@ -121,10 +129,11 @@ impl ZkConfig {
                 connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
                 connection_policy: ConnectionPolicy::Standard,
                 acl: NodeAcl::Open,
-                acl_set: false,
                 auth: None,
+                sasl: None,
                 chroot: None,
             },
+            acl: None,
         }
     }
 }
@@ -133,6 +142,8 @@ impl ZkConfig {
 #[derive(Debug, Clone)]
 pub struct ZkConfigBuilder {
     cfg: ZkConfig,
+    /// The ACL asked for; None: by authentication (see [`ZkConfigBuilder::acl`]).
+    acl: Option<NodeAcl>,
 }
 
 impl ZkConfigBuilder {
@@ -154,10 +165,10 @@ impl ZkConfigBuilder {
         self
     }
 
-    /// The ACL of the nodes we create.
+    /// The ACL of the nodes we create. Default: [`NodeAcl::Open`] without authentication,
+    /// [`NodeAcl::CreatorAllOthersRead`] with [`digest_auth`](Self::digest_auth) or SASL.
     pub fn acl(mut self, acl: NodeAcl) -> Self {
-        self.cfg.acl = acl;
-        self.cfg.acl_set = true;
+        self.acl = Some(acl);
         self
     }
 
@@ -175,12 +186,29 @@ impl ZkConfigBuilder {
         self
     }
 
+    /// SASL authentication with the DIGEST-MD5 mechanism (feature `sasl`), done by every
+    /// session at connect. The server needs a JAAS file with a `Server` section naming the
+    /// users (`org.apache.zookeeper.server.auth.DigestLoginModule required
+    /// user_<name>="<password>";`, passed with `-Djava.security.auth.login.config=`) and
+    /// `authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider` in
+    /// zoo.cfg. Nodes we create then belong to `sasl:<user>` (default ACL
+    /// [`NodeAcl::CreatorAllOthersRead`]). Rejected credentials end participation with
+    /// [`ErrorKind::PermissionDenied`](succession_core::ErrorKind::PermissionDenied).
+    #[cfg(feature = "sasl")]
+    pub fn sasl_digest_md5(mut self, user: &str, password: &str) -> Self {
+        self.cfg.sasl = Some((user.to_owned(), password.to_owned()));
+        self
+    }
+
     /// Validate and build.
     pub fn build(self) -> Result<ZkConfig> {
         let mut c = self.cfg;
-        if !c.acl_set && c.auth.is_some() {
-            c.acl = NodeAcl::CreatorAllOthersRead;
-        }
+        let authenticated = c.auth.is_some() || c.sasl.is_some();
+        c.acl = self.acl.unwrap_or(if authenticated {
+            NodeAcl::CreatorAllOthersRead
+        } else {
+            NodeAcl::Open
+        });
         validate_connect(&c.connect)?;
         if let Some(i) = c.connect.find('/') {
             if c.chroot.is_some() {
@@ -214,11 +242,18 @@ impl ZkConfigBuilder {
             Some(Duration::from_millis(10)),
             Some(MAX_SESSION_TIMEOUT),
         )?;
-        if c.acl != NodeAcl::Open && c.auth.is_none() {
+        if c.acl != NodeAcl::Open && !authenticated {
             return Err(Error::invalid_config(format!(
-                "NodeAcl::{:?} needs authentication; add digest_auth(user, password) or use NodeAcl::Open",
+                "NodeAcl::{:?} needs authentication; add digest_auth(user, password) (or SASL) or use NodeAcl::Open",
                 c.acl
             )));
+        }
+        if let Some((user, _)) = &c.sasl {
+            if user.is_empty() {
+                return Err(Error::invalid_config(
+                    "sasl_digest_md5 needs a non-empty user name; call sasl_digest_md5(\"user\", \"password\")",
+                ));
+            }
         }
         if let Some((_, cred)) = &c.auth {
             let text = String::from_utf8_lossy(cred);
@@ -354,5 +389,31 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("s3cret"), "{s}");
         assert!(s.contains("redacted"));
+    }
+
+    #[cfg(feature = "sasl")]
+    #[test]
+    fn sasl_defaults_to_creator_acl_refuses_an_empty_user_and_hides_the_password() {
+        let c = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .sasl_digest_md5("svc", "s3cret-sasl")
+            .build()
+            .unwrap();
+        assert_eq!(c.acl, NodeAcl::CreatorAllOthersRead);
+        let s = format!("{c:?}");
+        assert!(
+            !s.contains("s3cret-sasl") && s.contains("DIGEST-MD5 svc:<redacted>"),
+            "{s}"
+        );
+        let e = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .sasl_digest_md5("", "pw")
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("sasl_digest_md5"), "{e}");
+        let open = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+            .sasl_digest_md5("svc", "pw")
+            .acl(NodeAcl::Open)
+            .build()
+            .unwrap();
+        assert_eq!(open.acl, NodeAcl::Open, "an explicit ACL wins");
     }
 }

@@ -11,12 +11,12 @@ pub(crate) fn map(e: zk::Error, op: &str) -> Error {
         Z::NoAuth => (
             ErrorKind::PermissionDenied,
             false,
-            "ZooKeeper refused it: not authorized; check the credentials (digest_auth) and the ACL of the latch path",
+            "ZooKeeper refused it: not authorized; check the credentials (digest_auth or sasl_digest_md5) and the ACL of the latch path",
         ),
         Z::AuthFailed => (
             ErrorKind::PermissionDenied,
             false,
-            "ZooKeeper rejected the credentials; fix digest_auth",
+            "ZooKeeper rejected the credentials; fix digest_auth or sasl_digest_md5 (user, password; for SASL also the server's JAAS users)",
         ),
         Z::InvalidAcl => (ErrorKind::InvalidConfig, false, "ZooKeeper refused the ACL"),
         Z::SessionExpired | Z::ClientClosed => (

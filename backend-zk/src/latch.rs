@@ -388,6 +388,10 @@ async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client
     if let Some((scheme, cred)) = &cfg.auth {
         c = c.with_auth(scheme, cred);
     }
+    #[cfg(feature = "sasl")]
+    if let Some((user, password)) = &cfg.sasl {
+        c = c.with_sasl(zk::SaslOptions::digest_md5(user.clone(), password.clone()));
+    }
     let hosts = cfg.connect.split(',').count() as u32;
     let bound = cfg.connection_timeout * (hosts + 1);
     match timeout(bound, c.connect(&cfg.connect_string())).await {
@@ -540,7 +544,7 @@ impl DriverState {
                     return self
                         .fatal(
                             ErrorKind::PermissionDenied,
-                            "ZooKeeper rejected the credentials (auth failed); fix digest_auth",
+                            "ZooKeeper rejected the credentials (auth failed); fix digest_auth or sasl_digest_md5",
                         )
                         .await;
                 }

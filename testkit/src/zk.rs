@@ -121,6 +121,8 @@ pub struct ZkNode {
     peer: Option<Peer>,
     java: PathBuf,
     classpath: String,
+    /// Extra JVM flags (e.g. the JAAS file for SASL).
+    jvm_flags: Vec<String>,
     data_dir: PathBuf,
     txn_log_dir: PathBuf,
     cfg_path: PathBuf,
@@ -180,6 +182,7 @@ impl ZkNode {
             peer: me,
             java: java.to_path_buf(),
             classpath: classpath.to_string(),
+            jvm_flags: Vec::new(),
             data_dir,
             txn_log_dir,
             cfg_path,
@@ -188,6 +191,33 @@ impl ZkNode {
         };
         node.prepare_dirs()?;
         Ok(node)
+    }
+
+    /// Accept SASL DIGEST-MD5 logins of `users` (`(name, password)`): a JAAS `Server`
+    /// section and the SASL authentication provider.
+    fn enable_sasl(&mut self, users: &[(&str, &str)]) -> Result<()> {
+        let jaas = self.dir.path().join("jaas.conf");
+        let mut text = String::from(
+            "Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n",
+        );
+        for (name, password) in users {
+            text.push_str(&format!("  user_{name}=\"{password}\"\n"));
+        }
+        text.push_str("  ;\n};\n");
+        std::fs::write(&jaas, text)
+            .map_err(|e| Error::io(format!("write {}", jaas.display()), e))?;
+        let mut cfg = std::fs::read_to_string(&self.cfg_path)
+            .map_err(|e| Error::io(format!("read {}", self.cfg_path.display()), e))?;
+        cfg.push_str(
+            "authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider\n",
+        );
+        std::fs::write(&self.cfg_path, cfg)
+            .map_err(|e| Error::io(format!("write {}", self.cfg_path.display()), e))?;
+        self.jvm_flags.push(format!(
+            "-Djava.security.auth.login.config={}",
+            jaas.display()
+        ));
+        Ok(())
     }
 
     fn prepare_dirs(&self) -> Result<()> {
@@ -228,8 +258,9 @@ impl ZkNode {
             crate::deps::JVM_QUIET_LOGGING,
             "-Dorg.slf4j.simpleLogger.showDateTime=true",
             "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
-            "-cp",
         ])
+        .args(&self.jvm_flags)
+        .arg("-cp")
         .arg(format!("{}:{}", self.classpath, conf_dir.display()))
         .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
         .arg(&self.cfg_path)
@@ -444,13 +475,23 @@ impl ZkServer {
     /// (`ruok` -> `imok` and `srvr` answers). Retries with another port if the picked one was
     /// taken meanwhile. A missing java/jar is an [`Error::MissingDependency`].
     pub async fn start() -> Result<ZkServer> {
+        Self::start_with_sasl(&[]).await
+    }
+
+    /// Like [`start`](Self::start), and the server accepts SASL DIGEST-MD5 logins of
+    /// `users` (`(name, password)` pairs) besides anonymous and digest clients; nodes
+    /// created by a SASL client can carry `sasl:<name>` ACLs. No users: plain [`start`](Self::start).
+    pub async fn start_with_sasl(users: &[(&str, &str)]) -> Result<ZkServer> {
         let java = java_bin()?;
         let cp = zk_classpath()?;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = free_ports(1)?[0];
-            let node = ZkNode::create(&java, &cp, port, None, &[])?;
+            let mut node = ZkNode::create(&java, &cp, port, None, &[])?;
+            if !users.is_empty() {
+                node.enable_sasl(users)?;
+            }
             node.spawn("start").await?;
             match node.wait_ready(START_TIMEOUT).await {
                 Ok(()) => return Ok(ZkServer { node }),
