@@ -2,16 +2,15 @@
 
 use crate::deps::etcd_bin;
 use crate::error::{Error, Result};
-use crate::process::{free_ports, random_u64, spawn, temp_dir, LogFile, Proc};
+use crate::process::{self, free_ports, random_u64, temp_dir, ServerProc};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
-const STOP_GRACE: Duration = Duration::from_secs(10);
 const BIND_ATTEMPTS: usize = 5;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -89,8 +88,7 @@ impl EtcdTls {
 #[derive(Debug)]
 pub struct EtcdMember {
     // Declared first: the process dies before its directory is removed.
-    proc: Proc,
-    what: String,
+    sp: ServerProc,
     name: String,
     client_port: u16,
     peer_port: u16,
@@ -100,7 +98,6 @@ pub struct EtcdMember {
     tls: Option<(EtcdTls, u16)>,
     etcd: PathBuf,
     data_dir: PathBuf,
-    log: LogFile,
     dir: tempfile::TempDir,
 }
 
@@ -119,8 +116,10 @@ impl EtcdMember {
     ) -> Result<EtcdMember> {
         let dir = temp_dir(&format!("etcd-{name}"))?;
         Ok(EtcdMember {
-            proc: Proc::default(),
-            what: format!("etcd {name} (127.0.0.1:{client_port})"),
+            sp: ServerProc::new(
+                format!("etcd {name} (127.0.0.1:{client_port})"),
+                dir.path().join("etcd.log"),
+            ),
             name,
             client_port,
             peer_port,
@@ -129,22 +128,11 @@ impl EtcdMember {
             tls: None,
             etcd: etcd.to_path_buf(),
             data_dir: dir.path().join("data"),
-            log: LogFile::new(dir.path().join("etcd.log")),
             dir,
         })
     }
 
     async fn spawn(&self, banner: &str) -> Result<()> {
-        if self.proc.is_running() {
-            return Err(Error::StillRunning {
-                what: self.what.clone(),
-                op: "start",
-            });
-        }
-        let log = self.log.open_run(banner)?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::io("clone log handle", e))?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let token = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -181,27 +169,12 @@ impl EtcdMember {
                     .arg(ca);
             }
         }
-        cmd.current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2));
-        let child = spawn(cmd).await.map_err(|e| Error::StartFailed {
-            what: self.what.clone(),
-            reason: format!("cannot execute {}: {e}", self.etcd.display()),
-            log: self.log.path.clone(),
-            log_tail: self.log.tail(20),
-        })?;
-        self.proc.set(child);
-        Ok(())
+        cmd.current_dir(self.dir.path());
+        self.sp.launch(banner, cmd, &self.etcd).await
     }
 
     fn crashed(&self) -> Option<Error> {
-        self.proc.exited().map(|status| Error::StartFailed {
-            what: self.what.clone(),
-            reason: format!("the process exited ({status})"),
-            log: self.log.path.clone(),
-            log_tail: self.log.tail(30),
-        })
+        self.sp.crashed(30)
     }
 
     /// `"http://127.0.0.1:PORT"`, the client endpoint (`https://` when it serves TLS).
@@ -241,12 +214,12 @@ impl EtcdMember {
 
     /// The pid of the running etcd, `None` when stopped (or crashed).
     pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
+        self.sp.proc.pid()
     }
 
     /// True while the process runs (it may be frozen).
     pub fn is_running(&self) -> bool {
-        self.proc.is_running()
+        self.sp.proc.is_running()
     }
 
     /// The data directory (`--data-dir`; absent after a wipe until the next start).
@@ -256,30 +229,30 @@ impl EtcdMember {
 
     /// The server's stdout/stderr log (appended across restarts).
     pub fn log_path(&self) -> &Path {
-        &self.log.path
+        &self.sp.log.path
     }
 
     /// Graceful stop: SIGTERM (plus SIGCONT if frozen), wait for the exit, SIGKILL after 10 s.
     /// Ok if already stopped.
     pub async fn stop(&mut self) -> Result<()> {
-        self.proc.stop(STOP_GRACE).await;
+        self.sp.stop().await;
         Ok(())
     }
 
     /// SIGKILL (`kill -9`) and reap. Ok if already stopped.
     pub async fn kill(&mut self) -> Result<()> {
-        self.proc.kill_now();
+        self.sp.proc.kill_now();
         Ok(())
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
     pub fn freeze(&self) -> Result<()> {
-        self.proc.signal(&self.what, "freeze", libc::SIGSTOP)
+        self.sp.freeze()
     }
 
     /// SIGCONT: resume a frozen member.
     pub fn thaw(&self) -> Result<()> {
-        self.proc.signal(&self.what, "thaw", libc::SIGCONT)
+        self.sp.thaw()
     }
 
     /// Deletes the data dir; the member must be stopped, else [`Error::StillRunning`].
@@ -287,12 +260,7 @@ impl EtcdMember {
     /// leases). In a cluster, wipe every member ([`EtcdCluster::wipe_all`]): a lone wiped
     /// member cannot rejoin the old cluster without a member remove/add.
     pub fn wipe(&mut self) -> Result<()> {
-        if self.proc.is_running() {
-            return Err(Error::StillRunning {
-                what: self.what.clone(),
-                op: "wipe",
-            });
-        }
+        self.sp.ensure_stopped("wipe")?;
         match std::fs::remove_dir_all(&self.data_dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -307,7 +275,7 @@ impl EtcdMember {
     /// Starts again on the same ports and data dir and waits until `/health` is true (for a
     /// cluster member: until the cluster has a leader). A running member is stopped first.
     pub async fn restart(&mut self) -> Result<()> {
-        self.proc.stop(STOP_GRACE).await;
+        self.sp.stop().await;
         self.spawn_again().await?;
         self.wait_ready(RESTART_TIMEOUT).await
     }
@@ -315,25 +283,15 @@ impl EtcdMember {
     /// Spawns the stopped process again, retrying briefly if a port is still taken.
     /// A process that exits at once is a [`Error::StartFailed`] with the log tail.
     async fn spawn_again(&self) -> Result<()> {
-        let mut attempt = 0;
-        'spawn: loop {
-            attempt += 1;
-            self.spawn("restart").await?;
-            let deadline = Instant::now() + Duration::from_millis(1000);
-            loop {
-                if let Some(e) = self.crashed() {
-                    if attempt < 3 && self.log.port_taken() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue 'spawn;
-                    }
-                    return Err(e);
-                }
-                if Instant::now() >= deadline || probe_health(self.health_port()).await.is_ok() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let answers = || async { probe_health(self.health_port()).await.is_ok() };
+        self.sp
+            .respawn(
+                || self.spawn("restart"),
+                answers,
+                Duration::from_millis(1000),
+                30,
+            )
+            .await
     }
 
     /// Waits until `GET /health` answers `"health":"true"`. Fails early with the log tail if
@@ -344,9 +302,9 @@ impl EtcdMember {
             if let Some(e) = self.crashed() {
                 return Err(e);
             }
-            if !self.proc.has_child() {
+            if !self.sp.proc.has_child() {
                 return Err(Error::NotRunning {
-                    what: self.what.clone(),
+                    what: self.sp.what.clone(),
                     op: "wait until ready",
                 });
             }
@@ -356,12 +314,12 @@ impl EtcdMember {
             };
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: format!("{} to be healthy", self.what),
+                    what: format!("{} to be healthy", self.sp.what),
                     timeout,
                     detail: format!(
                         " (last probe: {last})\n--- tail of {} ---\n{}",
-                        self.log.path.display(),
-                        self.log.tail(30)
+                        self.sp.log.path.display(),
+                        self.sp.log.tail(30)
                     ),
                 });
             }
@@ -371,7 +329,7 @@ impl EtcdMember {
 
     /// True if `GET /health` says healthy right now.
     pub async fn is_healthy(&self) -> bool {
-        self.proc.is_running() && probe_health(self.health_port()).await.is_ok()
+        self.sp.proc.is_running() && probe_health(self.health_port()).await.is_ok()
     }
 }
 
@@ -415,7 +373,7 @@ impl EtcdServer {
             member.spawn("start").await?;
             match member.wait_ready(START_TIMEOUT).await {
                 Ok(()) => return Ok(EtcdServer { member }),
-                Err(_) if attempt < BIND_ATTEMPTS && member.log.port_taken() => continue,
+                Err(_) if attempt < BIND_ATTEMPTS && member.sp.log.port_taken() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -503,7 +461,7 @@ impl EtcdServer {
 
     /// SIGKILL, reap and remove the temp dir (for statics that are never dropped).
     pub(crate) fn shutdown_for_exit(&self) {
-        self.member.proc.kill_now();
+        self.member.sp.proc.kill_now();
         let _ = std::fs::remove_dir_all(self.member.dir.path());
     }
 }
@@ -551,7 +509,7 @@ impl EtcdCluster {
                 Ok(()) => return Ok(cluster),
                 Err(_)
                     if attempt < BIND_ATTEMPTS
-                        && cluster.members.iter().any(|m| m.log.port_taken()) =>
+                        && cluster.members.iter().any(|m| m.sp.log.port_taken()) =>
                 {
                     continue
                 }
@@ -603,7 +561,7 @@ impl EtcdCluster {
                         return Err(e);
                     }
                 }
-                if !m.proc.has_child() {
+                if !m.sp.proc.has_child() {
                     states.push(format!("{}: stopped", m.name));
                     continue;
                 }
@@ -626,8 +584,8 @@ impl EtcdCluster {
                     .map(|m| {
                         format!(
                             "\n--- tail of {} ---\n{}",
-                            m.log.path.display(),
-                            m.log.tail(10)
+                            m.sp.log.path.display(),
+                            m.sp.log.tail(10)
                         )
                     })
                     .collect();
@@ -643,36 +601,20 @@ impl EtcdCluster {
 
     /// Stops every running member gracefully (all at once; SIGKILL after 10 s).
     pub async fn stop_all(&mut self) -> Result<()> {
-        for m in &self.members {
-            m.proc.begin_stop();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for m in &self.members {
-            m.proc.finish_stop(deadline).await;
-        }
+        process::stop_all(self.members.iter().map(|m| &m.sp)).await;
         Ok(())
     }
 
     /// SIGKILLs and reaps every member.
     pub async fn kill_all(&mut self) -> Result<()> {
-        for m in &self.members {
-            m.proc.begin_kill();
-        }
-        for m in &self.members {
-            m.proc.kill_now();
-        }
+        process::kill_all(self.members.iter().map(|m| &m.sp));
         Ok(())
     }
 
     /// Wipes every member (all must be stopped, checked first); the next
     /// [`restart_all`](Self::restart_all) bootstraps a brand-new cluster.
     pub async fn wipe_all(&mut self) -> Result<()> {
-        if let Some(m) = self.members.iter().find(|m| m.is_running()) {
-            return Err(Error::StillRunning {
-                what: m.what.clone(),
-                op: "wipe_all",
-            });
-        }
+        process::ensure_all_stopped(self.members.iter().map(|m| &m.sp), "wipe_all")?;
         let token = new_token();
         for m in &mut self.members {
             m.wipe()?;

@@ -406,3 +406,155 @@ pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))
 }
+
+/// How long a graceful stop may take before SIGKILL.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// One server process with its description and log: the lifecycle that ZooKeeper and etcd
+/// nodes share (start, crash detection, stop, kill, freeze, respawn).
+#[derive(Debug)]
+pub(crate) struct ServerProc {
+    // Declared first: the process dies before anything else of its owner is dropped.
+    pub(crate) proc: Proc,
+    /// How errors name it, e.g. `etcd m1 (127.0.0.1:2379)`.
+    pub(crate) what: String,
+    pub(crate) log: LogFile,
+}
+
+impl ServerProc {
+    pub(crate) fn new(what: String, log_path: PathBuf) -> Self {
+        ServerProc {
+            proc: Proc::default(),
+            what,
+            log: LogFile::new(log_path),
+        }
+    }
+
+    /// [`Error::StillRunning`] while the process runs.
+    pub(crate) fn ensure_stopped(&self, op: &'static str) -> Result<()> {
+        if self.proc.is_running() {
+            return Err(Error::StillRunning {
+                what: self.what.clone(),
+                op,
+            });
+        }
+        Ok(())
+    }
+
+    /// Start `cmd` (the binary `exe`) with stdin closed and stdout/stderr appended to this
+    /// run's section of the log (headed by `banner`).
+    pub(crate) async fn launch(&self, banner: &str, mut cmd: Command, exe: &Path) -> Result<()> {
+        self.ensure_stopped("start")?;
+        let log = self.log.open_run(banner)?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Error::io("clone log handle", e))?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log))
+            .stderr(std::process::Stdio::from(log2));
+        let child = spawn(cmd).await.map_err(|e| Error::StartFailed {
+            what: self.what.clone(),
+            reason: format!("cannot execute {}: {e}", exe.display()),
+            log: self.log.path.clone(),
+            log_tail: self.log.tail(20),
+        })?;
+        self.proc.set(child);
+        Ok(())
+    }
+
+    /// The start failure of a process that exited on its own (with `lines` of log), if it did.
+    pub(crate) fn crashed(&self, lines: usize) -> Option<Error> {
+        self.proc.exited().map(|status| Error::StartFailed {
+            what: self.what.clone(),
+            reason: format!("the process exited ({status})"),
+            log: self.log.path.clone(),
+            log_tail: self.log.tail(lines),
+        })
+    }
+
+    /// SIGTERM (plus SIGCONT if frozen), wait for the exit, SIGKILL after [`STOP_GRACE`].
+    pub(crate) async fn stop(&self) {
+        self.proc.stop(STOP_GRACE).await;
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
+    pub(crate) fn freeze(&self) -> Result<()> {
+        self.proc.signal(&self.what, "freeze", libc::SIGSTOP)
+    }
+
+    /// SIGCONT: resume a frozen process.
+    pub(crate) fn thaw(&self) -> Result<()> {
+        self.proc.signal(&self.what, "thaw", libc::SIGCONT)
+    }
+
+    /// Spawn the stopped process again with `spawn`, retrying briefly while its port is
+    /// still taken. Ok as soon as `answers` says it serves, or after `window` without a
+    /// crash (readiness proper is the caller's `wait_ready`); a process that exits at once
+    /// is an [`Error::StartFailed`] with its log tail (`lines`).
+    pub(crate) async fn respawn<S, SF, A, AF>(
+        &self,
+        spawn: S,
+        answers: A,
+        window: Duration,
+        lines: usize,
+    ) -> Result<()>
+    where
+        S: Fn() -> SF,
+        SF: std::future::Future<Output = Result<()>>,
+        A: Fn() -> AF,
+        AF: std::future::Future<Output = bool>,
+    {
+        let mut attempt = 0;
+        'spawn: loop {
+            attempt += 1;
+            spawn().await?;
+            // A bind failure shows within a moment; anything else is judged by wait_ready.
+            let deadline = Instant::now() + window;
+            loop {
+                if let Some(e) = self.crashed(lines) {
+                    if attempt < 3 && self.log.port_taken() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue 'spawn;
+                    }
+                    return Err(e);
+                }
+                if Instant::now() >= deadline || answers().await {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Stop every process gracefully, all at once (SIGKILL after [`STOP_GRACE`]).
+pub(crate) async fn stop_all<'a>(servers: impl Iterator<Item = &'a ServerProc> + Clone) {
+    for s in servers.clone() {
+        s.proc.begin_stop();
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    for s in servers {
+        s.proc.finish_stop(deadline).await;
+    }
+}
+
+/// SIGKILL every process, then reap each.
+pub(crate) fn kill_all<'a>(servers: impl Iterator<Item = &'a ServerProc> + Clone) {
+    for s in servers.clone() {
+        s.proc.begin_kill();
+    }
+    for s in servers {
+        s.proc.kill_now();
+    }
+}
+
+/// [`Error::StillRunning`] (for `op`) naming the first process that runs.
+pub(crate) fn ensure_all_stopped<'a>(
+    mut servers: impl Iterator<Item = &'a ServerProc>,
+    op: &'static str,
+) -> Result<()> {
+    match servers.find(|s| s.proc.is_running()) {
+        Some(s) => s.ensure_stopped(op),
+        None => Ok(()),
+    }
+}

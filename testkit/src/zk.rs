@@ -2,9 +2,9 @@
 
 use crate::deps::{java_bin, zk_classpath};
 use crate::error::{Error, Result};
-use crate::process::{empty_dir, free_ports, spawn, temp_dir, LogFile, Proc};
+use crate::process::{self, empty_dir, free_ports, temp_dir, ServerProc};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -12,8 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `restart()` waits for the server to serve again.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
-/// Grace period of `stop()` before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Attempts when a picked port turns out to be taken by someone else.
 const BIND_ATTEMPTS: usize = 5;
 /// Per-command timeout of a four-letter-word probe.
@@ -114,8 +112,7 @@ struct Peer {
 #[derive(Debug)]
 pub struct ZkNode {
     // Declared first: the process dies before its directory is removed.
-    proc: Proc,
-    what: String,
+    sp: ServerProc,
     id: u32,
     client_port: u16,
     peer: Option<Peer>,
@@ -126,7 +123,6 @@ pub struct ZkNode {
     data_dir: PathBuf,
     txn_log_dir: PathBuf,
     cfg_path: PathBuf,
-    log: LogFile,
     dir: tempfile::TempDir,
 }
 
@@ -175,8 +171,7 @@ impl ZkNode {
             None => format!("ZooKeeper 127.0.0.1:{client_port}"),
         };
         let node = ZkNode {
-            proc: Proc::default(),
-            what,
+            sp: ServerProc::new(what, dir.path().join("zookeeper.log")),
             id: me.map(|p| p.id).unwrap_or(0),
             client_port,
             peer: me,
@@ -186,7 +181,6 @@ impl ZkNode {
             data_dir,
             txn_log_dir,
             cfg_path,
-            log: LogFile::new(dir.path().join("zookeeper.log")),
             dir,
         };
         node.prepare_dirs()?;
@@ -232,16 +226,6 @@ impl ZkNode {
     }
 
     async fn spawn(&self, banner: &str) -> Result<()> {
-        if self.proc.is_running() {
-            return Err(Error::StillRunning {
-                what: self.what.clone(),
-                op: "start",
-            });
-        }
-        let log = self.log.open_run(banner)?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| Error::io("clone log handle", e))?;
         let conf_dir = self.cfg_path.parent().unwrap_or(Path::new("/"));
         let mut cmd = Command::new(&self.java);
         cmd.args([
@@ -264,28 +248,13 @@ impl ZkNode {
         .arg(format!("{}:{}", self.classpath, conf_dir.display()))
         .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
         .arg(&self.cfg_path)
-        .current_dir(conf_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2));
-        let child = spawn(cmd).await.map_err(|e| Error::StartFailed {
-            what: self.what.clone(),
-            reason: format!("cannot execute {}: {e}", self.java.display()),
-            log: self.log.path.clone(),
-            log_tail: self.log.tail(20),
-        })?;
-        self.proc.set(child);
-        Ok(())
+        .current_dir(conf_dir);
+        self.sp.launch(banner, cmd, &self.java).await
     }
 
     /// The start failure of a process that exited on its own, if it did.
     fn crashed(&self) -> Option<Error> {
-        self.proc.exited().map(|status| Error::StartFailed {
-            what: self.what.clone(),
-            reason: format!("the process exited ({status})"),
-            log: self.log.path.clone(),
-            log_tail: self.log.tail(40),
-        })
+        self.sp.crashed(40)
     }
 
     /// `"127.0.0.1:PORT"`, the client address.
@@ -305,12 +274,12 @@ impl ZkNode {
 
     /// The pid of the running JVM, `None` when stopped (or crashed).
     pub fn pid(&self) -> Option<u32> {
-        self.proc.pid()
+        self.sp.proc.pid()
     }
 
     /// True while the process runs (it may still be frozen or not serving).
     pub fn is_running(&self) -> bool {
-        self.proc.is_running()
+        self.sp.proc.is_running()
     }
 
     /// The data directory (snapshots, `myid`).
@@ -325,42 +294,37 @@ impl ZkNode {
 
     /// The server's stdout/stderr log (appended across restarts).
     pub fn log_path(&self) -> &Path {
-        &self.log.path
+        &self.sp.log.path
     }
 
     /// Graceful stop: SIGTERM (plus SIGCONT if frozen), wait for the exit, SIGKILL after 10 s.
     /// Ok if already stopped.
     pub async fn stop(&mut self) -> Result<()> {
-        self.proc.stop(STOP_GRACE).await;
+        self.sp.stop().await;
         Ok(())
     }
 
     /// SIGKILL (`kill -9`) and reap. Ok if already stopped.
     pub async fn kill(&mut self) -> Result<()> {
-        self.proc.kill_now();
+        self.sp.proc.kill_now();
         Ok(())
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
     pub fn freeze(&self) -> Result<()> {
-        self.proc.signal(&self.what, "freeze", libc::SIGSTOP)
+        self.sp.freeze()
     }
 
     /// SIGCONT: resume a frozen server.
     pub fn thaw(&self) -> Result<()> {
-        self.proc.signal(&self.what, "thaw", libc::SIGCONT)
+        self.sp.thaw()
     }
 
     /// Empties the data dir and the transaction log dir (keeping `myid`): the next
     /// [`restart`](Self::restart) comes back with an empty tree and zxid 0. The server must be
     /// stopped, else [`Error::StillRunning`].
     pub fn wipe(&mut self) -> Result<()> {
-        if self.proc.is_running() {
-            return Err(Error::StillRunning {
-                what: self.what.clone(),
-                op: "wipe",
-            });
-        }
+        self.sp.ensure_stopped("wipe")?;
         self.prepare_dirs()
     }
 
@@ -368,7 +332,7 @@ impl ZkNode {
     /// (for an ensemble peer: until it has joined a quorum). A running server is stopped
     /// gracefully first.
     pub async fn restart(&mut self) -> Result<()> {
-        self.proc.stop(STOP_GRACE).await;
+        self.sp.stop().await;
         self.spawn_again().await?;
         self.wait_ready(RESTART_TIMEOUT).await
     }
@@ -376,30 +340,19 @@ impl ZkNode {
     /// Spawns the stopped process again, retrying briefly if the port is still taken.
     /// A process that exits at once is a [`Error::StartFailed`] with the log tail.
     async fn spawn_again(&self) -> Result<()> {
-        let mut attempt = 0;
-        'spawn: loop {
-            attempt += 1;
-            self.spawn("restart").await?;
-            // A bind failure shows within a moment; anything else is judged by wait_ready.
-            let deadline = Instant::now() + Duration::from_millis(1500);
-            loop {
-                if let Some(e) = self.crashed() {
-                    if attempt < 3 && self.log.port_taken() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue 'spawn;
-                    }
-                    return Err(e);
-                }
-                if Instant::now() >= deadline
-                    || four_letter_word(self.client_port, "ruok", Duration::from_millis(300))
-                        .await
-                        .is_ok()
-                {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let answers = || async {
+            four_letter_word(self.client_port, "ruok", Duration::from_millis(300))
+                .await
+                .is_ok()
+        };
+        self.sp
+            .respawn(
+                || self.spawn("restart"),
+                answers,
+                Duration::from_millis(1500),
+                40,
+            )
+            .await
     }
 
     /// Waits until the server answers `ruok` with `imok` AND `srvr` says it serves
@@ -410,9 +363,9 @@ impl ZkNode {
             if let Some(e) = self.crashed() {
                 return Err(e);
             }
-            if !self.proc.has_child() {
+            if !self.sp.proc.has_child() {
                 return Err(Error::NotRunning {
-                    what: self.what.clone(),
+                    what: self.sp.what.clone(),
                     op: "wait until ready",
                 });
             }
@@ -422,12 +375,12 @@ impl ZkNode {
             };
             if Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: format!("{} to serve", self.what),
+                    what: format!("{} to serve", self.sp.what),
                     timeout,
                     detail: format!(
                         " (last probe: {last})\n--- tail of {} ---\n{}",
-                        self.log.path.display(),
-                        self.log.tail(30)
+                        self.sp.log.path.display(),
+                        self.sp.log.tail(30)
                     ),
                 });
             }
@@ -436,12 +389,12 @@ impl ZkNode {
     }
 
     fn srvr_blocking(&self) -> Result<Option<Srvr>> {
-        if !self.proc.is_running() {
+        if !self.sp.proc.is_running() {
             return Ok(None);
         }
         match four_letter_word_blocking(self.client_port, "srvr", Duration::from_secs(1)) {
             Ok(text) => parse_srvr(&text).map_err(|reply| Error::Protocol {
-                what: format!("`srvr` to {}", self.what),
+                what: format!("`srvr` to {}", self.sp.what),
                 reply,
             }),
             Err(_) => Ok(None),
@@ -495,7 +448,7 @@ impl ZkServer {
             node.spawn("start").await?;
             match node.wait_ready(START_TIMEOUT).await {
                 Ok(()) => return Ok(ZkServer { node }),
-                Err(_) if attempt < BIND_ATTEMPTS && node.log.port_taken() => continue,
+                Err(_) if attempt < BIND_ATTEMPTS && node.sp.log.port_taken() => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -584,7 +537,7 @@ impl ZkServer {
 
     /// SIGKILL, reap and remove the temp dir (for statics that are never dropped).
     pub(crate) fn shutdown_for_exit(&self) {
-        self.node.proc.kill_now();
+        self.node.sp.proc.kill_now();
         let _ = std::fs::remove_dir_all(self.node.dir.path());
     }
 }
@@ -630,7 +583,7 @@ impl ZkEnsemble {
                 Ok(()) => return Ok(ensemble),
                 Err(_)
                     if attempt < BIND_ATTEMPTS
-                        && ensemble.nodes.iter().any(|n| n.log.port_taken()) =>
+                        && ensemble.nodes.iter().any(|n| n.sp.log.port_taken()) =>
                 {
                     continue
                 }
@@ -677,35 +630,19 @@ impl ZkEnsemble {
 
     /// Stops every running peer gracefully (all at once; SIGKILL after 10 s).
     pub async fn stop_all(&mut self) -> Result<()> {
-        for n in &self.nodes {
-            n.proc.begin_stop();
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        for n in &self.nodes {
-            n.proc.finish_stop(deadline).await;
-        }
+        process::stop_all(self.nodes.iter().map(|n| &n.sp)).await;
         Ok(())
     }
 
     /// SIGKILLs and reaps every peer.
     pub async fn kill_all(&mut self) -> Result<()> {
-        for n in &self.nodes {
-            n.proc.begin_kill();
-        }
-        for n in &self.nodes {
-            n.proc.kill_now();
-        }
+        process::kill_all(self.nodes.iter().map(|n| &n.sp));
         Ok(())
     }
 
     /// Wipes every peer; all must be stopped (checked before anything is wiped).
     pub async fn wipe_all(&mut self) -> Result<()> {
-        if let Some(n) = self.nodes.iter().find(|n| n.is_running()) {
-            return Err(Error::StillRunning {
-                what: n.what.clone(),
-                op: "wipe_all",
-            });
-        }
+        process::ensure_all_stopped(self.nodes.iter().map(|n| &n.sp), "wipe_all")?;
         for n in &mut self.nodes {
             n.wipe()?;
         }
@@ -740,7 +677,7 @@ impl ZkEnsemble {
                         return Err(e);
                     }
                 }
-                if !n.proc.has_child() {
+                if !n.sp.proc.has_child() {
                     states.push(format!("peer {}: stopped", n.id));
                     continue;
                 }
@@ -765,8 +702,8 @@ impl ZkEnsemble {
                     .map(|n| {
                         format!(
                             "\n--- tail of {} ---\n{}",
-                            n.log.path.display(),
-                            n.log.tail(15)
+                            n.sp.log.path.display(),
+                            n.sp.log.tail(15)
                         )
                     })
                     .collect();
