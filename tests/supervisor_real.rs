@@ -35,7 +35,7 @@ use succession::etcd::{EtcdConfig, EtcdElection};
 use succession::supervisor::{Layer, Supervisor, SupervisorEvent, Timings};
 use succession::zk::{ZkConfig, ZkElection};
 use succession::{Election, ElectionExt, HealthLevel, Role, Status, Term};
-use succession_core::conformance::{EventKind, LeadershipChecker};
+use succession_core::conformance::{next_event, no_event, EventKind, LeadershipChecker};
 use succession_testkit::{unique_path, EtcdServer, TcpProxy, ZkServer};
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -355,7 +355,9 @@ impl Cluster {
             took >= t.failover_after + t.takeover_delay,
             "failed over after {took:?}, sooner than failover_after + takeover delay"
         );
-        let (seen, _) = self.everyone_sees("failover", is_failover).await;
+        let (seen, _) = self
+            .everyone_sees("failover", SupervisorEvent::is_failover)
+            .await;
         for e in &seen {
             let SupervisorEvent::Failover {
                 from,
@@ -473,64 +475,8 @@ impl Cluster {
     }
 }
 
-async fn next_event(
-    rx: &mut broadcast::Receiver<SupervisorEvent>,
-    bound: Duration,
-    what: &str,
-    pred: impl Fn(&SupervisorEvent) -> bool,
-) -> (SupervisorEvent, Vec<SupervisorEvent>) {
-    let deadline = Instant::now() + bound;
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(e)) if pred(&e) => return (e, seen),
-            Ok(Ok(e)) => seen.push(e),
-            Ok(Err(e)) => panic!("{what}: event stream error {e}; saw {seen:#?}"),
-            Err(_) => panic!("{what}: not within {bound:?}; saw {seen:#?}"),
-        }
-    }
-}
-
-async fn no_event(
-    rx: &mut broadcast::Receiver<SupervisorEvent>,
-    window: Duration,
-    what: &str,
-    pred: fn(&SupervisorEvent) -> bool,
-) {
-    let deadline = Instant::now() + window;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => return,
-            Ok(Ok(e)) if pred(&e) => panic!("unexpected {what}: {e}"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("{what}: event stream error {e}"),
-        }
-    }
-}
-
-fn is_failover(e: &SupervisorEvent) -> bool {
-    matches!(e, SupervisorEvent::Failover { .. })
-}
-
-fn is_failback(e: &SupervisorEvent) -> bool {
-    matches!(e, SupervisorEvent::Failback { .. })
-}
-
-fn is_mode_change(e: &SupervisorEvent) -> bool {
-    matches!(
-        e,
-        SupervisorEvent::Failover { .. }
-            | SupervisorEvent::Failback { .. }
-            | SupervisorEvent::Mode { .. }
-    )
-}
-
 fn is_mode_or_leadership_change(e: &SupervisorEvent) -> bool {
-    is_mode_change(e)
-        || matches!(
-            e,
-            SupervisorEvent::LeadershipGained { .. } | SupervisorEvent::LeadershipLost { .. }
-        )
+    e.is_mode_change() || e.is_leadership_change()
 }
 
 fn initiated_here(e: &SupervisorEvent) -> bool {
@@ -632,7 +578,9 @@ async fn supervised_zk_back_fails_back_to_a_zk_leader() {
         "{term} after {on_etcd}"
     );
     // Only the etcd-layer leader decides the failback, and it stops leading first.
-    let (_, initiator) = c.everyone_sees("failback", is_failback).await;
+    let (_, initiator) = c
+        .everyone_sees("failback", SupervisorEvent::is_failback)
+        .await;
     if let Some((k, before_failback)) = initiator {
         let last_leadership = before_failback.iter().rev().find(|e| {
             matches!(
@@ -702,7 +650,13 @@ async fn supervised_zk_wiped_and_restarted_empty_elects_a_leader_again() {
             "a new latch path after the wipe: {first} vs {before}"
         );
     } else {
-        next_event(&mut c.nodes[i].events, SLACK, "failover event", is_failover).await;
+        next_event(
+            &mut c.nodes[i].events,
+            SLACK,
+            "failover event",
+            SupervisorEvent::is_failover,
+        )
+        .await;
     }
     // Nobody stuck: a ZooKeeper-layer leader (after a failback if it failed over), and
     // every participant back in the ZooKeeper latch.
@@ -774,7 +728,8 @@ async fn supervised_zk_wiped_during_a_failover_fails_back_to_the_rebuilt_latch()
         term.epoch() > before.epoch(),
         "a new latch path after the wipe: {term} vs {before}"
     );
-    c.everyone_sees("failback", is_failback).await;
+    c.everyone_sees("failback", SupervisorEvent::is_failback)
+        .await;
     let (j, _) = c
         .settled_on_zk(RECONNECT + SLACK, "everyone healthy on ZooKeeper")
         .await;
@@ -966,7 +921,7 @@ async fn supervised_one_participant_cut_from_zk_only_leader_blackholed_hands_ove
     c.nothing_for(
         t.failover_after * 2,
         "mode change for a leader cut from ZooKeeper",
-        is_mode_change,
+        SupervisorEvent::is_mode_change,
     )
     .await;
     assert_eq!(c.leaders(), vec![(i, t1, Some(Layer::Primary))]);
@@ -1012,7 +967,7 @@ async fn supervised_leader_handle_dropped_in_fallback_mode_another_leads() {
         "{on_etcd} -> {term}"
     );
     // ZooKeeper is still down: the cluster stays on etcd.
-    c.nothing_for(CHECK * 4, "mode change", is_mode_change)
+    c.nothing_for(CHECK * 4, "mode change", SupervisorEvent::is_mode_change)
         .await;
     c.close(false).await;
 }

@@ -20,6 +20,7 @@ pub use crate::checker::{EventKind, LeadershipChecker, LeadershipEvent};
 use crate::election::{Election, ElectionExt};
 use crate::error::{ErrorKind, Result};
 use crate::status::Role;
+use crate::supervisor::SupervisorEvent;
 
 /// How long the backend under test may take for each kind of transition.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +77,45 @@ pub async fn one_leader<E: Election + ?Sized>(es: &[Arc<E>], bound: Duration) ->
         }
         let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
         let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+    }
+}
+
+/// The next event on `rx` matching `pred` within `bound`, with the events skipped before
+/// it. Panics (naming `what` and every event seen) on timeout or a lagged stream.
+pub async fn next_event(
+    rx: &mut tokio::sync::broadcast::Receiver<SupervisorEvent>,
+    bound: Duration,
+    what: &str,
+    pred: impl Fn(&SupervisorEvent) -> bool,
+) -> (SupervisorEvent, Vec<SupervisorEvent>) {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(e)) if pred(&e) => return (e, seen),
+            Ok(Ok(e)) => seen.push(e),
+            Ok(Err(e)) => panic!("{what}: event stream error {e}; saw {seen:#?}"),
+            Err(_) => panic!("{what}: not within {bound:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Panics if an event matching `pred` arrives on `rx` within `window` (an observation
+/// window that asserts that something does NOT happen).
+pub async fn no_event(
+    rx: &mut tokio::sync::broadcast::Receiver<SupervisorEvent>,
+    window: Duration,
+    what: &str,
+    pred: impl Fn(&SupervisorEvent) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return,
+            Ok(Ok(e)) if pred(&e) => panic!("unexpected {what}: {e}"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("{what}: event stream error {e}"),
+        }
     }
 }
 

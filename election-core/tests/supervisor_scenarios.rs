@@ -8,7 +8,7 @@
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use succession_core::conformance::LeadershipChecker;
+use succession_core::conformance::{self, LeadershipChecker};
 use succession_core::memory::{MemoryElection, MemoryStore};
 use succession_core::supervisor::{
     DampedPolicy, Layer, Mode, Supervisor, SupervisorBuilder, SupervisorEvent,
@@ -185,71 +185,6 @@ impl Cluster {
     }
 }
 
-async fn next_event(
-    rx: &mut broadcast::Receiver<SupervisorEvent>,
-    what: &str,
-    pred: impl Fn(&SupervisorEvent) -> bool,
-) -> SupervisorEvent {
-    let deadline = Instant::now() + BOUND;
-    let mut seen = Vec::new();
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Ok(e)) if pred(&e) => return e,
-            Ok(Ok(e)) => seen.push(e.to_string()),
-            Ok(Err(e)) => panic!("{what}: event stream error {e}; saw {seen:#?}"),
-            Err(_) => panic!("{what}: not within {BOUND:?}; saw {seen:#?}"),
-        }
-    }
-}
-
-/// Assert that no event matching `pred` arrives within `d`.
-async fn no_event(
-    rx: &mut broadcast::Receiver<SupervisorEvent>,
-    d: Duration,
-    what: &str,
-    pred: impl Fn(&SupervisorEvent) -> bool,
-) {
-    let deadline = Instant::now() + d;
-    loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Err(_) => return,
-            Ok(Ok(e)) if pred(&e) => panic!("unexpected {what}: {e}"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("{what}: event stream error {e}"),
-        }
-    }
-}
-
-fn is_failover(e: &SupervisorEvent) -> bool {
-    matches!(e, SupervisorEvent::Failover { .. })
-}
-fn is_failback(e: &SupervisorEvent) -> bool {
-    matches!(e, SupervisorEvent::Failback { .. })
-}
-fn is_mode_change(e: &SupervisorEvent) -> bool {
-    matches!(
-        e,
-        SupervisorEvent::Failover { .. }
-            | SupervisorEvent::Failback { .. }
-            | SupervisorEvent::Mode { .. }
-    )
-}
-fn initiated_here(e: &SupervisorEvent) -> bool {
-    matches!(
-        e,
-        SupervisorEvent::Failover {
-            initiated_here: true,
-            ..
-        } | SupervisorEvent::Failback {
-            initiated_here: true,
-            ..
-        } | SupervisorEvent::Mode {
-            initiated_here: true,
-            ..
-        }
-    )
-}
-
 async fn set_mode(store: &MemoryStore, value: &str) {
     let rec = store.record("mode");
     let cur = rec.read().await.unwrap().expect("mode record exists");
@@ -271,7 +206,9 @@ async fn everyone_sees(
         seen.push(next_event(&mut n.events, what, pred).await);
     }
     assert_eq!(
-        seen.iter().filter(|e| initiated_here(e)).count(),
+        seen.iter()
+            .filter(|e| SupervisorEvent::initiated_here(e))
+            .count(),
         1,
         "exactly one participant made the change: {seen:#?}"
     );
@@ -314,11 +251,14 @@ async fn steady_state_on_a_healthy_primary_keeps_one_leader_and_the_mode() {
     );
     assert_eq!(c.nodes[1].sup.participants().await.unwrap().len(), 3);
     c.drain();
-    no_event(
+    conformance::no_event(
         &mut c.nodes[1].events,
         FAILOVER * 3,
         "change in steady state",
-        |e| is_mode_change(e) || matches!(e, SupervisorEvent::LeadershipLost { .. }),
+        |e| {
+            SupervisorEvent::is_mode_change(e)
+                || matches!(e, SupervisorEvent::LeadershipLost { .. })
+        },
     )
     .await;
     assert_eq!(c.leaders(), vec![(0, t)]);
@@ -337,7 +277,7 @@ async fn fail_over(c: &mut Cluster) -> (Term, Duration) {
     .await;
     let (_, after) = c.leader_through(Layer::Fallback).await;
     let took = start.elapsed();
-    let seen = everyone_sees(c, "failover", is_failover).await;
+    let seen = everyone_sees(c, "failover", SupervisorEvent::is_failover).await;
     for e in &seen {
         let SupervisorEvent::Failover {
             from,
@@ -405,7 +345,7 @@ async fn primary_recovery_fails_back_after_failback_after() {
         t > on_fallback && t.generation() == on_fallback.generation() + 1,
         "{t} after {on_fallback}"
     );
-    everyone_sees(&mut c, "failback", is_failback).await;
+    everyone_sees(&mut c, "failback", SupervisorEvent::is_failback).await;
     for n in &c.nodes {
         n.sup
             .wait_for_status(BOUND, |s| s.health.level == HealthLevel::Healthy)
@@ -431,11 +371,14 @@ async fn fallback_outage_changes_nothing_for_the_primary_leader() {
         .await
         .unwrap();
     // Longer than every timer of the supervisor (lease, takeover delay, failover_after).
-    no_event(
+    conformance::no_event(
         &mut c.nodes[0].events,
         FAILOVER * 3,
         "change for the leader",
-        |e| is_mode_change(e) || matches!(e, SupervisorEvent::LeadershipLost { .. }),
+        |e| {
+            SupervisorEvent::is_mode_change(e)
+                || matches!(e, SupervisorEvent::LeadershipLost { .. })
+        },
     )
     .await;
     assert!(lead.is_current(), "still leading with term {t}");
@@ -566,17 +509,22 @@ async fn primary_leader_steps_down_when_it_sees_the_mode_move_and_the_fallback_l
         "n1 led after {led:?}, inside the takeover delay"
     );
     assert!(t1 > t0 && t1.generation() == g + 1);
-    let e = next_event(&mut c.nodes[0].events, "failover seen by n0", is_failover).await;
-    assert!(!initiated_here(&e), "{e}");
+    let e = next_event(
+        &mut c.nodes[0].events,
+        "failover seen by n0",
+        SupervisorEvent::is_failover,
+    )
+    .await;
+    assert!(!SupervisorEvent::initiated_here(&e), "{e}");
     // The primary is healthy, so the fallback leader (n1) fails back after failback_after.
     let e = next_event(
         &mut c.nodes[1].events,
         "failback decided by n1",
-        is_failback,
+        SupervisorEvent::is_failback,
     )
     .await;
     assert!(
-        initiated_here(&e),
+        SupervisorEvent::initiated_here(&e),
         "the fallback leader decides failback: {e}"
     );
     let (i, t2) = c.leader_through(Layer::Primary).await;
@@ -599,7 +547,13 @@ async fn one_follower_cut_from_the_primary_alone_does_not_fail_the_cluster_over(
         .unwrap();
     // n2 sees the primary unhealthy for far longer than failover_after, but hears n0's heartbeat.
     for n in &mut c.nodes {
-        no_event(&mut n.events, FAILOVER * 3, "failover", is_mode_change).await;
+        conformance::no_event(
+            &mut n.events,
+            FAILOVER * 3,
+            "failover",
+            SupervisorEvent::is_mode_change,
+        )
+        .await;
     }
     assert_eq!(c.leaders(), vec![(0, t)]);
     assert_eq!(
@@ -646,7 +600,13 @@ async fn primary_leader_cut_from_the_primary_alone_hands_over_within_the_primary
         "same generation: {t0} -> {t1}"
     );
     for n in &mut c.nodes {
-        no_event(&mut n.events, FAILOVER * 2, "failover", is_mode_change).await;
+        conformance::no_event(
+            &mut n.events,
+            FAILOVER * 2,
+            "failover",
+            SupervisorEvent::is_mode_change,
+        )
+        .await;
     }
     c.nodes[0].primary.resume();
     c.nodes[0]
@@ -713,11 +673,11 @@ async fn primary_wipe_in_primary_mode_elects_a_leader_again_with_a_higher_term()
         "no mode change for a primary wipe"
     );
     assert!(t1.epoch() > t0.epoch());
-    no_event(
+    conformance::no_event(
         &mut c.nodes[1].events,
         FAILOVER * 2,
         "failover",
-        is_mode_change,
+        SupervisorEvent::is_mode_change,
     )
     .await;
     assert_eq!(c.primary.entries().len(), 3, "everyone repaired its place");
@@ -793,7 +753,7 @@ async fn strict_mode_lease_steps_the_primary_leader_down_when_the_mode_cannot_be
     );
     c.drain();
     for n in &mut c.nodes {
-        no_event(
+        conformance::no_event(
             &mut n.events,
             timings.takeover_delay * 2,
             "leadership",
@@ -825,7 +785,7 @@ async fn repeated_failovers_grow_the_failback_delay() {
         next_event(
             &mut c.nodes[0].events,
             &format!("failover {round}"),
-            is_failover,
+            SupervisorEvent::is_failover,
         )
         .await;
         let up = Instant::now();
@@ -833,7 +793,7 @@ async fn repeated_failovers_grow_the_failback_delay() {
         next_event(
             &mut c.nodes[0].events,
             &format!("failback {round}"),
-            is_failback,
+            SupervisorEvent::is_failback,
         )
         .await;
         delays.push(up.elapsed());
@@ -859,12 +819,27 @@ async fn hold_down_delays_a_failover_right_after_a_failback() {
     let mut c = cluster(2, |b| b.policy(DampedPolicy::new().hold_down(hold))).await;
     c.leader_through(Layer::Primary).await;
     c.primary.set_available(false);
-    next_event(&mut c.nodes[0].events, "failover", is_failover).await;
+    next_event(
+        &mut c.nodes[0].events,
+        "failover",
+        SupervisorEvent::is_failover,
+    )
+    .await;
     c.primary.set_available(true);
-    next_event(&mut c.nodes[0].events, "failback", is_failback).await;
+    next_event(
+        &mut c.nodes[0].events,
+        "failback",
+        SupervisorEvent::is_failback,
+    )
+    .await;
     let back = Instant::now();
     c.primary.set_available(false);
-    next_event(&mut c.nodes[0].events, "second failover", is_failover).await;
+    next_event(
+        &mut c.nodes[0].events,
+        "second failover",
+        SupervisorEvent::is_failover,
+    )
+    .await;
     let took = back.elapsed();
     // Without the hold-down it would fail over after failover_after (300 ms).
     assert!(
@@ -918,7 +893,7 @@ async fn callbacks_see_health_then_failover_then_leadership_in_order_and_none_lo
             "primary health event",
             &|e| matches!(e, SupervisorEvent::LayerHealth { layer, level, .. } if layer.layer == Layer::Primary && *level != HealthLevel::Healthy),
         );
-        let failover = pos(sick, "failover", &is_failover);
+        let failover = pos(sick, "failover", &SupervisorEvent::is_failover);
         if i == 0 {
             // n0 led through the primary, then (first in the fallback queue too) through the fallback.
             let lost = pos(
@@ -1135,4 +1110,13 @@ fn building_outside_a_tokio_runtime_is_refused() {
     let (b, _, _) = base(&p, &f, "a");
     let msg = err(b);
     assert!(msg.contains("inside a tokio runtime"), "{msg}");
+}
+
+/// The next event matching `pred` within [`BOUND`].
+async fn next_event(
+    rx: &mut broadcast::Receiver<SupervisorEvent>,
+    what: &str,
+    pred: impl Fn(&SupervisorEvent) -> bool,
+) -> SupervisorEvent {
+    conformance::next_event(rx, BOUND, what, pred).await.0
 }

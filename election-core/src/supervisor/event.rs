@@ -100,6 +100,44 @@ pub enum SupervisorEvent {
 }
 
 impl SupervisorEvent {
+    /// Whether this is a [`Failover`](SupervisorEvent::Failover).
+    pub fn is_failover(&self) -> bool {
+        matches!(self, SupervisorEvent::Failover { .. })
+    }
+
+    /// Whether this is a [`Failback`](SupervisorEvent::Failback).
+    pub fn is_failback(&self) -> bool {
+        matches!(self, SupervisorEvent::Failback { .. })
+    }
+
+    /// Whether the mode changed or was learned: failover, failback or mode.
+    pub fn is_mode_change(&self) -> bool {
+        matches!(
+            self,
+            SupervisorEvent::Failover { .. }
+                | SupervisorEvent::Failback { .. }
+                | SupervisorEvent::Mode { .. }
+        )
+    }
+
+    /// Whether this participant gained or lost leadership.
+    pub fn is_leadership_change(&self) -> bool {
+        matches!(
+            self,
+            SupervisorEvent::LeadershipGained { .. } | SupervisorEvent::LeadershipLost { .. }
+        )
+    }
+
+    /// For a mode change: whether this participant made it (won the compare-and-swap).
+    pub fn initiated_here(&self) -> bool {
+        match self {
+            SupervisorEvent::Failover { initiated_here, .. }
+            | SupervisorEvent::Failback { initiated_here, .. }
+            | SupervisorEvent::Mode { initiated_here, .. } => *initiated_here,
+            _ => false,
+        }
+    }
+
     /// A short stable kind: `layer_health`, `health`, `mode`, `failover`, `failback`,
     /// `leadership_gained`, `leadership_lost`.
     pub fn name(&self) -> &'static str {
