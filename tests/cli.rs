@@ -327,6 +327,19 @@ async fn refused_after(args: &[&str], hint: &str, health_events: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_refuses_bad_input_with_a_clear_error() {
     refused(&["campaign", "--bogus"], "unexpected argument '--bogus'").await;
+    refused(
+        &[
+            "campaign",
+            "--zk",
+            "127.0.0.1:2181",
+            "--path",
+            "/x",
+            "--health-addr",
+            "localhost-9090",
+        ],
+        "--health-addr \"localhost-9090\" is not IP:PORT",
+    )
+    .await;
     refused(&["campaign"], "no store given").await;
     refused(&["campaign", "--zk", "127.0.0.1:2181"], "--zk needs --path").await;
     refused(
