@@ -152,6 +152,23 @@ impl ElectionMetrics {
         }
     }
 
+    /// The `backend` label ("" when disabled).
+    pub fn backend(&self) -> &str {
+        self.label(0)
+    }
+
+    /// The `election` label ("" when disabled).
+    pub fn election(&self) -> &str {
+        self.label(1)
+    }
+
+    fn label(&self, i: usize) -> &str {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.get(i))
+            .map_or("", |l| l.value())
+    }
+
     /// Records nothing (a cell made with [`StatusCell::new`](crate::StatusCell::new)).
     pub fn disabled() -> Self {
         ElectionMetrics { labels: None }

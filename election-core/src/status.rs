@@ -302,10 +302,14 @@ impl Default for StatusCell {
     }
 }
 
-/// One tracing event per published change, in the caller's span (the backend's task).
-fn trace_change(before: &Status, after: &Status) {
+/// One tracing event per published change, in the caller's span (the backend's task),
+/// naming the election by its metric labels.
+fn trace_change(m: &ElectionMetrics, before: &Status, after: &Status) {
+    let (backend, election) = (m.backend(), m.election());
     if before.role != after.role {
         tracing::info!(
+            backend,
+            election,
             role = %after.role,
             health = %after.health.level,
             reason = %after.reason,
@@ -313,12 +317,12 @@ fn trace_change(before: &Status, after: &Status) {
         );
     } else if before.health.level != after.health.level {
         if after.health.level == HealthLevel::Unhealthy {
-            tracing::warn!(health = %after.health.level, reason = %after.health.reason, "health changed");
+            tracing::warn!(backend, election, health = %after.health.level, reason = %after.health.reason, "health changed");
         } else {
-            tracing::info!(health = %after.health.level, reason = %after.health.reason, "health changed");
+            tracing::info!(backend, election, health = %after.health.level, reason = %after.health.reason, "health changed");
         }
     } else {
-        tracing::debug!(reason = %after.health.reason, "health reason changed");
+        tracing::debug!(backend, election, reason = %after.health.reason, "health reason changed");
     }
 }
 
@@ -376,7 +380,7 @@ impl StatusCell {
             let changed = f(s);
             if changed {
                 self.metrics.status_changed(&before, s);
-                trace_change(&before, s);
+                trace_change(&self.metrics, &before, s);
             }
             changed
         })

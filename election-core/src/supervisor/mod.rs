@@ -275,6 +275,7 @@ impl Election for Supervisor {
                     st.join_tasks.push(tokio::spawn(task.instrument(span)));
                 }
             }
+            let _span = self.inner.span.enter();
             driver::evaluate(&self.inner, &mut st);
             let _ = self.inner.inputs.send(Input::Nudge);
         }
@@ -324,6 +325,7 @@ impl Election for Supervisor {
             }
             st.wants = false;
             st.idle_reason = "resigned".into();
+            let _span = self.inner.span.enter();
             driver::evaluate(&self.inner, &mut st);
             std::mem::take(&mut st.join_tasks)
         };
@@ -347,6 +349,7 @@ impl Election for Supervisor {
             }
             st.wants = false;
             st.idle_reason = "closing".into();
+            let _span = self.inner.span.enter();
             driver::evaluate(&self.inner, &mut st);
             std::mem::take(&mut st.join_tasks)
         };
@@ -356,6 +359,7 @@ impl Election for Supervisor {
         }
         let p = self.inner.layers[0].close().await;
         let f = self.inner.layers[1].close().await;
+        let _span = self.inner.span.enter();
         let mut st = self.inner.lock();
         st.closed = true;
         self.inner.cell.close("closed");
