@@ -356,12 +356,11 @@ mod tests {
     }
 
     impl Case {
-        fn decide(&self, policy: &mut DampedPolicy) -> Decision {
-            let t = timings();
-            let v = View {
+        fn view<'a>(&'a self, t: &'a Timings) -> View<'a> {
+            View {
                 now: self.now,
                 mode: self.mode,
-                timings: &t,
+                timings: t,
                 primary: &self.primary,
                 fallback: &self.fallback,
                 primary_healthy_since: self.p_healthy,
@@ -371,8 +370,12 @@ mod tests {
                 leading: true,
                 changes: &self.changes,
                 names: ["zookeeper", "etcd"],
-            };
-            policy.decide(&v)
+            }
+        }
+
+        fn decide(&self, policy: &mut DampedPolicy) -> Decision {
+            let t = timings();
+            policy.decide(&self.view(&t))
         }
     }
 
@@ -490,21 +493,7 @@ mod tests {
         let delay = |ago: &[u64]| {
             let c = on_fallback(t0, ago);
             let t = timings();
-            let v = View {
-                now: c.now,
-                mode: c.mode,
-                timings: &t,
-                primary: &c.primary,
-                fallback: &c.fallback,
-                primary_healthy_since: None,
-                primary_unhealthy_since: None,
-                fallback_healthy_since: None,
-                primary_leader_heard: c.heard,
-                leading: true,
-                changes: &c.changes,
-                names: ["primary", "fallback"],
-            };
-            p.failback_delay(&v)
+            p.failback_delay(&c.view(&t))
         };
         assert_eq!(delay(&[10]), 3 * S, "one failover: failback_after");
         assert_eq!(delay(&[20, 10]), 6 * S, "two: doubled");
@@ -526,21 +515,11 @@ mod tests {
         let p1 = DampedPolicy::new().backoff(1);
         let c = on_fallback(t0, &[20, 10]);
         let t = timings();
-        let v = View {
-            now: c.now,
-            mode: c.mode,
-            timings: &t,
-            primary: &c.primary,
-            fallback: &c.fallback,
-            primary_healthy_since: None,
-            primary_unhealthy_since: None,
-            fallback_healthy_since: None,
-            primary_leader_heard: c.heard,
-            leading: true,
-            changes: &c.changes,
-            names: ["primary", "fallback"],
-        };
-        assert_eq!(p1.failback_delay(&v), 3 * S, "backoff 1 disables growth");
+        assert_eq!(
+            p1.failback_delay(&c.view(&t)),
+            3 * S,
+            "backoff 1 disables growth"
+        );
     }
 
     #[test]
