@@ -69,21 +69,28 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
-impl fmt::Debug for EtcdConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdConfig")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("id", &self.id)
-            .field("ttl", &self.ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
-            .field("tls", &self.tls)
-            .finish()
-    }
+/// `Debug` with the password hidden, for the config and its builder (same field names).
+macro_rules! debug_hiding_password {
+    ($t:ident) => {
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("endpoints", &self.endpoints)
+                    .field("prefix", &self.prefix)
+                    .field("id", &self.id)
+                    .field("ttl", &self.ttl)
+                    .field("connect_timeout", &self.connect_timeout)
+                    .field("request_timeout", &self.request_timeout)
+                    .field("user", &self.user)
+                    .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+                    .field("tls", &self.tls)
+                    .finish()
+            }
+        }
+    };
 }
+
+debug_hiding_password!(EtcdConfig);
 
 impl EtcdConfig {
     /// A builder with the defaults: no endpoint, no prefix, no id (all three required),
@@ -168,21 +175,7 @@ pub struct EtcdConfigBuilder {
     tls: TlsSettings,
 }
 
-impl fmt::Debug for EtcdConfigBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdConfigBuilder")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("id", &self.id)
-            .field("ttl", &self.ttl)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.request_timeout)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
+debug_hiding_password!(EtcdConfigBuilder);
 
 /// Whether this build can talk TLS to etcd (cargo feature `tls`).
 const TLS_BUILT_IN: bool = cfg!(feature = "tls");
