@@ -344,10 +344,39 @@ async fn floor(connect: &str, path: &str, reps: usize) -> Result<(), zk::Error> 
     Ok(())
 }
 
+/// Watch `key` from after revision `rev` (waiting until the watch is in place); the task
+/// returns the instant (ns) the key's Delete event arrives, 0 if the stream ends first.
+async fn stamp_delete(
+    b: &mut etcd_client::Client,
+    key: &str,
+    rev: i64,
+) -> Result<tokio::task::JoinHandle<u64>, etcd_client::Error> {
+    use etcd_client::{EventType, WatchOptions};
+    let mut w = b
+        .watch(key, Some(WatchOptions::new().with_start_revision(rev + 1)))
+        .await?;
+    while let Some(r) = w.message().await? {
+        if r.created() {
+            break;
+        }
+    }
+    Ok(tokio::spawn(async move {
+        while let Ok(Some(r)) = w.message().await {
+            if r.events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+            {
+                return now_ns();
+            }
+        }
+        0
+    }))
+}
+
 /// The floor of an etcd handover, with raw etcd-client connections: from sending the delete
 /// of a key to the Delete event on another connection's watch, and Range / Put round trips.
 async fn etcd_floor(endpoint: &str, prefix: &str, reps: usize) -> Result<(), etcd_client::Error> {
-    use etcd_client::{DeleteOptions, EventType, PutOptions, WatchOptions};
+    use etcd_client::{DeleteOptions, PutOptions};
     let mut a = etcd_client::Client::connect([endpoint], None).await?;
     let mut b = etcd_client::Client::connect([endpoint], None).await?;
     const WARMUP: usize = 10;
@@ -355,28 +384,7 @@ async fn etcd_floor(endpoint: &str, prefix: &str, reps: usize) -> Result<(), etc
         let key = format!("{prefix}/k{i}");
         let put = a.put(key.clone(), "x", None).await?;
         let rev = put.header().map(|h| h.revision()).unwrap_or(0);
-        let mut w = b
-            .watch(
-                key.clone(),
-                Some(WatchOptions::new().with_start_revision(rev + 1)),
-            )
-            .await?;
-        while let Some(r) = w.message().await? {
-            if r.created() {
-                break;
-            }
-        }
-        let fired = tokio::spawn(async move {
-            while let Ok(Some(r)) = w.message().await {
-                if r.events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    return now_ns();
-                }
-            }
-            0
-        });
+        let fired = stamp_delete(&mut b, &key, rev).await?;
         let t0 = now_ns();
         a.delete(key, None).await?;
         let t1 = fired.await.unwrap_or(0);
@@ -390,28 +398,7 @@ async fn etcd_floor(endpoint: &str, prefix: &str, reps: usize) -> Result<(), etc
             .put(key.clone(), "x", Some(PutOptions::new().with_lease(lease)))
             .await?;
         let rev = put.header().map(|h| h.revision()).unwrap_or(0);
-        let mut w = b
-            .watch(
-                key.clone(),
-                Some(WatchOptions::new().with_start_revision(rev + 1)),
-            )
-            .await?;
-        while let Some(r) = w.message().await? {
-            if r.created() {
-                break;
-            }
-        }
-        let fired = tokio::spawn(async move {
-            while let Ok(Some(r)) = w.message().await {
-                if r.events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    return now_ns();
-                }
-            }
-            0
-        });
+        let fired = stamp_delete(&mut b, &key, rev).await?;
         let t0 = now_ns();
         a.lease_revoke(lease).await?;
         let t2 = now_ns();
