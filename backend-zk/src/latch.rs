@@ -72,6 +72,8 @@ struct Inner {
     reader: Mutex<Option<zk::Client>>,
     /// The path of our node, as far as the driver knows (for a prompt delete on close).
     node: Mutex<Option<String>>,
+    /// A node `close` already deleted (the driver need not delete it again).
+    deleted: Mutex<Option<String>>,
 }
 
 struct Driver {
@@ -309,22 +311,25 @@ impl Election for ZkElection {
         self.inner.closed.store(true, Ordering::SeqCst);
         let driver = lock(&self.inner.driver).take();
         // Not leader from here on, for good (a closed cell publishes nothing more): our node
-        // can go at once, while the driver winds down (its own delete then finds nothing).
+        // goes at once, before the driver winds down and closes the session, so that the
+        // successor's claim does not queue behind more of our writes on the server.
         self.cell.close("closed");
         let early = lock(&self.inner.client)
             .clone()
+            .filter(|c| c.state() == zk::SessionState::SyncConnected)
             .zip(lock(&self.inner.node).clone());
-        let bound = self.cfg.session_timeout;
-        let delete_now = async move {
-            if let Some((client, node)) = early {
-                match timeout(bound, client.delete(&node, None)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => debug!(%e, %node, "early delete failed; the driver retries"),
-                    Err(_) => debug!(%node, "early delete timed out; the driver retries"),
+        if let Some((client, node)) = early {
+            // Connected: this takes a round trip. Bounded so that close stays within about
+            // 2.5 x the session timeout however the connection fares meanwhile.
+            match timeout(self.cfg.session_timeout / 2, client.delete(&node, None)).await {
+                Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => {
+                    *lock(&self.inner.deleted) = Some(node);
                 }
+                Ok(Err(e)) => debug!(%e, %node, "early delete failed; the driver retries"),
+                Err(_) => debug!(%node, "early delete timed out; the driver retries"),
             }
-        };
-        let (_, result) = tokio::join!(delete_now, self.stop_driver(driver));
+        }
+        let result = self.stop_driver(driver).await;
         self.cell.close("closed");
         *lock(&self.inner.client) = None;
         *lock(&self.inner.reader) = None;
@@ -1205,6 +1210,9 @@ impl DriverState {
         let (Some(client), Some(node)) = (self.client.clone(), self.forget_node()) else {
             return Ok(());
         };
+        if lock(&self.inner.deleted).as_deref() == Some(node.path.as_str()) {
+            return Ok(());
+        }
         let deadline = Instant::now() + self.session_timeout.mul_f64(1.5);
         let mut pause = Duration::from_millis(50);
         loop {
