@@ -150,6 +150,11 @@ async fn zk_metrics_time_the_handover_and_count_the_wipe_repair() {
         lead.term().sequence() as f64
     );
     assert_eq!(counter("succession_session_expirations_total", &l), 0);
+    assert_eq!(
+        counter("succession_repairs_total", &l),
+        0,
+        "a closing leader never re-creates its node"
+    );
 
     // Wipe: b finds its session unknown to the restarted server and repairs.
     server.stop().await.expect("stop");

@@ -140,6 +140,7 @@ impl ZkElection {
             own_watch: None,
             first_next: false,
             vacated: None,
+            been_in_latch: false,
             want: false,
             pending: None,
             failures: 0,
@@ -450,6 +451,8 @@ struct DriverState {
     first_next: bool,
     /// When we learned that the leader before us left (for the handover metric).
     vacated: Option<Instant>,
+    /// Whether this participant ever held a node (a missing path is then a repair).
+    been_in_latch: bool,
     want: bool,
     /// A command received while waiting inside a round; handled outside the round, so that
     /// abandoning a round (connection lost) can never cut a command short.
@@ -520,6 +523,7 @@ impl DriverState {
 
     /// Our node is `n` (created or adopted by the current session).
     fn set_node(&mut self, n: OwnNode) {
+        self.been_in_latch = true;
         *lock(&self.inner.node) = Some(n.path.clone());
         self.node = Some(n);
     }
@@ -540,6 +544,14 @@ impl DriverState {
 
     /// One step while participating.
     async fn step(&mut self) -> Next {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // close() is under way: it deletes our node itself and then sends Close. Never
+            // repair (re-create the node) meanwhile; just wait for that command.
+            return match self.rx.recv().await {
+                Some(cmd) => self.command(cmd).await,
+                None => Next::Exit,
+            };
+        }
         let client = match self.client.clone() {
             Some(c) if !c.state().is_terminated() => c,
             Some(c) => {
@@ -818,9 +830,12 @@ impl DriverState {
                     // Parents missing (never created, deleted, or a container reaped
                     // between mkdir and create): recreate them and retry.
                     info!(%path, "latch path missing; creating it");
-                    self.cell
-                        .metrics()
-                        .count(metrics::REPAIRS, &[("cause", "path_missing")]);
+                    if self.been_in_latch {
+                        // Not the first creation: the path was there and is gone.
+                        self.cell
+                            .metrics()
+                            .count(metrics::REPAIRS, &[("cause", "path_missing")]);
+                    }
                     match client.mkdir(&path, &dir_opts).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
                         Err(zk::Error::NoNode) if self.cfg.chroot.is_some() => {
@@ -1030,7 +1045,7 @@ impl DriverState {
             }
             ev = &mut own_changed => {
                 own_fired = true;
-                if ev.event_type == zk::EventType::NodeDeleted {
+                if ev.event_type == zk::EventType::NodeDeleted && !self.inner.closed.load(Ordering::SeqCst) {
                     info!("our latch node was deleted under us; repairing");
                     self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
                     self.cell.metrics().count(metrics::REPAIRS, &[("cause", "node_deleted")]);
