@@ -803,15 +803,16 @@ impl Task {
                     }
                     let term = Term::new(epoch, my_rev as u64);
                     self.led_with_lease = true;
+                    // Recorded before publishing, so whoever sees `Leader` also sees it.
+                    if let Some(at) = vacated.take() {
+                        self.cell().metrics().handover(at);
+                    }
                     if self.cell().set(
                         Role::Leader { term },
                         HealthLevel::Healthy,
                         "first in the queue",
                     ) {
                         tracing::info!(%term, "leading");
-                        if let Some(at) = vacated.take() {
-                            self.cell().metrics().handover(at);
-                        }
                     }
                     // Lead until our key is deleted (or the lease falls into doubt).
                     let w = watch_delete(

@@ -34,7 +34,9 @@ pub enum ConnectionPolicy {
 
 /// The ACL for the nodes this participant creates (the latch path's parents, and its own
 /// node). Default: [`NodeAcl::Open`] without authentication, [`NodeAcl::CreatorAllOthersRead`]
-/// when [`digest_auth`](ZkConfigBuilder::digest_auth) is set.
+/// when [`digest_auth`](ZkConfigBuilder::digest_auth) or SASL (`sasl_digest_md5`, feature
+/// `sasl`) is set. The creator ACLs use ZooKeeper's `auth` scheme: the server replaces it
+/// with every identity the session authenticated (`digest:<user>:<hash>`, `sasl:<user>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeAcl {
@@ -186,14 +188,38 @@ impl ZkConfigBuilder {
         self
     }
 
-    /// SASL authentication with the DIGEST-MD5 mechanism (feature `sasl`), done by every
-    /// session at connect. The server needs a JAAS file with a `Server` section naming the
-    /// users (`org.apache.zookeeper.server.auth.DigestLoginModule required
-    /// user_<name>="<password>";`, passed with `-Djava.security.auth.login.config=`) and
-    /// `authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider` in
-    /// zoo.cfg. Nodes we create then belong to `sasl:<user>` (default ACL
-    /// [`NodeAcl::CreatorAllOthersRead`]). Rejected credentials end participation with
-    /// [`ErrorKind::PermissionDenied`](succession_core::ErrorKind::PermissionDenied).
+    /// SASL authentication with the DIGEST-MD5 mechanism (feature `sasl`; pure Rust, through
+    /// zookeeper-client's `sasl-digest-md5`), done by every session when it connects.
+    ///
+    /// The server needs, in zoo.cfg:
+    ///
+    /// ```text
+    /// authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider
+    /// ```
+    ///
+    /// and a JAAS file passed to its JVM with `-Djava.security.auth.login.config=/path/jaas.conf`
+    /// (e.g. in `SERVER_JVMFLAGS`), whose `Server` section names the users:
+    ///
+    /// ```text
+    /// Server {
+    ///   org.apache.zookeeper.server.auth.DigestLoginModule required
+    ///   user_scheduler="the-password";
+    /// };
+    /// ```
+    ///
+    /// Nodes we create then belong to `sasl:<user>` (default ACL
+    /// [`NodeAcl::CreatorAllOthersRead`]). A wrong password or an unknown user is refused
+    /// when the session connects (but see ZOOKEEPER-4839 in the crate docs on unknown users): `join` fails with
+    /// [`ErrorKind::PermissionDenied`](succession_core::ErrorKind::PermissionDenied), not
+    /// retryable, and the participant leaves the election (the password never appears in
+    /// errors or `Debug` output). A server without the SASL provider ignores the login and
+    /// the session stays unauthenticated: with a creator ACL `join` then fails with
+    /// [`ErrorKind::InvalidConfig`](succession_core::ErrorKind::InvalidConfig) naming the
+    /// server set-up; with [`NodeAcl::Open`] it runs unauthenticated.
+    ///
+    /// May be combined with [`digest_auth`](Self::digest_auth): the session then holds both
+    /// identities and our nodes name both. An empty `user` is refused by
+    /// [`build`](Self::build).
     #[cfg(feature = "sasl")]
     pub fn sasl_digest_md5(mut self, user: &str, password: &str) -> Self {
         self.cfg.sasl = Some((user.to_owned(), password.to_owned()));
@@ -389,6 +415,20 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("s3cret"), "{s}");
         assert!(s.contains("redacted"));
+        #[cfg(feature = "sasl")]
+        {
+            let both = ZkConfig::builder("127.0.0.1:1", "/a", "n")
+                .digest_auth("user", "s3cret")
+                .sasl_digest_md5("svc", "sasl-s3cret")
+                .build()
+                .expect("digest and SASL together are allowed");
+            let s = format!(
+                "{both:?} {:?}",
+                ZkConfig::builder("127.0.0.1:1", "/a", "n").sasl_digest_md5("svc", "sasl-s3cret")
+            );
+            assert!(!s.contains("s3cret"), "{s}");
+            assert!(s.contains("DIGEST-MD5 svc:<redacted>"), "{s}");
+        }
     }
 
     #[cfg(feature = "sasl")]

@@ -18,7 +18,11 @@ pub(crate) fn map(e: zk::Error, op: &str) -> Error {
             false,
             "ZooKeeper rejected the credentials; fix digest_auth or sasl_digest_md5 (user, password; for SASL also the server's JAAS users)",
         ),
-        Z::InvalidAcl => (ErrorKind::InvalidConfig, false, "ZooKeeper refused the ACL"),
+        Z::InvalidAcl => (
+            ErrorKind::InvalidConfig,
+            false,
+            "ZooKeeper refused the ACL: NodeAcl::CreatorAllOthersRead (the default with credentials) and CreatorAll need a session the server authenticated; for sasl_digest_md5 the server needs authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider and a JAAS Server section, or use NodeAcl::Open",
+        ),
         Z::SessionExpired | Z::ClientClosed => (
             ErrorKind::SessionExpired,
             true,
@@ -78,5 +82,8 @@ mod tests {
         assert!(session_gone(&zk::Error::ClientClosed));
         assert!(permanent(&zk::Error::NoAuth));
         assert!(!permanent(&zk::Error::NoNode));
+        let e = map(zk::Error::InvalidAcl, "create");
+        assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+        assert!(e.to_string().contains("SASLAuthenticationProvider"), "{e}");
     }
 }

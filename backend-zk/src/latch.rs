@@ -956,11 +956,12 @@ impl DriverState {
             } else {
                 "first in the latch"
             };
-            self.cell
-                .set(Role::Leader { term }, HealthLevel::Healthy, reason);
+            // Recorded before publishing, so whoever sees `Leader` also sees the sample.
             if let Some(vacated) = self.vacated.take() {
                 self.cell.metrics().handover(vacated.into_std());
             }
+            self.cell
+                .set(Role::Leader { term }, HealthLevel::Healthy, reason);
             return Ok(self.wait(client, None).await);
         }
         self.vacated = None;

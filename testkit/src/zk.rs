@@ -95,6 +95,34 @@ async fn probe_serving(port: u16) -> std::result::Result<Srvr, String> {
     }
 }
 
+/// The JAAS file of a server that accepts SASL DIGEST-MD5 logins of `users`. Names must be
+/// non-empty `[A-Za-z0-9_.-]` (they become option keys `user_<name>`), passwords must not
+/// contain `"`, `\` or line breaks (they are written as quoted JAAS values); anything else is
+/// an [`Error::InvalidArgument`], never a broken file.
+fn jaas_server_section(users: &[(&str, &str)]) -> Result<String> {
+    let mut text =
+        String::from("Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n");
+    for (name, password) in users {
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !name_ok {
+            return Err(Error::InvalidArgument(format!(
+                "SASL user name {name:?} must be non-empty and use only A-Z a-z 0-9 _ . -"
+            )));
+        }
+        if password.contains(['"', '\\', '\n', '\r']) {
+            return Err(Error::InvalidArgument(format!(
+                "the SASL password of user {name:?} must not contain a quote, a backslash or a line break"
+            )));
+        }
+        text.push_str(&format!("  user_{name}=\"{password}\"\n"));
+    }
+    text.push_str("  ;\n};\n");
+    Ok(text)
+}
+
 /// A quorum peer's ports, for the `server.N=` lines.
 #[derive(Debug, Clone, Copy)]
 struct Peer {
@@ -188,17 +216,11 @@ impl ZkNode {
     }
 
     /// Accept SASL DIGEST-MD5 logins of `users` (`(name, password)`): a JAAS `Server`
-    /// section and the SASL authentication provider.
+    /// section (passed with `-Djava.security.auth.login.config`) and the SASL
+    /// authentication provider in zoo.cfg.
     fn enable_sasl(&mut self, users: &[(&str, &str)]) -> Result<()> {
         let jaas = self.dir.path().join("jaas.conf");
-        let mut text = String::from(
-            "Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n",
-        );
-        for (name, password) in users {
-            text.push_str(&format!("  user_{name}=\"{password}\"\n"));
-        }
-        text.push_str("  ;\n};\n");
-        std::fs::write(&jaas, text)
+        std::fs::write(&jaas, jaas_server_section(users)?)
             .map_err(|e| Error::io(format!("write {}", jaas.display()), e))?;
         let mut cfg = std::fs::read_to_string(&self.cfg_path)
             .map_err(|e| Error::io(format!("read {}", self.cfg_path.display()), e))?;
@@ -434,7 +456,17 @@ impl ZkServer {
     /// Like [`start`](Self::start), and the server accepts SASL DIGEST-MD5 logins of
     /// `users` (`(name, password)` pairs) besides anonymous and digest clients; nodes
     /// created by a SASL client can carry `sasl:<name>` ACLs. No users: plain [`start`](Self::start).
+    ///
+    /// The server gets `authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider`
+    /// in its zoo.cfg and `-Djava.security.auth.login.config=<its temp dir>/jaas.conf`, a JAAS
+    /// file with one `Server` section (`org.apache.zookeeper.server.auth.DigestLoginModule
+    /// required user_<name>="<password>" ...;`). A name that is not `[A-Za-z0-9_.-]+` or a
+    /// password with a quote, backslash or line break is an [`Error::InvalidArgument`], before
+    /// anything starts. SASL stays optional: clients without it are served as usual.
     pub async fn start_with_sasl(users: &[(&str, &str)]) -> Result<ZkServer> {
+        if !users.is_empty() {
+            jaas_server_section(users)?;
+        }
         let java = java_bin()?;
         let cp = zk_classpath()?;
         let mut attempt = 0;
@@ -721,6 +753,29 @@ impl ZkEnsemble {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jaas_section_lists_users_and_refuses_what_would_break_it() {
+        let text = jaas_server_section(&[("svc", "pw 1"), ("a.b-c_2", "")]).unwrap();
+        assert_eq!(
+            text,
+            "Server {\n  org.apache.zookeeper.server.auth.DigestLoginModule required\n  \
+             user_svc=\"pw 1\"\n  user_a.b-c_2=\"\"\n  ;\n};\n"
+        );
+        for (name, password, hint) in [
+            ("", "pw", "non-empty"),
+            ("a b", "pw", "A-Z"),
+            ("a=b", "pw", "A-Z"),
+            ("svc", "p\"w", "quote"),
+            ("svc", "p\\w", "backslash"),
+            ("svc", "p\nw", "line break"),
+        ] {
+            match jaas_server_section(&[(name, password)]) {
+                Err(Error::InvalidArgument(m)) => assert!(m.contains(hint), "{m}"),
+                other => panic!("{name:?}/{password:?} must be refused: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn parses_srvr() {

@@ -208,3 +208,63 @@ async fn zk_restart_on_a_taken_port_fails_with_the_log_tail() {
     zk.restart().await.unwrap();
     assert!(zk.last_zxid().unwrap().is_some());
 }
+
+/// The JVM's command line, NUL-separated arguments joined with spaces.
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_sasl_server_gets_jaas_and_provider_across_restarts_and_cleans_up() {
+    assert!(
+        matches!(
+            ZkServer::start_with_sasl(&[("bad name", "pw")]).await,
+            Err(Error::InvalidArgument(_))
+        ),
+        "a name that would break the JAAS file is refused"
+    );
+    let mut zk = ZkServer::start_with_sasl(&[("svc", "pw-1"), ("other", "pw-2")])
+        .await
+        .unwrap();
+    let dir = zk.data_dir().parent().expect("temp dir").to_path_buf();
+    let jaas = dir.join("jaas.conf");
+    let text = std::fs::read_to_string(&jaas).unwrap();
+    assert!(
+        text.starts_with("Server {")
+            && text.contains("org.apache.zookeeper.server.auth.DigestLoginModule required")
+            && text.contains("user_svc=\"pw-1\"")
+            && text.contains("user_other=\"pw-2\""),
+        "{text}"
+    );
+    let cfg = std::fs::read_to_string(dir.join("zoo.cfg")).unwrap();
+    assert!(
+        cfg.contains(
+            "authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider"
+        ),
+        "{cfg}"
+    );
+    let flag = format!("-Djava.security.auth.login.config={}", jaas.display());
+    let pid = zk.pid().unwrap();
+    assert!(cmdline(pid).contains(&flag), "{}", cmdline(pid));
+
+    // Clients without SASL are still served.
+    let client = zk_connect(&zk.addr()).await;
+    client.create("/plain", b"ok", &persistent()).await.unwrap();
+    drop(client);
+
+    zk.restart().await.unwrap();
+    let pid = zk.pid().unwrap();
+    assert!(cmdline(pid).contains(&flag), "a restart keeps SASL on");
+    let client = zk_connect(&zk.addr()).await;
+    assert_eq!(client.get_data("/plain").await.unwrap().0, b"ok");
+    drop(client);
+
+    drop(zk);
+    assert_pid_gone(pid);
+    assert!(
+        !dir.exists(),
+        "temp dir (with the JAAS file) removed on drop"
+    );
+}

@@ -198,12 +198,9 @@ impl Sinks {
             SupervisorEvent::LayerHealth { layer, level, .. } => {
                 m.gauge_with(LAYER_HEALTH, "layer", &layer.name, health_value(*level));
             }
-            SupervisorEvent::LeadershipGained { .. } => {
-                if let Some(at) = self.vacated.take() {
-                    m.handover(at.into_std());
-                }
-            }
-            SupervisorEvent::LeadershipLost { .. } | SupervisorEvent::Health { .. } => {}
+            SupervisorEvent::LeadershipGained { .. }
+            | SupervisorEvent::LeadershipLost { .. }
+            | SupervisorEvent::Health { .. } => {}
         }
     }
 }
@@ -1039,6 +1036,13 @@ fn publish(
     health_reason: String,
 ) {
     let cell = &inner.cell;
+    if role.is_leader() && st.published_term.map(|(t, _)| t) != role.term() {
+        // A new grant: time the takeover before publishing it, so whoever sees `Leader`
+        // also sees the sample.
+        if let Some(at) = st.sinks.vacated.take() {
+            st.sinks.metrics.handover(at.into_std());
+        }
+    }
     if role.is_leader() {
         cell.set_health(level, health_reason);
         cell.set_role(role, reason);
