@@ -34,19 +34,12 @@ fn participant(zk: &str, etcd: &str, id: &str) -> Res<Arc<Supervisor>> {
             .ttl(Duration::from_secs(3))
             .build()?,
     )?;
-    let mode = fallback.record(&format!("{path}.succession-mode"))?;
-    let heartbeat = fallback.record(&format!("{path}.succession-heartbeat"))?;
+    // Records next to the etcd prefix, the session timeout and layer names from the pair.
     Ok(Arc::new(
-        Supervisor::builder()
-            .primary(Arc::new(primary))
-            .fallback(Arc::new(fallback))
-            .mode_record(Arc::new(mode))
-            .heartbeat_record(Arc::new(heartbeat))
-            .primary_session_timeout(SESSION)
+        succession::supervised::builder(Arc::new(primary), Arc::new(fallback))?
             .failover_after(Duration::from_secs(3))
             .failback_after(Duration::from_secs(4))
             .check_interval(Duration::from_millis(250))
-            .layer_names("zk", "etcd")
             .build()?,
     ))
 }

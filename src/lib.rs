@@ -15,3 +15,63 @@ pub mod zk {
 pub mod etcd {
     pub use succession_etcd::*;
 }
+
+/// The standard pairing (features `zk` and `etcd`): a ZooKeeper latch as the primary and an
+/// etcd election as the fallback, with the supervisor's records next to the etcd prefix.
+///
+/// ```no_run
+/// # async fn f() -> succession::Result<()> {
+/// use std::{sync::Arc, time::Duration};
+/// use succession::etcd::{EtcdConfig, EtcdElection};
+/// use succession::zk::{ZkConfig, ZkElection};
+///
+/// let zk = ZkElection::new(ZkConfig::builder("127.0.0.1:2181", "/app/leader", "node-1").build()?)?;
+/// let etcd = EtcdElection::new(
+///     EtcdConfig::builder().endpoint("http://127.0.0.1:2379").prefix("/app/leader").id("node-1").build()?,
+/// )?;
+/// let sup = succession::supervised::builder(Arc::new(zk), Arc::new(etcd))?
+///     .failover_after(Duration::from_secs(12))
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[cfg(all(feature = "zk", feature = "etcd"))]
+pub mod supervised {
+    use std::sync::Arc;
+
+    use crate::etcd::EtcdElection;
+    use crate::zk::ZkElection;
+    use crate::{Result, Supervisor, SupervisorBuilder};
+
+    /// The keys of the mode and heartbeat records for an etcd election `prefix`: next to
+    /// it, outside its candidate range `<prefix>/` (`<prefix>.succession-mode`,
+    /// `<prefix>.succession-heartbeat`). Every participant must use the same keys.
+    pub fn record_keys(prefix: &str) -> (String, String) {
+        (
+            format!("{prefix}.succession-mode"),
+            format!("{prefix}.succession-heartbeat"),
+        )
+    }
+
+    /// A [`SupervisorBuilder`] with `primary` and `fallback` set, the records at
+    /// [`record_keys`] in the fallback's etcd, the primary's session timeout, layer names
+    /// `zk` and `etcd`, and the latch path as the supervisor's name. Tune the timings on
+    /// the result, then `build()`.
+    pub fn builder(
+        primary: Arc<ZkElection>,
+        fallback: Arc<EtcdElection>,
+    ) -> Result<SupervisorBuilder> {
+        let (mode_key, heartbeat_key) = record_keys(fallback.config().prefix());
+        let mode = fallback.record(&mode_key)?;
+        let heartbeat = fallback.record(&heartbeat_key)?;
+        let session_timeout = primary.config().session_timeout;
+        let name = primary.config().path.clone();
+        Ok(Supervisor::builder()
+            .primary(primary)
+            .fallback(fallback)
+            .mode_record(Arc::new(mode))
+            .heartbeat_record(Arc::new(heartbeat))
+            .primary_session_timeout(session_timeout)
+            .layer_names("zk", "etcd")
+            .name(&name))
+    }
+}

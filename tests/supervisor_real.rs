@@ -35,9 +35,11 @@ use succession::etcd::{EtcdConfig, EtcdElection};
 use succession::supervisor::{Layer, Supervisor, SupervisorEvent, Timings};
 use succession::zk::{ZkConfig, ZkElection};
 use succession::{Election, ElectionExt, HealthLevel, Role, Status, Term};
-use succession_core::conformance::{next_event, no_event, EventKind, LeadershipChecker};
+use succession_core::conformance::{
+    next_event, no_event, wait_on_statuses, EventKind, LeadershipChecker,
+};
 use succession_testkit::{unique_path, EtcdServer, TcpProxy, ZkServer};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 const ZK_SESSION: Duration = Duration::from_secs(2);
@@ -93,9 +95,6 @@ impl Cluster {
         let zk = zk.expect("start a dedicated ZooKeeper (missing? run scripts/install-deps)");
         let etcd = etcd.expect("start a dedicated etcd (missing? run scripts/install-deps)");
         let path = unique_path(name);
-        // As the CLI: the records sit next to the election prefix, outside `<prefix>/`.
-        let mode_key = format!("{path}.succession-mode");
-        let heartbeat_key = format!("{path}.succession-heartbeat");
         let checker = LeadershipChecker::new();
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut proxies = Vec::new();
@@ -124,19 +123,13 @@ impl Cluster {
                 .build()
                 .expect("valid etcd config");
             let etcd_e = Arc::new(EtcdElection::new(etcd_cfg).expect("etcd participant"));
-            let mode = etcd_e.record(&mode_key).expect("mode record");
-            let heartbeat = etcd_e.record(&heartbeat_key).expect("heartbeat record");
             let (log2, id2) = (log.clone(), id.clone());
-            let sup = Supervisor::builder()
-                .primary(zk_e.clone())
-                .fallback(etcd_e.clone())
-                .mode_record(Arc::new(mode))
-                .heartbeat_record(Arc::new(heartbeat))
-                .primary_session_timeout(ZK_SESSION)
+            // As the CLI: the records sit next to the election prefix, outside `<prefix>/`.
+            let sup = succession::supervised::builder(zk_e.clone(), etcd_e.clone())
+                .expect("records")
                 .failover_after(failover_after)
                 .failback_after(FAILBACK_AFTER)
                 .check_interval(CHECK)
-                .layer_names("zk", "etcd")
                 .on_event(move |e| {
                     let ms = t0.elapsed().as_millis();
                     log2.lock().unwrap().push(format!("+{ms:>6} ms {id2}: {e}"));
@@ -212,41 +205,20 @@ impl Cluster {
         what: &str,
         mut f: impl FnMut(&Cluster) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + bound;
-        let mut rxs: Vec<watch::Receiver<Status>> = self
+        let rxs = self
             .nodes
             .iter()
             .flat_map(|n| [n.sup.status(), n.zk.status(), n.etcd.status()])
             .collect();
-        loop {
-            for rx in &mut rxs {
-                rx.borrow_and_update();
-            }
+        let check = || {
             if let Err(report) = self.checker.check() {
                 panic!("{what}: {report}");
             }
-            if let Some(t) = f(self) {
-                return t;
-            }
-            if Instant::now() >= deadline {
-                panic!("{what}: not within {bound:?};{}", self.describe());
-            }
-            let mut gone = None;
-            {
-                let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-                tokio::select! {
-                    (r, i, _) = futures::future::select_all(waits) => {
-                        if r.is_err() {
-                            gone = Some(i);
-                        }
-                    }
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
-            }
-            if let Some(i) = gone {
-                rxs.swap_remove(i);
-            }
+            f(self)
+        };
+        match wait_on_statuses(rxs, bound, Some(POLL), check).await {
+            Some(t) => t,
+            None => panic!("{what}: not within {bound:?};{}", self.describe()),
         }
     }
 

@@ -693,16 +693,21 @@ impl Task {
         Ok(())
     }
 
-    /// Put our key if absent (Go's campaign txn), requiring the epoch record to exist.
-    /// Returns our key's create revision, or None when the epoch record is gone (recreate
-    /// it first).
-    async fn campaign(&mut self, client: &Client) -> Step<Option<i64>> {
+    /// Our lease and the candidate key it names (`<prefix>/<lease hex>`).
+    fn our_key(&self) -> Step<(i64, String)> {
         let lease = self
             .lease
             .as_ref()
             .map(|l| l.id)
             .ok_or_else(|| Flow::LeaseLost("no lease".into()))?;
-        let key = self.inner.layout.candidate_key(lease);
+        Ok((lease, self.inner.layout.candidate_key(lease)))
+    }
+
+    /// Put our key if absent (Go's campaign txn), requiring the epoch record to exist.
+    /// Returns our key's create revision, or None when the epoch record is gone (recreate
+    /// it first).
+    async fn campaign(&mut self, client: &Client) -> Step<Option<i64>> {
+        let (lease, key) = self.our_key()?;
         let ekey = self.inner.layout.epoch_key.clone();
         let id = self.config().id.clone();
         let txn = Txn::new()
@@ -735,12 +740,7 @@ impl Task {
 
     /// Wait in the queue: lead while first, else watch the predecessor's deletion.
     async fn queue(&mut self, client: &Client, my_rev: i64) -> Step<QueueExit> {
-        let lease = self
-            .lease
-            .as_ref()
-            .map(|l| l.id)
-            .ok_or_else(|| Flow::LeaseLost("no lease".into()))?;
-        let key = self.inner.layout.candidate_key(lease);
+        let (_, key) = self.our_key()?;
         let range = self.inner.layout.range.clone();
         // When we saw the leader before us leave (for the handover metric).
         let mut vacated: Option<std::time::Instant> = None;

@@ -138,7 +138,6 @@ impl ZkElection {
             stale: Vec::new(),
             node: None,
             own_watch: None,
-            first_next: false,
             vacated: None,
             been_in_latch: false,
             want: false,
@@ -445,11 +444,10 @@ struct DriverState {
     /// A pending watch on our node (registered by this session): while it has not fired,
     /// our node exists, so a round need not read it again.
     own_watch: Option<OwnWatch>,
-    /// Our predecessor was first in the queue and is gone: we are first now (sequence
-    /// numbers only grow, so no node created since sorts before ours), provided our node
-    /// still exists, which the claim checks atomically.
-    first_next: bool,
-    /// When we learned that the leader before us left (for the handover metric).
+    /// When we learned that our predecessor, first in the queue, is gone. While set, we
+    /// are first (sequence numbers only grow, so no node created since sorts before ours),
+    /// provided our node still exists, which the claim checks atomically. Also the start
+    /// of the handover metric.
     vacated: Option<Instant>,
     /// Whether this participant ever held a node (a missing path is then a repair).
     been_in_latch: bool,
@@ -516,7 +514,7 @@ impl DriverState {
     /// Forget our node and everything known about it.
     fn forget_node(&mut self) -> Option<OwnNode> {
         self.own_watch = None;
-        self.first_next = false;
+        self.vacated = None;
         *lock(&self.inner.node) = None;
         self.node.take()
     }
@@ -874,7 +872,7 @@ impl DriverState {
     async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
         let node = self.ensure_node(client).await?;
         let path = self.cfg.path.clone();
-        let first_next = std::mem::take(&mut self.first_next) && self.own_watch.is_some();
+        let first_next = self.vacated.is_some() && self.own_watch.is_some();
         // Register the own-node watch (a node just created or adopted) and read the queue
         // in one round trip: both requests go out before either answer is awaited.
         let need_watch = self.own_watch.is_none();
@@ -1039,7 +1037,6 @@ impl DriverState {
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
                 if pred_first && ev.event_type == zk::EventType::NodeDeleted {
-                    self.first_next = true;
                     self.vacated = Some(Instant::now());
                 }
                 Next::Again

@@ -37,19 +37,13 @@ fn participant(zk: &str, etcd: &str, path: &str, id: &str) -> Res<Supervisor> {
             .ttl(TTL)
             .build()?,
     )?;
-    let mode = fallback.record(&format!("{path}.succession-mode"))?;
-    let heartbeat = fallback.record(&format!("{path}.succession-heartbeat"))?;
-    Ok(Supervisor::builder()
-        .primary(Arc::new(primary))
-        .fallback(Arc::new(fallback))
-        .mode_record(Arc::new(mode))
-        .heartbeat_record(Arc::new(heartbeat))
-        .primary_session_timeout(SESSION)
-        .failover_after(FAILOVER_AFTER)
-        .failback_after(FAILBACK_AFTER)
-        .check_interval(CHECK)
-        .layer_names("zk", "etcd")
-        .build()?)
+    Ok(
+        succession::supervised::builder(Arc::new(primary), Arc::new(fallback))?
+            .failover_after(FAILOVER_AFTER)
+            .failback_after(FAILBACK_AFTER)
+            .check_interval(CHECK)
+            .build()?,
+    )
 }
 
 async fn gained(gains: &Gains, after: u64, layer: Layer, timeout: Duration) -> Option<u64> {

@@ -52,31 +52,64 @@ pub trait Factory: Send + Sync {
 /// Panics when two lead at once at any check, or when nobody leads within `bound` (with
 /// every participant's role, health and reasons in the message). For tests of any backend.
 pub async fn one_leader<E: Election + ?Sized>(es: &[Arc<E>], bound: Duration) -> usize {
+    let rxs = es.iter().map(|e| e.status()).collect();
+    let found = wait_on_statuses(rxs, bound, None, || {
+        let l: Vec<usize> = (0..es.len())
+            .filter(|&i| es[i].status().borrow().is_leader())
+            .collect();
+        assert!(l.len() <= 1, "two leaders at once: {l:?}");
+        l.first().copied()
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        let states: Vec<String> = es
+            .iter()
+            .map(|e| format!("{}: {}", e.id(), *e.status().borrow()))
+            .collect();
+        panic!(
+            "no leader within {bound:?}; statuses:\n{}",
+            states.join("\n")
+        )
+    })
+}
+
+/// Call `f` now and again after every change on any of `rxs` (and at least every `poll`,
+/// when given) until it answers; `None` once `bound` has passed without an answer.
+/// Status streams that end are dropped from the wait. The building block of the "wait
+/// until the participants are in this state" helpers of every backend's tests.
+pub async fn wait_on_statuses<T>(
+    mut rxs: Vec<tokio::sync::watch::Receiver<crate::Status>>,
+    bound: Duration,
+    poll: Option<Duration>,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let mut rxs: Vec<_> = es.iter().map(|e| e.status()).collect();
-        let mut l = Vec::new();
-        for (i, rx) in rxs.iter_mut().enumerate() {
-            if rx.borrow_and_update().is_leader() {
-                l.push(i);
-            }
+        for rx in &mut rxs {
+            rx.borrow_and_update();
         }
-        assert!(l.len() <= 1, "two leaders at once: {l:?}");
-        if let [one] = l[..] {
-            return one;
+        if let Some(t) = f() {
+            return Some(t);
         }
-        if tokio::time::Instant::now() >= deadline {
-            let states: Vec<String> = es
-                .iter()
-                .map(|e| format!("{}: {}", e.id(), *e.status().borrow()))
-                .collect();
-            panic!(
-                "no leader within {bound:?}; statuses:\n{}",
-                states.join("\n")
-            );
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return None;
         }
-        let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-        let _ = tokio::time::timeout_at(deadline, futures::future::select_all(waits)).await;
+        let wake = poll.map_or(deadline, |p| (now + p).min(deadline));
+        let ended = {
+            let changed = async {
+                if rxs.is_empty() {
+                    return std::future::pending().await;
+                }
+                let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+                let (r, i, _) = futures::future::select_all(waits).await;
+                r.is_err().then_some(i)
+            };
+            tokio::time::timeout_at(wake, changed).await.ok().flatten()
+        };
+        if let Some(i) = ended {
+            rxs.swap_remove(i);
+        }
     }
 }
 

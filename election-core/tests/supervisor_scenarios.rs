@@ -14,9 +14,9 @@ use succession_core::supervisor::{
     DampedPolicy, Layer, Mode, Supervisor, SupervisorBuilder, SupervisorEvent,
 };
 use succession_core::{
-    CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role, Status, Term,
+    CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role, Term,
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 const SESSION: Duration = Duration::from_millis(150);
@@ -130,26 +130,14 @@ impl Cluster {
         what: &str,
         mut f: impl FnMut(&Cluster) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + bound;
-        let mut rxs: Vec<watch::Receiver<Status>> = self
+        let rxs = self
             .nodes
             .iter()
             .flat_map(|n| [n.sup.status(), n.primary.status(), n.fallback.status()])
             .collect();
-        loop {
-            for rx in &mut rxs {
-                rx.borrow_and_update();
-            }
-            if let Some(t) = f(self) {
-                return t;
-            }
-            let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-            if tokio::time::timeout_at(deadline, futures::future::select_all(waits))
-                .await
-                .is_err()
-            {
-                panic!("{what}: not within {bound:?};{}", self.describe());
-            }
+        match conformance::wait_on_statuses(rxs, bound, None, || f(self)).await {
+            Some(t) => t,
+            None => panic!("{what}: not within {bound:?};{}", self.describe()),
         }
     }
 

@@ -3,21 +3,12 @@
 use std::sync::Arc;
 
 use succession::supervisor::Layer;
-use succession::{Supervisor, SupervisorEvent};
+use succession::SupervisorEvent;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::args::{Backend, Settings};
 use crate::backend::{self, Built};
 use crate::events::{Emitter, V};
-
-/// Keys of the supervisor's records in etcd: next to the election prefix, outside its
-/// candidate range `<prefix>/`.
-pub fn record_keys(prefix: &str) -> (String, String) {
-    (
-        format!("{prefix}.succession-mode"),
-        format!("{prefix}.succession-heartbeat"),
-    )
-}
 
 pub fn build(s: &Settings) -> Result<Built, String> {
     let Backend::Supervised {
@@ -31,19 +22,10 @@ pub fn build(s: &Settings) -> Result<Built, String> {
     };
     let zk = backend::zk(s, connect, path)?;
     let etcd = backend::etcd(s, endpoints, prefix)?;
-    let (mode_key, heartbeat_key) = record_keys(prefix);
-    let mode = etcd.record(&mode_key).map_err(|e| e.to_string())?;
-    let heartbeat = etcd.record(&heartbeat_key).map_err(|e| e.to_string())?;
-    let sup = Supervisor::builder()
-        .primary(Arc::new(zk))
-        .fallback(Arc::new(etcd))
-        .mode_record(Arc::new(mode))
-        .heartbeat_record(Arc::new(heartbeat))
-        .primary_session_timeout(s.session_timeout)
+    let sup = succession::supervised::builder(Arc::new(zk), Arc::new(etcd))
+        .map_err(|e| e.to_string())?
         .failover_after(s.failover_after)
         .failback_after(s.failback_after)
-        .layer_names("zk", "etcd")
-        .name(path)
         .build()
         .map_err(|e| e.to_string())?;
     let sup = Arc::new(sup);
