@@ -1,5 +1,7 @@
 //! One JSON object per line on stdout, flushed at once:
-//! `{"ts_ms":<unix ms>,"event":"<name>","id":"<participant>", ...}`.
+//! `{"ts_ms":<unix ms>,"mono_ns":<CLOCK_MONOTONIC ns>,"event":"<name>","id":"<participant>", ...}`.
+//! `mono_ns` lets a harness on the same machine order the events of many processes on one
+//! clock that never steps (the soak's history checker does).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -35,8 +37,9 @@ impl Emitter {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
+        let mono = mono_ns();
         let mut line = format!(
-            "{{\"ts_ms\":{ts},\"event\":{},\"id\":{}",
+            "{{\"ts_ms\":{ts},\"mono_ns\":{mono},\"event\":{},\"id\":{}",
             quote(event),
             quote(&self.id)
         );
@@ -57,6 +60,19 @@ impl Emitter {
         let _ = out.write_all(line.as_bytes());
         let _ = out.flush();
     }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (the same clock for every process on the machine).
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid, exclusively borrowed `ts`.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// JSON string literal.
