@@ -16,7 +16,7 @@
 //! 3. **Liveness.** After every episode heals, each group it disturbed has a leader within
 //!    that group's bound: the earliest instant at or after the heal from which one
 //!    participant leads for at least `stable` (or until the next episode / the end).
-//!    Leadership that spans a SIGSTOP of its holder does not count (a stale leader).
+//!    Leadership counts only up to a SIGSTOP of its holder (after it, a stale leader).
 //! 4. **No crash.** A participant process that exits without the runner having killed or
 //!    stopped it is a violation.
 
@@ -265,9 +265,9 @@ pub fn check(h: &History, rules: &Rules) -> Verdict {
                 continue;
             }
             // The fencing case: the overlap lies within one holder's pause-and-after.
-            let stale = [a, b].into_iter().find(|x| {
-                pause_within(x, &pauses).is_some_and(|(p, _)| p <= from && to <= x.end)
-            });
+            let stale = [a, b]
+                .into_iter()
+                .find(|x| pause_within(x, &pauses).is_some_and(|(p, _)| p <= from && to <= x.end));
             if let Some(x) = stale {
                 if let Some(f) = fenced.get_mut(&(x.who.clone(), x.start)) {
                     f.overlapped = true;
@@ -339,11 +339,12 @@ pub fn check(h: &History, rules: &Rules) -> Verdict {
             let bound = rules.bound.get(&g).copied().unwrap_or(u64::MAX);
             let first = ivs
                 .iter()
-                .filter(|iv| iv.group == g && pause_within(iv, &pauses).is_none())
+                .filter(|iv| iv.group == g)
                 .filter_map(|iv| {
+                    // A frozen holder is no leader from the moment it was frozen.
+                    let end = pause_within(iv, &pauses).map_or(iv.end, |(p, _)| p);
                     let t = iv.start.max(healed);
-                    let lasts = iv.end > t
-                        && (iv.end - t >= rules.stable || iv.end >= ep.until.min(h.end));
+                    let lasts = end > t && (end - t >= rules.stable || end >= ep.until.min(h.end));
                     lasts.then_some(t)
                 })
                 .min();
@@ -594,6 +595,26 @@ mod tests {
         assert!(f.overlapped);
         // zk-2 is the stable leader at the heal.
         assert_eq!(v.recoveries[0].after, Some(0));
+    }
+
+    #[test]
+    fn a_leader_counts_for_recovery_until_it_is_frozen_but_not_after() {
+        // zk-2 leads from the heal (12 s) until frozen at 14 s: recovered at once.
+        let h = one_episode(vec![
+            elected(11 * S, "zk-2", 2),
+            ev(14 * S, "zk-2", EventKind::Paused),
+        ]);
+        let v = check(&h, &rules());
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        assert_eq!(v.recoveries[0].after, Some(0));
+        // Frozen 300 ms after the heal: not a stable leader, and nobody else leads.
+        let h = one_episode(vec![
+            elected(11 * S, "zk-2", 2),
+            ev(12 * S + 300 * MS, "zk-2", EventKind::Paused),
+        ]);
+        let v = check(&h, &rules());
+        assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
+        assert_eq!(v.violations[0].kind, ViolationKind::NoLeaderAfterHeal);
     }
 
     #[test]

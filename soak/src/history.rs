@@ -229,6 +229,11 @@ impl FaultKind {
         }
     }
 
+    /// The kind named `name` (as in [`name`](Self::name)).
+    pub fn from_name(name: &str) -> Option<FaultKind> {
+        FaultKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// The store a server fault hits (`None` for participant and link faults).
     pub fn server_store(self) -> Option<Group> {
         match self {

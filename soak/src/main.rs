@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 use checker::Rules;
-use history::{mono_ns, Episode, EventKind, Group, History};
+use history::{mono_ns, Episode, EventKind, FaultKind, Group, History};
 use nemesis::PlanConfig;
 use report::RunInfo;
 use rng::Rng;
@@ -47,10 +47,12 @@ struct Args {
     supervised: usize,
     single: usize,
     overlap: u64,
+    faults: Vec<FaultKind>,
 }
 
 const USAGE: &str = "usage: succession-soak --minutes M --seed S [--out docs/RELIABILITY.md] \
-[--bin PATH/TO/succession] [--supervised N (3)] [--single N (2)] [--overlap PERCENT (35)]";
+[--bin PATH/TO/succession] [--supervised N (3)] [--single N (2)] [--overlap PERCENT (35)] \
+[--faults KIND,KIND,... (all; e.g. participant-sigstop,leader-sigterm)]";
 
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
@@ -61,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         supervised: 3,
         single: 2,
         overlap: 35,
+        faults: FaultKind::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,11 +92,24 @@ fn parse_args() -> Result<Args, String> {
                 let v = val()?;
                 a.overlap = v.parse().map_err(|_| bad(&v))?;
             }
+            "--faults" => {
+                let v = val()?;
+                a.faults = v
+                    .split(',')
+                    .map(|n| FaultKind::from_name(n.trim()).ok_or_else(|| bad(n)))
+                    .collect::<Result<_, _>>()?;
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {flag:?}\n{USAGE}")),
         }
     }
-    if !(a.minutes > 0.0) || a.supervised < 2 || a.single < 2 || a.overlap > 100 {
+    if a.minutes.is_nan()
+        || a.minutes <= 0.0
+        || a.supervised < 2
+        || a.single < 2
+        || a.overlap > 100
+        || a.faults.is_empty()
+    {
         return Err(format!(
             "--minutes must be > 0, groups need >= 2 participants, --overlap <= 100\n{USAGE}"
         ));
@@ -183,8 +199,7 @@ fn survivors(tag: &str, runner: u32) -> Vec<u32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        if (cmd.contains(&ours) || cmd.contains(&servers))
-            && succession_testkit::process_alive(pid)
+        if (cmd.contains(&ours) || cmd.contains(&servers)) && succession_testkit::process_alive(pid)
         {
             out.push(pid);
         }
@@ -214,7 +229,14 @@ fn succession_binary(a: &Args) -> Result<PathBuf, String> {
     eprintln!("soak: cargo build --release --features cli --bin succession");
     let st = std::process::Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--features", "cli", "--bin", "succession"])
+        .args([
+            "build",
+            "--release",
+            "--features",
+            "cli",
+            "--bin",
+            "succession",
+        ])
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !st.success() {
@@ -319,6 +341,7 @@ async fn run(a: Args, tag: String) -> Result<ExitCode, String> {
         session_timeout: timings.session_timeout,
         ttl: timings.ttl,
         overlap_percent: a.overlap,
+        kinds: a.faults.clone(),
     };
     let mut rng = Rng::new(a.seed);
     let deadline = Instant::now() + Duration::from_secs_f64(a.minutes * 60.0);
@@ -422,9 +445,21 @@ async fn run(a: Args, tag: String) -> Result<ExitCode, String> {
     write_history(&hist_dir, &h, t0);
 
     let command = format!(
-        "cargo run --release -p succession-soak -- --minutes {} --seed {}{}",
+        "cargo run --release -p succession-soak -- --minutes {} --seed {}{}{}",
         a.minutes,
         a.seed,
+        if a.faults.len() == FaultKind::ALL.len() {
+            String::new()
+        } else {
+            format!(
+                " --faults {}",
+                a.faults
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        },
         a.out
             .as_ref()
             .map(|o| format!(" --out {}", o.display()))
@@ -455,6 +490,14 @@ async fn run(a: Args, tag: String) -> Result<ExitCode, String> {
                 secs(stable)
             ),
             format!("{}% of episodes overlap two faults", a.overlap),
+            if a.faults.len() == FaultKind::ALL.len() {
+                "fault kinds: all".to_string()
+            } else {
+                format!(
+                    "fault kinds: only {}",
+                    a.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                )
+            },
         ],
         leftovers,
         survivors: left,
@@ -539,11 +582,7 @@ const END: &str = "<!-- soak:end -->";
 fn write_doc(out: &Path, md: &str) -> Result<(), String> {
     let old = std::fs::read_to_string(out).unwrap_or_default();
     let new = match (old.find(BEGIN), old.find(END)) {
-        (Some(b), Some(e)) if b < e => format!(
-            "{}{BEGIN}\n{md}{}",
-            &old[..b],
-            &old[e..]
-        ),
+        (Some(b), Some(e)) if b < e => format!("{}{BEGIN}\n{md}{}", &old[..b], &old[e..]),
         _ => format!("# Reliability: the nemesis soak\n\n{BEGIN}\n{md}{END}\n"),
     };
     std::fs::write(out, new).map_err(|e| format!("cannot write {}: {e}", out.display()))

@@ -118,7 +118,9 @@ pub fn timeline(h: &History, info: &RunInfo, group: Option<Group>, at: u64) -> S
             EventKind::Joined => "joined".to_string(),
             EventKind::Elected { term, layer } => format!("elected term {term} via {layer}"),
             EventKind::Revoked { reason } => format!("revoked ({reason})"),
-            EventKind::ModeChange { what, generation } => format!("{what} to generation {generation}"),
+            EventKind::ModeChange { what, generation } => {
+                format!("{what} to generation {generation}")
+            }
             EventKind::Closed => "closed".into(),
             EventKind::Exited { status, expected } => format!(
                 "exited: {status}{}",
@@ -135,13 +137,23 @@ pub fn timeline(h: &History, info: &RunInfo, group: Option<Group>, at: u64) -> S
         if f.start >= from && f.start <= to {
             lines.push((
                 f.start,
-                format!("{}  NEMESIS  inject {} on {}", rel(info, f.start), f.kind, f.target),
+                format!(
+                    "{}  NEMESIS  inject {} on {}",
+                    rel(info, f.start),
+                    f.kind,
+                    f.target
+                ),
             ));
         }
         if let Some(hl) = f.heal.filter(|t| *t >= from && *t <= to) {
             lines.push((
                 hl,
-                format!("{}  NEMESIS  healed {} on {}", rel(info, hl), f.kind, f.target),
+                format!(
+                    "{}  NEMESIS  healed {} on {}",
+                    rel(info, hl),
+                    f.kind,
+                    f.target
+                ),
             ));
         }
     }
@@ -242,11 +254,7 @@ pub fn markdown(h: &History, v: &Verdict, info: &RunInfo) -> String {
         v.resumptions
     );
 
-    let _ = writeln!(
-        s,
-        "**Violations: {}.**\n",
-        total_violations(v, info)
-    );
+    let _ = writeln!(s, "**Violations: {}.**\n", total_violations(v, info));
     for (i, x) in v.violations.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -279,7 +287,11 @@ pub fn markdown(h: &History, v: &Verdict, info: &RunInfo) -> String {
             "Processes: every participant and server the run started was gone at its end.\n"
         );
     } else {
-        let _ = writeln!(s, "Processes still alive after the run: {:?}\n", info.survivors);
+        let _ = writeln!(
+            s,
+            "Processes still alive after the run: {:?}\n",
+            info.survivors
+        );
     }
     let _ = writeln!(
         s,
@@ -298,7 +310,10 @@ pub fn markdown(h: &History, v: &Verdict, info: &RunInfo) -> String {
             percentile(&w, 50.0).map(ms).unwrap_or_default(),
             ms(*w.last().unwrap_or(&0))
         );
-        let _ = writeln!(s, "| participant | term | window (ms) | another leader meanwhile |");
+        let _ = writeln!(
+            s,
+            "| participant | term | window (ms) | another leader meanwhile |"
+        );
         let _ = writeln!(s, "|---|---|---:|---|");
         for f in v.fencing.iter().take(20) {
             let _ = writeln!(
@@ -322,7 +337,11 @@ pub fn markdown(h: &History, v: &Verdict, info: &RunInfo) -> String {
         }
         let _ = writeln!(s);
     }
-    let _ = writeln!(s, "Raw history (events, fault log, participant stderr): `{}`.", info.history_dir);
+    let _ = writeln!(
+        s,
+        "Raw history (events, fault log, participant stderr): `{}`.",
+        info.history_dir
+    );
     s
 }
 

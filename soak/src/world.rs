@@ -468,7 +468,9 @@ impl World {
                 let is_leader = self.leader_of(g).as_deref() == Some(id.as_str());
                 let p = self.part(&id).expect("known participant");
                 match plan.kind {
-                    FaultKind::PartitionZk | FaultKind::PartitionEtcd | FaultKind::PartitionBoth => {
+                    FaultKind::PartitionZk
+                    | FaultKind::PartitionEtcd
+                    | FaultKind::PartitionBoth => {
                         let links: Vec<&TcpProxy> = match plan.kind {
                             FaultKind::PartitionZk => p.zk.iter().collect(),
                             FaultKind::PartitionEtcd => p.etcd.iter().collect(),
@@ -521,7 +523,9 @@ impl World {
                     "{id}{}{}",
                     if is_leader { " (leader)" } else { "" },
                     match plan.kind {
-                        FaultKind::PartitionZk | FaultKind::PartitionEtcd | FaultKind::PartitionBoth =>
+                        FaultKind::PartitionZk
+                        | FaultKind::PartitionEtcd
+                        | FaultKind::PartitionBoth =>
                             if plan.cut { ", cut" } else { ", blackhole" }.to_string(),
                         FaultKind::DelayLink => format!(
                             ", {} links +{} ms",
@@ -594,7 +598,9 @@ impl World {
                 }
                 self.release(&id);
                 let new = self.spawn(g).await?;
-                self.faults[a.log].target.push_str(&format!("; replaced by {new}"));
+                self.faults[a.log]
+                    .target
+                    .push_str(&format!("; replaced by {new}"));
             }
             FaultKind::PauseParticipant => {
                 if let Some(id) = a.participant.as_deref() {
@@ -640,11 +646,8 @@ impl World {
     /// SIGTERMs every participant (resuming paused ones first) and waits for each to exit;
     /// one that does not within `timeout` is a `Stuck` violation and gets SIGKILL.
     pub async fn stop_participants(&mut self, timeout: Duration) {
-        let ids: Vec<(String, Group)> = self
-            .parts
-            .iter()
-            .map(|p| (p.id.clone(), p.group))
-            .collect();
+        let ids: Vec<(String, Group)> =
+            self.parts.iter().map(|p| (p.id.clone(), p.group)).collect();
         for (id, g) in &ids {
             let was_paused = lock(&self.shared).paused.remove(id);
             if was_paused {
