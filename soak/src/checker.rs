@@ -109,6 +109,32 @@ pub struct Recovery {
     pub kinds: Vec<FaultKind>,
     /// Heal to stable leader (ns); `None`: none within the bound.
     pub after: Option<u64>,
+    /// Time without any (unfrozen) leader in the group from the episode's first injection
+    /// to its recovery (or to the next episode when it did not recover), ns.
+    pub leaderless: u64,
+}
+
+/// How much of `[from, to)` the segments cover.
+fn covered(mut segs: Vec<(u64, u64)>, from: u64, to: u64) -> u64 {
+    segs.retain(|&(a, b)| b > from && a < to);
+    segs.sort_unstable();
+    let mut total = 0;
+    let mut cur: Option<(u64, u64)> = None;
+    for (a, b) in segs {
+        let (a, b) = (a.max(from), b.min(to));
+        match cur {
+            Some((ca, cb)) if a <= cb => cur = Some((ca, cb.max(b))),
+            Some((ca, cb)) => {
+                total += cb - ca;
+                cur = Some((a, b));
+            }
+            None => cur = Some((a, b)),
+        }
+    }
+    if let Some((ca, cb)) = cur {
+        total += cb - ca;
+    }
+    total
 }
 
 /// The checker's answer.
@@ -373,11 +399,26 @@ pub fn check(h: &History, rules: &Rules) -> Verdict {
                     ),
                 });
             }
+            let segs: Vec<(u64, u64)> = ivs
+                .iter()
+                .filter(|iv| iv.group == g)
+                .map(|iv| {
+                    let end = pause_within(iv, &pauses).map_or(iv.end, |(p, _)| p);
+                    (iv.start, end.max(iv.start))
+                })
+                .collect();
+            let to = match after {
+                Some(d) => healed + d,
+                None => ep.until.min(h.end).max(healed),
+            };
+            let from = ep.start.min(to);
+            let leaderless = (to - from) - covered(segs, from, to);
             v.recoveries.push(Recovery {
                 episode: ep.index,
                 group: g,
                 kinds: kinds.clone(),
                 after,
+                leaderless,
             });
         }
     }
@@ -488,7 +529,16 @@ mod tests {
         assert_eq!(v.recoveries.len(), 1);
         // zk-2 leads since before the heal: recovered at the heal itself.
         assert_eq!(v.recoveries[0].after, Some(0));
+        // From the injection (10 s) on, zk-1 led until 11 s, zk-2 from 11.001 s.
+        assert_eq!(v.recoveries[0].leaderless, MS);
         assert_eq!(v.grants[&Group::Zk], 2);
+    }
+
+    #[test]
+    fn coverage_merges_overlapping_segments() {
+        assert_eq!(covered(vec![(0, 10), (5, 15), (20, 30)], 2, 25), 13 + 5);
+        assert_eq!(covered(vec![], 0, 10), 0);
+        assert_eq!(covered(vec![(0, 100)], 10, 20), 10);
     }
 
     #[test]
@@ -573,6 +623,8 @@ mod tests {
         let v = check(&h, &rules());
         assert!(v.violations.is_empty(), "{:?}", v.violations);
         assert_eq!(v.recoveries[0].after, Some(2 * S));
+        // Leaderless from 10 s to 14 s except zk-1's 10 ms.
+        assert_eq!(v.recoveries[0].leaderless, 4 * S - 10 * MS);
     }
 
     #[test]

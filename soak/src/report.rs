@@ -54,6 +54,8 @@ pub struct Row {
     pub recovered: usize,
     /// Recovery times (ns), sorted: per fault, the slowest disturbed group.
     pub recovery: Vec<u64>,
+    /// Leaderless time in the episode (ns), sorted: per fault, the worst disturbed group.
+    pub leaderless: Vec<u64>,
 }
 
 /// The table by fault kind.
@@ -85,6 +87,8 @@ pub fn table(h: &History, v: &Verdict) -> BTreeMap<FaultKind, Row> {
         if recs.is_empty() {
             continue;
         }
+        row.leaderless
+            .push(recs.iter().map(|r| r.leaderless).max().unwrap_or(0));
         if recs.iter().all(|r| r.after.is_some()) {
             row.recovered += 1;
             row.recovery
@@ -93,6 +97,7 @@ pub fn table(h: &History, v: &Verdict) -> BTreeMap<FaultKind, Row> {
     }
     for r in rows.values_mut() {
         r.recovery.sort_unstable();
+        r.leaderless.sort_unstable();
     }
     rows
 }
@@ -212,39 +217,77 @@ pub fn markdown(h: &History, v: &Verdict, info: &RunInfo) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| fault | injected | in an overlap | recovered | recovery p50 (ms) | p99 (ms) | max (ms) |"
+        "| fault | injected | in an overlap | recovered | recovery p50 (ms) | p99 (ms) | max (ms) | leaderless p50 (ms) | max (ms) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let rows = table(h, v);
     for k in FaultKind::ALL {
         let r = rows.get(&k).cloned().unwrap_or_default();
         let p = |x: f64| percentile(&r.recovery, x).map(ms).unwrap_or("-".into());
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             k,
             r.injected,
             r.overlapped,
             r.recovered,
             p(50.0),
             p(99.0),
-            r.recovery.last().copied().map(ms).unwrap_or("-".into())
+            r.recovery.last().copied().map(ms).unwrap_or("-".into()),
+            percentile(&r.leaderless, 50.0)
+                .map(ms)
+                .unwrap_or("-".into()),
+            r.leaderless.last().copied().map(ms).unwrap_or("-".into())
         );
     }
     let _ = writeln!(
         s,
         "\nRecovery: from the heal (server serving again, link restored, SIGCONT, replacement \
          started) to the first leader that then leads for at least 1 s, per fault the slowest \
-         of the groups it disturbs (0 when a leader that was not disturbed kept leading).\n"
+         of the groups it disturbs (0 when a leader that was not disturbed kept leading). \
+         Leaderless: the time the worst disturbed group had no (unfrozen) leader, from the \
+         episode's first injection to that recovery; it includes the fault's hold.\n"
     );
-    let _ = writeln!(s, "| election | leadership grants | fencing windows |");
-    let _ = writeln!(s, "|---|---:|---:|");
+    let _ = writeln!(
+        s,
+        "| election | leadership grants | via zk | via etcd | failovers seen | failbacks seen | fencing windows |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
     for g in Group::ALL {
+        let count = |f: &dyn Fn(&EventKind) -> bool| {
+            h.events
+                .iter()
+                .filter(|e| e.group == g && f(&e.kind))
+                .count()
+        };
+        let layer = |l: &'static str| move |k: &EventKind| matches!(k, EventKind::Elected { layer, .. } if layer == l);
+        // Every participant prints a mode change it sees: count distinct generations.
+        let gens = |what: &str| {
+            let mut v: Vec<u64> = h
+                .events
+                .iter()
+                .filter(|e| e.group == g)
+                .filter_map(|e| match &e.kind {
+                    EventKind::ModeChange {
+                        what: w,
+                        generation,
+                    } if w == what => Some(*generation),
+                    _ => None,
+                })
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v.len()
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             g,
             v.grants.get(&g).copied().unwrap_or(0),
+            count(&layer("zk")),
+            count(&layer("etcd")),
+            gens("failover"),
+            gens("failback"),
             v.fencing.iter().filter(|f| f.group == g).count()
         );
     }
