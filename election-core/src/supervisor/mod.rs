@@ -399,6 +399,27 @@ impl Election for Supervisor {
         let layer = self.mode().map_or(Layer::Primary, |m| m.layer);
         self.inner.layers[layer.index()].contact()
     }
+
+    /// The earlier of: the bound of the layer this participant last led through (its own
+    /// successor there), and the mode lease after the latest read that confirmed our mode
+    /// (a leader under a newer generation waits the takeover delay G > V after the write,
+    /// and that write came after our confirming read was sent).
+    fn takeover_bound(&self) -> Option<std::time::Instant> {
+        let (layer, confirmed) = {
+            let st = self.inner.lock();
+            let layer = st
+                .led_through
+                .or(st.mode.map(|m| m.layer))
+                .unwrap_or(Layer::Primary);
+            (layer, st.confirmed_sent)
+        };
+        let by_layer = self.inner.layers[layer.index()].takeover_bound();
+        let by_mode = confirmed.map(|s| (s + self.inner.timings.mode_lease).into_std());
+        match (by_layer, by_mode) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Drop for Supervisor {

@@ -93,20 +93,17 @@ pub async fn join(
 ) -> Result<bool, String> {
     let joined = tokio::select! {
         r = tokio::time::timeout(s.startup_timeout, e.join()) => r,
-        _ = stop.recv() => {
-            let _ = e.close().await;
-            return Ok(false);
-        }
+        _ = stop.recv() => return Ok(false),
     };
     match joined {
         Ok(Ok(())) => Ok(true),
         Ok(Err(err)) => {
-            let _ = e.close().await;
+            let _ = tokio::time::timeout(CLOSE_BOUND, e.close()).await;
             Err(format!("cannot join the election: {err}"))
         }
         Err(_) => {
             let st = e.status().borrow().clone();
-            let _ = e.close().await;
+            let _ = tokio::time::timeout(CLOSE_BOUND, e.close()).await;
             Err(format!(
                 "could not join the election within {} (--startup-timeout): {}",
                 humantime::format_duration(s.startup_timeout),
@@ -125,18 +122,49 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     let extra = supervised::follow_events(&built, em.clone());
     let health = serve_health(&s, recorder, &e, &em).await?;
     eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
+    let mut tasks: Vec<_> = extra.into_iter().chain(health).collect();
+    tasks.push(follower);
     if join(&e, &s, &mut stop).await? {
         stop.recv().await;
         eprintln!("succession: signal received; resigning");
     }
-    let r = e.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
-    for t in extra.into_iter().chain(health) {
+    Ok(finish(&e, &em, tasks, ExitCode::SUCCESS).await)
+}
+
+/// How long leaving the election may take once we stopped acting: leadership is dropped
+/// (published) at once, the store cleanup (deleting our node, revoking our lease) is best
+/// effort within this bound; what it leaves is removed by the store when our session or
+/// lease expires.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Leave the election within [`CLOSE_BOUND`], print `closed`, and exit with `code`
+/// whatever the stores' state (a failed cleanup is a warning, not a failure).
+pub async fn finish(
+    e: &Arc<dyn Election>,
+    em: &Emitter,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    code: ExitCode,
+) -> ExitCode {
+    match tokio::time::timeout(CLOSE_BOUND, e.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => eprintln!(
+            "succession: warning: leaving the election: {err}; the store drops our place when our session or lease expires"
+        ),
+        Err(_) => eprintln!(
+            "succession: warning: leaving the election did not finish within {} (store unreachable?); the store drops our place when our session or lease expires",
+            humantime::format_duration(CLOSE_BOUND)
+        ),
+    }
+    // Let the status follower print the last transitions (it ends at `Closed`).
+    let mut tasks = tasks;
+    if let Some(follower) = tasks.pop() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), follower).await;
+    }
+    for t in tasks {
         t.abort();
     }
     em.emit("closed", &[]);
-    r.map_err(|e| format!("close: {e}"))?;
-    Ok(ExitCode::SUCCESS)
+    code
 }
 
 /// With `--health-addr`: install the metrics recorder (before building the election).
@@ -199,7 +227,7 @@ async fn observe(s: Settings, interval: Duration, mut stop: Shutdown) -> Result<
             Err(err) => eprintln!("succession: reading the leader failed: {err}"),
         }
     }
-    let _ = e.close().await;
+    let _ = tokio::time::timeout(CLOSE_BOUND, e.close()).await;
     em.emit("closed", &[]);
     Ok(ExitCode::SUCCESS)
 }
