@@ -682,6 +682,8 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
         }
     }
     libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    // `ps -o comm` shows what this process is (its arguments stay the owner's).
+    libc::prctl(libc::PR_SET_NAME, c"leader-guard".as_ptr(), 0, 0, 0);
     let me = libc::getpid();
 
     let cmd = libc::fork();
