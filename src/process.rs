@@ -708,6 +708,7 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
 
     let mut cmd_done = false;
     let mut killing = false;
+    let mut stopping = false;
     loop {
         // Reap everything that ended; the guard's work is done when nothing is left.
         loop {
@@ -744,8 +745,9 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
             events: libc::POLLIN,
             revents: 0,
         };
-        // Short timeout: exits of the tree are noticed by the reaping above.
-        if libc::poll(&mut pfd, 1, 10) > 0 {
+        // Short timeout: exits of the tree are noticed by the reaping above (sooner once
+        // the tree was told to stop).
+        if libc::poll(&mut pfd, 1, if stopping { 1 } else { 10 }) > 0 {
             let mut c = 0u8;
             let n = libc::read(CTL_FD, (&mut c as *mut u8).cast(), 1);
             if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
@@ -753,6 +755,7 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
             } else if n == 1 && c == CMD_KILL {
                 killing = true;
             } else if n == 1 && c == CMD_TERM {
+                stopping = true;
                 if !cmd_done {
                     libc::kill(-cmd, libc::SIGTERM);
                 }
