@@ -659,6 +659,24 @@ async fn cli_supervised_fails_over_to_etcd_and_survives_a_kill9_of_the_leader() 
     };
     assert!(term(&again) > term(&elected), "{again} after {elected}");
     assert!(term(&elected) > term(&first), "{elected} after {first}");
+    // `joined` once per process; holding a place again after the failover is `rejoined`.
+    for i in 0..3 {
+        let joined = fleet
+            .seen
+            .iter()
+            .filter(|(j, l)| *j == i && event_is(l, "joined"))
+            .count();
+        assert_eq!(
+            joined, 1,
+            "n{i} printed joined {joined} times: {:#?}",
+            fleet.seen
+        );
+    }
+    assert!(
+        fleet.seen.iter().any(|(_, l)| event_is(l, "rejoined")),
+        "the failover shows as rejoined: {:#?}",
+        fleet.seen
+    );
     fleet.stop_all().await;
 }
 

@@ -446,4 +446,51 @@ async fn run_with_etcd_frozen_exits_0_on_sigterm_and_honours_the_startup_timeout
         || etcd.thaw().expect("thaw"),
     )
     .await;
+
+    // Supervised, ZooKeeper healthy, etcd (the mode record's store) frozen: the mode cannot
+    // be read, so joining cannot finish; --startup-timeout still ends it.
+    let zk = shared_zk().await;
+    let path = unique_path("run-frozen-sup");
+    etcd.freeze().expect("freeze");
+    let t0 = Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new(BIN)
+            .args([
+                "run",
+                "--zk",
+                &zk.addr(),
+                "--path",
+                &path,
+                "--etcd",
+                &etcd.endpoint(),
+                "--prefix",
+                &path,
+                "--id",
+                "s",
+                "--session-timeout",
+                "2s",
+                "--ttl",
+                "2s",
+                "--startup-timeout",
+                "2s",
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits")
+    .expect("run");
+    let took = t0.elapsed();
+    etcd.thaw().expect("thaw");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--startup-timeout"), "{stderr}");
+    assert!(
+        took <= Duration::from_secs(2) + EXIT_BOUND,
+        "supervised startup timeout 2s with etcd frozen took {took:?}"
+    );
 }
