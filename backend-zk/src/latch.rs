@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
+use succession_core::participant::{self, Fatal};
 use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
@@ -65,7 +66,7 @@ impl std::fmt::Debug for ZkElection {
 struct Inner {
     driver: Mutex<Option<Driver>>,
     closed: AtomicBool,
-    fatal: Mutex<Option<(ErrorKind, String)>>,
+    fatal: Fatal,
     /// The driver's current client, for reads from the handle.
     client: Mutex<Option<zk::Client>>,
     /// A client for reads when the driver has none (e.g. before `join`).
@@ -264,32 +265,14 @@ impl Election for ZkElection {
 
     async fn join(&self) -> Result<()> {
         let tx = self.sender()?;
-        *lock(&self.inner.fatal) = None;
-        let mut rx = self.cell.subscribe();
+        self.inner.fatal.clear();
+        let rx = self.cell.subscribe();
         if rx.borrow().role == Role::Idle {
             self.cell.set_role(Role::Candidate, "joining");
         }
         tx.send(Cmd::Join).map_err(|_| self.closed_error())?;
-        loop {
-            if let Some((kind, msg)) = lock(&self.inner.fatal).clone() {
-                return Err(Error::new(kind, msg));
-            }
-            let role = rx.borrow_and_update().role.clone();
-            match role {
-                Role::Closed => return Err(self.closed_error()),
-                Role::Idle => {
-                    return Err(Error::new(
-                        ErrorKind::NotLeader,
-                        format!("{} resigned while joining; call join again", self.cfg.id),
-                    ))
-                }
-                r if r.is_joined() => return Ok(()),
-                _ => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(self.closed_error());
-            }
-        }
+        let what = format!("ZooKeeper latch participant {}", self.cfg.id);
+        participant::wait_joined(rx, Some(&self.inner.fatal), &self.cfg.id, &what, || None).await
     }
 
     async fn resign(&self) -> Result<()> {
@@ -665,10 +648,12 @@ impl DriverState {
 
     async fn fatal(&mut self, kind: ErrorKind, msg: &str) -> Next {
         warn!(%msg, "permanent failure; leaving the election");
-        *lock(&self.inner.fatal) = Some((kind, msg.to_owned()));
+        // Health first (a `join` returning the failure finds it published), then the
+        // failure, then `Idle` (a `join` woken by `Idle` must find the failure).
+        self.cell.set_health(HealthLevel::Unhealthy, msg.to_owned());
+        self.inner.fatal.report(kind, msg);
         self.want = false;
-        self.cell
-            .set(Role::Idle, HealthLevel::Unhealthy, msg.to_owned());
+        self.cell.set_role(Role::Idle, msg.to_owned());
         if let (Some(c), Some(n)) = (self.client.clone(), self.forget_node()) {
             let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
         }

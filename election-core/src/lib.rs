@@ -15,6 +15,7 @@ mod error;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod participant;
 mod record;
 mod status;
 pub mod supervisor;
