@@ -3,7 +3,9 @@
 mod args;
 mod backend;
 mod events;
+mod generate;
 mod http;
+mod observe;
 mod run;
 mod supervised;
 
@@ -12,20 +14,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use succession::{Election, Participant};
+use succession::Election;
 use tokio::signal::unix::{signal, SignalKind};
 
 use args::{Cli, Command, Settings};
-use events::{Emitter, V};
+use events::Emitter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Human-readable logs on stderr; RUST_LOG=succession_zk=debug etc. for more.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli_error(e),
+    };
+    // Human-readable logs on stderr; RUST_LOG=succession_zk=debug etc. for more. Colours
+    // only on a terminal, and never with NO_COLOR set (https://no-color.org).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .with_target(true)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -47,15 +54,76 @@ fn main() -> ExitCode {
     }
 }
 
+/// Colour in log lines: only when stderr is a terminal and NO_COLOR is unset or empty.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// A command-line error from clap as one line on stderr (exit 2); help and version as clap
+/// prints them (exit 0).
+fn cli_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {
+            eprintln!("succession: {}", one_line(&e.render().to_string()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// clap's multi-line error text (message, tips, usage) folded into one line: the message
+/// and its tips, without the usage block.
+fn one_line(text: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut in_usage = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.is_empty() {
+            in_usage = false;
+            continue;
+        }
+        if t.starts_with("Usage:") {
+            in_usage = true;
+            continue;
+        }
+        if in_usage || t.starts_with("For more information") {
+            continue;
+        }
+        let t = t.strip_prefix("error: ").unwrap_or(t);
+        let t = match t.strip_prefix("tip: ") {
+            Some(tip) => format!("({tip})"),
+            None => t.to_string(),
+        };
+        parts.push(t);
+    }
+    let mut line = parts.join(" ");
+    line.push_str("; see succession --help");
+    line
+}
+
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Completions(c) => return generate::completions(c.shell),
+        Command::Man => return generate::man(),
+        _ => {}
+    }
     let stop = Shutdown::install()?;
     match cli.command {
         Command::Campaign(common) => campaign(common.resolve()?, stop).await,
-        Command::Observe(o) => observe(o.common.resolve()?, o.interval, stop).await,
-        Command::Run(r) => {
-            let s = r.common.resolve()?;
-            run::run(s, r.grace, r.restart, r.command, stop).await
+        Command::Observe(o) => {
+            let interval = o.interval()?;
+            observe::observe(o.common.resolve()?, interval, stop).await
         }
+        Command::Run(r) => {
+            let grace = r.grace()?;
+            let s = r.common.resolve()?;
+            run::run(s, grace, r.restart, r.command, stop).await
+        }
+        Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
 
@@ -124,7 +192,7 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = supervised::follow_events(&built, em.clone());
     let health = serve_health(&s, recorder, &e, &em).await?;
-    eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
+    eprintln!("succession: joining {} as {}", s.backend, e.id());
     if join(&e, &s, &mut stop).await? {
         stop.recv().await;
         eprintln!("succession: signal received; resigning");
@@ -163,59 +231,5 @@ pub async fn serve_health(
                 .map(Some)
         }
         _ => Ok(None),
-    }
-}
-
-async fn observe(s: Settings, interval: Duration, mut stop: Shutdown) -> Result<ExitCode, String> {
-    let built = backend::build(&s)?;
-    let e = built.election;
-    let em = Emitter::new(e.id());
-    let first = tokio::time::timeout(s.startup_timeout, e.leader()).await;
-    let mut last: Option<Option<Participant>> = match first {
-        Ok(Ok(l)) => {
-            emit_leader(&em, &l);
-            Some(l)
-        }
-        Ok(Err(err)) => return Err(format!("cannot read the election: {err}")),
-        Err(_) => {
-            return Err(format!(
-            "could not read the election within {} (--startup-timeout); is the store reachable?",
-            humantime::format_duration(s.startup_timeout)
-        ))
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = stop.recv() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        match e.leader().await {
-            Ok(l) => {
-                if last.as_ref() != Some(&l) {
-                    emit_leader(&em, &l);
-                    last = Some(l);
-                }
-            }
-            Err(err) => eprintln!("succession: reading the leader failed: {err}"),
-        }
-    }
-    let _ = e.close().await;
-    em.emit("closed", &[]);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn emit_leader(em: &Emitter, l: &Option<Participant>) {
-    match l {
-        Some(p) => {
-            let term = p.term.map(|t| t.to_string());
-            em.emit(
-                "leader",
-                &[
-                    ("leader", V::S(&p.id)),
-                    ("term", term.as_deref().map(V::S).unwrap_or(V::Null)),
-                ],
-            );
-        }
-        None => em.emit("leader", &[("leader", V::Null), ("term", V::Null)]),
     }
 }
