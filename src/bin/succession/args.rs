@@ -161,9 +161,6 @@ pub struct Common {
         help_heading = "Authentication and TLS"
     )]
     pub zk_digest_file: Option<PathBuf>,
-    /// Refused: the secret would show in `ps`; use SUCCESSION_ZK_DIGEST or --zk-digest-file.
-    #[arg(long, hide = true, allow_hyphen_values = true)]
-    pub zk_digest: Option<String>,
     /// ZooKeeper SASL DIGEST-MD5 user name; the password comes from SUCCESSION_ZK_SASL_PASSWORD
     /// or --zk-sasl-password-file.
     #[arg(
@@ -181,9 +178,6 @@ pub struct Common {
         help_heading = "Authentication and TLS"
     )]
     pub zk_sasl_password_file: Option<PathBuf>,
-    /// Refused: the secret would show in `ps`.
-    #[arg(long, hide = true, allow_hyphen_values = true)]
-    pub zk_sasl_password: Option<String>,
     /// etcd user name (etcd auth); the password comes from SUCCESSION_ETCD_PASSWORD or
     /// --etcd-password-file.
     #[arg(
@@ -201,9 +195,6 @@ pub struct Common {
         help_heading = "Authentication and TLS"
     )]
     pub etcd_password_file: Option<PathBuf>,
-    /// Refused: the secret would show in `ps`.
-    #[arg(long, hide = true, allow_hyphen_values = true)]
-    pub etcd_password: Option<String>,
     /// etcd TLS: PEM file of the CA that signed the etcd server certificate. Turns
     /// host:port endpoints into https://.
     #[arg(
@@ -283,6 +274,44 @@ impl RunArgs {
         positive("--grace", self.grace.as_deref(), "5s")
             .map(|d| d.unwrap_or(Duration::from_secs(5)))
     }
+}
+
+/// The secret flags that do not exist because `ps` would show their value, with the
+/// environment variable and the file flag to use instead.
+const PLAIN_SECRET_FLAGS: [(&str, &str, &str); 3] = [
+    (
+        "--etcd-password",
+        "SUCCESSION_ETCD_PASSWORD",
+        "--etcd-password-file",
+    ),
+    ("--zk-digest", "SUCCESSION_ZK_DIGEST", "--zk-digest-file"),
+    (
+        "--zk-sasl-password",
+        "SUCCESSION_ZK_SASL_PASSWORD",
+        "--zk-sasl-password-file",
+    ),
+];
+
+/// Refuse a secret given as a plain flag (`--etcd-password x`, `--etcd-password=x`) before
+/// clap sees it, with one line naming the alternatives and never the value. Arguments after
+/// `--` (the command of `run`) are not looked at.
+pub fn refuse_plain_secrets(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<(), String> {
+    for a in args.into_iter().skip(1) {
+        let a = a.to_string_lossy();
+        if a == "--" {
+            break;
+        }
+        for (flag, env, file_flag) in PLAIN_SECRET_FLAGS {
+            if a == flag || a.starts_with(&format!("{flag}=")) {
+                return Err(format!(
+                    "{flag} would show the secret to anyone running ps; set {env} or give a file with {file_flag} instead"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parse a duration (`5s`, `300ms`, `1m30s`, `2h`) given for `what` (a flag or config
@@ -530,32 +559,6 @@ fn secret(
 impl Common {
     /// Merge flags/env with the config file and defaults; refuse incomplete input.
     pub fn resolve(&self) -> Result<Settings, String> {
-        for (given, flag, env, file_flag) in [
-            (
-                &self.zk_digest,
-                "--zk-digest",
-                "SUCCESSION_ZK_DIGEST",
-                "--zk-digest-file",
-            ),
-            (
-                &self.zk_sasl_password,
-                "--zk-sasl-password",
-                "SUCCESSION_ZK_SASL_PASSWORD",
-                "--zk-sasl-password-file",
-            ),
-            (
-                &self.etcd_password,
-                "--etcd-password",
-                "SUCCESSION_ETCD_PASSWORD",
-                "--etcd-password-file",
-            ),
-        ] {
-            if given.is_some() {
-                return Err(format!(
-                    "{flag} would show the secret to anyone running ps; set {env} or give a file with {file_flag} instead"
-                ));
-            }
-        }
         let file = match &self.config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)

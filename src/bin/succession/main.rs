@@ -21,6 +21,10 @@ use args::{Cli, Command, Settings};
 use events::Emitter;
 
 fn main() -> ExitCode {
+    if let Err(msg) = args::refuse_plain_secrets(std::env::args_os()) {
+        eprintln!("succession: {msg}");
+        return ExitCode::from(2);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return cli_error(e),

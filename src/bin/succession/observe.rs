@@ -145,10 +145,12 @@ async fn supervised(
     let mut last = match first {
         Ok(Ok(l)) => l,
         Ok(Err(err)) => return Err(format!("cannot read the election: {err}")),
-        Err(_) => return Err(format!(
+        Err(_) => {
+            return Err(format!(
             "could not read the election within {} (--startup-timeout); is the store reachable?",
             humantime::format_duration(s.startup_timeout)
-        )),
+        ))
+        }
     };
     emit_leader(&em, &last);
     loop {
