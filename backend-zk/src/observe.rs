@@ -5,12 +5,18 @@
 //! [`ZkElection`](crate::ZkElection)'s terms) and a data watch on the leader's node. Any of
 //! them firing leads to one re-read; ZooKeeper delivers a watch event a few milliseconds
 //! after the change, so a leadership that lasts longer than a re-read round trip is seen.
+//! A leadership shorter than that is still reported when the re-read finds a claim (a
+//! newer write of the latch path) that the current first node cannot have made: it was the
+//! claim of the node that was first, unclaimed, at the previous read. What is not seen:
+//! several whole leaderships within one re-read round trip (ZooKeeper 3.8 watch events do
+//! not carry the zxid that caused them); the term is always the one the leader reports.
 
 use std::time::{Duration, Instant};
 
 use succession_core::{Error, Participant, Result, Term};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::debug;
 use zookeeper_client as zk;
 
 use crate::config::ZkConfig;
@@ -62,12 +68,101 @@ impl Drop for ZkLeaderWatch {
 
 /// What one read saw.
 enum View {
-    /// Report this (nobody queued, or the first node with or without its term).
-    Report(Option<Participant>),
-    /// The first node has not claimed yet (since the instant given): wait for its claim.
-    Unclaimed(String, Instant),
+    /// The latch path does not exist.
+    NoPath,
+    /// The latch path's stat, and the first two nodes' ids and creation zxids (empty:
+    /// nobody queued).
+    Latch {
+        path: zk::Stat,
+        queue: Vec<(String, i64)>,
+    },
     /// Something moved during the read: read again at once.
     Again,
+}
+
+/// What the follower remembers between reads.
+#[derive(Default)]
+struct Seen {
+    /// The last report sent.
+    last: Option<Option<Participant>>,
+    /// The latch path's mzxid at the last read (the latest claim seen).
+    mzxid: Option<i64>,
+    /// The first two nodes at the last read, and whether the first had claimed.
+    queue: Vec<(String, i64)>,
+    first_claimed: bool,
+    /// The first node while it has not claimed, and since when.
+    unclaimed: Option<(String, i64, Instant)>,
+}
+
+impl Seen {
+    /// The reports for one read, in order.
+    fn reports(&mut self, view: View) -> Vec<Option<Participant>> {
+        let mut out = Vec::new();
+        let View::Latch { path, queue } = view else {
+            // No latch path (View::Again never gets here).
+            *self = Seen {
+                last: self.last.take(),
+                ..Seen::default()
+            };
+            out.push(None);
+            return out;
+        };
+        let term = Term::new(path.ctime.max(0) as u64, path.mzxid.max(0) as u64);
+        let new_claim = self.mzxid.is_some_and(|m| path.mzxid > m);
+        // A grant writes the latch path after its node was created: a path write newer
+        // than the first node is that node's claim.
+        let first_claimed = queue.first().is_some_and(|(_, czxid)| path.mzxid > *czxid);
+        // A claim since the last read that the first node now does not account for was
+        // made by a node that has left since: the one next in line at the last read (the
+        // first, if it had not claimed yet; else the second). A short leadership between
+        // two reads.
+        if new_claim && !first_claimed {
+            let next = if self.first_claimed {
+                self.queue.get(1)
+            } else {
+                self.queue.first()
+            };
+            if let Some((id, czxid)) = next {
+                let gone = queue.first().map(|(_, c)| c) != Some(czxid);
+                if path.mzxid > *czxid && gone {
+                    out.push(Some(Participant::new(id.clone(), true).with_term(term)));
+                }
+            }
+        }
+        self.mzxid = Some(path.mzxid);
+        self.first_claimed = first_claimed;
+        match queue.first().cloned() {
+            None => {
+                self.unclaimed = None;
+                out.push(None);
+            }
+            Some((id, _)) if first_claimed => {
+                self.unclaimed = None;
+                out.push(Some(Participant::new(id, true).with_term(term)));
+            }
+            Some((id, czxid)) => {
+                let since = match &self.unclaimed {
+                    Some((uid, uc, t)) if *uid == id && *uc == czxid => *t,
+                    _ => Instant::now(),
+                };
+                self.unclaimed = Some((id.clone(), czxid, since));
+                // Participants that never claim (Curator's LeaderLatch) are reported
+                // without a term after a grace period.
+                if since.elapsed() >= CLAIM_GRACE {
+                    out.push(Some(Participant::new(id, true)));
+                }
+            }
+        }
+        self.queue = queue;
+        out
+    }
+
+    /// How long until an unclaimed first node is reported without a term.
+    fn grace_left(&self) -> Option<Duration> {
+        self.unclaimed
+            .as_ref()
+            .map(|(_, _, t)| CLAIM_GRACE.saturating_sub(t.elapsed()))
+    }
 }
 
 async fn follow(
@@ -75,9 +170,8 @@ async fn follow(
     refresh: Duration,
     tx: mpsc::UnboundedSender<Result<Option<Participant>>>,
 ) {
-    let mut last: Option<Option<Participant>> = None;
+    let mut seen = Seen::default();
     let mut backoff = Duration::from_millis(100);
-    let mut pending: Option<(String, Instant)> = None;
     loop {
         let client = match connect(&cfg, cfg.session_timeout).await {
             Ok(c) => c,
@@ -119,37 +213,22 @@ async fn follow(
                 }
             };
             backoff = Duration::from_millis(100);
-            let report = match view {
-                View::Report(p) => {
-                    pending = None;
-                    Some(p)
-                }
-                View::Unclaimed(id, since) => {
-                    let since = match &pending {
-                        Some((pid, t)) if *pid == id => *t,
-                        _ => since,
-                    };
-                    if since.elapsed() >= CLAIM_GRACE {
-                        Some(Some(Participant::new(id, true)))
-                    } else {
-                        pending = Some((id, since));
-                        None
-                    }
-                }
+            match &view {
                 View::Again => continue,
-            };
-            if let Some(p) = report {
-                if last.as_ref() != Some(&p) {
+                View::NoPath => debug!(path = %cfg.path, "observe: no latch path"),
+                View::Latch { path, queue } => {
+                    debug!(mzxid = path.mzxid, queue = ?queue, "observe: read the latch")
+                }
+            }
+            for p in seen.reports(view) {
+                if seen.last.as_ref() != Some(&p) {
                     if tx.send(Ok(p.clone())).is_err() {
                         return;
                     }
-                    last = Some(p);
+                    seen.last = Some(p);
                 }
             }
-            let wait = match &pending {
-                Some((_, since)) => CLAIM_GRACE.saturating_sub(since.elapsed()).min(refresh),
-                None => refresh,
-            };
+            let wait = seen.grace_left().map_or(refresh, |g| g.min(refresh));
             tokio::select! {
                 _ = wake => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -178,8 +257,8 @@ fn never() -> Wake {
     Box::pin(futures::future::pending())
 }
 
-/// One read of the latch: its children (watched), the latch path's data (watched; every
-/// grant writes it) and the first node's data (watched).
+/// One read of the latch: its children (watched), the latch path's stat (data watched;
+/// every grant writes it) and the first node's data (watched).
 async fn read(client: &zk::Client, path: &str) -> std::result::Result<(View, Wake), zk::Error> {
     let (children, _, children_w) = match client.get_and_watch_children(path).await {
         Ok(r) => r,
@@ -188,18 +267,24 @@ async fn read(client: &zk::Client, path: &str) -> std::result::Result<(View, Wak
             if stat.is_some() {
                 return Ok((View::Again, never()));
             }
-            return Ok((View::Report(None), wake_on(vec![w])));
+            return Ok((View::NoPath, wake_on(vec![w])));
         }
         Err(e) => return Err(e),
-    };
-    let kids = names::sorted(children);
-    let Some(first) = kids.first() else {
-        return Ok((View::Report(None), wake_on(vec![children_w])));
     };
     let (_, path_stat, path_w) = match client.get_and_watch_data(path).await {
         Ok(r) => r,
         Err(zk::Error::NoNode) => return Ok((View::Again, never())),
         Err(e) => return Err(e),
+    };
+    let kids = names::sorted(children);
+    let Some(first) = kids.first() else {
+        return Ok((
+            View::Latch {
+                path: path_stat,
+                queue: Vec::new(),
+            },
+            wake_on(vec![children_w, path_w]),
+        ));
     };
     let (data, node_stat, node_w) = match client
         .get_and_watch_data(&format!("{path}/{}", first.name))
@@ -209,18 +294,22 @@ async fn read(client: &zk::Client, path: &str) -> std::result::Result<(View, Wak
         Err(zk::Error::NoNode) => return Ok((View::Again, never())),
         Err(e) => return Err(e),
     };
-    let id = String::from_utf8_lossy(&data).into_owned();
-    let wake = wake_on(vec![children_w, path_w, node_w]);
-    // A grant writes the latch path after its node was created: a path write newer than
-    // the first node is that node's claim (a claim by a node before it that has left since
-    // would also count; the next claim corrects the term).
-    if path_stat.mzxid > node_stat.czxid {
-        let term = Term::new(path_stat.ctime.max(0) as u64, path_stat.mzxid.max(0) as u64);
-        Ok((
-            View::Report(Some(Participant::new(id, true).with_term(term))),
-            wake,
-        ))
-    } else {
-        Ok((View::Unclaimed(id, Instant::now()), wake))
+    let mut queue = vec![(String::from_utf8_lossy(&data).into_owned(), node_stat.czxid)];
+    // The second in line, to know who made a claim we only see after it left.
+    if let Some(second) = kids.get(1) {
+        match client.get_data(&format!("{path}/{}", second.name)).await {
+            Ok((data, stat)) => {
+                queue.push((String::from_utf8_lossy(&data).into_owned(), stat.czxid))
+            }
+            Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok((
+        View::Latch {
+            path: path_stat,
+            queue,
+        },
+        wake_on(vec![children_w, path_w, node_w]),
+    ))
 }
