@@ -1,1 +1,127 @@
-//! placeholder
+//! `succession observe` follows the store's watches: a leader that holds for only 50 ms
+//! between two others is reported, with the term that leader itself was granted, on
+//! ZooKeeper and on etcd (real servers). Run with `--features cli`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{field, Cli};
+use succession::etcd::{EtcdConfig, EtcdElection};
+use succession::zk::{ZkConfig, ZkElection};
+use succession::{Election, ElectionExt, Term};
+use succession_testkit::{shared_etcd, shared_zk, unique_path};
+
+const BOUND: Duration = Duration::from_secs(20);
+
+/// a leads; b and c queue; a leaves, b leads for 50 ms and leaves, c leads. The observer
+/// must print a, b, c in that order, each with the term its participant was granted.
+async fn short_leader_is_reported(mut o: Cli, es: [Arc<dyn Election>; 3]) {
+    let none = o.until("leader").await;
+    assert_eq!(field(&none, "leader"), Some("null"), "{none}");
+    let [a, b, c] = es;
+    a.join().await.expect("a joins");
+    let a_lead = a.wait_for_leadership(BOUND).await.expect("a leads");
+    b.join().await.expect("b joins");
+    c.join().await.expect("c joins");
+    let seen_a = o
+        .until_line("leader", |l| field(l, "leader") == Some("a"))
+        .await;
+    assert_eq!(
+        field(&seen_a, "term"),
+        Some(a_lead.term().to_string().as_str())
+    );
+
+    a.close().await.expect("a leaves");
+    let b_lead = b.wait_for_leadership(BOUND).await.expect("b leads");
+    // The scenario itself: b holds for 50 ms, then leaves.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.close().await.expect("b leaves");
+    let c_lead = c.wait_for_leadership(BOUND).await.expect("c leads");
+
+    let seen_c = o
+        .until_line("leader", |l| field(l, "leader") == Some("c"))
+        .await;
+    let leaders: Vec<(String, Option<Term>)> = o
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"event\":\"leader\""))
+        .filter_map(|l| {
+            let id = field(l, "leader")?;
+            (id != "null").then(|| {
+                (
+                    id.to_string(),
+                    field(l, "term").and_then(|t| t.parse().ok()),
+                )
+            })
+        })
+        .collect();
+    let expected = vec![
+        ("a".to_string(), Some(a_lead.term())),
+        ("b".to_string(), Some(b_lead.term())),
+        ("c".to_string(), Some(c_lead.term())),
+    ];
+    assert_eq!(
+        leaders, expected,
+        "every leader, in order, with its own term; saw {:#?}",
+        o.seen
+    );
+    assert!(a_lead.term() < b_lead.term() && b_lead.term() < c_lead.term());
+    assert!(field(&seen_c, "term").is_some());
+    c.close().await.expect("c leaves");
+    o.until_line("leader", |l| field(l, "leader") == Some("null"))
+        .await;
+    assert_eq!(o.stop().await, 0);
+    o.until("closed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_reports_a_50ms_zookeeper_leader_between_two_others() {
+    let zk = shared_zk().await;
+    let path = unique_path("cli-observe-short");
+    // A long fallback re-read: what is reported comes from the watches.
+    let o = Cli::start(&[
+        "observe",
+        "--zk",
+        &zk.addr(),
+        "--path",
+        &path,
+        "--interval",
+        "1h",
+    ]);
+    let mk = |id: &str| -> Arc<dyn Election> {
+        let cfg = ZkConfig::builder(zk.addr(), path.as_str(), id)
+            .session_timeout(Duration::from_secs(4))
+            .build()
+            .expect("config");
+        Arc::new(ZkElection::new(cfg).expect("election"))
+    };
+    short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_reports_a_50ms_etcd_leader_between_two_others() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("cli-observe-short");
+    let o = Cli::start(&[
+        "observe",
+        "--etcd",
+        &etcd.endpoint(),
+        "--prefix",
+        &prefix,
+        "--interval",
+        "1h",
+    ]);
+    let mk = |id: &str| -> Arc<dyn Election> {
+        let cfg = EtcdConfig::builder()
+            .endpoint(etcd.endpoint())
+            .prefix(prefix.as_str())
+            .id(id)
+            .ttl(Duration::from_secs(3))
+            .build()
+            .expect("config");
+        Arc::new(EtcdElection::new(cfg).expect("election"))
+    };
+    short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")]).await;
+}
