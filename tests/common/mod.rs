@@ -98,6 +98,31 @@ impl Cli {
         }
     }
 
+    /// Reads lines for `window` (an observation window for something that must NOT
+    /// happen) and fails if one has `"event":"<event>"`.
+    pub async fn none_within(&mut self, event: &str, window: Duration) {
+        let needle = format!("\"event\":\"{event}\"");
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                Err(_) => return,
+                Ok(Ok(Some(l))) => {
+                    self.seen.push(l.clone());
+                    assert!(
+                        !l.contains(&needle),
+                        "unexpected {event}: {l}; saw {:#?}",
+                        self.seen
+                    );
+                }
+                Ok(_) => panic!(
+                    "stdout closed; saw {:#?}; stderr: {}",
+                    self.seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
     /// Send `sig` to the process.
     pub fn signal(&self, sig: i32) {
         let pid = self.child.id().expect("running") as i32;
