@@ -55,11 +55,11 @@ fn assert_no_secret(c: &Cli, secret: &str, who: &str) {
 /// reports a, then r after a resigns; r's child gets r's term; nobody prints the secret.
 async fn campaign_observe_run(campaign: Via, observe: Via, run: Via, secret: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut observe = observe;
-    observe.env.push((
-        "RUST_LOG".into(),
-        "succession_zk=debug,succession_etcd=debug".into(),
-    ));
+    // The most verbose logging everywhere: the secret must not appear in any log line.
+    let (mut campaign, mut observe, mut run) = (campaign, observe, run);
+    for v in [&mut campaign, &mut observe, &mut run] {
+        v.env.push(("RUST_LOG".into(), "trace".into()));
+    }
     let mut o = observe.start(&["observe"], &[]);
     let none = o.until("leader").await;
     assert_eq!(field(&none, "leader"), Some("null"), "{none}");
@@ -70,25 +70,17 @@ async fn campaign_observe_run(campaign: Via, observe: Via, run: Via, secret: &st
         .await;
 
     let out = dir.path().join("term");
-    let script = format!("echo \"$SUCCESSION_TERM\" > {}", out.display());
+    let go = dir.path().join("go");
+    // The child records its term and runs until the observer has seen r lead.
+    let script = format!(
+        "echo \"$SUCCESSION_TERM\" > {}; while [ ! -e {} ]; do sleep 0.05; done",
+        out.display(),
+        go.display()
+    );
     let mut r = run.start(&["run", "--id", "r"], &["--", "sh", "-c", &script]);
     r.until("joined").await;
     assert_eq!(a.stop().await, 0, "a resigns cleanly");
     let r_elected = r.until("elected").await;
-    r.until("closed").await;
-    assert_eq!(r.exit_code().await, 0, "the child's status");
-    let term = std::fs::read_to_string(&out).expect("the child ran");
-    assert_eq!(Some(term.trim()), field(&r_elected, "term"));
-    assert!(
-        field(&r_elected, "term")
-            .unwrap()
-            .parse::<succession::Term>()
-            .unwrap()
-            > field(&a_elected, "term")
-                .unwrap()
-                .parse::<succession::Term>()
-                .unwrap()
-    );
     let seen_r = o
         .until_line("leader", |l| field(l, "leader") == Some("r"))
         .await;
@@ -97,8 +89,25 @@ async fn campaign_observe_run(campaign: Via, observe: Via, run: Via, secret: &st
         field(&r_elected, "term"),
         "{seen_r}"
     );
+    std::fs::write(&go, "").unwrap();
+    r.until("closed").await;
+    assert_eq!(r.exit_code().await, 0, "the child's status");
+    let term = std::fs::read_to_string(&out).expect("the child ran");
+    assert_eq!(Some(term.trim()), field(&r_elected, "term"));
+    let parse = |l: &str| {
+        field(l, "term")
+            .unwrap()
+            .parse::<succession::Term>()
+            .unwrap()
+    };
+    assert!(parse(&r_elected) > parse(&a_elected), "terms grow");
     assert_eq!(o.stop().await, 0);
     for (c, who) in [(&a, "campaign"), (&r, "run"), (&o, "observe")] {
+        assert!(
+            c.stderr().contains("DEBUG"),
+            "{who} logged at the most verbose level: {}",
+            c.stderr()
+        );
         assert_no_secret(c, secret, who);
     }
 }

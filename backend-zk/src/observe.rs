@@ -5,11 +5,13 @@
 //! [`ZkElection`](crate::ZkElection)'s terms) and a data watch on the leader's node. Any of
 //! them firing leads to one re-read; ZooKeeper delivers a watch event a few milliseconds
 //! after the change, so a leadership that lasts longer than a re-read round trip is seen.
-//! A leadership shorter than that is still reported when the re-read finds a claim (a
-//! newer write of the latch path) that the current first node cannot have made: it was the
-//! claim of the node that was first, unclaimed, at the previous read. What is not seen:
-//! several whole leaderships within one re-read round trip (ZooKeeper 3.8 watch events do
-//! not carry the zxid that caused them); the term is always the one the leader reports.
+//! A leadership shorter than that is still reported when the re-read finds claims (each
+//! grant writes the latch path once, so its data version counts them) that the current
+//! first node cannot have made: they were made, in queue order, by the nodes next in line
+//! at the previous read that are gone now. The latest such claim is reported with its term;
+//! earlier ones without (ZooKeeper 3.8 watch events do not carry the zxid that caused them),
+//! and a node that joined and led entirely between two reads is not seen. Every term
+//! reported is the one the leader itself was granted.
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +72,7 @@ impl Drop for ZkLeaderWatch {
 enum View {
     /// The latch path does not exist.
     NoPath,
-    /// The latch path's stat, and the first two nodes' ids and creation zxids (empty:
+    /// The latch path's stat, and the first three nodes' ids and creation zxids (empty:
     /// nobody queued).
     Latch {
         path: zk::Stat,
@@ -85,9 +87,10 @@ enum View {
 struct Seen {
     /// The last report sent.
     last: Option<Option<Participant>>,
-    /// The latch path's mzxid at the last read (the latest claim seen).
-    mzxid: Option<i64>,
-    /// The first two nodes at the last read, and whether the first had claimed.
+    /// The latch path's ctime and data version at the last read: every claim writes the
+    /// path once, so the version counts claims.
+    path: Option<(i64, i32)>,
+    /// The first nodes at the last read, and whether the first had claimed.
     queue: Vec<(String, i64)>,
     first_claimed: bool,
     /// The first node while it has not claimed, and since when.
@@ -108,28 +111,55 @@ impl Seen {
             return out;
         };
         let term = Term::new(path.ctime.max(0) as u64, path.mzxid.max(0) as u64);
-        let new_claim = self.mzxid.is_some_and(|m| path.mzxid > m);
-        // A grant writes the latch path after its node was created: a path write newer
-        // than the first node is that node's claim.
-        let first_claimed = queue.first().is_some_and(|(_, czxid)| path.mzxid > *czxid);
-        // A claim since the last read that the first node now does not account for was
-        // made by a node that has left since: the one next in line at the last read (the
-        // first, if it had not claimed yet; else the second). A short leadership between
-        // two reads.
-        if new_claim && !first_claimed {
-            let next = if self.first_claimed {
-                self.queue.get(1)
-            } else {
-                self.queue.first()
-            };
-            if let Some((id, czxid)) = next {
-                let gone = queue.first().map(|(_, c)| c) != Some(czxid);
-                if path.mzxid > *czxid && gone {
-                    out.push(Some(Participant::new(id.clone(), true).with_term(term)));
-                }
-            }
+        // Claims since the last read: every grant writes the latch path once, so its data
+        // version counts them.
+        let comparable =
+            matches!(self.path, Some((ctime, v)) if ctime == path.ctime && path.version >= v);
+        let claims = match self.path {
+            Some((_, v)) if comparable => (path.version - v) as usize,
+            _ => 0,
+        };
+        // Nodes next in line at the last read (after the first, if it had claimed) that
+        // are gone now: they may have led between two reads.
+        let start = usize::from(self.first_claimed);
+        let gone: Vec<&(String, i64)> = self
+            .queue
+            .iter()
+            .skip(start)
+            .filter(|(_, c)| !queue.iter().any(|(_, c2)| c2 == c))
+            .collect();
+        let same_first = self.queue.first().map(|q| q.1) == queue.first().map(|q| q.1);
+        // Whether the latest claim (the path's mzxid) is the current first node's.
+        let first_claimed = match queue.first() {
+            None => false,
+            // Written before the node existed: someone else's claim.
+            Some((_, czxid)) if path.mzxid <= *czxid => false,
+            // No child came or went since the claim: the claimant is still first.
+            Some(_) if path.mzxid > path.pzxid => true,
+            // First read: as `ZkElection::leader` reads it.
+            Some(_) if !comparable => true,
+            // No claim since the last read: only a first node that had claimed then.
+            Some(_) if claims == 0 => same_first && self.first_claimed,
+            // A new claim, and children changed after it: the first node's, unless a node
+            // next in line then, now gone, can have made it.
+            Some(_) => !gone.iter().any(|(_, c)| *c < path.mzxid),
+        };
+        // Claims the current first node does not account for were made, in queue order,
+        // by the gone nodes: short leaderships between two reads. The latest one's term is
+        // the path's mzxid; earlier ones are unknown (ZooKeeper 3.8 watch events carry no
+        // zxid).
+        let missed = if first_claimed {
+            claims.saturating_sub(1)
+        } else {
+            claims
+        };
+        let missed_nodes: Vec<_> = gone.into_iter().take(missed).collect();
+        for (i, (id, _)) in missed_nodes.iter().enumerate() {
+            let p = Participant::new(id.clone(), true);
+            let latest = i + 1 == missed && !first_claimed;
+            out.push(Some(if latest { p.with_term(term) } else { p }));
         }
-        self.mzxid = Some(path.mzxid);
+        self.path = Some((path.ctime, path.version));
         self.first_claimed = first_claimed;
         match queue.first().cloned() {
             None => {
@@ -295,9 +325,9 @@ async fn read(client: &zk::Client, path: &str) -> std::result::Result<(View, Wak
         Err(e) => return Err(e),
     };
     let mut queue = vec![(String::from_utf8_lossy(&data).into_owned(), node_stat.czxid)];
-    // The second in line, to know who made a claim we only see after it left.
-    if let Some(second) = kids.get(1) {
-        match client.get_data(&format!("{path}/{}", second.name)).await {
+    // The next in line, to know who made a claim we only see after it left.
+    for next in kids.iter().skip(1).take(2) {
+        match client.get_data(&format!("{path}/{}", next.name)).await {
             Ok((data, stat)) => {
                 queue.push((String::from_utf8_lossy(&data).into_owned(), stat.czxid))
             }
