@@ -1,5 +1,5 @@
 //! `succession observe` follows the store's watches: a leader that holds for only 50 ms
-//! between two others is reported, with the term that leader itself was granted, on
+//! between two others is reported (on etcd even one that resigns at once), with the term that leader itself was granted, on
 //! ZooKeeper and on etcd (real servers). Run with `--features cli`.
 
 mod common;
@@ -15,9 +15,9 @@ use succession_testkit::{shared_etcd, shared_zk, unique_path};
 
 const BOUND: Duration = Duration::from_secs(20);
 
-/// a leads; b and c queue; a leaves, b leads for 50 ms and leaves, c leads. The observer
+/// a leads; b and c queue; a leaves, b leads for `hold` and leaves, c leads. The observer
 /// must print a, b, c in that order, each with the term its participant was granted.
-async fn short_leader_is_reported(mut o: Cli, es: [Arc<dyn Election>; 3]) {
+async fn short_leader_is_reported(mut o: Cli, es: [Arc<dyn Election>; 3], hold: Duration) {
     let none = o.until("leader").await;
     assert_eq!(field(&none, "leader"), Some("null"), "{none}");
     let [a, b, c] = es;
@@ -35,8 +35,8 @@ async fn short_leader_is_reported(mut o: Cli, es: [Arc<dyn Election>; 3]) {
 
     a.close().await.expect("a leaves");
     let b_lead = b.wait_for_leadership(BOUND).await.expect("b leads");
-    // The scenario itself: b holds for 50 ms, then leaves.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The scenario itself: b holds for `hold`, then leaves.
+    tokio::time::sleep(hold).await;
     b.close().await.expect("b leaves");
     let c_lead = c.wait_for_leadership(BOUND).await.expect("c leads");
 
@@ -97,11 +97,22 @@ async fn cli_observe_reports_a_50ms_zookeeper_leader_between_two_others() {
             .expect("config");
         Arc::new(ZkElection::new(cfg).expect("election"))
     };
-    short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")]).await;
+    short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")], Duration::from_millis(50)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_observe_reports_a_50ms_etcd_leader_between_two_others() {
+    etcd_short_leader(Duration::from_millis(50)).await;
+}
+
+/// etcd's watch delivers every revision: even a leader that resigns the moment it is
+/// elected is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_reports_an_etcd_leader_that_resigns_at_once() {
+    etcd_short_leader(Duration::ZERO).await;
+}
+
+async fn etcd_short_leader(hold: Duration) {
     let etcd = shared_etcd().await;
     let prefix = unique_path("cli-observe-short");
     let o = Cli::start(&[
@@ -123,5 +134,5 @@ async fn cli_observe_reports_a_50ms_etcd_leader_between_two_others() {
             .expect("config");
         Arc::new(EtcdElection::new(cfg).expect("election"))
     };
-    short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")]).await;
+    short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")], hold).await;
 }

@@ -343,3 +343,97 @@ async fn read(client: &zk::Client, path: &str) -> std::result::Result<(View, Wak
         wake_on(vec![children_w, path_w, node_w]),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(mzxid: i64, pzxid: i64, version: i32) -> zk::Stat {
+        zk::Stat {
+            czxid: 2,
+            mzxid,
+            pzxid,
+            ctime: 1000,
+            mtime: 1000,
+            version,
+            cversion: 0,
+            aversion: 0,
+            ephemeral_owner: 0,
+            data_length: 0,
+            num_children: 0,
+        }
+    }
+
+    fn latch(mzxid: i64, pzxid: i64, version: i32, queue: &[(&str, i64)]) -> View {
+        View::Latch {
+            path: stat(mzxid, pzxid, version),
+            queue: queue.iter().map(|(id, c)| (id.to_string(), *c)).collect(),
+        }
+    }
+
+    fn led(id: &str, mzxid: u64) -> Option<Participant> {
+        Some(Participant::new(id, true).with_term(Term::new(1000, mzxid)))
+    }
+
+    #[test]
+    fn a_claim_after_the_queue_last_changed_is_the_first_nodes() {
+        let mut s = Seen::default();
+        assert_eq!(s.reports(latch(8, 7, 1, &[("a", 7)])), vec![led("a", 8)]);
+        // b joins behind a: a still leads with the same term.
+        assert_eq!(
+            s.reports(latch(8, 9, 1, &[("a", 7), ("b", 9)])),
+            vec![led("a", 8)]
+        );
+    }
+
+    #[test]
+    fn a_new_first_node_does_not_inherit_the_previous_leaders_term() {
+        let mut s = Seen::default();
+        s.reports(latch(8, 10, 1, &[("a", 7), ("b", 9), ("c", 10)]));
+        // a left, b claimed at 12, and we read after both.
+        assert_eq!(
+            s.reports(latch(12, 11, 2, &[("b", 9), ("c", 10)])),
+            vec![led("b", 12)]
+        );
+        // b left; c has not claimed: nothing to report yet (not c with b's term).
+        assert_eq!(s.reports(latch(12, 13, 2, &[("c", 10)])), vec![]);
+        // c claims.
+        assert_eq!(
+            s.reports(latch(14, 13, 3, &[("c", 10)])),
+            vec![led("c", 14)]
+        );
+    }
+
+    #[test]
+    fn a_leadership_between_two_reads_is_reported_with_its_term() {
+        let mut s = Seen::default();
+        s.reports(latch(8, 10, 1, &[("a", 7), ("b", 9), ("c", 10)]));
+        // a left, b claimed at 12 and left, c not claimed yet.
+        assert_eq!(
+            s.reports(latch(12, 13, 2, &[("c", 10)])),
+            vec![led("b", 12)]
+        );
+        assert_eq!(
+            s.reports(latch(15, 13, 3, &[("c", 10)])),
+            vec![led("c", 15)]
+        );
+    }
+
+    #[test]
+    fn a_leadership_hidden_behind_a_later_claim_is_reported_without_its_term() {
+        let mut s = Seen::default();
+        s.reports(latch(8, 10, 1, &[("a", 7), ("b", 9), ("c", 10)]));
+        // a left, b claimed and left, c claimed at 15: b's term is unknown.
+        assert_eq!(
+            s.reports(latch(15, 13, 3, &[("c", 10)])),
+            vec![Some(Participant::new("b", true)), led("c", 15)]
+        );
+    }
+
+    #[test]
+    fn an_empty_latch_reports_no_leader() {
+        let mut s = Seen::default();
+        assert_eq!(s.reports(latch(8, 9, 1, &[])), vec![None]);
+        assert_eq!(s.reports(View::NoPath), vec![None]);
+    }
+}
