@@ -136,3 +136,45 @@ async fn etcd_short_leader(hold: Duration) {
     };
     short_leader_is_reported(o, [mk("a"), mk("b"), mk("c")], hold).await;
 }
+
+/// Supervised mode: the observer follows both stores' watches and reports the supervised
+/// leader with the same term the leader prints, and no leader once it resigns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_supervised_reports_the_leader_with_its_supervised_term() {
+    let zk = shared_zk().await;
+    let etcd = shared_etcd().await;
+    let path = unique_path("cli-observe-sup");
+    let store = [
+        "--zk",
+        &zk.addr(),
+        "--path",
+        &path,
+        "--etcd",
+        &etcd.endpoint(),
+        "--prefix",
+        &path,
+    ]
+    .map(String::from);
+    let args = |head: &[&str], tail: &[&str]| -> Vec<String> {
+        head.iter()
+            .map(|s| s.to_string())
+            .chain(store.iter().cloned())
+            .chain(tail.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let oargs = args(&["observe"], &["--interval", "1h"]);
+    let mut o = Cli::start(&oargs.iter().map(String::as_str).collect::<Vec<_>>());
+    let none = o.until("leader").await;
+    assert_eq!(field(&none, "leader"), Some("null"), "{none}");
+    let aargs = args(&["campaign"], &["--id", "a"]);
+    let mut a = Cli::start(&aargs.iter().map(String::as_str).collect::<Vec<_>>());
+    let elected = a.until("elected").await;
+    let seen = o
+        .until_line("leader", |l| field(l, "leader") == Some("a"))
+        .await;
+    assert_eq!(field(&seen, "term"), field(&elected, "term"), "{seen}");
+    assert_eq!(a.stop().await, 0);
+    o.until_line("leader", |l| field(l, "leader") == Some("null"))
+        .await;
+    assert_eq!(o.stop().await, 0);
+}
