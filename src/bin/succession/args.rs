@@ -651,8 +651,12 @@ impl Common {
         .unwrap_or(Duration::from_secs(6));
         let ttl = dur(&self.ttl, &file.ttl, "ttl", "10s")?.unwrap_or(Duration::from_secs(10));
         if ttl.subsec_nanos() != 0 || ttl < Duration::from_secs(2) {
+            let what = match &self.ttl {
+                Some(_) => "--ttl".to_string(),
+                None => format!("config file {cfg_name}: ttl"),
+            };
             return Err(format!(
-                "--ttl: {} is not whole seconds of at least 2s (etcd leases are whole seconds); give e.g. 10s",
+                "{what}: {} is not whole seconds of at least 2s (etcd leases are whole seconds); give e.g. 10s",
                 humantime::format_duration(ttl)
             ));
         }

@@ -70,8 +70,8 @@ async fn first(s: &Settings, w: &mut Watch) -> Result<Option<Participant>, Strin
             Ok(None) => return Err("cannot read the election: the watch ended".into()),
             Err(_) => {
                 let why = last_err
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "no answer".into());
+                    .map(|e| e.to_string().trim_end_matches("; retrying").to_string())
+                    .unwrap_or_else(|| "no answer; is the store running and reachable?".into());
                 return Err(format!(
                     "could not read the election within {} (--startup-timeout): {why}",
                     humantime::format_duration(s.startup_timeout)
