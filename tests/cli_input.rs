@@ -164,6 +164,20 @@ async fn cli_refuses_every_bad_input_with_one_line_naming_what_to_fix() {
     let n = more.len();
     more[n - 2].absent = Some("S3CRET");
     cases.append(&mut more);
+    // A secret in the config file that is not a string: the error does not quote it.
+    let bad_secret = dir.path().join("bad-secret.toml");
+    std::fs::write(
+        &bad_secret,
+        "etcd = \"http://127.0.0.1:2379\"\nprefix = \"/x\"\netcd_user = \"a\"\netcd_password = 98765432123\n",
+    )
+    .unwrap();
+    let mut c = case(
+        "config secret not a string",
+        &["campaign", "--config", bad_secret.to_str().unwrap()],
+        "line 4: the value of etcd_password is not valid; write it as a quoted string",
+    );
+    c.absent = Some("98765432123");
+    cases.push(c);
     // Secrets as plain flag values: refused, naming the alternatives, never echoed.
     for (flag, env, file) in [
         (

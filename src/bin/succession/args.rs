@@ -563,13 +563,7 @@ impl Common {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| {
-                    format!(
-                        "config file {}: {}",
-                        p.display(),
-                        e.message().replace('\n', " ")
-                    )
-                })?
+                toml::from_str::<FileConfig>(&text).map_err(|e| config_error(p, &text, &e))?
             }
             None => FileConfig::default(),
         };
@@ -834,6 +828,34 @@ impl Common {
             );
         }
         Ok(auth)
+    }
+}
+
+/// Config keys whose values are secrets: an error about them never quotes the value.
+const SECRET_KEYS: [&str; 3] = ["zk_digest", "zk_sasl_password", "etcd_password"];
+
+/// A TOML error as one line; when it is about a secret's line, without toml's message
+/// (which may quote the value).
+fn config_error(p: &Path, text: &str, e: &toml::de::Error) -> String {
+    let line = e
+        .span()
+        .map(|sp| text[..sp.start.min(text.len())].matches('\n').count());
+    let key = line
+        .and_then(|n| text.lines().nth(n))
+        .and_then(|l| l.split('=').next())
+        .map(str::trim)
+        .filter(|k| SECRET_KEYS.contains(k));
+    match (key, line) {
+        (Some(k), Some(n)) => format!(
+            "config file {}: line {}: the value of {k} is not valid; write it as a quoted string, e.g. {k} = \"...\"",
+            p.display(),
+            n + 1
+        ),
+        _ => format!(
+            "config file {}: {}",
+            p.display(),
+            e.message().replace('\n', " ")
+        ),
     }
 }
 
