@@ -8,12 +8,12 @@ mod http;
 mod observe;
 mod run;
 mod supervised;
+mod ui;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use succession::Election;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -21,13 +21,9 @@ use args::{Cli, Command, Settings};
 use events::Emitter;
 
 fn main() -> ExitCode {
-    if let Err(msg) = args::refuse_plain_secrets(std::env::args_os()) {
-        eprintln!("succession: {msg}");
-        return ExitCode::from(2);
-    }
-    let cli = match Cli::try_parse() {
+    let cli = match ui::parse() {
         Ok(cli) => cli,
-        Err(e) => return cli_error(e),
+        Err(code) => return code,
     };
     // Human-readable logs on stderr; RUST_LOG=succession_zk=debug etc. for more. Colours
     // only on a terminal, and never with NO_COLOR set (https://no-color.org).
@@ -36,7 +32,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(colour())
+        .with_ansi(ui::colour())
         .with_target(true)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -56,57 +52,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Colour in log lines: only when stderr is a terminal and NO_COLOR is unset or empty.
-fn colour() -> bool {
-    use std::io::IsTerminal;
-    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
-/// A command-line error from clap as one line on stderr (exit 2); help and version as clap
-/// prints them (exit 0).
-fn cli_error(e: clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
-        _ => {
-            eprintln!("succession: {}", one_line(&e.render().to_string()));
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// clap's multi-line error text (message, tips, usage) folded into one line: the message
-/// and its tips, without the usage block.
-fn one_line(text: &str) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut in_usage = false;
-    for l in text.lines() {
-        let t = l.trim();
-        if t.is_empty() {
-            in_usage = false;
-            continue;
-        }
-        if t.starts_with("Usage:") {
-            in_usage = true;
-            continue;
-        }
-        if in_usage || t.starts_with("For more information") {
-            continue;
-        }
-        let t = t.strip_prefix("error: ").unwrap_or(t);
-        let t = match t.strip_prefix("tip: ") {
-            Some(tip) => format!("({tip})"),
-            None => t.to_string(),
-        };
-        parts.push(t);
-    }
-    let mut line = parts.join(" ");
-    line.push_str("; see succession --help");
-    line
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
