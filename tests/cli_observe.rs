@@ -178,3 +178,93 @@ async fn cli_observe_supervised_reports_the_leader_with_its_supervised_term() {
         .await;
     assert_eq!(o.stop().await, 0);
 }
+
+/// The observer survives a restart of the store: a leader change after the restart is
+/// still reported (the etcd watch stream is reopened; the ZooKeeper session reconnects and
+/// the server re-arms the watches, or a new session reads again).
+async fn follows_across_a_restart(
+    mut o: Cli,
+    mk: impl Fn(&str) -> Arc<dyn Election>,
+    restart: impl std::future::Future<Output = ()>,
+) {
+    o.until("leader").await;
+    let a = mk("a");
+    a.join().await.expect("a joins");
+    a.wait_for_leadership(BOUND).await.expect("a leads");
+    o.until_line("leader", |l| field(l, "leader") == Some("a"))
+        .await;
+    a.close().await.expect("a leaves");
+    o.until_line("leader", |l| field(l, "leader") == Some("null"))
+        .await;
+    restart.await;
+    let b = mk("b");
+    b.join().await.expect("b joins after the restart");
+    let lead = b.wait_for_leadership(BOUND).await.expect("b leads");
+    let seen = o
+        .until_line("leader", |l| field(l, "leader") == Some("b"))
+        .await;
+    assert_eq!(field(&seen, "term"), Some(lead.term().to_string().as_str()));
+    b.close().await.expect("b leaves");
+    assert_eq!(o.stop().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_follows_etcd_across_a_restart() {
+    let mut etcd = succession_testkit::EtcdServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ep = etcd.endpoint();
+    let prefix = unique_path("cli-observe-restart");
+    let o = Cli::start(&[
+        "observe",
+        "--etcd",
+        &ep,
+        "--prefix",
+        &prefix,
+        "--interval",
+        "1h",
+    ]);
+    let mk = |id: &str| -> Arc<dyn Election> {
+        let cfg = EtcdConfig::builder()
+            .endpoint(ep.as_str())
+            .prefix(prefix.as_str())
+            .id(id)
+            .ttl(Duration::from_secs(3))
+            .build()
+            .expect("config");
+        Arc::new(EtcdElection::new(cfg).expect("election"))
+    };
+    let restart = async {
+        etcd.restart().await.expect("restart etcd");
+    };
+    follows_across_a_restart(o, mk, restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_observe_follows_zookeeper_across_a_restart() {
+    let mut zk = succession_testkit::ZkServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = zk.addr();
+    let path = unique_path("cli-observe-restart");
+    let o = Cli::start(&[
+        "observe",
+        "--zk",
+        &addr,
+        "--path",
+        &path,
+        "--interval",
+        "1h",
+    ]);
+    let mk = |id: &str| -> Arc<dyn Election> {
+        let cfg = ZkConfig::builder(addr.as_str(), path.as_str(), id)
+            .session_timeout(Duration::from_secs(4))
+            .build()
+            .expect("config");
+        Arc::new(ZkElection::new(cfg).expect("election"))
+    };
+    let restart = async {
+        zk.restart().await.expect("restart ZooKeeper");
+    };
+    follows_across_a_restart(o, mk, restart).await;
+}
