@@ -347,7 +347,7 @@ async fn cli_campaign_observe_run_against_zookeeper_with_digest_acls() {
         ],
         &[("SUCCESSION_ZK_DIGEST", &format!("app:{wrong}"))],
         wrong,
-        "credentials",
+        "check the credentials (--zk-digest-file (or SUCCESSION_ZK_DIGEST) or --zk-sasl-user with its password)",
     )
     .await;
     assert_eq!(holder.stop().await, 0);
@@ -399,7 +399,7 @@ async fn cli_campaign_observe_run_against_zookeeper_with_sasl() {
             ],
             &[("SUCCESSION_ZK_SASL_PASSWORD", wrong)],
             wrong,
-            "rejected the credentials",
+            "rejected the credentials; fix --zk-digest-file (or SUCCESSION_ZK_DIGEST) or --zk-sasl-user with its password",
         )
         .await;
     }

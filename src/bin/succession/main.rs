@@ -48,7 +48,7 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("succession: {msg}");
+            eprintln!("succession: {}", ui::in_cli_terms(&msg));
             ExitCode::from(2)
         }
     }

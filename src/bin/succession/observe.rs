@@ -103,7 +103,10 @@ async fn single(
                 Some(Err(e)) if !e.is_retryable() => {
                     return Err(format!("cannot read the election: {e}"))
                 }
-                Some(Err(e)) => eprintln!("succession: reading the leader failed: {e}"),
+                Some(Err(e)) => eprintln!(
+                    "succession: reading the leader failed: {}",
+                    crate::ui::in_cli_terms(&e.to_string())
+                ),
                 None => return Err("the watch on the election ended".into()),
             },
         }
@@ -167,7 +170,10 @@ async fn supervised(
                     last = l;
                 }
             }
-            Err(err) => eprintln!("succession: reading the leader failed: {err}"),
+            Err(err) => eprintln!(
+                "succession: reading the leader failed: {}",
+                crate::ui::in_cli_terms(&err.to_string())
+            ),
         }
     }
     let _ = e.close().await;

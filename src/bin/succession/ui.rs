@@ -68,9 +68,48 @@ fn one_line(text: &str) -> String {
     line
 }
 
+/// The library's hints name its builder methods (`digest_auth`, `tls_ca_pem`, ...); a CLI
+/// user needs the flags instead.
+pub fn in_cli_terms(msg: &str) -> String {
+    const WORDS: [(&str, &str); 9] = [
+        (
+            "digest_auth or sasl_digest_md5",
+            "--zk-digest-file (or SUCCESSION_ZK_DIGEST) or --zk-sasl-user with its password",
+        ),
+        (
+            "NodeAcl::CreatorAllOthersRead (the default with credentials) and CreatorAll need",
+            "the ACL of nodes created with credentials needs",
+        ),
+        (", or use NodeAcl::Open", ""),
+        ("for sasl_digest_md5 the server", "for SASL the server"),
+        ("sasl_digest_md5", "--zk-sasl-user"),
+        ("digest_auth", "--zk-digest-file"),
+        ("tls_identity_pem", "--etcd-cert/--etcd-key"),
+        ("tls_ca_pem", "--etcd-ca"),
+        ("tls_domain_name", "--etcd-server-name"),
+    ];
+    let mut out = msg.to_string();
+    for (lib, cli) in WORDS {
+        out = out.replace(lib, cli);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::{in_cli_terms, one_line};
+
+    #[test]
+    fn library_hints_name_the_flags() {
+        assert_eq!(
+            in_cli_terms("ZooKeeper rejected the credentials; fix digest_auth or sasl_digest_md5 (user, password)"),
+            "ZooKeeper rejected the credentials; fix --zk-digest-file (or SUCCESSION_ZK_DIGEST) or --zk-sasl-user with its password (user, password)"
+        );
+        assert_eq!(
+            in_cli_terms("check the certificates (tls_ca_pem, tls_identity_pem)"),
+            "check the certificates (--etcd-ca, --etcd-cert/--etcd-key)"
+        );
+    }
 
     #[test]
     fn clap_errors_fold_into_one_line_without_usage() {
