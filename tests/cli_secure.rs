@@ -279,8 +279,12 @@ async fn cli_campaign_observe_run_against_etcd_with_tls_and_client_certificates(
     assert_refused(
         "no client certificate",
         &o,
-        "could not join the election",
+        "the etcd server requires a client certificate (--client-cert-auth); set --etcd-cert and --etcd-key",
         true,
+    );
+    eprintln!(
+        "no client certificate: {}",
+        common::error_lines(&o.stderr)[0]
     );
 }
 

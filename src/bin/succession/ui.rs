@@ -71,7 +71,8 @@ fn one_line(text: &str) -> String {
 /// The library's hints name its builder methods (`digest_auth`, `tls_ca_pem`, ...); a CLI
 /// user needs the flags instead.
 pub fn in_cli_terms(msg: &str) -> String {
-    const WORDS: [(&str, &str); 9] = [
+    const WORDS: [(&str, &str); 10] = [
+        ("tls_identity_pem(cert, key)", "--etcd-cert and --etcd-key"),
         (
             "digest_auth or sasl_digest_md5",
             "--zk-digest-file (or SUCCESSION_ZK_DIGEST) or --zk-sasl-user with its password",
