@@ -368,7 +368,7 @@ fn acls(cfg: &ZkConfig) -> zk::Acls<'static> {
 }
 
 /// Connect a new session (fails fast when no server answers).
-async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client> {
+pub(crate) async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client> {
     let mut c = zk::Client::connector()
         .with_session_timeout(session_timeout)
         .with_connection_timeout(cfg.connection_timeout)
