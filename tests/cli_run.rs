@@ -7,88 +7,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use succession_testkit::{shared_zk, unique_path, EtcdServer, TcpProxy, ZkServer};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_succession");
+mod common;
 
-/// One `succession` process and its event lines.
-struct Proc {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start succession");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("running") as i32
-    }
-
-    /// Read lines until one is the event `event`; returns it.
-    async fn until(&mut self, event: &str) -> String {
-        let needle = format!("\"event\":\"{event}\"");
-        let read = async {
-            loop {
-                match self.lines.next_line().await.expect("read stdout") {
-                    Some(l) => {
-                        self.seen.push(l.clone());
-                        if l.contains(&needle) {
-                            return l;
-                        }
-                    }
-                    None => panic!("stdout closed before {event}; saw {:#?}", self.seen),
-                }
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(30), read).await {
-            Ok(l) => l,
-            Err(_) => panic!("no {event} event within 30s; saw {:#?}", self.seen),
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.pid(), sig);
-        }
-    }
-
-    async fn exit_code(&mut self, within: Duration) -> i32 {
-        let st = tokio::time::timeout(within, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("did not exit within {within:?}; saw {:#?}", self.seen))
-            .expect("wait");
-        st.code().unwrap_or(-1)
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let k = format!("\"{key}\":");
-    let rest = &line[line.find(&k)? + k.len()..];
-    if let Some(r) = rest.strip_prefix('"') {
-        r.split('"').next()
-    } else {
-        rest.split([',', '}']).next()
-    }
-}
+use common::{field, Cli, BIN};
 
 /// Alive and not a zombie.
 fn alive(pid: i32) -> bool {
@@ -237,11 +161,11 @@ async fn run_link_cut_kills_the_whole_slow_draining_tree_before_the_next_leader_
     let tag = format!("cut{}", std::process::id());
     let sh = script(&dir, &tag, "4.5");
     let pa = proxy.addr();
-    let mut a = Proc::start(&run_args(&pa, &path, "a", &["--grace", "30s"], &sh));
+    let mut a = Cli::start(&run_args(&pa, &path, "a", &["--grace", "30s"], &sh));
     a.until("started").await;
     let (cmd, gc) = ready(&dir, "a").await;
     let zka = zk.addr();
-    let mut b = Proc::start(&run_args(&zka, &path, "b", &["--grace", "30s"], &sh));
+    let mut b = Cli::start(&run_args(&zka, &path, "b", &["--grace", "30s"], &sh));
     b.until("joined").await;
     assert!(alive(cmd) && alive(gc), "a's command runs while a leads");
 
@@ -258,8 +182,8 @@ async fn run_link_cut_kills_the_whole_slow_draining_tree_before_the_next_leader_
     proxy.restore();
     a.signal(libc::SIGTERM);
     b.signal(libc::SIGTERM);
-    assert_eq!(a.exit_code(Duration::from_secs(40)).await, 0);
-    assert_eq!(b.exit_code(Duration::from_secs(40)).await, 0);
+    assert_eq!(a.exit_code().await, 0);
+    assert_eq!(b.exit_code().await, 0);
     for id in ["a", "b"] {
         assert_eq!(
             tagged(&format!("{tag}-{id}")),
@@ -279,10 +203,10 @@ async fn run_kill9_of_run_kills_its_whole_tree_before_the_next_leader_starts() {
     let tag = format!("k9{}", std::process::id());
     let sh = script(&dir, &tag, "0");
     let zka = zk.addr();
-    let mut a = Proc::start(&run_args(&zka, &path, "a", &[], &sh));
+    let mut a = Cli::start(&run_args(&zka, &path, "a", &[], &sh));
     a.until("started").await;
     let (cmd, gc) = ready(&dir, "a").await;
-    let mut b = Proc::start(&run_args(&zka, &path, "b", &[], &sh));
+    let mut b = Cli::start(&run_args(&zka, &path, "b", &[], &sh));
     b.until("joined").await;
 
     a.signal(libc::SIGKILL);
@@ -293,7 +217,7 @@ async fn run_kill9_of_run_kills_its_whole_tree_before_the_next_leader_starts() {
         "b waited for a's session to expire (2 s); a fast start means a's place was freed early"
     );
     b.signal(libc::SIGTERM);
-    assert_eq!(b.exit_code(Duration::from_secs(40)).await, 0);
+    assert_eq!(b.exit_code().await, 0);
     assert!(tagged(&format!("{tag}-b")).is_empty());
 }
 
@@ -307,9 +231,9 @@ async fn run_sigterm_to_every_participant_leaves_no_process_of_any_command() {
     let sh = script(&dir, &tag, "0.2");
     let zka = zk.addr();
     let ids = ["p1", "p2", "p3"];
-    let mut ps: Vec<Proc> = ids
+    let mut ps: Vec<Cli> = ids
         .iter()
-        .map(|id| Proc::start(&run_args(&zka, &path, id, &["--grace", "3s"], &sh)))
+        .map(|id| Cli::start(&run_args(&zka, &path, id, &["--grace", "3s"], &sh)))
         .collect();
     for p in &mut ps {
         p.until("joined").await;
@@ -329,7 +253,7 @@ async fn run_sigterm_to_every_participant_leaves_no_process_of_any_command() {
         p.signal(libc::SIGTERM);
     }
     for p in &mut ps {
-        assert_eq!(p.exit_code(Duration::from_secs(40)).await, 0);
+        assert_eq!(p.exit_code().await, 0);
     }
     assert!(!alive(cmd) && !alive(gc), "the leader's tree is gone");
     for id in ids {
@@ -378,14 +302,14 @@ async fn frozen_store_checks(store: &str, addr: &str, freeze: impl Fn(), thaw: i
         v
     };
     let a_args = args("a", &[]);
-    let mut a = Proc::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut a = Cli::start(&a_args.iter().map(String::as_str).collect::<Vec<_>>());
     a.until("started").await;
     let (cmd, gc) = ready(&dir, "a").await;
 
     freeze();
     a.signal(libc::SIGTERM);
     let t0 = Instant::now();
-    let code = a.exit_code(Duration::from_secs(30)).await;
+    let code = a.exit_code().await;
     let took = t0.elapsed();
     assert_eq!(code, 0, "SIGTERM with {store} frozen exits 0");
     assert!(

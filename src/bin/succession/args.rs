@@ -33,7 +33,9 @@ pub enum Command {
     /// Watch the election without taking part: print a `leader` event on every change of
     /// leader or term, driven by the store's watches.
     Observe(ObserveArgs),
-    /// Run CMD only while this participant leads (SIGTERM on loss, SIGKILL after --grace).
+    /// Run CMD, and every process it starts, only while this participant leads: on loss,
+    /// SIGTERM to its whole process tree, SIGKILL after --grace or before another
+    /// participant can be elected, whichever comes first; the tree also dies if `run` dies.
     Run(RunArgs),
     /// Print a shell completion script for bash, zsh or fish on stdout.
     Completions(CompletionsArgs),
@@ -249,7 +251,9 @@ pub struct RunArgs {
     /// Store, auth and timing flags.
     #[command(flatten)]
     pub common: Common,
-    /// After SIGTERM on loss of leadership, wait this long before SIGKILL [default: 5s].
+    /// After SIGTERM, wait this long before SIGKILL [default: 5s]. Once leadership is lost it
+    /// is capped by the election's takeover bound (the earliest instant another participant
+    /// could be elected, less 100 ms).
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub grace: Option<String>,
     /// Restart CMD when it exits while we still lead (instead of resigning and exiting).
