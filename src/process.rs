@@ -47,7 +47,7 @@
 //! match run_while_leading(&*election, &leadership, &cmd, Duration::from_secs(5), std::future::pending()).await? {
 //!     Outcome::Exited { status, .. } => println!("worker finished: {status}"),
 //!     Outcome::LeadershipLost(stopped) => println!("lost leadership; worker stopped: {stopped:?}"),
-//!     Outcome::Cancelled(_) => unreachable!("never cancelled here"),
+//!     _ => {} // Outcome::Cancelled: `cancel` never completes here
 //! }
 //! # Ok(()) }
 //! ```

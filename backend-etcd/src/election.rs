@@ -14,6 +14,7 @@ use etcd_client::{
 };
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
+use succession_core::text::Human;
 use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
@@ -165,8 +166,9 @@ impl EtcdElection {
                     "stopping took too long; the lease is left to expire",
                 );
                 return Err(Error::timeout(format!(
-                    "stopping the etcd participation of {} took longer than {bound:?}; its lease expires on its own",
-                    self.id()
+                    "stopping the etcd participation of {} took longer than {}; its lease expires on its own",
+                    self.id(),
+                    Human(bound)
                 )));
             }
         };
@@ -464,7 +466,7 @@ impl Task {
         };
         tracing::debug!(error = %e, ?delay, "etcd election step failed; retrying");
         self.cell()
-            .set_health(level, format!("{e}; retrying in {delay:?}"));
+            .set_health(level, format!("{e}; retrying in {}", Human(delay)));
         if refused {
             // Health first, so that `join` returning this error finds it published.
             self.inner.refusal.report(e.kind(), e.message());
@@ -939,9 +941,9 @@ impl Task {
                     return Err(Error::new(
                         e.kind(),
                         format!(
-                        "could not revoke lease {id:x} ({e}); it expires on its own within {:?}",
-                        self.config().ttl
-                    ),
+                            "could not revoke lease {id:x} ({e}); it expires on its own within {}",
+                            Human(self.config().ttl)
+                        ),
                     ))
                 }
             }

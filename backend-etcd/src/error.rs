@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use succession_core::text::Human;
 use succession_core::{Error, ErrorKind};
 use tonic::Code;
 
@@ -259,7 +260,8 @@ where
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r.map_err(|e| map_in(op, e, tls)),
         Err(_) => Err(Error::timeout(format!(
-            "etcd {op} got no answer within {timeout:?} (request timeout); retrying"
+            "etcd {op} got no answer within {} (request timeout); retrying",
+            Human(timeout)
         ))),
     }
 }

@@ -12,6 +12,7 @@ use futures::FutureExt;
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
+use succession_core::text::Human;
 use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
@@ -171,7 +172,8 @@ impl ZkElection {
                 result = match timeout(bound, done).await {
                     Ok(r) => r.unwrap_or(Ok(())),
                     Err(_) => Err(Error::timeout(format!(
-                        "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
+                        "closing took longer than {}; the session was dropped, so ZooKeeper removes our node when it expires",
+                        Human(bound)
                     ))),
                 };
             }
@@ -231,15 +233,20 @@ impl ZkElection {
                 .commit()
                 .await
                 .map_err(|e| map(e, "read participant nodes"))?;
-            let path_stat = client.check_stat(&path).await.ok().flatten();
+            // The latch path's data names the node of the latest claim; its mzxid is that
+            // claim's term sequence. A first node that has not claimed yet (its predecessor
+            // just left) or that never claims (a Curator participant) gets no term.
+            let claim = client.get_data(&path).await.ok();
             let mut out = Vec::new();
             for (k, r) in kids.iter().zip(results) {
                 if let zk::MultiReadResult::Data { data, .. } = r {
                     let leader = out.is_empty();
                     let mut p = Participant::new(String::from_utf8_lossy(&data), leader);
                     if leader {
-                        if let Some(st) = path_stat {
-                            p = p.with_term(Term::new(st.ctime as u64, st.mzxid as u64));
+                        if let Some((by, st)) = &claim {
+                            if by.as_slice() == k.name.as_bytes() {
+                                p = p.with_term(Term::new(st.ctime as u64, st.mzxid as u64));
+                            }
                         }
                     }
                     out.push(p);
@@ -251,7 +258,8 @@ impl ZkElection {
         };
         timeout(bound, read).await.unwrap_or_else(|_| {
             Err(Error::timeout(format!(
-                "reading the participants of {path} took longer than the session timeout {bound:?}; ZooKeeper is unreachable or slow"
+                "reading the participants of {path} took longer than the session timeout {}; ZooKeeper is unreachable or slow",
+                Human(bound)
             )))
         })
     }
@@ -386,8 +394,9 @@ pub(crate) async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
         Err(_) => Err(Error::timeout(format!(
-            "connecting to ZooKeeper at {} took longer than {bound:?}; is it running?",
-            cfg.connect
+            "connecting to ZooKeeper at {} took longer than {}; is it running?",
+            cfg.connect,
+            Human(bound)
         ))),
     }
 }
@@ -911,10 +920,11 @@ impl DriverState {
                 return Ok(self.wait(client, None).await);
             }
             // Claim: atomically check our node still exists and write the latch path, whose
-            // new mzxid is the term's sequence.
+            // new mzxid is the term's sequence; its data names the claiming node, so a reader
+            // can tell a first node that has claimed from one that has not yet.
             let mut w = client.new_multi_writer();
             w.add_check_version(&node.path, -1)?;
-            w.add_set_data(&path, &[], None)?;
+            w.add_set_data(&path, node.name.as_bytes(), None)?;
             let stat = match w.commit().await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
@@ -1118,7 +1128,7 @@ impl DriverState {
                 _ = sleep_until(unhealthy_at), if !marked_unhealthy => {
                     marked_unhealthy = true;
                     demoted = true;
-                    let reason = format!("no connection to ZooKeeper for {:?} (the session timeout)", self.session_timeout);
+                    let reason = format!("no connection to ZooKeeper for {} (the session timeout)", Human(self.session_timeout));
                     self.cell.set_health(HealthLevel::Unhealthy, reason);
                 }
                 _ = sleep_until(next_probe) => {

@@ -20,6 +20,7 @@ mod record;
 mod status;
 pub mod supervisor;
 mod term;
+pub mod text;
 pub mod validate;
 
 #[cfg(feature = "conformance")]
