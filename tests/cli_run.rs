@@ -3,27 +3,17 @@
 //! ignores SIGTERM. Every verdict samples process liveness in /proc, not log lines.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use succession_testkit::{shared_zk, unique_path, EtcdServer, TcpProxy, ZkServer};
-use tokio::process::Command;
+use succession_testkit::{process_alive, shared_zk, unique_path, EtcdServer, TcpProxy, ZkServer};
 use tokio::time::Instant;
 
 mod common;
 
-use common::{field, Cli, BIN};
+use common::{field, run_to_end, Cli};
 
-/// Alive and not a zombie.
 fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            .is_none_or(|st| st != "Z"),
-        Err(_) => false,
-    }
+    process_alive(pid as u32)
 }
 
 /// Every live process whose environment carries `CMD_TAG=<tag>` (set by the command script
@@ -265,6 +255,20 @@ async fn run_sigterm_to_every_participant_leaves_no_process_of_any_command() {
     }
 }
 
+/// `args` (with `--startup-timeout 2s`) against a frozen store: exit 2 naming the flag,
+/// within 2 s + EXIT_BOUND.
+async fn startup_times_out(args: &[&str], store: &str) {
+    let t0 = Instant::now();
+    let out = run_to_end(args, &[]).await;
+    let took = t0.elapsed();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--startup-timeout"), "{}", out.stderr);
+    assert!(
+        took <= Duration::from_secs(2) + EXIT_BOUND,
+        "startup timeout 2s with {store} frozen took {took:?}"
+    );
+}
+
 /// Bound on exiting after SIGTERM once the command is gone: the close bound (2 s) plus
 /// 0.5 s for the last events, plus 1.5 s of slack for a loaded machine.
 const EXIT_BOUND: Duration = Duration::from_millis(4000);
@@ -320,26 +324,11 @@ async fn frozen_store_checks(store: &str, addr: &str, freeze: impl Fn(), thaw: i
 
     // Startup against the frozen store: refused after --startup-timeout, not later.
     let b_args = args("b", &["--startup-timeout", "2s"]);
-    let t0 = Instant::now();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(BIN)
-            .args(&b_args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    startup_times_out(
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        store,
     )
-    .await
-    .expect("exits")
-    .expect("run");
-    let took = t0.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--startup-timeout"), "{stderr}");
-    assert!(
-        took <= Duration::from_secs(2) + EXIT_BOUND,
-        "startup timeout 2s with {store} frozen took {took:?}"
-    );
+    .await;
     assert!(!dir.join("cmd.b").exists(), "b never ran its command");
     thaw();
 }
@@ -376,45 +365,31 @@ async fn run_with_etcd_frozen_exits_0_on_sigterm_and_honours_the_startup_timeout
     let zk = shared_zk().await;
     let path = unique_path("run-frozen-sup");
     etcd.freeze().expect("freeze");
-    let t0 = Instant::now();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        Command::new(BIN)
-            .args([
-                "run",
-                "--zk",
-                &zk.addr(),
-                "--path",
-                &path,
-                "--etcd",
-                &etcd.endpoint(),
-                "--prefix",
-                &path,
-                "--id",
-                "s",
-                "--session-timeout",
-                "2s",
-                "--ttl",
-                "2s",
-                "--startup-timeout",
-                "2s",
-                "--",
-                "true",
-            ])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    let (zka, etcda) = (zk.addr(), etcd.endpoint());
+    startup_times_out(
+        &[
+            "run",
+            "--zk",
+            &zka,
+            "--path",
+            &path,
+            "--etcd",
+            &etcda,
+            "--prefix",
+            &path,
+            "--id",
+            "s",
+            "--session-timeout",
+            "2s",
+            "--ttl",
+            "2s",
+            "--startup-timeout",
+            "2s",
+            "--",
+            "true",
+        ],
+        "supervised, etcd",
     )
-    .await
-    .expect("exits")
-    .expect("run");
-    let took = t0.elapsed();
+    .await;
     etcd.thaw().expect("thaw");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--startup-timeout"), "{stderr}");
-    assert!(
-        took <= Duration::from_secs(2) + EXIT_BOUND,
-        "supervised startup timeout 2s with etcd frozen took {took:?}"
-    );
 }

@@ -11,14 +11,7 @@ use succession::{Election, ElectionExt};
 use tokio::time::Instant;
 
 fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            .is_none_or(|st| st != "Z"),
-        Err(_) => false,
-    }
+    succession_testkit::process_alive(pid as u32)
 }
 
 /// A command that ignores SIGTERM and starts a grandchild in its own session that ignores
