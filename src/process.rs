@@ -92,6 +92,47 @@ pub fn kill_deadline(election: &dyn Election, grace: Duration) -> Instant {
     }
 }
 
+/// The latest instant our last confirmed contact keeps the claim safe (the layer we lead
+/// through, for a supervisor), minus [`STOP_MARGIN`]. `None` before any contact.
+fn contact_bound(election: &dyn Election) -> Option<Instant> {
+    let c = election.contact();
+    let last = c.last?;
+    let bound = Instant::from_std(last + c.safe_for);
+    Some(bound.checked_sub(STOP_MARGIN).unwrap_or(bound))
+}
+
+/// The guard's own deadline while the tree is being stopped: the kill instant, and never
+/// later than our contact allows.
+fn guard_deadline(election: &dyn Election, kill_at: Instant) -> Instant {
+    match contact_bound(election) {
+        Some(b) => kill_at.min(b),
+        None => kill_at,
+    }
+}
+
+/// `at` on the CLOCK_MONOTONIC clock, in nanoseconds (what `std::time::Instant` uses on
+/// Linux; converted through the current reading of both, so no assumption on its layout).
+fn monotonic_ns(at: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let mono = mono_now_ns();
+    if at >= now {
+        mono.saturating_add((at - now).as_nanos() as u64)
+    } else {
+        mono.saturating_sub((now - at).as_nanos() as u64)
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (async-signal-safe).
+fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
+}
+
 /// A command to run under a guard: program, arguments and extra environment variables
 /// (the rest of the environment is inherited). Standard input is `/dev/null`; standard
 /// output and error are inherited.
@@ -213,6 +254,14 @@ const MSG_FAILED: u8 = b'F';
 const MSG_EXIT: u8 = b'E';
 const CMD_TERM: u8 = b'T';
 const CMD_KILL: u8 = b'K';
+/// Owner to guard: `D<u64 LE>` SIGKILL the tree by yourself at this CLOCK_MONOTONIC
+/// instant (nanoseconds; 0 = no deadline) unless a later `D` moves it first. A dead man's
+/// switch: it holds even when the owner is alive but stalled (blocked on a full stdout
+/// pipe, SIGSTOPped, starved) while its session or lease runs out.
+const CMD_DEADLINE: u8 = b'D';
+/// How often [`GuardedChild::until_lost`] and [`GuardedChild::terminate`] renew the
+/// guard's own deadline.
+const RENEW_EVERY: Duration = Duration::from_millis(50);
 
 impl GuardedChild {
     /// Start `cmd` under a new guard. Fails early (nothing started) when the program cannot
@@ -374,6 +423,40 @@ impl GuardedChild {
         }
     }
 
+    /// Have the guard SIGKILL the whole tree by itself at `at` (`None`: no deadline), unless
+    /// a later call moves it. Unlike [`terminate`](Self::terminate)'s kill, this holds when
+    /// this process stalls (a blocked write, SIGSTOP, starvation) after the call.
+    pub async fn set_deadline(&mut self, at: Option<Instant>) {
+        if self.gone {
+            return;
+        }
+        let ns = at.map_or(0, |at| monotonic_ns(at.into_std()).max(1));
+        let b = ns.to_le_bytes();
+        let msg = [CMD_DEADLINE, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+        let _ = self.ctl.write_all(&msg).await;
+    }
+
+    /// SIGKILL the tree from this process too, without the guard's help (a guard that is
+    /// stopped or traced cannot do it), and wake the guard (SIGCONT) so that it reaps.
+    fn kill_from_owner(&self) {
+        // SAFETY: kill(2) of our own child (the guard, not yet reaped: `reaped` is false
+        // until its end of the socket closed), of the command's process group while the
+        // command was not reported exited (the unreaped command keeps its group id from
+        // being reused), and of the guard's descendants found in /proc.
+        unsafe {
+            if self.reaped || self.gone {
+                return;
+            }
+            if self.status.is_none() {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+            for_each_descendant(self.guard, |pid| {
+                libc::kill(pid, libc::SIGKILL);
+            });
+            libc::kill(self.guard, libc::SIGCONT);
+        }
+    }
+
     /// Stop the whole tree: SIGTERM to every process now, SIGKILL at
     /// [`kill_deadline`]`(election, grace)`, re-computed (only ever earlier) each time the
     /// election's status changes meanwhile. Resolves when every process is reaped.
@@ -389,10 +472,13 @@ impl GuardedChild {
         let mut killed = false;
         if kill_at <= Instant::now() {
             self.send(CMD_KILL).await;
+            self.kill_from_owner();
             killed = true;
         } else {
+            self.set_deadline(Some(guard_deadline(election, kill_at))).await;
             self.send(CMD_TERM).await;
         }
+        let mut renew = tokio::time::interval(RENEW_EVERY);
         loop {
             tokio::select! {
                 msg = self.next_message() => {
@@ -402,12 +488,17 @@ impl GuardedChild {
                 }
                 _ = tokio::time::sleep_until(kill_at), if !killed => {
                     self.send(CMD_KILL).await;
+                    self.kill_from_owner();
                     killed = true;
+                }
+                _ = renew.tick(), if !killed => {
+                    self.set_deadline(Some(guard_deadline(election, kill_at))).await;
                 }
                 r = status_rx.changed(), if !killed && watching => {
                     // A gone status stream no longer moves the bound: keep the deadline.
                     watching = r.is_ok();
                     kill_at = kill_at.min(kill_deadline(election, grace));
+                    self.set_deadline(Some(guard_deadline(election, kill_at))).await;
                 }
             }
         }
@@ -422,16 +513,29 @@ impl GuardedChild {
         grace: Duration,
         cancel: impl Future<Output = ()>,
     ) -> io::Result<Outcome> {
-        tokio::select! {
-            biased;
-            _ = leadership.lost() => {
-                self.terminate(grace, election).await.map(Outcome::LeadershipLost)
-            }
-            _ = cancel => self.terminate(grace, election).await.map(Outcome::Cancelled),
-            status = self.wait() => {
-                let status = status?;
-                let rest = self.terminate(grace, election).await?;
-                Ok(Outcome::Exited { status, rest })
+        tokio::pin!(cancel);
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                _ = leadership.lost() => {
+                    return self.terminate(grace, election).await.map(Outcome::LeadershipLost);
+                }
+                _ = &mut cancel => {
+                    return self.terminate(grace, election).await.map(Outcome::Cancelled);
+                }
+                status = self.wait() => {
+                    let status = status?;
+                    let rest = self.terminate(grace, election).await?;
+                    return Ok(Outcome::Exited { status, rest });
+                }
+                _ = renew.tick() => {
+                    // While we lead, the guard kills the tree by itself at the bound our
+                    // last contact gives, should this process stall before it learns of a
+                    // loss.
+                    let at = contact_bound(election);
+                    self.set_deadline(at).await;
+                }
             }
         }
     }
@@ -709,6 +813,10 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
     let mut cmd_done = false;
     let mut killing = false;
     let mut stopping = false;
+    // The owner's own kill deadline (CLOCK_MONOTONIC ns; 0 = none).
+    let mut deadline: u64 = 0;
+    let mut inbuf = [0u8; 64];
+    let mut inlen = 0usize;
     loop {
         // Reap everything that ended; the guard's work is done when nothing is left.
         loop {
@@ -725,6 +833,9 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
                 libc::_exit(0);
             }
             break;
+        }
+        if !killing && deadline != 0 && mono_now_ns() >= deadline {
+            killing = true; // the owner did not move its deadline in time: it stalled
         }
         if killing {
             if !cmd_done {
@@ -746,23 +857,51 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
             revents: 0,
         };
         // Short timeout: exits of the tree are noticed by the reaping above (sooner once
-        // the tree was told to stop).
+        // the tree was told to stop), and the deadline within 10 ms.
         if libc::poll(&mut pfd, 1, if stopping { 1 } else { 10 }) > 0 {
-            let mut c = 0u8;
-            let n = libc::read(CTL_FD, (&mut c as *mut u8).cast(), 1);
+            let n = libc::read(
+                CTL_FD,
+                inbuf[inlen..].as_mut_ptr().cast(),
+                inbuf.len() - inlen,
+            );
             if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
                 killing = true; // the owner is gone
-            } else if n == 1 && c == CMD_KILL {
-                killing = true;
-            } else if n == 1 && c == CMD_TERM {
-                stopping = true;
-                if !cmd_done {
-                    libc::kill(-cmd, libc::SIGTERM);
-                }
-                for_each_descendant(me, |pid| {
-                    libc::kill(pid, libc::SIGTERM);
-                });
+                continue;
             }
+            if n > 0 {
+                inlen += n as usize;
+            }
+            let mut off = 0;
+            while off < inlen {
+                match inbuf[off] {
+                    CMD_KILL => {
+                        killing = true;
+                        off += 1;
+                    }
+                    CMD_TERM => {
+                        stopping = true;
+                        if !cmd_done {
+                            libc::kill(-cmd, libc::SIGTERM);
+                        }
+                        for_each_descendant(me, |pid| {
+                            libc::kill(pid, libc::SIGTERM);
+                        });
+                        off += 1;
+                    }
+                    CMD_DEADLINE => {
+                        if inlen - off < 9 {
+                            break; // the rest of it comes with the next read
+                        }
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&inbuf[off + 1..off + 9]);
+                        deadline = u64::from_le_bytes(b);
+                        off += 9;
+                    }
+                    _ => off += 1,
+                }
+            }
+            inbuf.copy_within(off..inlen, 0);
+            inlen -= off;
         }
     }
 }
