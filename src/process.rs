@@ -372,7 +372,7 @@ impl GuardedChild {
             };
             if n == 0 {
                 self.gone = true;
-                self.reap_guard().await;
+                self.reap_guard().await?;
                 return Ok(None);
             }
             self.have += n;
@@ -386,19 +386,32 @@ impl GuardedChild {
         Ok(Some((buf[0], v)))
     }
 
-    async fn reap_guard(&mut self) {
+    /// Reap the guard; `Err` when it did not end by itself (killed by a signal: SIGKILL,
+    /// the OOM killer): the command's descendants may then live on, re-parented to the
+    /// nearest subreaper (see [`kill_orphans`]).
+    async fn reap_guard(&mut self) -> io::Result<()> {
         if self.reaped {
-            return;
+            return Ok(());
         }
         let guard = self.guard;
         // The guard has closed its socket: it is exiting; waitpid returns promptly.
-        let _ = tokio::task::spawn_blocking(move || {
+        let st = tokio::task::spawn_blocking(move || {
             let mut st = 0;
             // SAFETY: waitpid(2) on our own child.
-            unsafe { libc::waitpid(guard, &mut st, 0) };
+            let r = unsafe { libc::waitpid(guard, &mut st, 0) };
+            (r, st)
         })
-        .await;
+        .await
+        .unwrap_or((-1, 0));
         self.reaped = true;
+        let (r, st) = st;
+        if r == guard && libc::WIFSIGNALED(st) {
+            return Err(io::Error::other(format!(
+                "the command's guard process was killed (signal {}); the command's processes may live on",
+                libc::WTERMSIG(st)
+            )));
+        }
+        Ok(())
     }
 
     /// Wait until the command itself exits (its descendants may still run; stop them with
@@ -903,6 +916,44 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
             inbuf.copy_within(off..inlen, 0);
             inlen -= off;
         }
+    }
+}
+
+/// Make this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): should a guard die
+/// without stopping its tree (it was SIGKILLed alone, e.g. by the OOM killer), the
+/// command's orphans are re-parented here instead of to init, where [`kill_orphans`] finds
+/// them. For a process whose only children are guards (like `succession run`).
+pub fn adopt_orphans() -> io::Result<()> {
+    // SAFETY: prctl(2) with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILL every descendant of this process and reap it, until none is left or `within`
+/// has passed; returns how many were left. Only for a process whose children are all
+/// guards and their orphans (see [`adopt_orphans`]): it kills *every* child.
+pub fn kill_orphans(within: Duration) -> usize {
+    let deadline = std::time::Instant::now() + within;
+    // SAFETY: getpid(2).
+    let me = unsafe { libc::getpid() };
+    loop {
+        let mut left = 0;
+        // SAFETY: kill(2) of our own descendants found in /proc; waitpid(2) reaps our
+        // children only.
+        unsafe {
+            for_each_descendant(me, |pid| {
+                left += 1;
+                libc::kill(pid, libc::SIGKILL);
+            });
+            let mut st = 0;
+            while libc::waitpid(-1, &mut st, libc::WNOHANG) > 0 {}
+        }
+        if left == 0 || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -241,7 +241,7 @@ async fn attack_stopped_guard_then_link_cut() {
         cont: vec![],
     };
     let sh = script(&dir, &tag, "0");
-    let st = ["--session-timeout", "2s", "--grace", "30s"];
+    let st = ["--session-timeout", "2s", "--grace", "3s"];
     let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), Stdio::null(), false);
     let (cmd, gc) = ready(&dir, "a").await;
     let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
@@ -342,7 +342,7 @@ async fn stuck_stdout_then_link_cut(one_cpu: bool) -> Result<(), Vec<i32>> {
         cont: vec![],
     };
     let sh = script(&dir, &tag, "0");
-    let st = ["--session-timeout", "2s", "--grace", "30s"];
+    let st = ["--session-timeout", "2s", "--grace", "3s"];
     let mut pipe = StuckPipe::new();
     let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), pipe.stdio(), one_cpu);
     let (cmd, gc) = ready(&dir, "a").await;
@@ -444,4 +444,74 @@ async fn attack_slow_link_then_blackhole() {
         drop(clean);
     }
     assert!(breaks.is_empty(), "overlaps: {breaks:?}");
+}
+
+/// ATTACK (README: a documented limit before the guard's own deadline): SIGSTOP of the
+/// leader's `run` (not of its guard, not of the host). Its session expires and b is
+/// elected; the guard, not paused, must have killed the tree by then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_sigstop_of_run() {
+    let zk = shared_zk().await;
+    let path = unique_path("atk-runstop");
+    let (_keep, dir) = tmp();
+    let tag = format!("rstop{}", std::process::id());
+    let sh = script(&dir, &tag, "0");
+    let st = ["--session-timeout", "2s", "--grace", "3s"];
+    let mut a = Proc::start(&run_args(&zk.addr(), &path, "a", &st, &sh), Stdio::null(), false);
+    let clean = Cleanup {
+        tag: tag.clone(),
+        cont: vec![a.pid()],
+    };
+    let (cmd, gc) = ready(&dir, "a").await;
+    let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
+    settle().await;
+    a.signal(libc::SIGSTOP);
+    let verdict =
+        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
+            .await;
+    a.signal(libc::SIGCONT);
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    let ca = a.exit_code(Duration::from_secs(40)).await;
+    let cb = b.exit_code(Duration::from_secs(40)).await;
+    assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran (a's run stopped)");
+    assert_eq!((ca, cb), (0, 0));
+    assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
+    drop(clean);
+}
+
+/// ATTACK: SIGKILL of the guard alone (the OOM killer may pick it: right after the fork
+/// its resident set is the whole of `run`'s). The command dies of its PDEATHSIG, but its
+/// grandchild that left the group is re-parented to init; `run` then gives up its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_kill9_of_the_guard_alone() {
+    let zk = shared_zk().await;
+    let path = unique_path("atk-guardkill");
+    let (_keep, dir) = tmp();
+    let tag = format!("gkill{}", std::process::id());
+    let clean = Cleanup {
+        tag: tag.clone(),
+        cont: vec![],
+    };
+    let sh = script(&dir, &tag, "0");
+    let st = ["--session-timeout", "2s", "--grace", "3s"];
+    let mut a = Proc::start(&run_args(&zk.addr(), &path, "a", &st, &sh), Stdio::null(), false);
+    let (cmd, gc) = ready(&dir, "a").await;
+    let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
+    settle().await;
+    let guard = guard_of(cmd);
+    // SAFETY: kill(2) of a's guard, a process under this test.
+    unsafe { libc::kill(guard, libc::SIGKILL) };
+    let verdict =
+        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
+            .await;
+    a.signal(libc::SIGTERM);
+    b.signal(libc::SIGTERM);
+    let ca = a.exit_code(Duration::from_secs(40)).await;
+    let cb = b.exit_code(Duration::from_secs(40)).await;
+    let left = tagged(&tag);
+    drop(clean);
+    assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran (a's guard killed)");
+    assert_eq!(left, Vec::<i32>::new(), "processes left");
+    eprintln!("exit codes after the guard's death: a {ca}, b {cb}");
 }
