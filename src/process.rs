@@ -241,6 +241,8 @@ pub struct GuardedChild {
     status: Option<ExitStatus>,
     /// The guard closed its end: every process of the tree is gone.
     gone: bool,
+    /// The guard killed the tree by itself: our deadline passed before we moved it.
+    deadline_hit: bool,
     reaped: bool,
     msg: [u8; 5],
     have: usize,
@@ -252,6 +254,8 @@ pub struct GuardedChild {
 const MSG_PID: u8 = b'P';
 const MSG_FAILED: u8 = b'F';
 const MSG_EXIT: u8 = b'E';
+/// Guard to owner: `X<0>` the owner's deadline passed: the guard is killing the tree.
+const MSG_DEADLINE: u8 = b'X';
 const CMD_TERM: u8 = b'T';
 const CMD_KILL: u8 = b'K';
 /// Owner to guard: `D<u64 LE>` SIGKILL the tree by yourself at this CLOCK_MONOTONIC
@@ -287,6 +291,7 @@ impl GuardedChild {
             ctl,
             status: None,
             gone: false,
+            deadline_hit: false,
             reaped: false,
             msg: [0; 5],
             have: 0,
@@ -382,6 +387,9 @@ impl GuardedChild {
         let v = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
         if buf[0] == MSG_EXIT {
             self.status = Some(ExitStatus::from_raw(v));
+        }
+        if buf[0] == MSG_DEADLINE {
+            self.deadline_hit = true;
         }
         Ok(Some((buf[0], v)))
     }
@@ -540,6 +548,15 @@ impl GuardedChild {
                 status = self.wait() => {
                     let status = status?;
                     let rest = self.terminate(grace, election).await?;
+                    if self.deadline_hit {
+                        // Not an exit of its own: the guard killed the tree at the bound
+                        // our contact gave (we could not confirm leadership in time).
+                        return Ok(Outcome::LeadershipLost(Stopped {
+                            status: Some(status),
+                            killed: true,
+                            took: rest.took,
+                        }));
+                    }
                     return Ok(Outcome::Exited { status, rest });
                 }
                 _ = renew.tick() => {
@@ -849,6 +866,7 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
         }
         if !killing && deadline != 0 && mono_now_ns() >= deadline {
             killing = true; // the owner did not move its deadline in time: it stalled
+            report(MSG_DEADLINE, 0);
         }
         if killing {
             if !cmd_done {

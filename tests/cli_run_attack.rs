@@ -515,3 +515,162 @@ async fn attack_kill9_of_the_guard_alone() {
     assert_eq!(left, Vec::<i32>::new(), "processes left");
     eprintln!("exit codes after the guard's death: a {ca}, b {cb}");
 }
+
+/// Samples /proc every 2 ms for processes tagged `CMD_TAG=<prefix>...`; records every
+/// sample where processes of two different command trees (different tags: participant id
+/// and term) were alive at once.
+fn monitor(prefix: String) -> (tokio::task::JoinHandle<Vec<Vec<String>>>, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let h = tokio::task::spawn_blocking(move || {
+        let want = format!("CMD_TAG={prefix}");
+        let mut bad = Vec::new();
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut tags: Vec<String> = Vec::new();
+            for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+                if let Some(kv) = env.split(|&b| b == 0).find(|kv| kv.starts_with(want.as_bytes())) {
+                    if alive(pid) {
+                        let t = String::from_utf8_lossy(kv).into_owned();
+                        if !tags.contains(&t) {
+                            tags.push(t);
+                        }
+                    }
+                }
+            }
+            if tags.len() > 1 && bad.len() < 20 {
+                bad.push(tags);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        bad
+    });
+    (h, stop)
+}
+
+/// ATTACK: supervised mode (ZooKeeper primary, etcd fallback). kill -9 of ZooKeeper under
+/// the leader -> failover to etcd; ZooKeeper restarted -> failback. At no sample may two
+/// command trees (different participant or term) be alive at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_supervised_failover_and_failback() {
+    let mut zk = succession_testkit::ZkServer::start().await.expect("zookeeper");
+    let etcd = succession_testkit::EtcdServer::start().await.expect("etcd");
+    let path = unique_path("atk-sup");
+    let (_keep, dir) = tmp();
+    let tag = format!("sup{}", std::process::id());
+    let clean = Cleanup { tag: tag.clone(), cont: vec![] };
+    let sh = format!(
+        "export CMD_TAG={tag}-$SUCCESSION_ID-$SUCCESSION_TERM; \
+         echo \"$SUCCESSION_ID $SUCCESSION_LAYER $SUCCESSION_TERM\" >> {d}/starts; \
+         setsid sh -c 'trap \"\" TERM; exec sleep 1000' & \
+         trap 'sleep 0.3; exit 0' TERM; sleep 1000 & wait",
+        d = dir.display()
+    );
+    let args = |id: &str| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "run", "--zk", &zk.addr(), "--path", &path, "--etcd", &etcd.endpoint(), "--prefix",
+            &path, "--id", id, "--session-timeout", "2s", "--ttl", "2s", "--failback-after", "3s",
+            "--grace", "3s", "--", "sh", "-c", &sh,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.shrink_to_fit();
+        v
+    };
+    let (mon, mon_stop) = monitor(tag.clone());
+    let starts = |dir: &Path| std::fs::read_to_string(dir.join("starts")).unwrap_or_default();
+    let wait_starts = |n: usize, layer: &'static str| {
+        let dir = dir.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let s = std::fs::read_to_string(dir.join("starts")).unwrap_or_default();
+                let lines: Vec<&str> = s.lines().collect();
+                if lines.len() >= n && lines.last().is_some_and(|l| l.contains(layer)) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "no start on {layer}: {s}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut ps: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Proc::start(&args(id), Stdio::null(), false))
+        .collect();
+    wait_starts(1, "").await;
+    settle().await;
+    zk.kill().await.expect("kill zk");
+    let n = starts(&dir).lines().count();
+    wait_starts(n + 1, "etcd").await;
+    zk.restart().await.expect("restart zk");
+    let n = starts(&dir).lines().count();
+    wait_starts(n + 1, "zk").await;
+    for p in &ps {
+        p.signal(libc::SIGTERM);
+    }
+    let mut codes = Vec::new();
+    for p in &mut ps {
+        codes.push(p.exit_code(Duration::from_secs(30)).await);
+    }
+    mon_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bad = mon.await.expect("monitor");
+    let left = tagged(&tag);
+    drop(clean);
+    eprintln!("starts:\n{}", starts(&dir));
+    assert!(bad.is_empty(), "two command trees alive at once: {bad:?}");
+    assert_eq!(codes, vec![0, 0, 0]);
+    assert_eq!(left, Vec::<i32>::new(), "processes left");
+}
+
+/// ATTACK: etcd alone, the leader's link slow (300 ms each way) then blackholed; the
+/// command drains for 30 s after SIGTERM. The tree must die before b's command starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_etcd_slow_link_then_blackhole() {
+    let etcd = succession_testkit::EtcdServer::start().await.expect("etcd");
+    let proxy = TcpProxy::start(&etcd.endpoint()).await.expect("proxy");
+    let path = unique_path("atk-etcd-bh");
+    let (_keep, dir) = tmp();
+    let tag = format!("ebh{}", std::process::id());
+    let clean = Cleanup { tag: tag.clone(), cont: vec![] };
+    let sh = script(&dir, &tag, "30");
+    let args = |ep: &str, id: &str| -> Vec<String> {
+        [
+            "run", "--etcd", ep, "--prefix", &path, "--id", id, "--ttl", "3s", "--grace", "60s",
+            "--", "sh", "-c", &sh,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut a = Proc::start(&args(&proxy.endpoint(), "a"), Stdio::null(), false);
+    let (cmd, gc) = ready(&dir, "a").await;
+    let mut b = Proc::start(&args(&etcd.endpoint(), "b"), Stdio::null(), false);
+    settle().await;
+    proxy.set_delay(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.blackhole();
+    let verdict =
+        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
+            .await;
+    proxy.set_delay(Duration::ZERO);
+    proxy.restore();
+    let a_ran_on = a.child.try_wait().expect("try_wait").is_none();
+    a.signal(libc::SIGKILL);
+    b.signal(libc::SIGKILL);
+    assert!(a_ran_on, "a lost leadership and waits for it again (it did not exit)");
+    let _ = a.exit_code(Duration::from_secs(10)).await;
+    let _ = b.exit_code(Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tagged(&tag).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let left = tagged(&tag);
+    drop(clean);
+    assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran");
+    assert_eq!(left, Vec::<i32>::new(), "processes left");
+}
