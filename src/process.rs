@@ -15,6 +15,14 @@
 //!   grace by [`kill_deadline`]: the election's [`takeover_bound`](crate::Election::takeover_bound)
 //!   (the earliest instant another participant could be granted leadership) minus
 //!   [`STOP_MARGIN`], re-checked whenever the status changes while the command drains.
+//! * **If the owning process stalls, the tree dies.** While the command runs under
+//!   [`GuardedChild::until_lost`] (and while [`GuardedChild::terminate`] drains it), the
+//!   owner renews every 50 ms a deadline the guard holds: the bound its last contact gives
+//!   (the layer's, for a supervisor) minus [`STOP_MARGIN`]. An owner that stops renewing
+//!   (SIGSTOP, a runtime blocked on a full pipe, starvation) has its tree SIGKILLed by the
+//!   guard there; `until_lost` then reports [`Outcome::LeadershipLost`]. At the kill
+//!   deadline the owner also kills the group and the guard's descendants itself and
+//!   SIGCONTs the guard (a stopped or traced guard cannot keep the tree alive).
 //! * **If the owning process dies, the tree dies.** The guard holds one end of a socket whose
 //!   other end only the owner holds. When the owner exits for any reason (SIGKILL, OOM kill,
 //!   panic, a dropped [`GuardedChild`]) the guard sees end-of-file and SIGKILLs every
@@ -29,7 +37,9 @@
 //!
 //! What is **not** covered: SIGKILL of the guard itself together with its owner (e.g.
 //! `kill -9 -<owner's process group>`): then only the direct child dies (its
-//! `PDEATHSIG`); a host paused longer than the takeover bound (the command resumes after
+//! `PDEATHSIG`); SIGKILL of the guard alone, unless the owner called [`adopt_orphans`] and
+//! calls [`kill_orphans`] on the error it then gets (as `succession run` does); a host
+//! (owner and guard) paused longer than the takeover bound (the command resumes after
 //! another leader started: fence your writes on [`Term`](crate::Term)s); and a store fact
 //! that removes a leader at once (an operator deleting its node or revoking its lease).
 //! Other operating systems: the module is Linux-only.

@@ -339,9 +339,9 @@ impl Election for ZkElection {
         self.read_participants().await
     }
 
-    /// Last contact: when the driver last saw its session connected (zookeeper-client
-    /// drops a connection whose pings go unanswered); safe for half the negotiated session
-    /// timeout.
+    /// Last contact: the send instant of the latest request the server answered (a probe
+    /// every T/6 while connected; the server heard it no sooner); safe for half the
+    /// negotiated session timeout.
     fn contact(&self) -> Contact {
         self.cell.contact()
     }
