@@ -72,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::{Election, Leadership};
@@ -253,6 +253,8 @@ pub struct GuardedChild {
     gone: bool,
     /// The guard killed the tree by itself: our deadline passed before we moved it.
     deadline_hit: bool,
+    /// Bytes for the guard not yet written (whole messages; see `push`).
+    out: Vec<u8>,
     reaped: bool,
     msg: [u8; 5],
     have: usize,
@@ -302,6 +304,7 @@ impl GuardedChild {
             status: None,
             gone: false,
             deadline_hit: false,
+            out: Vec::new(),
             reaped: false,
             msg: [0; 5],
             have: 0,
@@ -447,24 +450,54 @@ impl GuardedChild {
         }
     }
 
-    async fn send(&mut self, cmd: u8) {
-        if !self.gone {
-            // A failed write means the guard is gone already.
-            let _ = self.ctl.write_all(&[cmd]).await;
+    /// Queue `msg` for the guard and write what the socket takes now, never waiting: a
+    /// guard that is stopped does not read, and this process must go on (its kill does
+    /// not depend on the guard, see [`kill_from_owner`](Self::kill_from_owner)). Only
+    /// whole messages are queued or dropped, so the stream stays in step; a `droppable`
+    /// one (a deadline renewal) is dropped while much is pending.
+    fn push(&mut self, msg: &[u8], droppable: bool) {
+        if self.gone {
+            return;
         }
+        if droppable && self.out.len() > 512 {
+            self.flush();
+            return;
+        }
+        self.out.extend_from_slice(msg);
+        self.flush();
+    }
+
+    /// Write pending messages without waiting.
+    fn flush(&mut self) {
+        while !self.out.is_empty() {
+            match self.ctl.try_write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The guard is gone already.
+                Err(_) => {
+                    self.out.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, cmd: u8) {
+        self.push(&[cmd], false);
     }
 
     /// Have the guard SIGKILL the whole tree by itself at `at` (`None`: no deadline), unless
     /// a later call moves it. Unlike [`terminate`](Self::terminate)'s kill, this holds when
-    /// this process stalls (a blocked write, SIGSTOP, starvation) after the call.
+    /// this process stalls (a blocked write, SIGSTOP, starvation) after the call. Never
+    /// waits (a renewal the guard cannot take now is dropped).
     pub async fn set_deadline(&mut self, at: Option<Instant>) {
-        if self.gone {
-            return;
-        }
         let ns = at.map_or(0, |at| monotonic_ns(at.into_std()).max(1));
         let b = ns.to_le_bytes();
         let msg = [CMD_DEADLINE, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
-        let _ = self.ctl.write_all(&msg).await;
+        self.push(&msg, true);
     }
 
     /// SIGKILL the tree from this process too, without the guard's help (a guard that is
@@ -502,12 +535,12 @@ impl GuardedChild {
         let mut kill_at = kill_deadline(election, grace);
         let mut killed = false;
         if kill_at <= Instant::now() {
-            self.send(CMD_KILL).await;
             self.kill_from_owner();
+            self.send(CMD_KILL);
             killed = true;
         } else {
             self.set_deadline(Some(guard_deadline(election, kill_at))).await;
-            self.send(CMD_TERM).await;
+            self.send(CMD_TERM);
         }
         let mut renew = tokio::time::interval(RENEW_EVERY);
         loop {
@@ -518,12 +551,19 @@ impl GuardedChild {
                     }
                 }
                 _ = tokio::time::sleep_until(kill_at), if !killed => {
-                    self.send(CMD_KILL).await;
                     self.kill_from_owner();
+                    self.send(CMD_KILL);
                     killed = true;
                 }
-                _ = renew.tick(), if !killed => {
-                    self.set_deadline(Some(guard_deadline(election, kill_at))).await;
+                _ = renew.tick() => {
+                    if killed {
+                        // Keep killing from here too until the guard reports the tree gone
+                        // (it may be stopped, or not reading yet).
+                        self.kill_from_owner();
+                        self.flush();
+                    } else {
+                        self.set_deadline(Some(guard_deadline(election, kill_at))).await;
+                    }
                 }
                 r = status_rx.changed(), if !killed && watching => {
                     // A gone status stream no longer moves the bound: keep the deadline.
@@ -583,7 +623,8 @@ impl GuardedChild {
     /// SIGKILL the whole tree now and wait until every process is reaped.
     pub async fn kill(&mut self) -> io::Result<Stopped> {
         let started = Instant::now();
-        self.send(CMD_KILL).await;
+        self.kill_from_owner();
+        self.send(CMD_KILL);
         while self.next_message().await?.is_some() {}
         Ok(Stopped {
             status: self.status,

@@ -180,11 +180,22 @@ async fn overlap_when_next_starts(
             .chain(tagged(old_tag))
             .collect();
         if next_started {
-            return if old_alive.is_empty() {
-                Ok(())
-            } else {
-                Err(old_alive)
-            };
+            if old_alive.is_empty() {
+                return Ok(());
+            }
+            let states: Vec<String> = old_alive
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/stat"))
+                        .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("").to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            eprintln!(
+                "overlap: {next} started {:?} after the fault; old processes {old_alive:?} in states {states:?}",
+                within.saturating_sub(deadline.saturating_duration_since(Instant::now()))
+            );
+            return Err(old_alive);
         }
         assert!(
             Instant::now() < deadline,
@@ -229,13 +240,12 @@ async fn settle() {
 /// a mistaken `kill -STOP`), then cut the leader's link. `run` itself is alive and not
 /// paused, knows the command's process group, and knows the takeover bound; the promise
 /// should hold. On main: `run` only asks the (stopped) guard to kill, and waits forever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attack_stopped_guard_then_link_cut() {
+async fn stopped_guard_then_link_cut(stopped_for: Duration) {
     let zk = shared_zk().await;
     let proxy = TcpProxy::start(&zk.addr()).await.expect("proxy");
     let path = unique_path("atk-guardstop");
     let (_keep, dir) = tmp();
-    let tag = format!("gstop{}", std::process::id());
+    let tag = format!("gstop{}x{}", stopped_for.as_secs(), std::process::id());
     let mut clean = Cleanup {
         tag: tag.clone(),
         cont: vec![],
@@ -250,6 +260,8 @@ async fn attack_stopped_guard_then_link_cut() {
     clean.cont.push(guard);
     // SAFETY: kill(2) of a's guard, a process under this test.
     unsafe { libc::kill(guard, libc::SIGSTOP) };
+    // A long stop fills the control socket with the owner's deadline renewals.
+    tokio::time::sleep(stopped_for).await;
     proxy.cut();
     let verdict =
         overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
@@ -269,6 +281,18 @@ async fn attack_stopped_guard_then_link_cut() {
     assert_eq!((ca, cb), (0, 0));
     assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
     drop(clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_stopped_guard_then_link_cut() {
+    stopped_guard_then_link_cut(Duration::ZERO).await;
+}
+
+/// The same after the guard was stopped for 40 s: `run`'s writes to the guard's control
+/// socket (renewals every 50 ms) must never block `run` itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_long_stopped_guard_then_link_cut() {
+    stopped_guard_then_link_cut(Duration::from_secs(40)).await;
 }
 
 /// A pipe whose write end goes to `run` as stdout and that the test can fill (through its
