@@ -229,11 +229,29 @@ fn guard_of(cmd: i32) -> i32 {
     g
 }
 
-/// Wait until participant `id` has a `run` process in state `want` for its followers:
-/// here, simply until b's place is held (its node exists), by waiting for b to print
-/// nothing: we poll the latch through a short grace instead of log lines.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(500)).await;
+/// Start a follower and wait for its `joined` event (its place is held); the rest of its
+/// stdout is drained in the background.
+async fn start_joined(args: &[String]) -> Proc {
+    let mut p = Proc::start(args, Stdio::piped(), false);
+    let out = p.child.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let mut tx = Some(tx);
+        while let Ok(Some(l)) = lines.next_line().await {
+            if l.contains("\"event\":\"joined\"") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .expect("joined within 30 s")
+        .expect("joined event");
+    p
 }
 
 /// ATTACK: SIGSTOP the guard (`leader-guard`) of the leader's command (a debugger attach,
@@ -254,8 +272,7 @@ async fn stopped_guard_then_link_cut(stopped_for: Duration) {
     let st = ["--session-timeout", "2s", "--grace", "3s"];
     let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), Stdio::null(), false);
     let (cmd, gc) = ready(&dir, "a").await;
-    let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
-    settle().await;
+    let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     let guard = guard_of(cmd);
     clean.cont.push(guard);
     // SAFETY: kill(2) of a's guard, a process under this test.
@@ -291,6 +308,7 @@ async fn attack_stopped_guard_then_link_cut() {
 /// The same after the guard was stopped for 40 s: `run`'s writes to the guard's control
 /// socket (renewals every 50 ms) must never block `run` itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "45 s; run with --ignored"]
 async fn attack_long_stopped_guard_then_link_cut() {
     stopped_guard_then_link_cut(Duration::from_secs(40)).await;
 }
@@ -370,8 +388,7 @@ async fn stuck_stdout_then_link_cut(one_cpu: bool) -> Result<(), Vec<i32>> {
     let mut pipe = StuckPipe::new();
     let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), pipe.stdio(), one_cpu);
     let (cmd, gc) = ready(&dir, "a").await;
-    let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
-    settle().await;
+    let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     pipe.fill();
     proxy.cut();
     let verdict =
@@ -433,8 +450,7 @@ async fn attack_slow_link_then_blackhole() {
         let st = ["--session-timeout", "5s", "--grace", "60s"];
         let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), Stdio::null(), false);
         let (cmd, gc) = ready(&dir, "a").await;
-        let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
-        settle().await;
+        let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
         proxy.set_delay(Duration::from_millis(750));
         // Let the delayed ping cycle establish, at a varying phase.
         tokio::time::sleep(Duration::from_millis(3000 + 373 * round as u64)).await;
@@ -487,8 +503,7 @@ async fn attack_sigstop_of_run() {
         cont: vec![a.pid()],
     };
     let (cmd, gc) = ready(&dir, "a").await;
-    let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
-    settle().await;
+    let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     a.signal(libc::SIGSTOP);
     let verdict =
         overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
@@ -521,8 +536,7 @@ async fn attack_kill9_of_the_guard_alone() {
     let st = ["--session-timeout", "2s", "--grace", "3s"];
     let mut a = Proc::start(&run_args(&zk.addr(), &path, "a", &st, &sh), Stdio::null(), false);
     let (cmd, gc) = ready(&dir, "a").await;
-    let mut b = Proc::start(&run_args(&zk.addr(), &path, "b", &st, &sh), Stdio::null(), false);
-    settle().await;
+    let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     let guard = guard_of(cmd);
     // SAFETY: kill(2) of a's guard, a process under this test.
     unsafe { libc::kill(guard, libc::SIGKILL) };
@@ -622,12 +636,11 @@ async fn attack_supervised_failover_and_failback() {
             }
         }
     };
-    let mut ps: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|id| Proc::start(&args(id), Stdio::null(), false))
-        .collect();
+    let mut ps: Vec<Proc> = Vec::new();
+    for id in ["a", "b", "c"] {
+        ps.push(start_joined(&args(id)).await);
+    }
     wait_starts(1, "").await;
-    settle().await;
     zk.kill().await.expect("kill zk");
     let n = starts(&dir).lines().count();
     wait_starts(n + 1, "etcd").await;
@@ -673,8 +686,7 @@ async fn attack_etcd_slow_link_then_blackhole() {
     };
     let mut a = Proc::start(&args(&proxy.endpoint(), "a"), Stdio::null(), false);
     let (cmd, gc) = ready(&dir, "a").await;
-    let mut b = Proc::start(&args(&etcd.endpoint(), "b"), Stdio::null(), false);
-    settle().await;
+    let mut b = start_joined(&args(&etcd.endpoint(), "b")).await;
     proxy.set_delay(Duration::from_millis(300));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.blackhole();
