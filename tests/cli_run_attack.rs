@@ -710,3 +710,95 @@ async fn attack_etcd_slow_link_then_blackhole() {
     assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran");
     assert_eq!(left, Vec::<i32>::new(), "processes left");
 }
+
+/// ATTACK: ZooKeeper itself fails under the leader: frozen past the session timeout then
+/// thawed, or kill -9 and restarted (with its data, or wiped). Three participants; at no
+/// sample may two command trees (participant and term) be alive at once, and a command
+/// must run again afterwards.
+async fn zk_server_fault(fault: &str) {
+    let mut zk = succession_testkit::ZkServer::start().await.expect("zookeeper");
+    let path = unique_path("atk-zkfault");
+    let (_keep, dir) = tmp();
+    let tag = format!("zkf{fault}{}", std::process::id());
+    let clean = Cleanup { tag: tag.clone(), cont: vec![] };
+    let sh = format!(
+        "export CMD_TAG={tag}-$SUCCESSION_ID-$SUCCESSION_TERM; \
+         echo \"$SUCCESSION_ID $SUCCESSION_TERM\" >> {d}/starts; \
+         setsid sh -c 'trap \"\" TERM; exec sleep 1000' & \
+         trap 'sleep 0.3; exit 0' TERM; sleep 1000 & wait",
+        d = dir.display()
+    );
+    let args = |id: &str| run_args(&zk.addr(), &path, id, &["--session-timeout", "2s", "--grace", "3s"], &sh);
+    let (mon, mon_stop) = monitor(tag.clone());
+    let count = |dir: &Path| std::fs::read_to_string(dir.join("starts")).unwrap_or_default().lines().count();
+    let wait_count = |n: usize| {
+        let dir = dir.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(&dir) < n {
+                assert!(Instant::now() < deadline, "no new start");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut ps: Vec<Proc> = Vec::new();
+    for id in ["a", "b", "c"] {
+        ps.push(start_joined(&args(id)).await);
+    }
+    wait_count(1).await;
+    let n = count(&dir);
+    match fault {
+        "freeze" => {
+            zk.freeze().expect("freeze");
+            // The fault itself: frozen for longer than the session timeout.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            zk.thaw().expect("thaw");
+        }
+        "kill" => {
+            zk.kill().await.expect("kill");
+            zk.restart().await.expect("restart");
+        }
+        _ => {
+            zk.kill().await.expect("kill");
+            zk.wipe().expect("wipe");
+            zk.restart().await.expect("restart");
+        }
+    }
+    wait_count(n + 1).await;
+    for p in &ps {
+        p.signal(libc::SIGTERM);
+    }
+    let mut codes = Vec::new();
+    for p in &mut ps {
+        codes.push(p.exit_code(Duration::from_secs(30)).await);
+    }
+    mon_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let bad = mon.await.expect("monitor");
+    let left = tagged(&tag);
+    drop(clean);
+    let starts = std::fs::read_to_string(dir.join("starts")).unwrap_or_default();
+    eprintln!("starts:\n{starts}");
+    assert!(bad.is_empty(), "two command trees alive at once: {bad:?}");
+    let mut lines: Vec<&str> = starts.lines().collect();
+    let all = lines.len();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), all, "a grant's command was killed and started again (stale contact at the grant): {starts}");
+    assert_eq!(codes, vec![0, 0, 0]);
+    assert_eq!(left, Vec::<i32>::new(), "processes left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_zk_frozen_past_the_session_then_thawed() {
+    zk_server_fault("freeze").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_zk_kill9_and_restart() {
+    zk_server_fault("kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_zk_kill9_wipe_and_restart() {
+    zk_server_fault("wipe").await;
+}

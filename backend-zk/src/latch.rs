@@ -925,6 +925,9 @@ impl DriverState {
             let mut w = client.new_multi_writer();
             w.add_check_version(&node.path, -1)?;
             w.add_set_data(&path, node.name.as_bytes(), None)?;
+            // The claim is an answered request: contact as of its send instant, so a grant is
+            // published with a fresh takeover bound (not one left from before a reconnect).
+            let sent = std::time::Instant::now();
             let stat = match w.commit().await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
@@ -940,6 +943,7 @@ impl DriverState {
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             };
+            self.cell.touch(sent);
             let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
             if !self.cell.get().role.is_leader() {
                 info!(%term, "elected");
