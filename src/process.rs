@@ -539,7 +539,8 @@ impl GuardedChild {
             self.send(CMD_KILL);
             killed = true;
         } else {
-            self.set_deadline(Some(guard_deadline(election, kill_at))).await;
+            self.set_deadline(Some(guard_deadline(election, kill_at)))
+                .await;
             self.send(CMD_TERM);
         }
         let mut renew = tokio::time::interval(RENEW_EVERY);

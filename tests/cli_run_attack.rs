@@ -76,7 +76,12 @@ fn alive(pid: i32) -> bool {
 
 fn ppid(pid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()
+    s.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Every live process whose environment carries `CMD_TAG=<tag>...` (prefix match).
@@ -155,7 +160,10 @@ async fn ready(dir: &Path, id: &str) -> (i32, i32) {
                 return (c, g);
             }
         }
-        assert!(Instant::now() < deadline, "the command of {id} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "the command of {id} did not start"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -187,7 +195,15 @@ async fn overlap_when_next_starts(
                 .iter()
                 .map(|p| {
                     std::fs::read_to_string(format!("/proc/{p}/stat"))
-                        .map(|s| s.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("").to_string())
+                        .map(|s| {
+                            s.rsplit(')')
+                                .next()
+                                .unwrap_or("")
+                                .split_whitespace()
+                                .next()
+                                .unwrap_or("")
+                                .to_string()
+                        })
                         .unwrap_or_default()
                 })
                 .collect();
@@ -225,7 +241,11 @@ fn tmp() -> (tempfile::TempDir, PathBuf) {
 fn guard_of(cmd: i32) -> i32 {
     let g = ppid(cmd).expect("command's parent");
     let comm = std::fs::read_to_string(format!("/proc/{g}/comm")).unwrap_or_default();
-    assert_eq!(comm.trim(), "leader-guard", "parent of the command is the guard");
+    assert_eq!(
+        comm.trim(),
+        "leader-guard",
+        "parent of the command is the guard"
+    );
     g
 }
 
@@ -270,7 +290,11 @@ async fn stopped_guard_then_link_cut(stopped_for: Duration) {
     };
     let sh = script(&dir, &tag, "0");
     let st = ["--session-timeout", "2s", "--grace", "3s"];
-    let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), Stdio::null(), false);
+    let mut a = Proc::start(
+        &run_args(&proxy.addr(), &path, "a", &st, &sh),
+        Stdio::null(),
+        false,
+    );
     let (cmd, gc) = ready(&dir, "a").await;
     let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     let guard = guard_of(cmd);
@@ -280,9 +304,14 @@ async fn stopped_guard_then_link_cut(stopped_for: Duration) {
     // A long stop fills the control socket with the owner's deadline renewals.
     tokio::time::sleep(stopped_for).await;
     proxy.cut();
-    let verdict =
-        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
-            .await;
+    let verdict = overlap_when_next_starts(
+        &dir,
+        "b",
+        &format!("{tag}-a"),
+        &[cmd, gc],
+        Duration::from_secs(30),
+    )
+    .await;
     // SAFETY: as above.
     unsafe { libc::kill(guard, libc::SIGCONT) };
     proxy.restore();
@@ -386,21 +415,37 @@ async fn stuck_stdout_then_link_cut(one_cpu: bool) -> Result<(), Vec<i32>> {
     let sh = script(&dir, &tag, "0");
     let st = ["--session-timeout", "2s", "--grace", "3s"];
     let mut pipe = StuckPipe::new();
-    let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), pipe.stdio(), one_cpu);
+    let mut a = Proc::start(
+        &run_args(&proxy.addr(), &path, "a", &st, &sh),
+        pipe.stdio(),
+        one_cpu,
+    );
     let (cmd, gc) = ready(&dir, "a").await;
     let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     pipe.fill();
     proxy.cut();
-    let verdict =
-        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
-            .await;
+    let verdict = overlap_when_next_starts(
+        &dir,
+        "b",
+        &format!("{tag}-a"),
+        &[cmd, gc],
+        Duration::from_secs(30),
+    )
+    .await;
     eprintln!("stuck stdout (one cpu: {one_cpu}): {verdict:?}");
     pipe.drain_in_background();
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(3)).await;
     for t in std::fs::read_dir(format!("/proc/{}/task", a.pid())).unwrap() {
         let t = t.unwrap().path();
-        eprintln!("a task {:?}: {} {}", t, std::fs::read_to_string(t.join("comm")).unwrap_or_default().trim(), std::fs::read_to_string(t.join("wchan")).unwrap_or_default());
+        eprintln!(
+            "a task {:?}: {} {}",
+            t,
+            std::fs::read_to_string(t.join("comm"))
+                .unwrap_or_default()
+                .trim(),
+            std::fs::read_to_string(t.join("wchan")).unwrap_or_default()
+        );
     }
     a.signal(libc::SIGTERM);
     b.signal(libc::SIGTERM);
@@ -415,13 +460,21 @@ async fn stuck_stdout_then_link_cut(one_cpu: bool) -> Result<(), Vec<i32>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_stuck_stdout_one_cpu_then_link_cut() {
     let v = stuck_stdout_then_link_cut(true).await;
-    assert_eq!(v, Ok(()), "b's command started while a's processes still ran");
+    assert_eq!(
+        v,
+        Ok(()),
+        "b's command started while a's processes still ran"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_stuck_stdout_two_cpus_then_link_cut() {
     let v = stuck_stdout_then_link_cut(false).await;
-    assert_eq!(v, Ok(()), "b's command started while a's processes still ran");
+    assert_eq!(
+        v,
+        Ok(()),
+        "b's command started while a's processes still ran"
+    );
 }
 
 /// ATTACK: a slow link (proxy delay D each way), then a silent partition (blackhole). The
@@ -448,7 +501,11 @@ async fn attack_slow_link_then_blackhole() {
         };
         let sh = script(&dir, &tag, "30");
         let st = ["--session-timeout", "5s", "--grace", "60s"];
-        let mut a = Proc::start(&run_args(&proxy.addr(), &path, "a", &st, &sh), Stdio::null(), false);
+        let mut a = Proc::start(
+            &run_args(&proxy.addr(), &path, "a", &st, &sh),
+            Stdio::null(),
+            false,
+        );
         let (cmd, gc) = ready(&dir, "a").await;
         let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
         proxy.set_delay(Duration::from_millis(750));
@@ -464,7 +521,10 @@ async fn attack_slow_link_then_blackhole() {
             Duration::from_secs(40),
         )
         .await;
-        eprintln!("round {round}: b started {:?} after the blackhole: {verdict:?}", t0.elapsed());
+        eprintln!(
+            "round {round}: b started {:?} after the blackhole: {verdict:?}",
+            t0.elapsed()
+        );
         if let Err(p) = verdict {
             breaks.push((round, p));
         }
@@ -497,7 +557,11 @@ async fn attack_sigstop_of_run() {
     let tag = format!("rstop{}", std::process::id());
     let sh = script(&dir, &tag, "0");
     let st = ["--session-timeout", "2s", "--grace", "3s"];
-    let mut a = Proc::start(&run_args(&zk.addr(), &path, "a", &st, &sh), Stdio::null(), false);
+    let mut a = Proc::start(
+        &run_args(&zk.addr(), &path, "a", &st, &sh),
+        Stdio::null(),
+        false,
+    );
     let clean = Cleanup {
         tag: tag.clone(),
         cont: vec![a.pid()],
@@ -505,15 +569,24 @@ async fn attack_sigstop_of_run() {
     let (cmd, gc) = ready(&dir, "a").await;
     let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     a.signal(libc::SIGSTOP);
-    let verdict =
-        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
-            .await;
+    let verdict = overlap_when_next_starts(
+        &dir,
+        "b",
+        &format!("{tag}-a"),
+        &[cmd, gc],
+        Duration::from_secs(30),
+    )
+    .await;
     a.signal(libc::SIGCONT);
     a.signal(libc::SIGTERM);
     b.signal(libc::SIGTERM);
     let ca = a.exit_code(Duration::from_secs(40)).await;
     let cb = b.exit_code(Duration::from_secs(40)).await;
-    assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran (a's run stopped)");
+    assert_eq!(
+        verdict,
+        Ok(()),
+        "b's command started while a's processes still ran (a's run stopped)"
+    );
     assert_eq!((ca, cb), (0, 0));
     assert_eq!(tagged(&tag), Vec::<i32>::new(), "processes left");
     drop(clean);
@@ -534,22 +607,35 @@ async fn attack_kill9_of_the_guard_alone() {
     };
     let sh = script(&dir, &tag, "0");
     let st = ["--session-timeout", "2s", "--grace", "3s"];
-    let mut a = Proc::start(&run_args(&zk.addr(), &path, "a", &st, &sh), Stdio::null(), false);
+    let mut a = Proc::start(
+        &run_args(&zk.addr(), &path, "a", &st, &sh),
+        Stdio::null(),
+        false,
+    );
     let (cmd, gc) = ready(&dir, "a").await;
     let mut b = start_joined(&run_args(&zk.addr(), &path, "b", &st, &sh)).await;
     let guard = guard_of(cmd);
     // SAFETY: kill(2) of a's guard, a process under this test.
     unsafe { libc::kill(guard, libc::SIGKILL) };
-    let verdict =
-        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
-            .await;
+    let verdict = overlap_when_next_starts(
+        &dir,
+        "b",
+        &format!("{tag}-a"),
+        &[cmd, gc],
+        Duration::from_secs(30),
+    )
+    .await;
     a.signal(libc::SIGTERM);
     b.signal(libc::SIGTERM);
     let ca = a.exit_code(Duration::from_secs(40)).await;
     let cb = b.exit_code(Duration::from_secs(40)).await;
     let left = tagged(&tag);
     drop(clean);
-    assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran (a's guard killed)");
+    assert_eq!(
+        verdict,
+        Ok(()),
+        "b's command started while a's processes still ran (a's guard killed)"
+    );
     assert_eq!(left, Vec::<i32>::new(), "processes left");
     eprintln!("exit codes after the guard's death: a {ca}, b {cb}");
 }
@@ -557,7 +643,12 @@ async fn attack_kill9_of_the_guard_alone() {
 /// Samples /proc every 2 ms for processes tagged `CMD_TAG=<prefix>...`; records every
 /// sample where processes of two different command trees (different tags: participant id
 /// and term) were alive at once.
-fn monitor(prefix: String) -> (tokio::task::JoinHandle<Vec<Vec<String>>>, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+fn monitor(
+    prefix: String,
+) -> (
+    tokio::task::JoinHandle<Vec<Vec<String>>>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s2 = stop.clone();
     let h = tokio::task::spawn_blocking(move || {
@@ -566,11 +657,20 @@ fn monitor(prefix: String) -> (tokio::task::JoinHandle<Vec<Vec<String>>>, std::s
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
             let mut tags: Vec<String> = Vec::new();
             for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-                let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<i32>().ok())
+                else {
                     continue;
                 };
-                let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
-                if let Some(kv) = env.split(|&b| b == 0).find(|kv| kv.starts_with(want.as_bytes())) {
+                let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+                    continue;
+                };
+                if let Some(kv) = env
+                    .split(|&b| b == 0)
+                    .find(|kv| kv.starts_with(want.as_bytes()))
+                {
                     if alive(pid) {
                         let t = String::from_utf8_lossy(kv).into_owned();
                         if !tags.contains(&t) {
@@ -594,12 +694,17 @@ fn monitor(prefix: String) -> (tokio::task::JoinHandle<Vec<Vec<String>>>, std::s
 /// command trees (different participant or term) be alive at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attack_supervised_failover_and_failback() {
-    let mut zk = succession_testkit::ZkServer::start().await.expect("zookeeper");
+    let mut zk = succession_testkit::ZkServer::start()
+        .await
+        .expect("zookeeper");
     let etcd = succession_testkit::EtcdServer::start().await.expect("etcd");
     let path = unique_path("atk-sup");
     let (_keep, dir) = tmp();
     let tag = format!("sup{}", std::process::id());
-    let clean = Cleanup { tag: tag.clone(), cont: vec![] };
+    let clean = Cleanup {
+        tag: tag.clone(),
+        cont: vec![],
+    };
     let sh = format!(
         "export CMD_TAG={tag}-$SUCCESSION_ID-$SUCCESSION_TERM; \
          echo \"$SUCCESSION_ID $SUCCESSION_LAYER $SUCCESSION_TERM\" >> {d}/starts; \
@@ -609,9 +714,29 @@ async fn attack_supervised_failover_and_failback() {
     );
     let args = |id: &str| -> Vec<String> {
         let mut v: Vec<String> = [
-            "run", "--zk", &zk.addr(), "--path", &path, "--etcd", &etcd.endpoint(), "--prefix",
-            &path, "--id", id, "--session-timeout", "2s", "--ttl", "2s", "--failback-after", "3s",
-            "--grace", "3s", "--", "sh", "-c", &sh,
+            "run",
+            "--zk",
+            &zk.addr(),
+            "--path",
+            &path,
+            "--etcd",
+            &etcd.endpoint(),
+            "--prefix",
+            &path,
+            "--id",
+            id,
+            "--session-timeout",
+            "2s",
+            "--ttl",
+            "2s",
+            "--failback-after",
+            "3s",
+            "--grace",
+            "3s",
+            "--",
+            "sh",
+            "-c",
+            &sh,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -673,7 +798,10 @@ async fn attack_etcd_slow_link_then_blackhole() {
     let path = unique_path("atk-etcd-bh");
     let (_keep, dir) = tmp();
     let tag = format!("ebh{}", std::process::id());
-    let clean = Cleanup { tag: tag.clone(), cont: vec![] };
+    let clean = Cleanup {
+        tag: tag.clone(),
+        cont: vec![],
+    };
     let sh = script(&dir, &tag, "30");
     let args = |ep: &str, id: &str| -> Vec<String> {
         [
@@ -690,15 +818,23 @@ async fn attack_etcd_slow_link_then_blackhole() {
     proxy.set_delay(Duration::from_millis(300));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.blackhole();
-    let verdict =
-        overlap_when_next_starts(&dir, "b", &format!("{tag}-a"), &[cmd, gc], Duration::from_secs(30))
-            .await;
+    let verdict = overlap_when_next_starts(
+        &dir,
+        "b",
+        &format!("{tag}-a"),
+        &[cmd, gc],
+        Duration::from_secs(30),
+    )
+    .await;
     proxy.set_delay(Duration::ZERO);
     proxy.restore();
     let a_ran_on = a.child.try_wait().expect("try_wait").is_none();
     a.signal(libc::SIGKILL);
     b.signal(libc::SIGKILL);
-    assert!(a_ran_on, "a lost leadership and waits for it again (it did not exit)");
+    assert!(
+        a_ran_on,
+        "a lost leadership and waits for it again (it did not exit)"
+    );
     let _ = a.exit_code(Duration::from_secs(10)).await;
     let _ = b.exit_code(Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -707,7 +843,11 @@ async fn attack_etcd_slow_link_then_blackhole() {
     }
     let left = tagged(&tag);
     drop(clean);
-    assert_eq!(verdict, Ok(()), "b's command started while a's processes still ran");
+    assert_eq!(
+        verdict,
+        Ok(()),
+        "b's command started while a's processes still ran"
+    );
     assert_eq!(left, Vec::<i32>::new(), "processes left");
 }
 
@@ -716,11 +856,16 @@ async fn attack_etcd_slow_link_then_blackhole() {
 /// sample may two command trees (participant and term) be alive at once, and a command
 /// must run again afterwards.
 async fn zk_server_fault(fault: &str) {
-    let mut zk = succession_testkit::ZkServer::start().await.expect("zookeeper");
+    let mut zk = succession_testkit::ZkServer::start()
+        .await
+        .expect("zookeeper");
     let path = unique_path("atk-zkfault");
     let (_keep, dir) = tmp();
     let tag = format!("zkf{fault}{}", std::process::id());
-    let clean = Cleanup { tag: tag.clone(), cont: vec![] };
+    let clean = Cleanup {
+        tag: tag.clone(),
+        cont: vec![],
+    };
     let sh = format!(
         "export CMD_TAG={tag}-$SUCCESSION_ID-$SUCCESSION_TERM; \
          echo \"$SUCCESSION_ID $SUCCESSION_TERM\" >> {d}/starts; \
@@ -728,9 +873,22 @@ async fn zk_server_fault(fault: &str) {
          trap 'sleep 0.3; exit 0' TERM; sleep 1000 & wait",
         d = dir.display()
     );
-    let args = |id: &str| run_args(&zk.addr(), &path, id, &["--session-timeout", "2s", "--grace", "3s"], &sh);
+    let args = |id: &str| {
+        run_args(
+            &zk.addr(),
+            &path,
+            id,
+            &["--session-timeout", "2s", "--grace", "3s"],
+            &sh,
+        )
+    };
     let (mon, mon_stop) = monitor(tag.clone());
-    let count = |dir: &Path| std::fs::read_to_string(dir.join("starts")).unwrap_or_default().lines().count();
+    let count = |dir: &Path| {
+        std::fs::read_to_string(dir.join("starts"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
     let wait_count = |n: usize| {
         let dir = dir.clone();
         async move {
@@ -783,7 +941,11 @@ async fn zk_server_fault(fault: &str) {
     let all = lines.len();
     lines.sort();
     lines.dedup();
-    assert_eq!(lines.len(), all, "a grant's command was killed and started again (stale contact at the grant): {starts}");
+    assert_eq!(
+        lines.len(),
+        all,
+        "a grant's command was killed and started again (stale contact at the grant): {starts}"
+    );
     assert_eq!(codes, vec![0, 0, 0]);
     assert_eq!(left, Vec::<i32>::new(), "processes left");
 }

@@ -1029,7 +1029,8 @@ impl DriverState {
         // receipt itself lags the server's last hearing of us by the link's delay, so a
         // bound of half the timeout from it can fall after the server's expiry.)
         let tick = (self.session_timeout / 6).max(Duration::from_millis(100));
-        type Probe = Pin<Box<dyn Future<Output = std::result::Result<Option<zk::Stat>, zk::Error>> + Send>>;
+        type Probe =
+            Pin<Box<dyn Future<Output = std::result::Result<Option<zk::Stat>, zk::Error>> + Send>>;
         let mut probe: Option<(std::time::Instant, Probe)> = None;
         let mut last_probe: Option<Instant> = None;
         let next = loop {

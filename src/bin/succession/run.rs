@@ -80,7 +80,11 @@ pub async fn run(
                     return Err(format!(
                         "stopping {}: {err}{}",
                         cmd[0],
-                        if left > 0 { "; some of its processes could not be killed" } else { "" }
+                        if left > 0 {
+                            "; some of its processes could not be killed"
+                        } else {
+                            ""
+                        }
                     ));
                 }
             };
