@@ -964,3 +964,71 @@ async fn attack_zk_kill9_and_restart() {
 async fn attack_zk_kill9_wipe_and_restart() {
     zk_server_fault("wipe").await;
 }
+
+/// ATTACK: SIGTERM to the leader's `run` (its command drains 30 s, --grace 60 s: `run` keeps
+/// its place meanwhile), then kill -9 of `run` in the middle of the drain. The guard must
+/// kill the whole tree at once; b's command starts only after a's session expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_kill9_of_run_while_its_command_drains() {
+    let zk = shared_zk().await;
+    let path = unique_path("atk-drain-k9");
+    let (_keep, dir) = tmp();
+    let tag = format!("dk9{}", std::process::id());
+    let clean = Cleanup {
+        tag: tag.clone(),
+        cont: vec![],
+    };
+    let sh = script(&dir, &tag, "30");
+    let st = ["--session-timeout", "2s", "--grace", "60s"];
+    let mut a = Proc::start(
+        &run_args(&zk.addr(), &path, "a", &st, &sh),
+        Stdio::null(),
+        false,
+    );
+    let (cmd, gc) = ready(&dir, "a").await;
+    let mut b = start_joined(&run_args(
+        &zk.addr(),
+        &path,
+        "b",
+        &["--session-timeout", "2s", "--grace", "3s"],
+        &sh,
+    ))
+    .await;
+    a.signal(libc::SIGTERM);
+    // The drain has begun when the command's shell runs its trap (`sleep 30` as its child).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kids =
+            std::fs::read_to_string(format!("/proc/{cmd}/task/{cmd}/children")).unwrap_or_default();
+        let draining = kids.split_whitespace().any(|k| {
+            std::fs::read_to_string(format!("/proc/{k}/cmdline"))
+                .is_ok_and(|c| c.starts_with("sleep\u{0}30"))
+        });
+        if draining {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the drain did not begin");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    a.signal(libc::SIGKILL);
+    let verdict = overlap_when_next_starts(
+        &dir,
+        "b",
+        &format!("{tag}-a"),
+        &[cmd, gc],
+        Duration::from_secs(30),
+    )
+    .await;
+    let _ = a.exit_code(Duration::from_secs(10)).await;
+    b.signal(libc::SIGTERM);
+    let cb = b.exit_code(Duration::from_secs(30)).await;
+    let left = tagged(&tag);
+    drop(clean);
+    assert_eq!(
+        verdict,
+        Ok(()),
+        "b's command started while a's processes still ran"
+    );
+    assert_eq!(cb, 0);
+    assert_eq!(left, Vec::<i32>::new(), "processes left");
+}
