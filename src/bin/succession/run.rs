@@ -91,6 +91,25 @@ pub async fn run(
             match outcome {
                 Outcome::LeadershipLost(st) => {
                     stopped(&em, pid, &st, "leadership lost");
+                    // Killed by the guard's own deadline (contact not confirmed in time)
+                    // while the election still says we lead: start again only once contact
+                    // is fresh (or after the loss), not in a hot loop.
+                    while lead.is_current() {
+                        let c = e.contact();
+                        let fresh = c.last.is_some_and(|l| {
+                            l + c.safe_for > std::time::Instant::now() + Duration::from_millis(500)
+                        });
+                        if fresh {
+                            break;
+                        }
+                        tokio::select! {
+                            _ = lead.lost() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = stop.recv() => {
+                                return Ok(crate::finish(&e, &em, tasks, ExitCode::SUCCESS).await)
+                            }
+                        }
+                    }
                     continue 'lead;
                 }
                 Outcome::Cancelled(st) => {
