@@ -15,6 +15,14 @@
 //!   grace by [`kill_deadline`]: the election's [`takeover_bound`](crate::Election::takeover_bound)
 //!   (the earliest instant another participant could be granted leadership) minus
 //!   [`STOP_MARGIN`], re-checked whenever the status changes while the command drains.
+//! * **If the owning process stalls, the tree dies.** While the command runs under
+//!   [`GuardedChild::until_lost`] (and while [`GuardedChild::terminate`] drains it), the
+//!   owner renews every 50 ms a deadline the guard holds: the bound its last contact gives
+//!   (the layer's, for a supervisor) minus [`STOP_MARGIN`]. An owner that stops renewing
+//!   (SIGSTOP, a runtime blocked on a full pipe, starvation) has its tree SIGKILLed by the
+//!   guard there; `until_lost` then reports [`Outcome::LeadershipLost`]. At the kill
+//!   deadline the owner also kills the group and the guard's descendants itself and
+//!   SIGCONTs the guard (a stopped or traced guard cannot keep the tree alive).
 //! * **If the owning process dies, the tree dies.** The guard holds one end of a socket whose
 //!   other end only the owner holds. When the owner exits for any reason (SIGKILL, OOM kill,
 //!   panic, a dropped [`GuardedChild`]) the guard sees end-of-file and SIGKILLs every
@@ -29,7 +37,9 @@
 //!
 //! What is **not** covered: SIGKILL of the guard itself together with its owner (e.g.
 //! `kill -9 -<owner's process group>`): then only the direct child dies (its
-//! `PDEATHSIG`); a host paused longer than the takeover bound (the command resumes after
+//! `PDEATHSIG`); SIGKILL of the guard alone, unless the owner called [`adopt_orphans`] and
+//! calls [`kill_orphans`] on the error it then gets (as `succession run` does); a host
+//! (owner and guard) paused longer than the takeover bound (the command resumes after
 //! another leader started: fence your writes on [`Term`](crate::Term)s); and a store fact
 //! that removes a leader at once (an operator deleting its node or revoking its lease).
 //! Other operating systems: the module is Linux-only.
@@ -62,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::{Election, Leadership};
@@ -90,6 +100,47 @@ pub fn kill_deadline(election: &dyn Election, grace: Duration) -> Instant {
         // Never had contact: nothing could have been granted here; kill at once.
         None => now,
     }
+}
+
+/// The latest instant our last confirmed contact keeps the claim safe (the layer we lead
+/// through, for a supervisor), minus [`STOP_MARGIN`]. `None` before any contact.
+fn contact_bound(election: &dyn Election) -> Option<Instant> {
+    let c = election.contact();
+    let last = c.last?;
+    let bound = Instant::from_std(last + c.safe_for);
+    Some(bound.checked_sub(STOP_MARGIN).unwrap_or(bound))
+}
+
+/// The guard's own deadline while the tree is being stopped: the kill instant, and never
+/// later than our contact allows.
+fn guard_deadline(election: &dyn Election, kill_at: Instant) -> Instant {
+    match contact_bound(election) {
+        Some(b) => kill_at.min(b),
+        None => kill_at,
+    }
+}
+
+/// `at` on the CLOCK_MONOTONIC clock, in nanoseconds (what `std::time::Instant` uses on
+/// Linux; converted through the current reading of both, so no assumption on its layout).
+fn monotonic_ns(at: std::time::Instant) -> u64 {
+    let now = std::time::Instant::now();
+    let mono = mono_now_ns();
+    if at >= now {
+        mono.saturating_add((at - now).as_nanos() as u64)
+    } else {
+        mono.saturating_sub((now - at).as_nanos() as u64)
+    }
+}
+
+/// CLOCK_MONOTONIC now, in nanoseconds (async-signal-safe).
+fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 /// A command to run under a guard: program, arguments and extra environment variables
@@ -200,6 +251,10 @@ pub struct GuardedChild {
     status: Option<ExitStatus>,
     /// The guard closed its end: every process of the tree is gone.
     gone: bool,
+    /// The guard killed the tree by itself: our deadline passed before we moved it.
+    deadline_hit: bool,
+    /// Bytes for the guard not yet written (whole messages; see `push`).
+    out: Vec<u8>,
     reaped: bool,
     msg: [u8; 5],
     have: usize,
@@ -211,8 +266,18 @@ pub struct GuardedChild {
 const MSG_PID: u8 = b'P';
 const MSG_FAILED: u8 = b'F';
 const MSG_EXIT: u8 = b'E';
+/// Guard to owner: `X<0>` the owner's deadline passed: the guard is killing the tree.
+const MSG_DEADLINE: u8 = b'X';
 const CMD_TERM: u8 = b'T';
 const CMD_KILL: u8 = b'K';
+/// Owner to guard: `D<u64 LE>` SIGKILL the tree by yourself at this CLOCK_MONOTONIC
+/// instant (nanoseconds; 0 = no deadline) unless a later `D` moves it first. A dead man's
+/// switch: it holds even when the owner is alive but stalled (blocked on a full stdout
+/// pipe, SIGSTOPped, starved) while its session or lease runs out.
+const CMD_DEADLINE: u8 = b'D';
+/// How often [`GuardedChild::until_lost`] and [`GuardedChild::terminate`] renew the
+/// guard's own deadline.
+const RENEW_EVERY: Duration = Duration::from_millis(50);
 
 impl GuardedChild {
     /// Start `cmd` under a new guard. Fails early (nothing started) when the program cannot
@@ -238,6 +303,8 @@ impl GuardedChild {
             ctl,
             status: None,
             gone: false,
+            deadline_hit: false,
+            out: Vec::new(),
             reaped: false,
             msg: [0; 5],
             have: 0,
@@ -323,7 +390,7 @@ impl GuardedChild {
             };
             if n == 0 {
                 self.gone = true;
-                self.reap_guard().await;
+                self.reap_guard().await?;
                 return Ok(None);
             }
             self.have += n;
@@ -334,22 +401,38 @@ impl GuardedChild {
         if buf[0] == MSG_EXIT {
             self.status = Some(ExitStatus::from_raw(v));
         }
+        if buf[0] == MSG_DEADLINE {
+            self.deadline_hit = true;
+        }
         Ok(Some((buf[0], v)))
     }
 
-    async fn reap_guard(&mut self) {
+    /// Reap the guard; `Err` when it did not end by itself (killed by a signal: SIGKILL,
+    /// the OOM killer): the command's descendants may then live on, re-parented to the
+    /// nearest subreaper (see [`kill_orphans`]).
+    async fn reap_guard(&mut self) -> io::Result<()> {
         if self.reaped {
-            return;
+            return Ok(());
         }
         let guard = self.guard;
         // The guard has closed its socket: it is exiting; waitpid returns promptly.
-        let _ = tokio::task::spawn_blocking(move || {
+        let st = tokio::task::spawn_blocking(move || {
             let mut st = 0;
             // SAFETY: waitpid(2) on our own child.
-            unsafe { libc::waitpid(guard, &mut st, 0) };
+            let r = unsafe { libc::waitpid(guard, &mut st, 0) };
+            (r, st)
         })
-        .await;
+        .await
+        .unwrap_or((-1, 0));
         self.reaped = true;
+        let (r, st) = st;
+        if r == guard && libc::WIFSIGNALED(st) {
+            return Err(io::Error::other(format!(
+                "the command's guard process was killed (signal {}); the command's processes may live on",
+                libc::WTERMSIG(st)
+            )));
+        }
+        Ok(())
     }
 
     /// Wait until the command itself exits (its descendants may still run; stop them with
@@ -367,10 +450,74 @@ impl GuardedChild {
         }
     }
 
-    async fn send(&mut self, cmd: u8) {
-        if !self.gone {
-            // A failed write means the guard is gone already.
-            let _ = self.ctl.write_all(&[cmd]).await;
+    /// Queue `msg` for the guard and write what the socket takes now, never waiting: a
+    /// guard that is stopped does not read, and this process must go on (its kill does
+    /// not depend on the guard, see [`kill_from_owner`](Self::kill_from_owner)). Only
+    /// whole messages are queued or dropped, so the stream stays in step; a `droppable`
+    /// one (a deadline renewal) is dropped while much is pending.
+    fn push(&mut self, msg: &[u8], droppable: bool) {
+        if self.gone {
+            return;
+        }
+        if droppable && self.out.len() > 512 {
+            self.flush();
+            return;
+        }
+        self.out.extend_from_slice(msg);
+        self.flush();
+    }
+
+    /// Write pending messages without waiting.
+    fn flush(&mut self) {
+        while !self.out.is_empty() {
+            match self.ctl.try_write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The guard is gone already.
+                Err(_) => {
+                    self.out.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, cmd: u8) {
+        self.push(&[cmd], false);
+    }
+
+    /// Have the guard SIGKILL the whole tree by itself at `at` (`None`: no deadline), unless
+    /// a later call moves it. Unlike [`terminate`](Self::terminate)'s kill, this holds when
+    /// this process stalls (a blocked write, SIGSTOP, starvation) after the call. Never
+    /// waits (a renewal the guard cannot take now is dropped).
+    pub async fn set_deadline(&mut self, at: Option<Instant>) {
+        let ns = at.map_or(0, |at| monotonic_ns(at.into_std()).max(1));
+        let b = ns.to_le_bytes();
+        let msg = [CMD_DEADLINE, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
+        self.push(&msg, true);
+    }
+
+    /// SIGKILL the tree from this process too, without the guard's help (a guard that is
+    /// stopped or traced cannot do it), and wake the guard (SIGCONT) so that it reaps.
+    fn kill_from_owner(&self) {
+        // SAFETY: kill(2) of our own child (the guard, not yet reaped: `reaped` is false
+        // until its end of the socket closed), of the command's process group while the
+        // command was not reported exited (the unreaped command keeps its group id from
+        // being reused), and of the guard's descendants found in /proc.
+        unsafe {
+            if self.reaped || self.gone {
+                return;
+            }
+            if self.status.is_none() {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+            for_each_descendant(self.guard, |pid| {
+                libc::kill(pid, libc::SIGKILL);
+            });
+            libc::kill(self.guard, libc::SIGCONT);
         }
     }
 
@@ -388,11 +535,15 @@ impl GuardedChild {
         let mut kill_at = kill_deadline(election, grace);
         let mut killed = false;
         if kill_at <= Instant::now() {
-            self.send(CMD_KILL).await;
+            self.kill_from_owner();
+            self.send(CMD_KILL);
             killed = true;
         } else {
-            self.send(CMD_TERM).await;
+            self.set_deadline(Some(guard_deadline(election, kill_at)))
+                .await;
+            self.send(CMD_TERM);
         }
+        let mut renew = tokio::time::interval(RENEW_EVERY);
         loop {
             tokio::select! {
                 msg = self.next_message() => {
@@ -401,13 +552,25 @@ impl GuardedChild {
                     }
                 }
                 _ = tokio::time::sleep_until(kill_at), if !killed => {
-                    self.send(CMD_KILL).await;
+                    self.kill_from_owner();
+                    self.send(CMD_KILL);
                     killed = true;
+                }
+                _ = renew.tick() => {
+                    if killed {
+                        // Keep killing from here too until the guard reports the tree gone
+                        // (it may be stopped, or not reading yet).
+                        self.kill_from_owner();
+                        self.flush();
+                    } else {
+                        self.set_deadline(Some(guard_deadline(election, kill_at))).await;
+                    }
                 }
                 r = status_rx.changed(), if !killed && watching => {
                     // A gone status stream no longer moves the bound: keep the deadline.
                     watching = r.is_ok();
                     kill_at = kill_at.min(kill_deadline(election, grace));
+                    self.set_deadline(Some(guard_deadline(election, kill_at))).await;
                 }
             }
         }
@@ -422,16 +585,38 @@ impl GuardedChild {
         grace: Duration,
         cancel: impl Future<Output = ()>,
     ) -> io::Result<Outcome> {
-        tokio::select! {
-            biased;
-            _ = leadership.lost() => {
-                self.terminate(grace, election).await.map(Outcome::LeadershipLost)
-            }
-            _ = cancel => self.terminate(grace, election).await.map(Outcome::Cancelled),
-            status = self.wait() => {
-                let status = status?;
-                let rest = self.terminate(grace, election).await?;
-                Ok(Outcome::Exited { status, rest })
+        tokio::pin!(cancel);
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                _ = leadership.lost() => {
+                    return self.terminate(grace, election).await.map(Outcome::LeadershipLost);
+                }
+                _ = &mut cancel => {
+                    return self.terminate(grace, election).await.map(Outcome::Cancelled);
+                }
+                status = self.wait() => {
+                    let status = status?;
+                    let rest = self.terminate(grace, election).await?;
+                    if self.deadline_hit {
+                        // Not an exit of its own: the guard killed the tree at the bound
+                        // our contact gave (we could not confirm leadership in time).
+                        return Ok(Outcome::LeadershipLost(Stopped {
+                            status: Some(status),
+                            killed: true,
+                            took: rest.took,
+                        }));
+                    }
+                    return Ok(Outcome::Exited { status, rest });
+                }
+                _ = renew.tick() => {
+                    // While we lead, the guard kills the tree by itself at the bound our
+                    // last contact gives, should this process stall before it learns of a
+                    // loss.
+                    let at = contact_bound(election);
+                    self.set_deadline(at).await;
+                }
             }
         }
     }
@@ -439,7 +624,8 @@ impl GuardedChild {
     /// SIGKILL the whole tree now and wait until every process is reaped.
     pub async fn kill(&mut self) -> io::Result<Stopped> {
         let started = Instant::now();
-        self.send(CMD_KILL).await;
+        self.kill_from_owner();
+        self.send(CMD_KILL);
         while self.next_message().await?.is_some() {}
         Ok(Stopped {
             status: self.status,
@@ -709,6 +895,10 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
     let mut cmd_done = false;
     let mut killing = false;
     let mut stopping = false;
+    // The owner's own kill deadline (CLOCK_MONOTONIC ns; 0 = none).
+    let mut deadline: u64 = 0;
+    let mut inbuf = [0u8; 64];
+    let mut inlen = 0usize;
     loop {
         // Reap everything that ended; the guard's work is done when nothing is left.
         loop {
@@ -725,6 +915,10 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
                 libc::_exit(0);
             }
             break;
+        }
+        if !killing && deadline != 0 && mono_now_ns() >= deadline {
+            killing = true; // the owner did not move its deadline in time: it stalled
+            report(MSG_DEADLINE, 0);
         }
         if killing {
             if !cmd_done {
@@ -746,24 +940,90 @@ unsafe fn guard_main(exec: &Exec, ctl: RawFd, devnull: RawFd) -> ! {
             revents: 0,
         };
         // Short timeout: exits of the tree are noticed by the reaping above (sooner once
-        // the tree was told to stop).
+        // the tree was told to stop), and the deadline within 10 ms.
         if libc::poll(&mut pfd, 1, if stopping { 1 } else { 10 }) > 0 {
-            let mut c = 0u8;
-            let n = libc::read(CTL_FD, (&mut c as *mut u8).cast(), 1);
+            let n = libc::read(
+                CTL_FD,
+                inbuf[inlen..].as_mut_ptr().cast(),
+                inbuf.len() - inlen,
+            );
             if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
                 killing = true; // the owner is gone
-            } else if n == 1 && c == CMD_KILL {
-                killing = true;
-            } else if n == 1 && c == CMD_TERM {
-                stopping = true;
-                if !cmd_done {
-                    libc::kill(-cmd, libc::SIGTERM);
-                }
-                for_each_descendant(me, |pid| {
-                    libc::kill(pid, libc::SIGTERM);
-                });
+                continue;
             }
+            if n > 0 {
+                inlen += n as usize;
+            }
+            let mut off = 0;
+            while off < inlen {
+                match inbuf[off] {
+                    CMD_KILL => {
+                        killing = true;
+                        off += 1;
+                    }
+                    CMD_TERM => {
+                        stopping = true;
+                        if !cmd_done {
+                            libc::kill(-cmd, libc::SIGTERM);
+                        }
+                        for_each_descendant(me, |pid| {
+                            libc::kill(pid, libc::SIGTERM);
+                        });
+                        off += 1;
+                    }
+                    CMD_DEADLINE => {
+                        if inlen - off < 9 {
+                            break; // the rest of it comes with the next read
+                        }
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&inbuf[off + 1..off + 9]);
+                        deadline = u64::from_le_bytes(b);
+                        off += 9;
+                    }
+                    _ => off += 1,
+                }
+            }
+            inbuf.copy_within(off..inlen, 0);
+            inlen -= off;
         }
+    }
+}
+
+/// Make this process a child subreaper (`PR_SET_CHILD_SUBREAPER`): should a guard die
+/// without stopping its tree (it was SIGKILLed alone, e.g. by the OOM killer), the
+/// command's orphans are re-parented here instead of to init, where [`kill_orphans`] finds
+/// them. For a process whose only children are guards (like `succession run`).
+pub fn adopt_orphans() -> io::Result<()> {
+    // SAFETY: prctl(2) with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGKILL every descendant of this process and reap it, until none is left or `within`
+/// has passed; returns how many were left. Only for a process whose children are all
+/// guards and their orphans (see [`adopt_orphans`]): it kills *every* child.
+pub fn kill_orphans(within: Duration) -> usize {
+    let deadline = std::time::Instant::now() + within;
+    // SAFETY: getpid(2).
+    let me = unsafe { libc::getpid() };
+    loop {
+        let mut left = 0;
+        // SAFETY: kill(2) of our own descendants found in /proc; waitpid(2) reaps our
+        // children only.
+        unsafe {
+            for_each_descendant(me, |pid| {
+                left += 1;
+                libc::kill(pid, libc::SIGKILL);
+            });
+            let mut st = 0;
+            while libc::waitpid(-1, &mut st, libc::WNOHANG) > 0 {}
+        }
+        if left == 0 || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

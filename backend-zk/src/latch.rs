@@ -339,9 +339,9 @@ impl Election for ZkElection {
         self.read_participants().await
     }
 
-    /// Last contact: when the driver last saw its session connected (zookeeper-client
-    /// drops a connection whose pings go unanswered); safe for half the negotiated session
-    /// timeout.
+    /// Last contact: the send instant of the latest request the server answered (a probe
+    /// every T/6 while connected; the server heard it no sooner); safe for half the
+    /// negotiated session timeout.
     fn contact(&self) -> Contact {
         self.cell.contact()
     }
@@ -925,6 +925,9 @@ impl DriverState {
             let mut w = client.new_multi_writer();
             w.add_check_version(&node.path, -1)?;
             w.add_set_data(&path, node.name.as_bytes(), None)?;
+            // The claim is an answered request: contact as of its send instant, so a grant is
+            // published with a fresh takeover bound (not one left from before a reconnect).
+            let sent = std::time::Instant::now();
             let stat = match w.commit().await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
@@ -940,6 +943,7 @@ impl DriverState {
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             };
+            self.cell.touch(sent);
             let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
             if !self.cell.get().role.is_leader() {
                 info!(%term, "elected");
@@ -1018,17 +1022,36 @@ impl DriverState {
             }
         };
         tokio::pin!(own_changed);
-        // While waiting, a live driver on a connected session counts as contact with
-        // ZooKeeper (zookeeper-client drops a connection that stops answering its pings).
+        // Contact is the SEND instant of the latest probe the server answered: the server
+        // heard that request at or after that instant, so it cannot expire our session
+        // before `sent + session timeout`. ("The driver says connected" is not contact: the
+        // driver notices silence only 2/5 of the timeout after its last receipt, and that
+        // receipt itself lags the server's last hearing of us by the link's delay, so a
+        // bound of half the timeout from it can fall after the server's expiry.)
         let tick = (self.session_timeout / 6).max(Duration::from_millis(100));
+        type Probe =
+            Pin<Box<dyn Future<Output = std::result::Result<Option<zk::Stat>, zk::Error>> + Send>>;
+        let mut probe: Option<(std::time::Instant, Probe)> = None;
+        let mut last_probe: Option<Instant> = None;
         let next = loop {
-            if client.state() == zk::SessionState::SyncConnected
-                || client.state() == zk::SessionState::ConnectedReadOnly
-            {
-                self.cell.touch(std::time::Instant::now());
+            let connected = client.state() == zk::SessionState::SyncConnected
+                || client.state() == zk::SessionState::ConnectedReadOnly;
+            if connected && probe.is_none() && last_probe.is_none_or(|t| t.elapsed() >= tick) {
+                last_probe = Some(Instant::now());
+                let sent = std::time::Instant::now();
+                probe = Some((sent, Box::pin(client.check_stat("/"))));
             }
+            let probing = probe.is_some();
             break tokio::select! {
             _ = sleep(tick) => continue,
+            r = async { probe.as_mut().expect("probing").1.as_mut().await }, if probing => {
+                if let Some((sent, _)) = probe.take() {
+                    if r.is_ok() {
+                        self.cell.touch(sent);
+                    }
+                }
+                continue;
+            }
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
                 if pred_first && ev.event_type == zk::EventType::NodeDeleted {

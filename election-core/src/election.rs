@@ -116,8 +116,8 @@ pub trait Election: Send + Sync + fmt::Debug + 'static {
     /// ever granted here). No I/O.
     ///
     /// The default is [`contact()`](Election::contact)`.last + safe_for`: ZooKeeper, half the
-    /// session timeout after the driver last saw its session connected (the server expires
-    /// the session no sooner than a whole timeout after it last heard from us); etcd, the
+    /// session timeout after the send instant of the latest request the server answered
+    /// (the server expires the session no sooner than a whole timeout after it heard it); etcd, the
     /// lease keeper's step-down point, a safety margin before the lease can expire. The
     /// supervisor also bounds it by its mode lease, since a new mode generation is led only
     /// after the takeover delay. What no bound covers: a store fact that removes us at

@@ -21,6 +21,9 @@ pub async fn run(
     cmd: Vec<String>,
     mut stop: crate::Shutdown,
 ) -> Result<ExitCode, String> {
+    // Should a guard be killed alone (SIGKILL, OOM killer), the command's orphans come
+    // here rather than to init, and are killed before we give up our place.
+    succession::process::adopt_orphans().map_err(|e| format!("cannot become a subreaper: {e}"))?;
     let recorder = crate::install_metrics(&s)?;
     let built = crate::backend::build(&s)?;
     let e = built.election.clone();
@@ -64,13 +67,49 @@ pub async fn run(
                 "succession: leading (term {term}); started {} as pid {pid}",
                 cmd[0]
             );
-            let outcome = child
-                .until_lost(&*e, &lead, grace, stop.recv())
-                .await
-                .map_err(|err| format!("stopping {}: {err}", cmd[0]))?;
+            let outcome = match child.until_lost(&*e, &lead, grace, stop.recv()).await {
+                Ok(o) => o,
+                Err(err) => {
+                    // The guard is gone without having stopped the tree: kill what is left
+                    // of it (our orphans now) while we still hold our place.
+                    let left = tokio::task::spawn_blocking(|| {
+                        succession::process::kill_orphans(Duration::from_secs(5))
+                    })
+                    .await
+                    .unwrap_or(usize::MAX);
+                    return Err(format!(
+                        "stopping {}: {err}{}",
+                        cmd[0],
+                        if left > 0 {
+                            "; some of its processes could not be killed"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            };
             match outcome {
                 Outcome::LeadershipLost(st) => {
                     stopped(&em, pid, &st, "leadership lost");
+                    // Killed by the guard's own deadline (contact not confirmed in time)
+                    // while the election still says we lead: start again only once contact
+                    // is fresh (or after the loss), not in a hot loop.
+                    while lead.is_current() {
+                        let c = e.contact();
+                        let fresh = c.last.is_some_and(|l| {
+                            l + c.safe_for > std::time::Instant::now() + Duration::from_millis(500)
+                        });
+                        if fresh {
+                            break;
+                        }
+                        tokio::select! {
+                            _ = lead.lost() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = stop.recv() => {
+                                return Ok(crate::finish(&e, &em, tasks, ExitCode::SUCCESS).await)
+                            }
+                        }
+                    }
                     continue 'lead;
                 }
                 Outcome::Cancelled(st) => {
