@@ -4,6 +4,9 @@
 
 pub use succession_core::*;
 
+#[cfg(all(feature = "process", target_os = "linux"))]
+pub mod process;
+
 /// The ZooKeeper latch backend (feature `zk`): [`zk::ZkElection`], [`zk::ZkConfig`].
 #[cfg(feature = "zk")]
 pub mod zk {

@@ -5,84 +5,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use succession_testkit::{shared_etcd, shared_zk, unique_path};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_succession");
+mod common;
 
-struct Cli {
-    child: Child,
-    lines: Lines<BufReader<ChildStdout>>,
-    seen: Vec<String>,
-}
-
-impl Cli {
-    fn start(args: &[&str]) -> Cli {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start succession");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Cli {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Read lines until one has `"event":"<event>"`; returns it.
-    async fn until(&mut self, event: &str) -> String {
-        let needle = format!("\"event\":\"{event}\"");
-        let read = async {
-            loop {
-                match self.lines.next_line().await.expect("read stdout") {
-                    Some(l) => {
-                        assert!(l.starts_with("{\"ts_ms\":"), "not a JSON event line: {l}");
-                        self.seen.push(l.clone());
-                        if l.contains(&needle) {
-                            return l;
-                        }
-                    }
-                    None => panic!("stdout closed before {event}; saw {:#?}", self.seen),
-                }
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(30), read).await {
-            Ok(l) => l,
-            Err(_) => panic!("no {event} event within 30s; saw {:#?}", self.seen),
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = self.child.id().expect("running") as i32;
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        let st = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .expect("exits in time")
-            .expect("wait");
-        st.code().unwrap_or(-1)
-    }
-}
-
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let k = format!("\"{key}\":");
-    let rest = &line[line.find(&k)? + k.len()..];
-    if let Some(r) = rest.strip_prefix('"') {
-        r.split('"').next()
-    } else {
-        rest.split([',', '}']).next()
-    }
-}
+use common::{field, Cli, BIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_campaign_zk_prints_events_and_hands_over_on_sigterm() {
@@ -282,11 +210,7 @@ async fn wait_for_lines(p: &std::path::Path, n: usize) -> Vec<i32> {
 }
 
 fn alive(pid: i32) -> bool {
-    // A zombie still answers kill(0); read its state instead.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.split_whitespace().nth(2).is_none_or(|st| st != "Z"),
-        Err(_) => false,
-    }
+    succession_testkit::process_alive(pid as u32)
 }
 
 /// Runs the binary with `args`, expecting failure: a non-zero exit, a message on stderr
@@ -473,19 +397,10 @@ async fn cli_reads_settings_from_a_config_file_and_the_environment() {
         ),
     )
     .expect("write");
-    let mut child = Command::new(BIN)
-        .args(["campaign", "--config", cfg.path().to_str().unwrap()])
-        .env("SUCCESSION_ID", "from-env")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start");
-    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut c = Cli {
-        child,
-        lines,
-        seen: Vec::new(),
-    };
+    let mut c = Cli::start_env(
+        &["campaign", "--config", cfg.path().to_str().unwrap()],
+        &[("SUCCESSION_ID", "from-env")],
+    );
     let elected = c.until("elected").await;
     assert_eq!(field(&elected, "id"), Some("from-env"));
     c.signal(libc::SIGTERM);
@@ -659,6 +574,24 @@ async fn cli_supervised_fails_over_to_etcd_and_survives_a_kill9_of_the_leader() 
     };
     assert!(term(&again) > term(&elected), "{again} after {elected}");
     assert!(term(&elected) > term(&first), "{elected} after {first}");
+    // `joined` once per process; holding a place again after the failover is `rejoined`.
+    for i in 0..3 {
+        let joined = fleet
+            .seen
+            .iter()
+            .filter(|(j, l)| *j == i && event_is(l, "joined"))
+            .count();
+        assert_eq!(
+            joined, 1,
+            "n{i} printed joined {joined} times: {:#?}",
+            fleet.seen
+        );
+    }
+    assert!(
+        fleet.seen.iter().any(|(_, l)| event_is(l, "rejoined")),
+        "the failover shows as rejoined: {:#?}",
+        fleet.seen
+    );
     fleet.stop_all().await;
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use succession_core::text::Human;
 use succession_core::{validate, Error, Result};
 
 /// Default lease TTL: 10 s.
@@ -311,8 +312,9 @@ impl EtcdConfigBuilder {
         validate::duration(ttl, "etcd lease TTL", Some(MIN_TTL), Some(MAX_TTL))?;
         if ttl.subsec_nanos() != 0 {
             return Err(Error::invalid_config(format!(
-                "etcd lease TTL is {ttl:?}, but etcd leases are whole seconds; use e.g. {:?}",
-                Duration::from_secs(ttl.as_secs().max(2))
+                "etcd lease TTL is {}, but etcd leases are whole seconds; use e.g. {}",
+                Human(ttl),
+                Human(Duration::from_secs(ttl.as_secs().max(2)))
             )));
         }
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);

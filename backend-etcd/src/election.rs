@@ -13,6 +13,8 @@ use etcd_client::{
     Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use succession_core::metrics::{self, ElectionMetrics};
+use succession_core::participant::{self, Fatal};
+use succession_core::text::Human;
 use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
@@ -65,7 +67,7 @@ struct Inner {
     /// The current lease, for [`EtcdElection::lease`].
     lease: StdMutex<Option<(i64, Duration, watch::Receiver<LeaseState>)>>,
     /// A permanent refusal met by the background task (e.g. permission denied), for `join`.
-    refusal: watch::Sender<Option<(ErrorKind, String)>>,
+    refusal: Fatal,
 }
 
 struct Run {
@@ -110,7 +112,7 @@ impl EtcdElection {
                 cell,
                 closed: AtomicBool::new(false),
                 lease: StdMutex::new(None),
-                refusal: watch::channel(None).0,
+                refusal: Fatal::new(),
             }),
             run: Mutex::new(None),
         })
@@ -164,8 +166,9 @@ impl EtcdElection {
                     "stopping took too long; the lease is left to expire",
                 );
                 return Err(Error::timeout(format!(
-                    "stopping the etcd participation of {} took longer than {bound:?}; its lease expires on its own",
-                    self.id()
+                    "stopping the etcd participation of {} took longer than {}; its lease expires on its own",
+                    self.id(),
+                    Human(bound)
                 )));
             }
         };
@@ -205,8 +208,7 @@ impl Election for EtcdElection {
     }
 
     async fn join(&self) -> Result<()> {
-        let mut rx = self.inner.cell.subscribe();
-        let mut refusal = self.inner.refusal.subscribe();
+        let rx = self.inner.cell.subscribe();
         {
             let mut run = self.run.lock().await;
             if self.inner.closed.load(Ordering::SeqCst) {
@@ -214,7 +216,7 @@ impl Election for EtcdElection {
             }
             let running = run.as_ref().is_some_and(|r| !r.task.is_finished());
             if !running {
-                self.inner.refusal.send_replace(None);
+                self.inner.refusal.clear();
                 self.inner
                     .cell
                     .set(Role::Candidate, HealthLevel::Healthy, "joining");
@@ -231,35 +233,9 @@ impl Election for EtcdElection {
                     task,
                 });
             }
-            refusal.borrow_and_update();
         }
-        loop {
-            let s = rx.borrow_and_update().clone();
-            match s.role {
-                Role::Closed => {
-                    return Err(Error::closed(&format!("etcd election of {}", self.id())))
-                }
-                Role::Idle => {
-                    return Err(Error::new(
-                        ErrorKind::NotLeader,
-                        format!("{} resigned while joining; call join again", self.id()),
-                    ))
-                }
-                ref r if r.is_joined() => return Ok(()),
-                _ => {}
-            }
-            if let Some((kind, msg)) = refusal.borrow_and_update().clone() {
-                return Err(Error::new(kind, msg));
-            }
-            tokio::select! {
-                r = rx.changed() => {
-                    if r.is_err() {
-                        return Err(Error::closed(&format!("etcd election of {}", self.id())));
-                    }
-                }
-                _ = refusal.changed() => {}
-            }
-        }
+        let what = format!("etcd election of {}", self.id());
+        participant::wait_joined(rx, Some(&self.inner.refusal), self.id(), &what, || None).await
     }
 
     async fn resign(&self) -> Result<()> {
@@ -490,12 +466,10 @@ impl Task {
         };
         tracing::debug!(error = %e, ?delay, "etcd election step failed; retrying");
         self.cell()
-            .set_health(level, format!("{e}; retrying in {delay:?}"));
+            .set_health(level, format!("{e}; retrying in {}", Human(delay)));
         if refused {
             // Health first, so that `join` returning this error finds it published.
-            self.inner
-                .refusal
-                .send_replace(Some((e.kind(), e.message().to_owned())));
+            self.inner.refusal.report(e.kind(), e.message());
         }
         let flow = match self.wait(tokio::time::sleep(delay)).await {
             Ok(()) => return Ok(()),
@@ -795,7 +769,7 @@ impl Task {
             saw_epoch(epoch);
             self.backoff.reset();
             // Progress: an earlier refusal (e.g. permission denied) no longer holds.
-            self.inner.refusal.send_if_modified(|r| r.take().is_some());
+            self.inner.refusal.clear();
             match first_kv(&gets, 1) {
                 None => {
                     if !self.lease_safe() {
@@ -967,9 +941,9 @@ impl Task {
                     return Err(Error::new(
                         e.kind(),
                         format!(
-                        "could not revoke lease {id:x} ({e}); it expires on its own within {:?}",
-                        self.config().ttl
-                    ),
+                            "could not revoke lease {id:x} ({e}); it expires on its own within {}",
+                            Human(self.config().ttl)
+                        ),
                     ))
                 }
             }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use succession_core::text::Human;
 use succession_core::{Error, ErrorKind};
 use tonic::Code;
 
@@ -21,12 +22,23 @@ pub(crate) fn map(op: &str, e: etcd_client::Error) -> Error {
 /// a connection the server closes right after the TLS handshake (how etcd refuses a
 /// missing or unaccepted client certificate with TLS 1.3) is explained.
 pub(crate) fn map_in(op: &str, e: etcd_client::Error, tls: Option<&TlsSettings>) -> Error {
-    let mut text = e.to_string();
+    let mut text = match &e {
+        // tonic's Display of a status ends in the Rust Debug form of its source; say the
+        // code and message, and the causes in words (below).
+        etcd_client::Error::GRpcStatus(s) => format!(
+            "grpc request error: {}: {}",
+            s.code().description(),
+            s.message()
+        ),
+        _ => e.to_string(),
+    };
     // A transport error's Display is only "transport error": the cause (e.g. a TLS
     // failure) is in its source chain, which etcd-client does not expose as `source()`.
     if matches!(
         e,
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
+        etcd_client::Error::TransportError(_)
+            | etcd_client::Error::IoError(_)
+            | etcd_client::Error::GRpcStatus(_)
     ) {
         for c in causes(&e) {
             if !text.contains(c.as_str()) {
@@ -248,7 +260,8 @@ where
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r.map_err(|e| map_in(op, e, tls)),
         Err(_) => Err(Error::timeout(format!(
-            "etcd {op} got no answer within {timeout:?} (request timeout); retrying"
+            "etcd {op} got no answer within {} (request timeout); retrying",
+            Human(timeout)
         ))),
     }
 }

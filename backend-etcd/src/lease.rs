@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, LeaseGrantOptions, LeaseKeepAliveStream, LeaseKeeper};
+use succession_core::text::Human;
 use succession_core::{Error, ErrorKind, Result};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -60,16 +61,16 @@ impl LeaseState {
         if let Some(l) = &self.lost {
             return format!("lease lost: {l}");
         }
-        let since = now.saturating_duration_since(self.last_renewal);
+        let since = Human(now.saturating_duration_since(self.last_renewal));
         match (&self.trouble, self.stream_ok) {
             (Some(t), false) => format!(
-                "lease keep-alive stream broke ({t}); not leading until a renewal is answered (last answered renewal sent {since:?} ago)"
+                "lease keep-alive stream broke ({t}); not leading until a renewal is answered (last answered renewal sent {since} ago)"
             ),
             (None, false) => format!(
-                "lease keep-alive stream broke; not leading until a renewal is answered (last answered renewal sent {since:?} ago)"
+                "lease keep-alive stream broke; not leading until a renewal is answered (last answered renewal sent {since} ago)"
             ),
             _ => format!(
-                "no lease renewal answered for {since:?}; stepped down before the lease can expire"
+                "no lease renewal answered for {since}; stepped down before the lease can expire"
             ),
         }
     }
@@ -293,7 +294,10 @@ impl Keeper {
                     // or the connection is silently dead. Try a fresh stream (the deadline
                     // keeps running; the election steps down on its own at drop_at).
                     self.trouble(
-                        format!("a lease renewal got no answer within {stuck_after:?}"),
+                        format!(
+                            "a lease renewal got no answer within {}",
+                            Human(stuck_after)
+                        ),
                         false,
                     );
                     stream = None;

@@ -7,6 +7,7 @@ mod conn;
 mod election;
 mod error;
 mod lease;
+mod observe;
 mod record;
 
 pub use config::{
@@ -14,6 +15,7 @@ pub use config::{
     MAX_TTL, MIN_TTL,
 };
 pub use election::{EtcdElection, LeaseInfo};
+pub use observe::EtcdLeaderWatch;
 pub use record::EtcdRecord;
 
 /// Compile-time proof that the public types can be shared across tasks.

@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
+use succession_core::participant::{self, Fatal};
+use succession_core::text::Human;
 use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
@@ -65,7 +67,7 @@ impl std::fmt::Debug for ZkElection {
 struct Inner {
     driver: Mutex<Option<Driver>>,
     closed: AtomicBool,
-    fatal: Mutex<Option<(ErrorKind, String)>>,
+    fatal: Fatal,
     /// The driver's current client, for reads from the handle.
     client: Mutex<Option<zk::Client>>,
     /// A client for reads when the driver has none (e.g. before `join`).
@@ -170,7 +172,8 @@ impl ZkElection {
                 result = match timeout(bound, done).await {
                     Ok(r) => r.unwrap_or(Ok(())),
                     Err(_) => Err(Error::timeout(format!(
-                        "closing took longer than {bound:?}; the session was dropped, so ZooKeeper removes our node when it expires"
+                        "closing took longer than {}; the session was dropped, so ZooKeeper removes our node when it expires",
+                        Human(bound)
                     ))),
                 };
             }
@@ -230,15 +233,20 @@ impl ZkElection {
                 .commit()
                 .await
                 .map_err(|e| map(e, "read participant nodes"))?;
-            let path_stat = client.check_stat(&path).await.ok().flatten();
+            // The latch path's data names the node of the latest claim; its mzxid is that
+            // claim's term sequence. A first node that has not claimed yet (its predecessor
+            // just left) or that never claims (a Curator participant) gets no term.
+            let claim = client.get_data(&path).await.ok();
             let mut out = Vec::new();
             for (k, r) in kids.iter().zip(results) {
                 if let zk::MultiReadResult::Data { data, .. } = r {
                     let leader = out.is_empty();
                     let mut p = Participant::new(String::from_utf8_lossy(&data), leader);
                     if leader {
-                        if let Some(st) = path_stat {
-                            p = p.with_term(Term::new(st.ctime as u64, st.mzxid as u64));
+                        if let Some((by, st)) = &claim {
+                            if by.as_slice() == k.name.as_bytes() {
+                                p = p.with_term(Term::new(st.ctime as u64, st.mzxid as u64));
+                            }
                         }
                     }
                     out.push(p);
@@ -250,7 +258,8 @@ impl ZkElection {
         };
         timeout(bound, read).await.unwrap_or_else(|_| {
             Err(Error::timeout(format!(
-                "reading the participants of {path} took longer than the session timeout {bound:?}; ZooKeeper is unreachable or slow"
+                "reading the participants of {path} took longer than the session timeout {}; ZooKeeper is unreachable or slow",
+                Human(bound)
             )))
         })
     }
@@ -264,32 +273,14 @@ impl Election for ZkElection {
 
     async fn join(&self) -> Result<()> {
         let tx = self.sender()?;
-        *lock(&self.inner.fatal) = None;
-        let mut rx = self.cell.subscribe();
+        self.inner.fatal.clear();
+        let rx = self.cell.subscribe();
         if rx.borrow().role == Role::Idle {
             self.cell.set_role(Role::Candidate, "joining");
         }
         tx.send(Cmd::Join).map_err(|_| self.closed_error())?;
-        loop {
-            if let Some((kind, msg)) = lock(&self.inner.fatal).clone() {
-                return Err(Error::new(kind, msg));
-            }
-            let role = rx.borrow_and_update().role.clone();
-            match role {
-                Role::Closed => return Err(self.closed_error()),
-                Role::Idle => {
-                    return Err(Error::new(
-                        ErrorKind::NotLeader,
-                        format!("{} resigned while joining; call join again", self.cfg.id),
-                    ))
-                }
-                r if r.is_joined() => return Ok(()),
-                _ => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(self.closed_error());
-            }
-        }
+        let what = format!("ZooKeeper latch participant {}", self.cfg.id);
+        participant::wait_joined(rx, Some(&self.inner.fatal), &self.cfg.id, &what, || None).await
     }
 
     async fn resign(&self) -> Result<()> {
@@ -348,9 +339,9 @@ impl Election for ZkElection {
         self.read_participants().await
     }
 
-    /// Last contact: when the driver last saw its session connected (zookeeper-client
-    /// drops a connection whose pings go unanswered); safe for half the negotiated session
-    /// timeout.
+    /// Last contact: the send instant of the latest request the server answered (a probe
+    /// every T/6 while connected; the server heard it no sooner); safe for half the
+    /// negotiated session timeout.
     fn contact(&self) -> Contact {
         self.cell.contact()
     }
@@ -385,7 +376,7 @@ fn acls(cfg: &ZkConfig) -> zk::Acls<'static> {
 }
 
 /// Connect a new session (fails fast when no server answers).
-async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client> {
+pub(crate) async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client> {
     let mut c = zk::Client::connector()
         .with_session_timeout(session_timeout)
         .with_connection_timeout(cfg.connection_timeout)
@@ -403,8 +394,9 @@ async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
         Err(_) => Err(Error::timeout(format!(
-            "connecting to ZooKeeper at {} took longer than {bound:?}; is it running?",
-            cfg.connect
+            "connecting to ZooKeeper at {} took longer than {}; is it running?",
+            cfg.connect,
+            Human(bound)
         ))),
     }
 }
@@ -665,10 +657,12 @@ impl DriverState {
 
     async fn fatal(&mut self, kind: ErrorKind, msg: &str) -> Next {
         warn!(%msg, "permanent failure; leaving the election");
-        *lock(&self.inner.fatal) = Some((kind, msg.to_owned()));
+        // Health first (a `join` returning the failure finds it published), then the
+        // failure, then `Idle` (a `join` woken by `Idle` must find the failure).
+        self.cell.set_health(HealthLevel::Unhealthy, msg.to_owned());
+        self.inner.fatal.report(kind, msg);
         self.want = false;
-        self.cell
-            .set(Role::Idle, HealthLevel::Unhealthy, msg.to_owned());
+        self.cell.set_role(Role::Idle, msg.to_owned());
         if let (Some(c), Some(n)) = (self.client.clone(), self.forget_node()) {
             let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
         }
@@ -926,10 +920,14 @@ impl DriverState {
                 return Ok(self.wait(client, None).await);
             }
             // Claim: atomically check our node still exists and write the latch path, whose
-            // new mzxid is the term's sequence.
+            // new mzxid is the term's sequence; its data names the claiming node, so a reader
+            // can tell a first node that has claimed from one that has not yet.
             let mut w = client.new_multi_writer();
             w.add_check_version(&node.path, -1)?;
-            w.add_set_data(&path, &[], None)?;
+            w.add_set_data(&path, node.name.as_bytes(), None)?;
+            // The claim is an answered request: contact as of its send instant, so a grant is
+            // published with a fresh takeover bound (not one left from before a reconnect).
+            let sent = std::time::Instant::now();
             let stat = match w.commit().await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
@@ -945,6 +943,7 @@ impl DriverState {
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             };
+            self.cell.touch(sent);
             let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
             if !self.cell.get().role.is_leader() {
                 info!(%term, "elected");
@@ -1023,17 +1022,36 @@ impl DriverState {
             }
         };
         tokio::pin!(own_changed);
-        // While waiting, a live driver on a connected session counts as contact with
-        // ZooKeeper (zookeeper-client drops a connection that stops answering its pings).
+        // Contact is the SEND instant of the latest probe the server answered: the server
+        // heard that request at or after that instant, so it cannot expire our session
+        // before `sent + session timeout`. ("The driver says connected" is not contact: the
+        // driver notices silence only 2/5 of the timeout after its last receipt, and that
+        // receipt itself lags the server's last hearing of us by the link's delay, so a
+        // bound of half the timeout from it can fall after the server's expiry.)
         let tick = (self.session_timeout / 6).max(Duration::from_millis(100));
+        type Probe =
+            Pin<Box<dyn Future<Output = std::result::Result<Option<zk::Stat>, zk::Error>> + Send>>;
+        let mut probe: Option<(std::time::Instant, Probe)> = None;
+        let mut last_probe: Option<Instant> = None;
         let next = loop {
-            if client.state() == zk::SessionState::SyncConnected
-                || client.state() == zk::SessionState::ConnectedReadOnly
-            {
-                self.cell.touch(std::time::Instant::now());
+            let connected = client.state() == zk::SessionState::SyncConnected
+                || client.state() == zk::SessionState::ConnectedReadOnly;
+            if connected && probe.is_none() && last_probe.is_none_or(|t| t.elapsed() >= tick) {
+                last_probe = Some(Instant::now());
+                let sent = std::time::Instant::now();
+                probe = Some((sent, Box::pin(client.check_stat("/"))));
             }
+            let probing = probe.is_some();
             break tokio::select! {
             _ = sleep(tick) => continue,
+            r = async { probe.as_mut().expect("probing").1.as_mut().await }, if probing => {
+                if let Some((sent, _)) = probe.take() {
+                    if r.is_ok() {
+                        self.cell.touch(sent);
+                    }
+                }
+                continue;
+            }
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
                 if pred_first && ev.event_type == zk::EventType::NodeDeleted {
@@ -1133,7 +1151,7 @@ impl DriverState {
                 _ = sleep_until(unhealthy_at), if !marked_unhealthy => {
                     marked_unhealthy = true;
                     demoted = true;
-                    let reason = format!("no connection to ZooKeeper for {:?} (the session timeout)", self.session_timeout);
+                    let reason = format!("no connection to ZooKeeper for {} (the session timeout)", Human(self.session_timeout));
                     self.cell.set_health(HealthLevel::Unhealthy, reason);
                 }
                 _ = sleep_until(next_probe) => {

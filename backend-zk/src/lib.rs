@@ -6,9 +6,11 @@ mod config;
 mod error;
 mod latch;
 mod names;
+mod observe;
 
 pub use config::{
     ConnectionPolicy, NodeAcl, ZkConfig, ZkConfigBuilder, DEFAULT_CONNECTION_TIMEOUT,
     DEFAULT_SESSION_TIMEOUT, MAX_SESSION_TIMEOUT, MIN_SESSION_TIMEOUT,
 };
 pub use latch::ZkElection;
+pub use observe::ZkLeaderWatch;

@@ -117,6 +117,10 @@ async fn zk_curator_and_rust_share_one_latch_and_hand_over_both_ways() {
         .expect("leader")
         .expect("someone leads");
     assert_eq!(leader.id, "java-1", "we read Curator's participant id");
+    assert_eq!(
+        leader.term, None,
+        "Curator never claims, so no term is reported for its leader"
+    );
     let ids: Vec<String> = rust[0]
         .participants()
         .await
@@ -138,18 +142,29 @@ async fn zk_curator_and_rust_share_one_latch_and_hand_over_both_ways() {
     java2.send("status").await;
     java2.expect("not-leader").await;
     rust[0].close().await.expect("close p0");
-    rust[1]
+    let p1 = rust[1]
         .wait_for_leadership(Duration::from_secs(10))
         .await
         .expect("p1 leads");
+    let read = rust[1].leader().await.expect("leader").expect("p1 leads");
+    assert_eq!(
+        (read.id.as_str(), read.term),
+        ("p1", Some(p1.term())),
+        "leader() reports the claimed term of the leader"
+    );
     java2.send("status").await;
     java2.expect("not-leader").await;
     rust[1].close().await.expect("close p1");
     java2.expect("leader").await;
     let observer = participant(&zk.addr(), &path, "observer", SESSION);
     assert_eq!(
-        observer.leader().await.expect("leader").map(|p| p.id),
-        Some("java-2".to_string())
+        observer
+            .leader()
+            .await
+            .expect("leader")
+            .map(|p| (p.id, p.term)),
+        Some(("java-2".to_string(), None)),
+        "p1's claim is not reported as the term of the Curator leader after it"
     );
     java2.close().await;
     observer.close().await.expect("close");

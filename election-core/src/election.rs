@@ -109,6 +109,27 @@ pub trait Election: Send + Sync + fmt::Debug + 'static {
     /// leader's claim stays safe without it. No I/O. Read by
     /// [`LeaderHealthCheck`](crate::health::LeaderHealthCheck).
     fn contact(&self) -> Contact;
+
+    /// The earliest instant at which ANOTHER participant could be granted leadership if
+    /// this participant lost every contact with its store now: work started under a grant
+    /// that is lost must have stopped before it. `None` before any contact (nothing was
+    /// ever granted here). No I/O.
+    ///
+    /// The default is [`contact()`](Election::contact)`.last + safe_for`: ZooKeeper, half the
+    /// session timeout after the send instant of the latest request the server answered
+    /// (the server expires the session no sooner than a whole timeout after it heard it); etcd, the
+    /// lease keeper's step-down point, a safety margin before the lease can expire. The
+    /// supervisor also bounds it by its mode lease, since a new mode generation is led only
+    /// after the takeover delay. What no bound covers: a store fact that removes us at
+    /// once (an operator deleting our node or key, revoking our lease), and a host paused
+    /// past the bound (its work resumes late; fence on [`Term`]s for that).
+    ///
+    /// `succession::process` (feature `process`) and `succession run` cap the stop grace
+    /// of a leader's command with it.
+    fn takeover_bound(&self) -> Option<std::time::Instant> {
+        let c = self.contact();
+        c.last.map(|last| last + c.safe_for)
+    }
 }
 
 /// Compile-time proof that [`Election`] stays object safe and shareable.

@@ -15,10 +15,12 @@ mod error;
 pub mod health;
 pub mod memory;
 pub mod metrics;
+pub mod participant;
 mod record;
 mod status;
 pub mod supervisor;
 mod term;
+pub mod text;
 pub mod validate;
 
 #[cfg(feature = "conformance")]

@@ -447,7 +447,7 @@ impl Election for MemoryElection {
     }
 
     async fn join(&self) -> Result<()> {
-        let mut rx = self.cell.subscribe();
+        let rx = self.cell.subscribe();
         {
             let mut st = self.store.shared.lock();
             let Some(m) = st.members.get_mut(&self.uid) else {
@@ -459,25 +459,8 @@ impl Election for MemoryElection {
             }
             reconcile(&mut st);
         }
-        loop {
-            let role = rx.borrow_and_update().role.clone();
-            match role {
-                Role::Closed => {
-                    return Err(Error::closed(&format!("memory election of {}", self.id)))
-                }
-                Role::Idle => {
-                    return Err(Error::new(
-                        ErrorKind::NotLeader,
-                        format!("{} resigned while joining; call join again", self.id),
-                    ))
-                }
-                r if r.is_joined() => return Ok(()),
-                _ => {}
-            }
-            if rx.changed().await.is_err() {
-                return Err(Error::closed(&format!("memory election of {}", self.id)));
-            }
-        }
+        let what = format!("memory election of {}", self.id);
+        crate::participant::wait_joined(rx, None, &self.id, &what, || None).await
     }
 
     async fn resign(&self) -> Result<()> {

@@ -279,8 +279,8 @@ pub struct StatusCell {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Contact {
-    /// When the participant last heard from its store (ZooKeeper: its driver saw the
-    /// session connected; etcd: the send instant of the latest answered lease renewal;
+    /// When the participant last heard from its store (ZooKeeper: the send instant of the
+    /// latest answered request; etcd: the send instant of the latest answered lease renewal;
     /// supervisor: the layer it leads through). None before the first contact.
     pub last: Option<Instant>,
     /// How long after `last` a leader's claim is still safe without further contact

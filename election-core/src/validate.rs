@@ -1,6 +1,7 @@
 //! Input checks shared by every backend's configuration builder. Each refuses bad input
 //! early with a message that says what to do.
 
+use crate::text::Human;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -86,14 +87,20 @@ pub fn duration(
     if let Some(min) = min {
         if value < min {
             return Err(Error::invalid_config(format!(
-                "{what} is {value:?}, below the minimum {min:?}; raise it to at least {min:?}"
+                "{what} is {}, below the minimum {}; raise it to at least {}",
+                Human(value),
+                Human(min),
+                Human(min)
             )));
         }
     }
     if let Some(max) = max {
         if value > max {
             return Err(Error::invalid_config(format!(
-                "{what} is {value:?}, above the maximum {max:?}; lower it to at most {max:?}"
+                "{what} is {}, above the maximum {}; lower it to at most {}",
+                Human(value),
+                Human(max),
+                Human(max)
             )));
         }
     }

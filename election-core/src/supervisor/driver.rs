@@ -219,7 +219,7 @@ pub(crate) struct State {
     highest_generation: Option<u64>,
     read: ReadState,
     /// Send instant of the latest read or write that showed exactly our mode.
-    confirmed_sent: Option<Instant>,
+    pub(crate) confirmed_sent: Option<Instant>,
     /// A write to the mode record whose outcome is unknown; no leading until a read sent
     /// after this instant confirms the mode.
     cas_unknown_since: Option<Instant>,
@@ -234,6 +234,8 @@ pub(crate) struct State {
     started: Instant,
     pub(crate) beat: watch::Sender<Option<Heartbeat>>,
     published_term: Option<(Term, Layer)>,
+    /// The layer of the latest grant this participant published (kept after the loss).
+    pub(crate) led_through: Option<Layer>,
     /// The highest supervisor term this participant ever published.
     highest_published: Option<Term>,
     published_level: Option<HealthLevel>,
@@ -273,6 +275,7 @@ impl State {
             started: now,
             beat,
             published_term: None,
+            led_through: None,
             highest_published: None,
             published_level: None,
             policy,
@@ -1065,6 +1068,7 @@ fn publish(
             });
         }
         if let Some((t, l)) = term {
+            st.led_through = Some(l);
             st.sinks.emit(SupervisorEvent::LeadershipGained {
                 layer: inner.layer_ref(l),
                 term: t,

@@ -128,10 +128,10 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tracing::Instrument;
 
 use crate::election::{Election, Participant};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::metrics::ElectionMetrics;
 use crate::record::CasRecord;
-use crate::status::{Contact, Role, Status, StatusCell};
+use crate::status::{Contact, Status, StatusCell};
 use crate::validate;
 
 mod driver;
@@ -250,7 +250,7 @@ impl Election for Supervisor {
     /// layer. Keeps waiting while the mode record cannot be read for the first time or the
     /// active layer's store is unreachable.
     async fn join(&self) -> Result<()> {
-        let mut rx = self.inner.cell.subscribe();
+        let rx = self.inner.cell.subscribe();
         {
             let _op = self.inner.ops.lock().await;
             let mut st = self.inner.lock();
@@ -280,39 +280,22 @@ impl Election for Supervisor {
             let _ = self.inner.inputs.send(Input::Nudge);
         }
         self.inner.poke.notify_one();
-        loop {
-            {
-                let s = rx.borrow_and_update().clone();
-                match s.role {
-                    Role::Closed => {
-                        return Err(Error::closed(&format!("supervisor of {}", self.inner.id)))
-                    }
-                    Role::Idle => {
-                        return Err(Error::new(
-                            ErrorKind::NotLeader,
-                            format!("{} resigned while joining; call join again", self.inner.id),
-                        ))
-                    }
-                    r if r.is_joined() => return Ok(()),
-                    _ => {}
-                }
-                let st = self.inner.lock();
-                if let Some(mode) = st.mode {
-                    if let Some((kind, msg)) = &st.join_errors[mode.layer.index()] {
-                        return Err(Error::new(
-                            *kind,
-                            format!(
-                                "joining the active layer {} failed: {msg}",
-                                self.inner.layer_ref(mode.layer)
-                            ),
-                        ));
-                    }
-                }
-            }
-            if rx.changed().await.is_err() {
-                return Err(Error::closed(&format!("supervisor of {}", self.inner.id)));
-            }
-        }
+        let what = format!("supervisor of {}", self.inner.id);
+        // The active layer refusing us (e.g. permission denied) fails the join; the
+        // driver publishes a status change when it records such a refusal.
+        crate::participant::wait_joined(rx, None, &self.inner.id, &what, || {
+            let st = self.inner.lock();
+            let mode = st.mode?;
+            let (kind, msg) = st.join_errors[mode.layer.index()].as_ref()?;
+            Some(Error::new(
+                *kind,
+                format!(
+                    "joining the active layer {} failed: {msg}",
+                    self.inner.layer_ref(mode.layer)
+                ),
+            ))
+        })
+        .await
     }
 
     /// Publishes `Idle` (not leading) first, then resigns both layers.
@@ -398,6 +381,27 @@ impl Election for Supervisor {
     fn contact(&self) -> Contact {
         let layer = self.mode().map_or(Layer::Primary, |m| m.layer);
         self.inner.layers[layer.index()].contact()
+    }
+
+    /// The earlier of: the bound of the layer this participant last led through (its own
+    /// successor there), and the mode lease after the latest read that confirmed our mode
+    /// (a leader under a newer generation waits the takeover delay G > V after the write,
+    /// and that write came after our confirming read was sent).
+    fn takeover_bound(&self) -> Option<std::time::Instant> {
+        let (layer, confirmed) = {
+            let st = self.inner.lock();
+            let layer = st
+                .led_through
+                .or(st.mode.map(|m| m.layer))
+                .unwrap_or(Layer::Primary);
+            (layer, st.confirmed_sent)
+        };
+        let by_layer = self.inner.layers[layer.index()].takeover_bound();
+        let by_mode = confirmed.map(|s| (s + self.inner.timings.mode_lease).into_std());
+        match (by_layer, by_mode) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

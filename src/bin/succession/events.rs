@@ -14,6 +14,7 @@ use tokio::sync::watch;
 pub enum V<'a> {
     S(&'a str),
     N(u64),
+    B(bool),
     Null,
 }
 
@@ -50,6 +51,7 @@ impl Emitter {
             match v {
                 V::S(s) => line.push_str(&quote(s)),
                 V::N(n) => line.push_str(&n.to_string()),
+                V::B(b) => line.push_str(if *b { "true" } else { "false" }),
                 V::Null => line.push_str("null"),
             }
         }
@@ -104,12 +106,13 @@ pub fn follow_status(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut prev = rx.borrow_and_update().clone();
+        let mut joined_before = false;
         loop {
             if rx.changed().await.is_err() {
                 return;
             }
             let s = rx.borrow_and_update().clone();
-            transition(&em, &prev, &s, layer);
+            transition(&em, &prev, &s, layer, &mut joined_before);
             prev = s;
             if prev.role == Role::Closed {
                 return;
@@ -118,10 +121,23 @@ pub fn follow_status(
     })
 }
 
-/// The events for one status change.
-pub fn transition(em: &Emitter, prev: &Status, s: &Status, layer: Option<&'static str>) {
+/// The events for one status change. `joined` is printed once, for the first time our
+/// place is held; getting it back later (after a reconnect, a repair, a failover or a
+/// failback) is a `rejoined` event with the reason.
+pub fn transition(
+    em: &Emitter,
+    prev: &Status,
+    s: &Status,
+    layer: Option<&'static str>,
+    joined_before: &mut bool,
+) {
     if !prev.role.is_joined() && s.role.is_joined() {
-        em.emit("joined", &[]);
+        if *joined_before {
+            em.emit("rejoined", &[("reason", V::S(&s.reason))]);
+        } else {
+            *joined_before = true;
+            em.emit("joined", &[]);
+        }
     }
     let Some(layer) = layer else {
         return;

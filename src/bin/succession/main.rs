@@ -3,29 +3,36 @@
 mod args;
 mod backend;
 mod events;
+mod generate;
 mod http;
+mod observe;
 mod run;
 mod supervised;
+mod ui;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use succession::{Election, Participant};
+use succession::Election;
 use tokio::signal::unix::{signal, SignalKind};
 
 use args::{Cli, Command, Settings};
-use events::{Emitter, V};
+use events::Emitter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Human-readable logs on stderr; RUST_LOG=succession_zk=debug etc. for more.
+    let cli = match ui::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    // Human-readable logs on stderr; RUST_LOG=succession_zk=debug etc. for more. Colours
+    // only on a terminal, and never with NO_COLOR set (https://no-color.org).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ui::colour())
         .with_target(true)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -41,21 +48,31 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("succession: {msg}");
+            eprintln!("succession: {}", ui::in_cli_terms(&msg));
             ExitCode::from(2)
         }
     }
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Completions(c) => return generate::completions(c.shell),
+        Command::Man => return generate::man(),
+        _ => {}
+    }
     let stop = Shutdown::install()?;
     match cli.command {
         Command::Campaign(common) => campaign(common.resolve()?, stop).await,
-        Command::Observe(o) => observe(o.common.resolve()?, o.interval, stop).await,
-        Command::Run(r) => {
-            let s = r.common.resolve()?;
-            run::run(s, r.grace, r.restart, r.command, stop).await
+        Command::Observe(o) => {
+            let interval = o.interval()?;
+            observe::observe(o.common.resolve()?, interval, stop).await
         }
+        Command::Run(r) => {
+            let grace = r.grace()?;
+            let s = r.common.resolve()?;
+            run::run(s, grace, r.restart, r.command, stop).await
+        }
+        Command::Completions(_) | Command::Man => unreachable!("handled above"),
     }
 }
 
@@ -93,20 +110,17 @@ pub async fn join(
 ) -> Result<bool, String> {
     let joined = tokio::select! {
         r = tokio::time::timeout(s.startup_timeout, e.join()) => r,
-        _ = stop.recv() => {
-            let _ = e.close().await;
-            return Ok(false);
-        }
+        _ = stop.recv() => return Ok(false),
     };
     match joined {
         Ok(Ok(())) => Ok(true),
         Ok(Err(err)) => {
-            let _ = e.close().await;
+            let _ = tokio::time::timeout(CLOSE_BOUND, e.close()).await;
             Err(format!("cannot join the election: {err}"))
         }
         Err(_) => {
             let st = e.status().borrow().clone();
-            let _ = e.close().await;
+            let _ = tokio::time::timeout(CLOSE_BOUND, e.close()).await;
             Err(format!(
                 "could not join the election within {} (--startup-timeout): {}",
                 humantime::format_duration(s.startup_timeout),
@@ -124,19 +138,50 @@ async fn campaign(s: Settings, mut stop: Shutdown) -> Result<ExitCode, String> {
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = supervised::follow_events(&built, em.clone());
     let health = serve_health(&s, recorder, &e, &em).await?;
-    eprintln!("succession: joining as {} ({:?})", e.id(), s.backend);
+    eprintln!("succession: joining {} as {}", s.backend, e.id());
+    let mut tasks: Vec<_> = extra.into_iter().chain(health).collect();
+    tasks.push(follower);
     if join(&e, &s, &mut stop).await? {
         stop.recv().await;
         eprintln!("succession: signal received; resigning");
     }
-    let r = e.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
-    for t in extra.into_iter().chain(health) {
+    Ok(finish(&e, &em, tasks, ExitCode::SUCCESS).await)
+}
+
+/// How long leaving the election may take once we stopped acting: leadership is dropped
+/// (published) at once, the store cleanup (deleting our node, revoking our lease) is best
+/// effort within this bound; what it leaves is removed by the store when our session or
+/// lease expires.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(2);
+
+/// Leave the election within [`CLOSE_BOUND`], print `closed`, and exit with `code`
+/// whatever the stores' state (a failed cleanup is a warning, not a failure).
+pub async fn finish(
+    e: &Arc<dyn Election>,
+    em: &Emitter,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    code: ExitCode,
+) -> ExitCode {
+    match tokio::time::timeout(CLOSE_BOUND, e.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => eprintln!(
+            "succession: warning: leaving the election: {err}; the store drops our place when our session or lease expires"
+        ),
+        Err(_) => eprintln!(
+            "succession: warning: leaving the election did not finish within {} (store unreachable?); the store drops our place when our session or lease expires",
+            humantime::format_duration(CLOSE_BOUND)
+        ),
+    }
+    // Let the status follower print the last transitions (it ends at `Closed`).
+    let mut tasks = tasks;
+    if let Some(follower) = tasks.pop() {
+        let _ = tokio::time::timeout(Duration::from_millis(500), follower).await;
+    }
+    for t in tasks {
         t.abort();
     }
     em.emit("closed", &[]);
-    r.map_err(|e| format!("close: {e}"))?;
-    Ok(ExitCode::SUCCESS)
+    code
 }
 
 /// With `--health-addr`: install the metrics recorder (before building the election).
@@ -163,59 +208,5 @@ pub async fn serve_health(
                 .map(Some)
         }
         _ => Ok(None),
-    }
-}
-
-async fn observe(s: Settings, interval: Duration, mut stop: Shutdown) -> Result<ExitCode, String> {
-    let built = backend::build(&s)?;
-    let e = built.election;
-    let em = Emitter::new(e.id());
-    let first = tokio::time::timeout(s.startup_timeout, e.leader()).await;
-    let mut last: Option<Option<Participant>> = match first {
-        Ok(Ok(l)) => {
-            emit_leader(&em, &l);
-            Some(l)
-        }
-        Ok(Err(err)) => return Err(format!("cannot read the election: {err}")),
-        Err(_) => {
-            return Err(format!(
-            "could not read the election within {} (--startup-timeout); is the store reachable?",
-            humantime::format_duration(s.startup_timeout)
-        ))
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = stop.recv() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        match e.leader().await {
-            Ok(l) => {
-                if last.as_ref() != Some(&l) {
-                    emit_leader(&em, &l);
-                    last = Some(l);
-                }
-            }
-            Err(err) => eprintln!("succession: reading the leader failed: {err}"),
-        }
-    }
-    let _ = e.close().await;
-    em.emit("closed", &[]);
-    Ok(ExitCode::SUCCESS)
-}
-
-fn emit_leader(em: &Emitter, l: &Option<Participant>) {
-    match l {
-        Some(p) => {
-            let term = p.term.map(|t| t.to_string());
-            em.emit(
-                "leader",
-                &[
-                    ("leader", V::S(&p.id)),
-                    ("term", term.as_deref().map(V::S).unwrap_or(V::Null)),
-                ],
-            );
-        }
-        None => em.emit("leader", &[("leader", V::Null), ("term", V::Null)]),
     }
 }

@@ -1,13 +1,18 @@
 //! `succession run -- CMD`: run CMD only while this participant leads.
+//!
+//! CMD runs under a guard process (`succession::process`): its own process group, every
+//! descendant re-parented to the guard, the whole tree signalled and reaped on loss, resign
+//! or exit, SIGKILL no later than the election's takeover bound, and the tree killed by the
+//! guard if `run` itself dies.
 
-use std::process::{ExitCode, ExitStatus, Stdio};
+use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
+use succession::process::{GuardedChild, LeaderCommand, Outcome, Stopped};
 use succession::ElectionExt;
-use tokio::process::{Child, Command};
 
 use crate::args::Settings;
-use crate::events::{self, Emitter};
+use crate::events::{self, Emitter, V};
 
 pub async fn run(
     s: Settings,
@@ -16,6 +21,9 @@ pub async fn run(
     cmd: Vec<String>,
     mut stop: crate::Shutdown,
 ) -> Result<ExitCode, String> {
+    // Should a guard be killed alone (SIGKILL, OOM killer), the command's orphans come
+    // here rather than to init, and are killed before we give up our place.
+    succession::process::adopt_orphans().map_err(|e| format!("cannot become a subreaper: {e}"))?;
     let recorder = crate::install_metrics(&s)?;
     let built = crate::backend::build(&s)?;
     let e = built.election.clone();
@@ -23,27 +31,16 @@ pub async fn run(
     let follower = events::follow_status(em.clone(), e.status(), built.layer);
     let extra = crate::supervised::follow_events(&built, em.clone());
     let health = crate::serve_health(&s, recorder, &e, &em).await?;
+    let mut tasks: Vec<_> = extra.into_iter().chain(health).collect();
+    tasks.push(follower);
     let joined = crate::join(&e, &s, &mut stop).await?;
-    let finish = |code: ExitCode| {
-        let e = e.clone();
-        let em = em.clone();
-        async move {
-            let r = e.close().await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), follower).await;
-            for t in extra.into_iter().chain(health) {
-                t.abort();
-            }
-            em.emit("closed", &[]);
-            r.map_err(|err| format!("close: {err}")).map(|_| code)
-        }
-    };
     if !joined {
-        return finish(ExitCode::SUCCESS).await;
+        return Ok(crate::finish(&e, &em, tasks, ExitCode::SUCCESS).await);
     }
     'lead: loop {
         let lead = loop {
             tokio::select! {
-                _ = stop.recv() => return finish(ExitCode::SUCCESS).await,
+                _ = stop.recv() => return Ok(crate::finish(&e, &em, tasks, ExitCode::SUCCESS).await),
                 r = e.wait_for_leadership(Duration::from_secs(3600)) => match r {
                     Ok(l) => break l,
                     Err(err) if err.kind() == succession::ErrorKind::Timeout => continue,
@@ -53,65 +50,119 @@ pub async fn run(
         };
         let layer = crate::supervised::active_layer(&built);
         loop {
-            let mut child = spawn(&cmd, &lead.term().to_string(), &layer, e.id())?;
-            eprintln!(
-                "succession: leading (term {}); started {:?} as pid {}",
-                lead.term(),
-                cmd,
-                child.id().unwrap_or(0)
+            let term = lead.term().to_string();
+            let command = LeaderCommand::new(&cmd[0])
+                .args(&cmd[1..])
+                .env("SUCCESSION_TERM", &term)
+                .env("SUCCESSION_LAYER", &layer)
+                .env("SUCCESSION_ID", e.id());
+            let child = GuardedChild::spawn(&command)
+                .map_err(|err| format!("cannot start {}: {err}", cmd[0]))?;
+            let pid = child.pid();
+            em.emit(
+                "started",
+                &[("pid", V::N(pid.into())), ("term", V::S(&term))],
             );
-            tokio::select! {
-                status = child.wait() => {
-                    let status = status.map_err(|err| format!("waiting for {:?}: {err}", cmd[0]))?;
-                    eprintln!("succession: {:?} exited: {status}", cmd[0]);
+            eprintln!(
+                "succession: leading (term {term}); started {} as pid {pid}",
+                cmd[0]
+            );
+            let outcome = match child.until_lost(&*e, &lead, grace, stop.recv()).await {
+                Ok(o) => o,
+                Err(err) => {
+                    // The guard is gone without having stopped the tree: kill what is left
+                    // of it (our orphans now) while we still hold our place.
+                    let left = tokio::task::spawn_blocking(|| {
+                        succession::process::kill_orphans(Duration::from_secs(5))
+                    })
+                    .await
+                    .unwrap_or(usize::MAX);
+                    return Err(format!(
+                        "stopping {}: {err}{}",
+                        cmd[0],
+                        if left > 0 {
+                            "; some of its processes could not be killed"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            };
+            match outcome {
+                Outcome::LeadershipLost(st) => {
+                    stopped(&em, pid, &st, "leadership lost");
+                    // Killed by the guard's own deadline (contact not confirmed in time)
+                    // while the election still says we lead: start again only once contact
+                    // is fresh (or after the loss), not in a hot loop.
+                    while lead.is_current() {
+                        let c = e.contact();
+                        let fresh = c.last.is_some_and(|l| {
+                            l + c.safe_for > std::time::Instant::now() + Duration::from_millis(500)
+                        });
+                        if fresh {
+                            break;
+                        }
+                        tokio::select! {
+                            _ = lead.lost() => break,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = stop.recv() => {
+                                return Ok(crate::finish(&e, &em, tasks, ExitCode::SUCCESS).await)
+                            }
+                        }
+                    }
+                    continue 'lead;
+                }
+                Outcome::Cancelled(st) => {
+                    stopped(&em, pid, &st, "signal received");
+                    return Ok(crate::finish(&e, &em, tasks, ExitCode::SUCCESS).await);
+                }
+                Outcome::Exited { status, rest } => {
+                    stopped(&em, pid, &rest, "command exited");
+                    eprintln!("succession: {} exited: {status}", cmd[0]);
                     if restart && lead.is_current() {
                         continue;
                     }
                     if restart {
                         continue 'lead;
                     }
-                    return finish(exit_code(status)).await;
+                    let code = exit_code(status);
+                    return Ok(crate::finish(&e, &em, tasks, code).await);
                 }
-                _ = lead.lost() => {
-                    eprintln!("succession: leadership lost; stopping {:?}", cmd[0]);
-                    stop_child(&mut child, grace).await;
-                    continue 'lead;
-                }
-                _ = stop.recv() => {
-                    eprintln!("succession: signal received; stopping {:?} and resigning", cmd[0]);
-                    stop_child(&mut child, grace).await;
-                    return finish(ExitCode::SUCCESS).await;
-                }
+                _ => return Err("unexpected outcome of the command".into()),
             }
         }
     }
 }
 
-fn spawn(cmd: &[String], term: &str, layer: &str, id: &str) -> Result<Child, String> {
-    Command::new(&cmd[0])
-        .args(&cmd[1..])
-        .env("SUCCESSION_TERM", term)
-        .env("SUCCESSION_LAYER", layer)
-        .env("SUCCESSION_ID", id)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|err| format!("cannot start {:?}: {err}", cmd[0]))
+/// `stopped`: every process of the command's tree is gone (reaped), with how.
+fn stopped(em: &Emitter, pid: u32, st: &Stopped, reason: &str) {
+    let code = st.status.map(|s| s.into_raw_code());
+    em.emit(
+        "stopped",
+        &[
+            ("pid", V::N(pid.into())),
+            ("reason", V::S(reason)),
+            ("killed", V::B(st.killed)),
+            ("took_ms", V::N(st.took.as_millis() as u64)),
+            ("status", code.as_deref().map(V::S).unwrap_or(V::Null)),
+        ],
+    );
 }
 
-/// SIGTERM, wait up to `grace`, then SIGKILL.
-async fn stop_child(child: &mut Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on the pid of our own, not yet reaped child.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+trait RawCode {
+    fn into_raw_code(self) -> String;
+}
+
+impl RawCode for ExitStatus {
+    /// `exit:N` or `signal:N`.
+    fn into_raw_code(self) -> String {
+        use std::os::unix::process::ExitStatusExt;
+        match (self.code(), self.signal()) {
+            (Some(c), _) => format!("exit:{c}"),
+            (None, Some(sig)) => format!("signal:{sig}"),
+            _ => "unknown".into(),
         }
-        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
-            return;
-        }
-        eprintln!("succession: child {pid} ignored SIGTERM for {grace:?}; SIGKILL");
     }
-    let _ = child.kill().await;
 }
 
 fn exit_code(status: ExitStatus) -> ExitCode {

@@ -10,6 +10,7 @@ use crate::args::{Backend, Settings};
 use crate::backend::{self, Built};
 use crate::events::{Emitter, V};
 
+/// The supervisor over a ZooKeeper and an etcd participant.
 pub fn build(s: &Settings) -> Result<Built, String> {
     let Backend::Supervised {
         connect,
@@ -26,6 +27,7 @@ pub fn build(s: &Settings) -> Result<Built, String> {
         .map_err(|e| e.to_string())?
         .failover_after(s.failover_after)
         .failback_after(s.failback_after)
+        .strict_mode_lease(s.strict_mode_lease)
         .build()
         .map_err(|e| e.to_string())?;
     let sup = Arc::new(sup);
