@@ -24,7 +24,8 @@ pub struct Planned {
     pub cut: bool,
     /// Link delay: added latency per forwarded chunk; the store is `delay_store`.
     pub delay: Duration,
-    /// Link delay: which store's links (`Group::Zk` or `Group::Etcd`).
+    /// Link delay: which store's links (`Group::Zk` or `Group::Etcd`); partitions of a
+    /// supervised participant from one store (asymmetric) say which store this way too.
     pub delay_store: Group,
     /// Server faults: which peer / member (index mod the cluster size).
     pub node: usize,
@@ -41,16 +42,19 @@ pub struct PlanConfig {
     pub overlap_percent: u64,
     /// The kinds to draw from (uniformly); every kind unless narrowed with `--faults`.
     pub kinds: Vec<FaultKind>,
+    /// Also partition supervised participants from ONE store (asymmetric partitions). Only
+    /// with `--strict-mode-lease`: without it the supervisor documents two leaders there.
+    pub asymmetric_supervised: bool,
 }
 
 fn ms(rng: &mut Rng, lo: u64, hi: u64) -> Duration {
     Duration::from_millis(rng.range(lo, hi))
 }
 
-/// Draws one fault. Supervised participants are only ever partitioned from BOTH stores:
-/// the CLI does not expose `strict_mode_lease`, without which the supervisor documents two
-/// leaders under an asymmetric partition (README, "Not guaranteed"), so those schedules are
-/// not run.
+/// Draws one fault. Supervised participants are partitioned from ONE store only when
+/// `asymmetric_supervised` (the soak's `--strict-mode-lease`): without `strict_mode_lease`
+/// the supervisor documents two leaders under an asymmetric partition (README, "Not
+/// guaranteed"), so those schedules are not run in the default mode.
 fn draw(rng: &mut Rng, cfg: &PlanConfig) -> Planned {
     let kind = *rng.pick(&cfg.kinds);
     let pause_floor = cfg.session_timeout.max(cfg.ttl).as_millis() as u64;
@@ -58,8 +62,19 @@ fn draw(rng: &mut Rng, cfg: &PlanConfig) -> Planned {
         FaultKind::ZkNodeKill | FaultKind::EtcdMemberKill => (ms(rng, 1000, 6000), None),
         FaultKind::ZkWipe | FaultKind::EtcdWipe => (ms(rng, 300, 4000), None),
         FaultKind::ZkFreeze | FaultKind::EtcdFreeze => (ms(rng, 1000, 5000), None),
-        FaultKind::PartitionZk => (ms(rng, 1000, 8000), Some(Group::Zk)),
-        FaultKind::PartitionEtcd => (ms(rng, 1000, 8000), Some(Group::Etcd)),
+        FaultKind::PartitionZk | FaultKind::PartitionEtcd => {
+            let single = if kind == FaultKind::PartitionZk {
+                Group::Zk
+            } else {
+                Group::Etcd
+            };
+            let g = if cfg.asymmetric_supervised && rng.chance(50) {
+                Group::Supervised
+            } else {
+                single
+            };
+            (ms(rng, 1000, 8000), Some(g))
+        }
         FaultKind::PartitionBoth => (ms(rng, 1000, 8000), Some(Group::Supervised)),
         FaultKind::DelayLink => (ms(rng, 2000, 6000), Some(*rng.pick(&Group::ALL))),
         FaultKind::KillParticipant | FaultKind::TermLeader => {
@@ -73,9 +88,9 @@ fn draw(rng: &mut Rng, cfg: &PlanConfig) -> Planned {
     let at_leader = kind == FaultKind::TermLeader || rng.chance(60);
     let cut = rng.chance(40);
     let delay = ms(rng, 20, 400);
-    let delay_store = match group {
-        Some(Group::Zk) => Group::Zk,
-        Some(Group::Etcd) => Group::Etcd,
+    let delay_store = match (kind, group) {
+        (FaultKind::PartitionZk, _) | (_, Some(Group::Zk)) => Group::Zk,
+        (FaultKind::PartitionEtcd, _) | (_, Some(Group::Etcd)) => Group::Etcd,
         _ => {
             if rng.chance(50) {
                 Group::Zk
@@ -147,6 +162,7 @@ mod tests {
             ttl: Duration::from_secs(2),
             overlap_percent: 40,
             kinds: FaultKind::ALL.to_vec(),
+            asymmetric_supervised: false,
         }
     }
 
@@ -177,5 +193,31 @@ mod tests {
         }
         assert_eq!(kinds.len(), FaultKind::ALL.len());
         assert!(overlaps > 100, "{overlaps}");
+    }
+
+    #[test]
+    fn asymmetric_partitions_of_supervised_participants_only_when_asked() {
+        let mut rng = Rng::new(9);
+        let cfg = PlanConfig {
+            asymmetric_supervised: true,
+            ..cfg()
+        };
+        let mut seen = 0;
+        for _ in 0..500 {
+            for p in episode(&mut rng, &cfg) {
+                if matches!(p.kind, FaultKind::PartitionZk | FaultKind::PartitionEtcd)
+                    && p.group == Some(Group::Supervised)
+                {
+                    seen += 1;
+                    let store = if p.kind == FaultKind::PartitionZk {
+                        Group::Zk
+                    } else {
+                        Group::Etcd
+                    };
+                    assert_eq!(p.delay_store, store);
+                }
+            }
+        }
+        assert!(seen > 10, "{seen}");
     }
 }

@@ -44,6 +44,8 @@ pub struct WorldConfig {
     pub timings: Timings,
     /// Where participants' stderr goes.
     pub log_dir: PathBuf,
+    /// Run supervised participants with `--strict-mode-lease`.
+    pub strict: bool,
 }
 
 /// What the participants' reader tasks and the runner share.
@@ -202,6 +204,9 @@ impl World {
         if g == Group::Supervised {
             cmd.args(["--failover-after", &d(t.failover_after)])
                 .args(["--failback-after", &d(t.failback_after)]);
+            if self.cfg.strict {
+                cmd.arg("--strict-mode-lease");
+            }
         }
         let log = std::fs::File::create(self.cfg.log_dir.join(format!("{id}.stderr")))
             .map_err(|e| format!("participant log: {e}"))?;
