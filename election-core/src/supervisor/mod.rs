@@ -136,6 +136,7 @@ use crate::validate;
 
 mod driver;
 pub mod event;
+mod machine;
 mod mode;
 pub mod policy;
 
@@ -143,8 +144,9 @@ pub use event::SupervisorEvent;
 pub use mode::{Layer, LayerRef, Mode};
 pub use policy::{DampedPolicy, Decision, ModeChange, Policy, Timings, View};
 
-use driver::{Inner, Input, Sinks, State};
+use driver::{Inner, Sinks, State};
 use event::{Callback, Filter};
+use machine::{Config, Input, SupervisorMachine};
 
 /// Default [`SupervisorBuilder::check_interval`].
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -190,7 +192,7 @@ impl Supervisor {
 
     /// The mode this participant follows (the last one it could read), if it read one yet.
     pub fn mode(&self) -> Option<Mode> {
-        self.inner.lock().mode
+        self.inner.lock().m.mode
     }
 
     /// The validated and derived timings.
@@ -257,9 +259,7 @@ impl Election for Supervisor {
             if st.closed {
                 return Err(Error::closed(&format!("supervisor of {}", self.inner.id)));
             }
-            if !st.wants {
-                st.wants = true;
-                st.join_errors = [None, None];
+            if !st.m.wants {
                 for layer in [Layer::Primary, Layer::Fallback] {
                     let task = driver::join_layer(
                         self.inner.layers[layer.index()].clone(),
@@ -276,8 +276,7 @@ impl Election for Supervisor {
                 }
             }
             let _span = self.inner.span.enter();
-            driver::evaluate(&self.inner, &mut st);
-            let _ = self.inner.inputs.send(Input::Nudge);
+            driver::step(&self.inner, &mut st, Input::Join);
         }
         self.inner.poke.notify_one();
         let what = format!("supervisor of {}", self.inner.id);
@@ -285,8 +284,8 @@ impl Election for Supervisor {
         // driver publishes a status change when it records such a refusal.
         crate::participant::wait_joined(rx, None, &self.inner.id, &what, || {
             let st = self.inner.lock();
-            let mode = st.mode?;
-            let (kind, msg) = st.join_errors[mode.layer.index()].as_ref()?;
+            let mode = st.m.mode?;
+            let (kind, msg) = st.m.join_errors[mode.layer.index()].as_ref()?;
             Some(Error::new(
                 *kind,
                 format!(
@@ -303,13 +302,11 @@ impl Election for Supervisor {
         let _op = self.inner.ops.lock().await;
         let joins = {
             let mut st = self.inner.lock();
-            if st.closed || !st.wants {
+            if st.closed || !st.m.wants {
                 return Ok(());
             }
-            st.wants = false;
-            st.idle_reason = "resigned".into();
             let _span = self.inner.span.enter();
-            driver::evaluate(&self.inner, &mut st);
+            driver::step(&self.inner, &mut st, Input::Leave("resigned".into()));
             std::mem::take(&mut st.join_tasks)
         };
         for j in joins {
@@ -330,10 +327,8 @@ impl Election for Supervisor {
             if st.closed {
                 return Ok(());
             }
-            st.wants = false;
-            st.idle_reason = "closing".into();
             let _span = self.inner.span.enter();
-            driver::evaluate(&self.inner, &mut st);
+            driver::step(&self.inner, &mut st, Input::Leave("closing".into()));
             std::mem::take(&mut st.join_tasks)
         };
         for j in joins {
@@ -390,14 +385,14 @@ impl Election for Supervisor {
     fn takeover_bound(&self) -> Option<std::time::Instant> {
         let (layer, confirmed) = {
             let st = self.inner.lock();
-            let layer = st
-                .led_through
-                .or(st.mode.map(|m| m.layer))
-                .unwrap_or(Layer::Primary);
-            (layer, st.confirmed_sent)
+            let layer =
+                st.m.led_through
+                    .or(st.m.mode.map(|m| m.layer))
+                    .unwrap_or(Layer::Primary);
+            (layer, st.m.confirmed_sent)
         };
         let by_layer = self.inner.layers[layer.index()].takeover_bound();
-        let by_mode = confirmed.map(|s| (s + self.inner.timings.mode_lease).into_std());
+        let by_mode = confirmed.map(|s| s + self.inner.timings.mode_lease);
         match (by_layer, by_mode) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -411,7 +406,7 @@ impl Drop for Supervisor {
         self.inner.cell.close("handle dropped");
         let mut st = self.inner.lock();
         st.closed = true;
-        st.wants = false;
+        st.m.wants = false;
         for j in st.join_tasks.drain(..) {
             j.abort();
         }
@@ -717,9 +712,27 @@ impl SupervisorBuilder {
         };
         let (beat_tx, beat_rx) = watch::channel(None);
         let poke = Arc::new(Notify::new());
+        let policy = self.policy.unwrap_or_else(|| Box::new(DampedPolicy::new()));
+        let names: [Arc<str>; 2] = [names.0.into(), names.1.into()];
+        let now = tokio::time::Instant::now().into_std();
+        let machine = SupervisorMachine::new(
+            Config {
+                id: id.clone(),
+                names: names.clone(),
+                timings,
+                strict: self.strict,
+                policy,
+                epoch: (now, driver::unix_ms()),
+                layers: [
+                    primary.status().borrow().clone(),
+                    fallback.status().borrow().clone(),
+                ],
+            },
+            now,
+        );
         let state = State::new(
+            machine,
             [primary.status(), fallback.status()],
-            self.policy.unwrap_or_else(|| Box::new(DampedPolicy::new())),
             Sinks {
                 events: Some(events_tx),
                 callbacks,
@@ -731,10 +744,9 @@ impl SupervisorBuilder {
         let inner = Arc::new(Inner {
             id,
             layers: [primary, fallback],
-            names: [names.0.into(), names.1.into()],
+            names,
             mode_record: mode_record.clone(),
             timings,
-            strict: self.strict,
             cell: StatusCell::with_metrics(metrics),
             state: std::sync::Mutex::new(state),
             ops: tokio::sync::Mutex::new(()),

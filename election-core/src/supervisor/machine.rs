@@ -1,0 +1,917 @@
+//! The supervisor's decisions as a pure [`Machine`]: what the mode record reads and
+//! compare-and-swap outcomes mean, the takeover guard, the mode lease, the failover and
+//! failback policy calls, stepping down, generation renewal, and "publish before act".
+//!
+//! No tokio, no clock reads, no spawning: `now` is passed in, and every write, read request,
+//! heartbeat and status publication is an [`Effect`] for the executor
+//! ([`driver`](super::driver) in production, the deterministic simulator in tests). The
+//! effects of one call are ordered: events, then the status publication, then the heartbeat,
+//! then a compare-and-swap — so "not leading" is always published before the write that lets
+//! someone else lead.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::event::SupervisorEvent;
+use super::mode::{Heartbeat, Layer, LayerRef, Mode};
+use super::policy::{Decision, ModeChange, Policy, Timings, View};
+use crate::error::{Error, ErrorKind, Result};
+use crate::participant::Machine;
+use crate::record::{CasOutcome, Versioned};
+use crate::status::{HealthLevel, Role, Status};
+use crate::term::Term;
+
+const HISTORY: usize = 32;
+
+/// Test-only faults planted in the machine to prove the simulation catches them. All
+/// `false` by default; only the simulator (feature `sim`) can set them.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// Lead as soon as a new generation is seen (no takeover guard).
+    pub skip_takeover_wait: bool,
+    /// Keep reporting `Leader` while the active layer is `Suspended`.
+    pub suspended_leader_kept: bool,
+    /// Lead again under an already published term (no generation renewal).
+    pub no_generation_renewal: bool,
+    /// Lead through the primary layer before the first read of the mode record.
+    pub lead_before_mode_read: bool,
+}
+
+/// What the executor reports to the supervisor machine.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A layer's status changed (the machine keeps the latest of each). The tokio executor
+    /// uses [`SupervisorMachine::set_layer`] before every input instead.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    Layer(Layer, Status),
+    /// A read of the mode record sent at `sent` (answered now).
+    Mode {
+        result: Result<Option<Versioned>>,
+        sent: Instant,
+    },
+    /// A read of the heartbeat record (answered now).
+    Heartbeat { result: Result<Option<Versioned>> },
+    /// The outcome of a compare-and-swap this machine asked for, sent at `sent`.
+    Cas {
+        change: Change,
+        result: Result<CasOutcome>,
+        sent: Instant,
+    },
+    /// A layer refused to let us join (permanent error).
+    JoinFailed {
+        layer: Layer,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// The application joined: take part.
+    Join,
+    /// The application resigned or is closing: stop taking part, with this reason.
+    Leave(Arc<str>),
+    /// The deadline from [`Machine::next_deadline`] passed (or re-evaluate now).
+    Tick,
+}
+
+/// What the supervisor machine asks its executor to do, in order.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    /// Deliver an event (log, count, callbacks, stream).
+    Event(SupervisorEvent),
+    /// Publish this role and health (a leader's health first, anything else's role first).
+    /// `new_grant`: a leadership not published before (for the handover metric).
+    Publish {
+        role: Role,
+        reason: String,
+        level: HealthLevel,
+        health_reason: String,
+        new_grant: bool,
+    },
+    /// The heartbeat the primary leader writes every check interval (None: stop writing).
+    Beat(Option<Heartbeat>),
+    /// Compare-and-swap the mode record; answer with [`Input::Cas`].
+    Cas(Change),
+    /// Read the mode record now (after a write with an unknown outcome).
+    ReadMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangeKind {
+    /// The record was absent: create it.
+    Create,
+    /// The record went back to an older generation (or the same generation with another
+    /// layer), e.g. re-created by a participant that lost its memory: renew it.
+    Repair,
+    Failover,
+    Failback,
+    /// Same layer, next generation: this participant's layer still holds a grant whose
+    /// supervisor term it already published and lost (leadership resumed after a doubt);
+    /// a new generation keeps its terms strictly increasing.
+    Renew,
+}
+
+/// A compare-and-swap on the mode record that this participant started.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub(crate) kind: ChangeKind,
+    pub(crate) to: Mode,
+    pub(crate) expected: Option<u64>,
+    pub(crate) reason: Arc<str>,
+}
+
+/// What the latest read of the mode record showed, relative to the mode we follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReadState {
+    NotYet,
+    /// It holds exactly the mode we follow.
+    Matches,
+    /// It does not exist (never created, or the fallback store was wiped).
+    Absent,
+    /// It holds a generation below the highest we saw (or ours with another layer).
+    Regressed {
+        found: Mode,
+        version: u64,
+    },
+    /// It holds something that is not a mode; we keep ours.
+    Garbage(Arc<str>),
+    /// It could not be read; we keep ours.
+    Failed(Arc<str>),
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Track {
+    level: Option<HealthLevel>,
+    healthy_since: Option<Instant>,
+    unhealthy_since: Option<Instant>,
+}
+
+/// The fixed facts a supervisor machine is built with.
+pub(crate) struct Config {
+    pub(crate) id: String,
+    pub(crate) names: [Arc<str>; 2],
+    pub(crate) timings: Timings,
+    pub(crate) strict: bool,
+    pub(crate) policy: Box<dyn Policy>,
+    /// An instant of the executor's clock and the Unix time in ms at that instant (fresh
+    /// generations are derived from it; the machine never reads a clock).
+    pub(crate) epoch: (Instant, u64),
+    /// The layers' statuses at creation.
+    pub(crate) layers: [Status; 2],
+}
+
+/// One participant's supervisor state and decisions.
+pub(crate) struct SupervisorMachine {
+    id: String,
+    names: [Arc<str>; 2],
+    timings: Timings,
+    strict: bool,
+    epoch: (Instant, u64),
+    pub(crate) bugs: Bugs,
+    pub(crate) wants: bool,
+    pub(crate) idle_reason: Arc<str>,
+    pub(crate) mode: Option<Mode>,
+    mode_version: Option<u64>,
+    /// When we first saw the generation we follow (start of its takeover guard).
+    mode_since: Instant,
+    /// When we learned it (reads sent before this cannot overrule it).
+    mode_learned: Instant,
+    highest_generation: Option<u64>,
+    read: ReadState,
+    /// Send instant of the latest read or write that showed exactly our mode.
+    pub(crate) confirmed_sent: Option<Instant>,
+    /// A write to the mode record whose outcome is unknown; no leading until a read sent
+    /// after this instant confirms the mode.
+    cas_unknown_since: Option<Instant>,
+    change: Option<Change>,
+    changes: Vec<ModeChange>,
+    track: [Track; 2],
+    layers: [Status; 2],
+    pub(crate) join_errors: [Option<(ErrorKind, String)>; 2],
+    hb_version: Option<Option<u64>>,
+    hb_heard: Option<Instant>,
+    started: Instant,
+    beat: Option<Heartbeat>,
+    /// The role we published last (the machine's copy of its status cell).
+    role: Role,
+    published_term: Option<(Term, Layer)>,
+    /// The layer of the latest grant this participant published (kept after the loss).
+    pub(crate) led_through: Option<Layer>,
+    /// The highest supervisor term this participant ever published.
+    highest_published: Option<Term>,
+    published_level: Option<HealthLevel>,
+    policy: Box<dyn Policy>,
+    deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for SupervisorMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupervisorMachine")
+            .field("id", &self.id)
+            .field("mode", &self.mode)
+            .field("read", &self.read)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl Machine for SupervisorMachine {
+    type Input = Input;
+    type Effect = Effect;
+
+    fn handle(&mut self, now: Instant, input: Input, fx: &mut Vec<Effect>) {
+        self.apply(now, input, fx);
+        self.evaluate(now, fx);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+impl SupervisorMachine {
+    pub(crate) fn new(cfg: Config, now: Instant) -> Self {
+        SupervisorMachine {
+            id: cfg.id,
+            names: cfg.names,
+            timings: cfg.timings,
+            strict: cfg.strict,
+            epoch: cfg.epoch,
+            bugs: Bugs::default(),
+            wants: false,
+            idle_reason: "created".into(),
+            mode: None,
+            mode_version: None,
+            mode_since: now,
+            mode_learned: now,
+            highest_generation: None,
+            read: ReadState::NotYet,
+            confirmed_sent: None,
+            cas_unknown_since: None,
+            change: None,
+            changes: Vec::new(),
+            track: [Track::default(); 2],
+            layers: cfg.layers,
+            join_errors: [None, None],
+            hb_version: None,
+            hb_heard: None,
+            started: now,
+            beat: None,
+            role: Role::Idle,
+            published_term: None,
+            led_through: None,
+            highest_published: None,
+            published_level: None,
+            policy: cfg.policy,
+            deadline: None,
+        }
+    }
+
+    /// Replace a layer's latest status without deciding (the executor then calls `handle`).
+    pub(crate) fn set_layer(&mut self, layer: Layer, status: Status) {
+        self.layers[layer.index()] = status;
+    }
+
+    /// The term this machine currently publishes as leader, if any.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn leading(&self) -> Option<Term> {
+        self.published_term.map(|(t, _)| t)
+    }
+
+    fn layer_ref(&self, layer: Layer) -> LayerRef {
+        LayerRef {
+            layer,
+            name: self.names[layer.index()].clone(),
+        }
+    }
+
+    fn name(&self, layer: Layer) -> &str {
+        &self.names[layer.index()]
+    }
+
+    fn unix_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.epoch;
+        ms + now.saturating_duration_since(at).as_millis() as u64
+    }
+
+    /// A generation for a newly created or repaired record: above everything we saw, and at
+    /// least the Unix time in ms (so a record re-created by participants that lost their
+    /// memory still orders after the old one, under the same clock assumption as `Term`'s
+    /// epoch).
+    fn fresh_generation(&self, now: Instant) -> u64 {
+        self.highest_generation
+            .map_or(0, |h| h.saturating_add(1))
+            .max(self.unix_ms(now))
+    }
+
+    fn apply(&mut self, now: Instant, input: Input, fx: &mut Vec<Effect>) {
+        match input {
+            Input::Layer(layer, status) => self.layers[layer.index()] = status,
+            Input::Mode { result, sent } => self.observe(result, sent, now, fx),
+            Input::Heartbeat { result } => self.observe_heartbeat(result, now),
+            Input::Cas {
+                change,
+                result,
+                sent,
+            } => self.cas_done(change, result, sent, now, fx),
+            Input::JoinFailed {
+                layer,
+                kind,
+                message,
+            } => {
+                tracing::warn!(%layer, error = %message, "a layer refused to let this participant join");
+                self.join_errors[layer.index()] = Some((kind, message));
+            }
+            Input::Join => {
+                if !self.wants {
+                    self.wants = true;
+                    self.join_errors = [None, None];
+                }
+            }
+            Input::Leave(reason) => {
+                self.wants = false;
+                self.idle_reason = reason;
+            }
+            Input::Tick => {}
+        }
+    }
+
+    /// Recompute everything from the current facts; publish; ask for any write. Sets the
+    /// next deadline.
+    fn evaluate(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let t = self.timings;
+        for layer in [Layer::Primary, Layer::Fallback] {
+            self.track_health(layer, now, fx);
+        }
+
+        // Decide on a write to the mode record (only participants that take part write).
+        let mut start: Option<Change> = None;
+        if self.wants && self.change.is_none() {
+            match self.read.clone() {
+                ReadState::Absent => {
+                    let to = Mode::new(
+                        self.mode.map_or(Layer::Primary, |m| m.layer),
+                        self.fresh_generation(now),
+                    );
+                    start = Some(Change {
+                        kind: ChangeKind::Create,
+                        to,
+                        expected: None,
+                        reason: match self.mode {
+                            None => "created the mode record".into(),
+                            Some(m) => {
+                                format!("re-created the mode record (it was gone; last seen {m})")
+                                    .into()
+                            }
+                        },
+                    });
+                }
+                ReadState::Regressed { found, version } => {
+                    let to = Mode::new(found.layer, self.fresh_generation(now));
+                    start = Some(Change {
+                        kind: ChangeKind::Repair,
+                        to,
+                        expected: Some(version),
+                        reason: format!(
+                            "renewed the mode record: it had gone back to {found} (highest generation seen {})",
+                            self.highest_generation.unwrap_or_default()
+                        )
+                        .into(),
+                    });
+                }
+                ReadState::Matches if self.cas_unknown_since.is_none() => {
+                    start = self.ask_policy(now);
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = &start {
+            tracing::debug!(kind = ?c.kind, to = %c.to, reason = %c.reason, "changing the mode record");
+            self.change = Some(c.clone());
+        }
+
+        let (mut role, mut reason, mut role_wake) = self.role_of(now);
+        if let Role::Leader { term } = role {
+            let resumed = self.published_term.map(|(t, _)| t) != Some(term)
+                && self.highest_published.is_some_and(|h| term <= h);
+            if resumed && self.change.is_none() && !self.bugs.no_generation_renewal {
+                let mode = self.mode.expect("leading implies a mode");
+                let c = Change {
+                    kind: ChangeKind::Renew,
+                    to: Mode::new(mode.layer, mode.generation.saturating_add(1)),
+                    expected: self.mode_version,
+                    reason: format!(
+                        "renewed the generation: term {term} was already granted here once; leading again needs a newer term"
+                    )
+                    .into(),
+                };
+                tracing::debug!(to = %c.to, reason = %c.reason, "changing the mode record");
+                self.change = Some(c.clone());
+                start = Some(c);
+                (role, reason, role_wake) = self.role_of(now);
+            }
+        }
+        let (level, health_reason) = self.health_of();
+        self.publish(role, reason, level, health_reason, fx);
+
+        let beat = match (self.published_term, self.mode) {
+            (Some((term, Layer::Primary)), Some(m)) => Some(Heartbeat {
+                generation: m.generation,
+                term,
+                id: self.id.clone(),
+            }),
+            _ => None,
+        };
+        if self.beat != beat {
+            self.beat = beat.clone();
+            fx.push(Effect::Beat(beat));
+        }
+
+        // Only now, after "not leading" is published, write.
+        if let Some(c) = start {
+            fx.push(Effect::Cas(c));
+        }
+        let fallback_wake = now + t.check_interval;
+        self.deadline = Some(role_wake.map_or(fallback_wake, |w| w.min(fallback_wake)));
+    }
+
+    fn ask_policy(&mut self, now: Instant) -> Option<Change> {
+        let mode = self.mode?;
+        let version = self.mode_version?;
+        let heard = self
+            .hb_heard
+            .unwrap_or(self.started)
+            .max(self.mode_since + self.timings.takeover_delay)
+            .max(self.started)
+            .min(now);
+        let leading = self.published_term.is_some_and(|(_, l)| l == mode.layer);
+        let view = View {
+            now,
+            mode,
+            timings: &self.timings,
+            primary: &self.layers[0],
+            fallback: &self.layers[1],
+            primary_healthy_since: self.track[0].healthy_since,
+            primary_unhealthy_since: self.track[0].unhealthy_since,
+            fallback_healthy_since: self.track[1].healthy_since,
+            primary_leader_heard: heard,
+            leading,
+            changes: &self.changes,
+            names: [&self.names[0], &self.names[1]],
+        };
+        match self.policy.decide(&view) {
+            Decision::FailOver { reason } if mode.layer == Layer::Primary => Some(Change {
+                kind: ChangeKind::Failover,
+                to: Mode::new(Layer::Fallback, mode.generation.saturating_add(1)),
+                expected: Some(version),
+                reason: reason.into(),
+            }),
+            Decision::FailBack { reason } if mode.layer == Layer::Fallback && leading => {
+                Some(Change {
+                    kind: ChangeKind::Failback,
+                    to: Mode::new(Layer::Primary, mode.generation.saturating_add(1)),
+                    expected: Some(version),
+                    reason: reason.into(),
+                })
+            }
+            Decision::Stay => None,
+            other => {
+                tracing::trace!(decision = ?other, %mode, leading, "policy decision not applicable here; ignored");
+                None
+            }
+        }
+    }
+
+    fn track_health(&mut self, layer: Layer, now: Instant, fx: &mut Vec<Effect>) {
+        let s = &self.layers[layer.index()];
+        let level = s.health.level;
+        let t = &mut self.track[layer.index()];
+        if t.level != Some(level) {
+            let first = t.level.is_none();
+            t.level = Some(level);
+            if !first || level != HealthLevel::Healthy {
+                let reason = s.health.reason.clone();
+                fx.push(Effect::Event(SupervisorEvent::LayerHealth {
+                    layer: self.layer_ref(layer),
+                    level,
+                    reason,
+                }));
+            }
+        }
+        let t = &mut self.track[layer.index()];
+        if level == HealthLevel::Healthy {
+            t.unhealthy_since = None;
+            t.healthy_since.get_or_insert(now);
+        } else {
+            t.healthy_since = None;
+            t.unhealthy_since.get_or_insert(now);
+        }
+    }
+
+    /// Whether we may lead under `mode` now: Ok(lease end, if a lease applies) or
+    /// Err(why not, until when at least).
+    fn gate(&self, mode: Mode, now: Instant) -> Result<Option<Instant>, (String, Option<Instant>)> {
+        let t = self.timings;
+        if let Some(c) = &self.change {
+            return Err((format!("changing the mode record to {}", c.to), None));
+        }
+        match &self.read {
+            ReadState::Absent => {
+                return Err(("the mode record is gone; re-creating it".into(), None))
+            }
+            ReadState::Regressed { found, .. } => {
+                return Err((
+                    format!("the mode record went back to {found}; renewing it"),
+                    None,
+                ))
+            }
+            _ => {}
+        }
+        if self.cas_unknown_since.is_some() {
+            return Err((
+                "a write to the mode record has an unknown outcome; waiting for a read to confirm the mode".into(),
+                None,
+            ));
+        }
+        let ready = self.mode_since + t.takeover_delay;
+        if now < ready && !self.bugs.skip_takeover_wait {
+            return Err((
+                format!(
+                    "takeover guard: waiting {:?} after first seeing {mode} so that leaders under older generations have stepped down",
+                    t.takeover_delay
+                ),
+                Some(ready),
+            ));
+        }
+        if mode.layer == Layer::Fallback || self.strict {
+            return match self.confirmed_sent {
+                Some(s) if now < s + t.mode_lease => Ok(Some(s + t.mode_lease)),
+                _ => Err((
+                    format!(
+                        "mode {mode} not confirmed within the mode lease ({:?}); not leading until the mode record can be read",
+                        t.mode_lease
+                    ),
+                    None,
+                )),
+            };
+        }
+        Ok(None)
+    }
+
+    fn role_of(&self, now: Instant) -> (Role, String, Option<Instant>) {
+        if !self.wants {
+            return (Role::Idle, self.idle_reason.to_string(), None);
+        }
+        let Some(mode) = self.mode else {
+            if self.bugs.lead_before_mode_read {
+                if let Role::Leader { term } = &self.layers[0].role {
+                    return (Role::Leader { term: *term }, "planted bug".into(), None);
+                }
+            }
+            let why = match &self.read {
+                ReadState::Failed(e) | ReadState::Garbage(e) => {
+                    format!("cannot tell which layer counts: {e}")
+                }
+                ReadState::Absent => "creating the mode record".to_owned(),
+                _ => "reading the mode record".to_owned(),
+            };
+            return (Role::Candidate, why, None);
+        };
+        let layer = mode.layer;
+        let s = &self.layers[layer.index()];
+        let name = self.name(layer);
+        match &s.role {
+            Role::Leader { term } => match self.gate(mode, now) {
+                Ok(lease_end) => (
+                    Role::Leader {
+                        term: term.with_generation(mode.generation),
+                    },
+                    format!("leading through {name} under {mode}"),
+                    lease_end,
+                ),
+                Err((why, until)) => (Role::Follower { leader: None }, why, until),
+            },
+            Role::Follower { leader } => (
+                Role::Follower {
+                    leader: leader.clone(),
+                },
+                format!("following in {name} under {mode}"),
+                None,
+            ),
+            Role::Suspended => match self.published_term {
+                Some((t, l)) if self.bugs.suspended_leader_kept && l == layer => {
+                    (Role::Leader { term: t }, "planted bug".into(), None)
+                }
+                _ => (Role::Suspended, format!("{name}: {}", s.reason), None),
+            },
+            Role::Closed => (
+                Role::Candidate,
+                format!("the {name} election handle is closed"),
+                None,
+            ),
+            _ => (
+                Role::Candidate,
+                format!("joining {name} ({})", s.reason),
+                None,
+            ),
+        }
+    }
+
+    fn health_of(&self) -> (HealthLevel, String) {
+        let Some(mode) = self.mode else {
+            return match &self.read {
+                ReadState::Failed(e) | ReadState::Garbage(e) => (
+                    HealthLevel::Unhealthy,
+                    format!("cannot tell which layer counts: {e}"),
+                ),
+                _ => (HealthLevel::Degraded, "mode not known yet".to_owned()),
+            };
+        };
+        let active = mode.layer;
+        let standby = active.other();
+        let (an, sn) = (self.name(active), self.name(standby));
+        if let Some((_, msg)) = &self.join_errors[active.index()] {
+            return (
+                HealthLevel::Unhealthy,
+                format!("joining the active layer {an} failed: {msg}"),
+            );
+        }
+        let ah = &self.layers[active.index()].health;
+        if ah.level == HealthLevel::Unhealthy {
+            return (
+                HealthLevel::Unhealthy,
+                format!("active layer {an} unhealthy: {}", ah.reason),
+            );
+        }
+        let mut notes = Vec::new();
+        if ah.level == HealthLevel::Degraded {
+            notes.push(format!("active layer {an} degraded: {}", ah.reason));
+        }
+        if active == Layer::Fallback {
+            notes.push(format!("running on the fallback layer {an} ({mode})"));
+        }
+        let sh = &self.layers[standby.index()].health;
+        if sh.level != HealthLevel::Healthy {
+            notes.push(format!("standby layer {sn} {}: {}", sh.level, sh.reason));
+        }
+        if let Some((_, msg)) = &self.join_errors[standby.index()] {
+            notes.push(format!("joining the standby layer {sn} failed: {msg}"));
+        }
+        match &self.read {
+            ReadState::Failed(e) | ReadState::Garbage(e) => {
+                notes.push(format!("mode record unreadable, keeping {mode}: {e}"))
+            }
+            ReadState::Absent | ReadState::Regressed { .. } => {
+                notes.push("mode record being repaired".to_owned())
+            }
+            _ => {}
+        }
+        if notes.is_empty() {
+            (
+                HealthLevel::Healthy,
+                format!("{an} active and healthy, {sn} standing by ({mode})"),
+            )
+        } else {
+            (HealthLevel::Degraded, notes.join("; "))
+        }
+    }
+
+    /// Publish (as an effect) and keep the machine's copy. Mirrors the status cell's rules:
+    /// no change once published equal; a leader whose health is Unhealthy is Suspended.
+    fn publish(
+        &mut self,
+        role: Role,
+        reason: String,
+        level: HealthLevel,
+        health_reason: String,
+        fx: &mut Vec<Effect>,
+    ) {
+        let role = if role.is_leader() && level == HealthLevel::Unhealthy {
+            Role::Suspended
+        } else {
+            role
+        };
+        let term = role
+            .term()
+            .map(|t| (t, self.mode.map_or(Layer::Primary, |m| m.layer)));
+        let new_grant = role.is_leader() && self.published_term.map(|(t, _)| t) != role.term();
+        self.role = role.clone();
+        fx.push(Effect::Publish {
+            role,
+            reason: reason.clone(),
+            level,
+            health_reason: health_reason.clone(),
+            new_grant,
+        });
+        if let Some((t, _)) = term {
+            self.highest_published = Some(self.highest_published.map_or(t, |h| h.max(t)));
+        }
+        if term != self.published_term {
+            if let Some((t, l)) = self.published_term {
+                fx.push(Effect::Event(SupervisorEvent::LeadershipLost {
+                    layer: self.layer_ref(l),
+                    term: t,
+                    reason: reason.into(),
+                }));
+            }
+            if let Some((t, l)) = term {
+                self.led_through = Some(l);
+                fx.push(Effect::Event(SupervisorEvent::LeadershipGained {
+                    layer: self.layer_ref(l),
+                    term: t,
+                }));
+            }
+            self.published_term = term;
+        }
+        if self.published_level != Some(level) {
+            if self.published_level.is_some() || level != HealthLevel::Healthy {
+                fx.push(Effect::Event(SupervisorEvent::Health {
+                    level,
+                    reason: health_reason.into(),
+                }));
+            }
+            self.published_level = Some(level);
+        }
+    }
+
+    fn observe(
+        &mut self,
+        result: Result<Option<Versioned>>,
+        sent: Instant,
+        received: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let v = match result {
+            Err(e) => {
+                if !matches!(self.read, ReadState::Failed(_)) {
+                    tracing::warn!(error = %e, mode = ?self.mode, "cannot read the mode record; keeping the last mode seen");
+                }
+                self.read = ReadState::Failed(e.to_string().into());
+                return;
+            }
+            Ok(v) => v,
+        };
+        let found = match v.as_ref().map(|v| Mode::decode(&v.value)) {
+            None => None,
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                if !matches!(self.read, ReadState::Garbage(_)) {
+                    tracing::error!(error = %e, "the mode record holds garbage; keeping the last mode seen");
+                }
+                self.read = ReadState::Garbage(e.message().into());
+                return;
+            }
+        };
+        // A read sent before we learned our mode cannot overrule it (it may have been served
+        // before the write that taught us).
+        if sent < self.mode_learned && found != self.mode {
+            return;
+        }
+        // Our own write, seen by the watcher before its outcome arrived: the outcome decides
+        // (Swapped: we made the change; Conflict: someone else wrote the same value first).
+        if found.is_some() && self.change.as_ref().map(|c| c.to) == found {
+            return;
+        }
+        let Some(found) = found else {
+            self.read = ReadState::Absent;
+            self.mode_version = None;
+            return;
+        };
+        let version = v.as_ref().map(|v| v.version).unwrap_or_default();
+        let regressed = self
+            .highest_generation
+            .is_some_and(|h| found.generation < h)
+            || self
+                .mode
+                .is_some_and(|m| m.generation == found.generation && m.layer != found.layer);
+        if regressed {
+            if self.read != (ReadState::Regressed { found, version }) {
+                tracing::warn!(%found, highest = ?self.highest_generation, "the mode record went back to an older generation; renewing it");
+            }
+            self.read = ReadState::Regressed { found, version };
+            return;
+        }
+        self.read = ReadState::Matches;
+        self.mode_version = Some(version);
+        if self.mode != Some(found) {
+            self.adopt(found, received, None, fx);
+            self.confirmed_sent = Some(sent);
+        } else {
+            self.confirmed_sent = Some(self.confirmed_sent.map_or(sent, |c| c.max(sent)));
+        }
+        if self.cas_unknown_since.is_some_and(|t| sent >= t) {
+            self.cas_unknown_since = None;
+        }
+    }
+
+    fn observe_heartbeat(&mut self, result: Result<Option<Versioned>>, received: Instant) {
+        let Ok(v) = result else { return };
+        let version = v.as_ref().map(|v| v.version);
+        let first = self.hb_version.is_none();
+        let changed = self.hb_version != Some(version);
+        self.hb_version = Some(version);
+        if first || !changed {
+            return;
+        }
+        let Some(v) = v else { return };
+        match Heartbeat::decode(&v.value) {
+            Ok(hb) => {
+                if self
+                    .mode
+                    .is_some_and(|m| m.layer == Layer::Primary && m.generation == hb.generation)
+                {
+                    self.hb_heard = Some(received);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "ignoring a heartbeat"),
+        }
+    }
+
+    fn cas_done(
+        &mut self,
+        change: Change,
+        result: Result<CasOutcome>,
+        sent: Instant,
+        received: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.change = None;
+        match result {
+            Ok(CasOutcome::Swapped(version)) => {
+                self.read = ReadState::Matches;
+                self.mode_version = Some(version);
+                if self.mode != Some(change.to) {
+                    self.adopt(change.to, received, Some(&change), fx);
+                }
+                self.confirmed_sent = Some(sent);
+            }
+            Ok(CasOutcome::Conflict(current)) => {
+                tracing::debug!(to = %change.to, "mode record changed under us; following what it holds");
+                self.observe(Ok(current), sent, received, fx);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, to = %change.to, "writing the mode record failed; outcome unknown");
+                self.cas_unknown_since = Some(received);
+                fx.push(Effect::ReadMode);
+            }
+        }
+    }
+
+    /// Follow `mode` from now on, emitting the corresponding event.
+    fn adopt(&mut self, mode: Mode, at: Instant, initiated: Option<&Change>, fx: &mut Vec<Effect>) {
+        let from = self.mode;
+        self.mode = Some(mode);
+        self.mode_since = at;
+        self.mode_learned = at;
+        self.highest_generation = Some(
+            self.highest_generation
+                .map_or(mode.generation, |h| h.max(mode.generation)),
+        );
+        self.hb_heard = None;
+        self.changes.push(ModeChange { from, to: mode, at });
+        if self.changes.len() > HISTORY {
+            self.changes.remove(0);
+        }
+        let initiated_here = initiated.is_some();
+        let reason: Arc<str> = match initiated {
+            Some(c) => c.reason.clone(),
+            None => match from {
+                None => "read from the mode record".into(),
+                Some(f) => format!("the mode record changed from {f} to {mode}").into(),
+            },
+        };
+        let event = match from {
+            Some(f) if f.layer == Layer::Primary && mode.layer == Layer::Fallback => {
+                SupervisorEvent::Failover {
+                    from: self.layer_ref(f.layer),
+                    to: self.layer_ref(mode.layer),
+                    generation: mode.generation,
+                    reason,
+                    initiated_here,
+                }
+            }
+            Some(f) if f.layer == Layer::Fallback && mode.layer == Layer::Primary => {
+                SupervisorEvent::Failback {
+                    from: self.layer_ref(f.layer),
+                    to: self.layer_ref(mode.layer),
+                    generation: mode.generation,
+                    reason,
+                    initiated_here,
+                }
+            }
+            _ => SupervisorEvent::Mode {
+                layer: self.layer_ref(mode.layer),
+                generation: mode.generation,
+                reason,
+                initiated_here,
+            },
+        };
+        fx.push(Effect::Event(event));
+    }
+}
+
+/// An error for a read or write of a record that took longer than `timeout`.
+pub(crate) fn timed_out(what: &str, timeout: Duration, unknown: bool) -> Error {
+    let tail = if unknown { "; outcome unknown" } else { "" };
+    Error::timeout(format!(
+        "{what} the supervisor mode record took longer than record_timeout ({timeout:?}){tail}"
+    ))
+}
