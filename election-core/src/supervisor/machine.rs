@@ -36,6 +36,11 @@ pub struct Bugs {
     pub no_generation_renewal: bool,
     /// Lead through the primary layer before the first read of the mode record.
     pub lead_before_mode_read: bool,
+    /// Trust what was known before a pause (the behaviour before pause detection).
+    pub ignore_pauses: bool,
+    /// Start a new primary leadership without a fresh confirmation of the mode (the
+    /// behaviour before the simulation found seed 203).
+    pub primary_grant_unconfirmed: bool,
 }
 
 /// What the executor reports to the supervisor machine.
@@ -200,6 +205,11 @@ pub(crate) struct SupervisorMachine {
     published_level: Option<HealthLevel>,
     policy: Box<dyn Policy>,
     deadline: Option<Instant>,
+    /// Set when this machine was called later than its deadline by more than the
+    /// documented scheduling margin (the process was paused, or starved): everything it
+    /// knew is in doubt, so it does not lead until a read of the mode record sent after
+    /// this instant confirms the mode.
+    resumed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for SupervisorMachine {
@@ -218,6 +228,7 @@ impl Machine for SupervisorMachine {
     type Effect = Effect;
 
     fn handle(&mut self, now: Instant, input: Input, fx: &mut Vec<Effect>) {
+        self.detect_pause(now);
         self.apply(now, input, fx);
         self.evaluate(now, fx);
     }
@@ -262,18 +273,28 @@ impl SupervisorMachine {
             published_level: None,
             policy: cfg.policy,
             deadline: None,
+            resumed_at: None,
+        }
+    }
+
+    /// The documented bound on scheduling delay is G - (X + T): a machine called later than
+    /// its deadline by more than that was not running (paused, or starved) and cannot trust
+    /// what it knew: a leader of an older generation may have been replaced meanwhile.
+    fn detect_pause(&mut self, now: Instant) {
+        let t = self.timings;
+        let margin = t
+            .takeover_delay
+            .saturating_sub(t.check_interval + t.record_timeout);
+        if self.deadline.is_some_and(|d| now > d + margin) {
+            let late = now.saturating_duration_since(self.deadline.unwrap_or(now));
+            tracing::warn!(?late, "the supervisor ran late (process paused?); in doubt until the mode record is read again");
+            self.resumed_at = Some(now);
         }
     }
 
     /// Replace a layer's latest status without deciding (the executor then calls `handle`).
     pub(crate) fn set_layer(&mut self, layer: Layer, status: Status) {
         self.layers[layer.index()] = status;
-    }
-
-    /// The term this machine currently publishes as leader, if any.
-    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
-    pub(crate) fn leading(&self) -> Option<Term> {
-        self.published_term.map(|(t, _)| t)
     }
 
     fn layer_ref(&self, layer: Layer) -> LayerRef {
@@ -508,7 +529,12 @@ impl SupervisorMachine {
 
     /// Whether we may lead under `mode` now: Ok(lease end, if a lease applies) or
     /// Err(why not, until when at least).
-    fn gate(&self, mode: Mode, now: Instant) -> Result<Option<Instant>, (String, Option<Instant>)> {
+    fn gate(
+        &self,
+        mode: Mode,
+        term: Term,
+        now: Instant,
+    ) -> Result<Option<Instant>, (String, Option<Instant>)> {
         let t = self.timings;
         if let Some(c) = &self.change {
             return Err((format!("changing the mode record to {}", c.to), None));
@@ -531,6 +557,14 @@ impl SupervisorMachine {
                 None,
             ));
         }
+        if let Some(r) = self.resumed_at {
+            if !self.bugs.ignore_pauses && self.confirmed_sent.is_none_or(|c| c < r) {
+                return Err((
+                    "this participant ran late (paused?); not leading until a read of the mode record sent since confirms the mode".into(),
+                    None,
+                ));
+            }
+        }
         let ready = self.mode_since + t.takeover_delay;
         if now < ready && !self.bugs.skip_takeover_wait {
             return Err((
@@ -541,7 +575,14 @@ impl SupervisorMachine {
                 Some(ready),
             ));
         }
-        if mode.layer == Layer::Fallback || self.strict {
+        // Without the strict lease a primary leader keeps leading while the record cannot be
+        // read (the documented trade-off), but a NEW primary leadership needs a confirmation
+        // as fresh as a fallback leader's: a participant cut off from the record before the
+        // cluster failed over would otherwise start leading under the old generation.
+        let continuing =
+            self.published_term == Some((term.with_generation(mode.generation), mode.layer));
+        let unconfirmed_ok = continuing || self.bugs.primary_grant_unconfirmed;
+        if mode.layer == Layer::Fallback || self.strict || !unconfirmed_ok {
             return match self.confirmed_sent {
                 Some(s) if now < s + t.mode_lease => Ok(Some(s + t.mode_lease)),
                 _ => Err((
@@ -579,7 +620,7 @@ impl SupervisorMachine {
         let s = &self.layers[layer.index()];
         let name = self.name(layer);
         match &s.role {
-            Role::Leader { term } => match self.gate(mode, now) {
+            Role::Leader { term } => match self.gate(mode, *term, now) {
                 Ok(lease_end) => (
                     Role::Leader {
                         term: term.with_generation(mode.generation),

@@ -136,8 +136,8 @@ use crate::validate;
 
 mod driver;
 pub mod event;
-mod machine;
-mod mode;
+pub(crate) mod machine;
+pub(crate) mod mode;
 pub mod policy;
 
 pub use event::SupervisorEvent;
