@@ -413,8 +413,8 @@ impl SupervisorMachine {
         if let Role::Leader { term } = role {
             let resumed = self.published_term.map(|(t, _)| t) != Some(term)
                 && self.highest_published.is_some_and(|h| term <= h);
-            if resumed && self.change.is_none() && !self.bugs.no_generation_renewal {
-                let mode = self.mode.expect("leading implies a mode");
+            let renew = resumed && self.change.is_none() && !self.bugs.no_generation_renewal;
+            if let Some(mode) = self.mode.filter(|_| renew) {
                 let c = Change {
                     kind: ChangeKind::Renew,
                     to: Mode::new(mode.layer, mode.generation.saturating_add(1)),
@@ -725,7 +725,10 @@ impl SupervisorMachine {
         health_reason: String,
         fx: &mut Vec<Effect>,
     ) {
-        let role = if role.is_leader() && level == HealthLevel::Unhealthy {
+        let role = if role.is_leader()
+            && level == HealthLevel::Unhealthy
+            && !self.bugs.suspended_leader_kept
+        {
             Role::Suspended
         } else {
             role
