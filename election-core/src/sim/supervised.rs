@@ -367,6 +367,8 @@ pub struct Summary {
     pub fenced: u64,
     /// The longest fencing-case overlap after a resume (µs).
     pub max_fenced: Vt,
+    /// Documented stale-generation primary handovers (see [`TimelineReport::stale_generation`]).
+    pub stale_generation: u64,
     /// The longest time from the end of faults to a leader (µs).
     pub max_time_to_leader: Vt,
     /// Events processed.
@@ -383,6 +385,7 @@ impl Summary {
         self.grants += o.report.grants as u64;
         self.mode_writes += o.mode_writes as u64;
         self.fenced += o.report.fenced as u64;
+        self.stale_generation += o.report.stale_generation as u64;
         self.max_fenced = self.max_fenced.max(o.report.max_fenced);
         self.max_time_to_leader = self
             .max_time_to_leader
@@ -653,7 +656,15 @@ impl<'a> Sim<'a> {
             Effect::Publish { role, reason, .. } => {
                 let term = role.term().filter(|_| role.is_leader());
                 let before = self.timeline_term(p);
-                self.timeline.publish(p, now, term);
+                let lease = self.timings.mode_lease;
+                let local = self.now_of(p);
+                // Led on the last mode seen (its generation), not confirmed within the lease.
+                let m = &self.procs[p].m;
+                let unconfirmed = m.confirmed_sent.is_some_and(|c| {
+                    local.saturating_duration_since(c) >= lease
+                        && m.mode.map(|m| m.generation) == term.map(|t| t.generation())
+                });
+                self.timeline.publish_with(p, now, term, unconfirmed);
                 if before != term {
                     self.log(Some(p), || match term {
                         Some(t) => format!("LEADER term {t} ({reason})"),

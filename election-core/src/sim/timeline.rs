@@ -7,6 +7,7 @@ struct Interval {
     term: Term,
     start: Vt,
     end: Option<Vt>,
+    unconfirmed: bool,
 }
 
 /// The checker over a simulation's virtual timeline: what each participant published as
@@ -43,6 +44,11 @@ pub struct TimelineReport {
     pub grants: usize,
     /// Time from the end of faults to the first leader (µs), when checked.
     pub time_to_leader: Option<Vt>,
+    /// Grants on an unconfirmed mode (primary handover while the mode record was
+    /// unreadable) whose term is below an earlier grant's — a generation renewed just
+    /// before the record became unreadable was never seen here. Documented; never an
+    /// overlap (an overlapping one is a violation).
+    pub stale_generation: usize,
 }
 
 impl Timeline {
@@ -59,6 +65,13 @@ impl Timeline {
 
     /// Participant `who` publishes at `at` that it leads with `term` (None: it does not).
     pub fn publish(&mut self, who: usize, at: Vt, term: Option<Term>) {
+        self.publish_with(who, at, term, false);
+    }
+
+    /// [`publish`](Self::publish), marking a grant made on a mode this participant could
+    /// not confirm within the mode lease (the documented default-mode primary handover while
+    /// the fallback store is unreadable).
+    pub fn publish_with(&mut self, who: usize, at: Vt, term: Option<Term>, unconfirmed: bool) {
         let current = self.open[who].map(|i| self.intervals[i].term);
         if current == term {
             return;
@@ -73,6 +86,7 @@ impl Timeline {
                 term,
                 start: at,
                 end: None,
+                unconfirmed,
             });
         }
     }
@@ -205,8 +219,17 @@ impl Timeline {
                 let stale_after_resume = self
                     .resume_before(i.who, i.start, min_pause)
                     .is_some_and(|r| end <= r + fence_bound);
+                let overlaps = |i: &Interval| {
+                    self.intervals.iter().any(|o| {
+                        o.who != i.who
+                            && o.start < i.end.unwrap_or(end)
+                            && i.start < o.end.unwrap_or(end)
+                    })
+                };
                 if i.term <= h.term && stale_after_resume {
                     r.fenced += 1;
+                } else if i.term <= h.term && i.unconfirmed && !overlaps(i) {
+                    r.stale_generation += 1;
                 } else if i.term <= h.term {
                     r.violations.push(format!(
                         "term did not increase: {} got {} at {} after {} had {} at {}",

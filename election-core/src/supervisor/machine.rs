@@ -38,8 +38,9 @@ pub struct Bugs {
     pub lead_before_mode_read: bool,
     /// Trust what was known before a pause (the behaviour before pause detection).
     pub ignore_pauses: bool,
-    /// Start a new primary leadership without a fresh confirmation of the mode (the
-    /// behaviour before the simulation found seed 203).
+    /// Start a new primary leadership on the last mode seen even after the primary was
+    /// unhealthy here since its last confirmation (the behaviour before the simulation
+    /// found seed 203).
     pub primary_grant_unconfirmed: bool,
 }
 
@@ -576,12 +577,19 @@ impl SupervisorMachine {
             ));
         }
         // Without the strict lease a primary leader keeps leading while the record cannot be
-        // read (the documented trade-off), but a NEW primary leadership needs a confirmation
-        // as fresh as a fallback leader's: a participant cut off from the record before the
-        // cluster failed over would otherwise start leading under the old generation.
+        // read (the documented trade-off), and a new primary leadership may start on the
+        // last mode seen as long as the primary has stayed healthy here since that mode was
+        // last confirmed (a failover since would need the documented asymmetric partition).
+        // Otherwise — the primary was in trouble here too, so the others may well have
+        // failed over — a new primary leadership needs a confirmation as fresh as a
+        // fallback leader's (found by the simulation: a participant cut off from the record
+        // while the cluster failed over later led under the old generation).
         let continuing =
             self.published_term == Some((term.with_generation(mode.generation), mode.layer));
-        let unconfirmed_ok = continuing || self.bugs.primary_grant_unconfirmed;
+        let primary_steady = self.track[0]
+            .healthy_since
+            .is_some_and(|h| self.confirmed_sent.is_some_and(|c| h <= c));
+        let unconfirmed_ok = continuing || primary_steady || self.bugs.primary_grant_unconfirmed;
         if mode.layer == Layer::Fallback || self.strict || !unconfirmed_ok {
             return match self.confirmed_sent {
                 Some(s) if now < s + t.mode_lease => Ok(Some(s + t.mode_lease)),
@@ -958,4 +966,308 @@ pub(crate) fn timed_out(what: &str, timeout: Duration, unknown: bool) -> Error {
     Error::timeout(format!(
         "{what} the supervisor mode record took longer than record_timeout ({timeout:?}){tail}"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The machine alone, in virtual time: every instant is `t0 + offset`.
+    use super::*;
+    use crate::status::Health;
+    use crate::supervisor::DampedPolicy;
+
+    struct Fixture {
+        m: SupervisorMachine,
+        t0: Instant,
+        fx: Vec<Effect>,
+    }
+
+    fn status(role: Role, level: HealthLevel, at: Instant) -> Status {
+        Status {
+            role,
+            health: Health {
+                level,
+                reason: "test".into(),
+                since: at,
+            },
+            reason: "test".into(),
+            since: at,
+            leaderships: Default::default(),
+        }
+    }
+
+    fn mode_value(mode: Mode, version: u64) -> Result<Option<Versioned>> {
+        Ok(Some(Versioned {
+            value: mode.encode(),
+            version,
+        }))
+    }
+
+    impl Fixture {
+        fn new(strict: bool) -> Fixture {
+            let t0 = Instant::now();
+            let timings = Timings::derive(
+                Duration::from_millis(300),
+                Duration::from_millis(600),
+                Duration::from_millis(1200),
+                Duration::from_millis(100),
+                Duration::from_millis(50),
+            );
+            let idle = status(Role::Idle, HealthLevel::Healthy, t0);
+            let m = SupervisorMachine::new(
+                Config {
+                    id: "a".into(),
+                    names: ["zk".into(), "etcd".into()],
+                    timings,
+                    strict,
+                    policy: Box::new(DampedPolicy::new()),
+                    epoch: (t0, 1_700_000_000_000),
+                    layers: [idle.clone(), idle],
+                },
+                t0,
+            );
+            Fixture {
+                m,
+                t0,
+                fx: Vec::new(),
+            }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.t0 + Duration::from_millis(ms)
+        }
+
+        /// Fire every deadline up to `now` as the executor does (a machine called late
+        /// would rightly think it was paused).
+        fn run_until(&mut self, now: Instant) {
+            while let Some(d) = self.m.next_deadline().filter(|&d| d < now) {
+                self.fx.clear();
+                self.m.handle(d, Input::Tick, &mut self.fx);
+            }
+        }
+
+        fn handle(&mut self, ms: u64, input: Input) -> Vec<Effect> {
+            let now = self.at(ms);
+            self.run_until(now);
+            self.fx.clear();
+            self.m.handle(now, input, &mut self.fx);
+            self.fx.clone()
+        }
+
+        fn layer(&mut self, ms: u64, layer: Layer, role: Role) -> Vec<Effect> {
+            let level = if role == Role::Suspended {
+                HealthLevel::Unhealthy
+            } else {
+                HealthLevel::Healthy
+            };
+            let s = status(role, level, self.at(ms));
+            self.handle(ms, Input::Layer(layer, s))
+        }
+
+        fn read(
+            &mut self,
+            sent_ms: u64,
+            ms: u64,
+            result: Result<Option<Versioned>>,
+        ) -> Vec<Effect> {
+            let sent = self.at(sent_ms);
+            self.handle(ms, Input::Mode { result, sent })
+        }
+
+        /// A read of the mode record showing primary/5, sent 5 ms before `ms`.
+        fn confirm(&mut self, ms: u64) -> Vec<Effect> {
+            self.read(ms - 5, ms, mode_value(Mode::new(Layer::Primary, 5), 1))
+        }
+
+        fn leading(&self) -> bool {
+            self.m.published_term.is_some()
+        }
+
+        /// Joined, following primary/5 (first seen at 0 ms), primary layer as given.
+        fn joined(strict: bool, primary: Role) -> Fixture {
+            let mut f = Fixture::new(strict);
+            f.handle(0, Input::Join);
+            f.layer(0, Layer::Fallback, Role::Follower { leader: None });
+            f.layer(0, Layer::Primary, primary);
+            f.read(0, 1, mode_value(Mode::new(Layer::Primary, 5), 1));
+            f
+        }
+    }
+
+    fn leader(seq: u64) -> Role {
+        Role::Leader {
+            term: Term::new(1, seq),
+        }
+    }
+
+    fn published_leader(fx: &[Effect]) -> Option<bool> {
+        fx.iter().rev().find_map(|e| match e {
+            Effect::Publish { role, .. } => Some(role.is_leader()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_takeover_guard_is_a_deadline_and_leading_starts_exactly_there() {
+        let mut f = Fixture::joined(false, leader(1));
+        assert!(!f.leading(), "no leading during the takeover guard");
+        f.confirm(200);
+        let ready = f.at(1) + f.m.timings.takeover_delay;
+        let mut started = None;
+        while started.is_none() {
+            let d = f.m.next_deadline().expect("a deadline");
+            assert!(
+                d <= ready,
+                "a deadline at the end of the guard at the latest"
+            );
+            f.fx.clear();
+            f.m.handle(d, Input::Tick, &mut f.fx);
+            if f.leading() {
+                started = Some(d);
+            }
+        }
+        assert_eq!(started, Some(ready));
+        assert_eq!(
+            f.m.published_term.map(|(t, _)| t),
+            Some(Term::new(1, 1).with_generation(5))
+        );
+    }
+
+    #[test]
+    fn a_primary_leader_keeps_leading_when_the_record_cannot_be_read_by_default() {
+        let mut f = Fixture::joined(false, leader(1));
+        f.confirm(200);
+        f.handle(300, Input::Tick);
+        assert!(f.leading());
+        for ms in (400..2000).step_by(100) {
+            f.read(ms - 50, ms, Err(Error::timeout("read timed out")));
+        }
+        assert!(
+            f.leading(),
+            "the documented default: no lease for primary leaders"
+        );
+    }
+
+    #[test]
+    fn a_new_primary_leadership_after_primary_trouble_needs_a_fresh_confirmation() {
+        let mut f = Fixture::joined(false, Role::Follower { leader: None });
+        // The primary is in trouble here while the record cannot be read: the others may
+        // have failed over meanwhile.
+        f.layer(100, Layer::Primary, Role::Suspended);
+        for ms in (150..1500).step_by(100) {
+            f.read(ms - 50, ms, Err(Error::timeout("read timed out")));
+        }
+        let fx = f.layer(1500, Layer::Primary, leader(2));
+        assert_eq!(published_leader(&fx), Some(false));
+        assert!(!f.leading());
+        // A read sent now confirms primary/5: we lead.
+        f.confirm(1520);
+        assert!(f.leading());
+    }
+
+    #[test]
+    fn a_primary_handover_works_while_the_record_cannot_be_read_if_the_primary_stayed_healthy() {
+        let mut f = Fixture::joined(false, Role::Follower { leader: None });
+        for ms in (100..1500).step_by(100) {
+            f.read(ms - 50, ms, Err(Error::timeout("read timed out")));
+        }
+        f.layer(1500, Layer::Primary, leader(2));
+        assert!(
+            f.leading(),
+            "the documented default: the last mode seen counts"
+        );
+    }
+
+    #[test]
+    fn a_machine_called_late_is_in_doubt_until_a_read_sent_after_confirms() {
+        let mut f = Fixture::joined(false, leader(1));
+        f.confirm(200);
+        f.handle(300, Input::Tick);
+        assert!(f.leading());
+        // Paused: the next call comes 2 s after the deadline.
+        f.fx.clear();
+        let late = f.m.next_deadline().unwrap() + Duration::from_secs(2);
+        f.m.handle(late, Input::Tick, &mut f.fx);
+        let fx = f.fx.clone();
+        assert_eq!(published_leader(&fx), Some(false));
+        let resumed = late.duration_since(f.t0).as_millis() as u64;
+        // A read sent before the resume does not confirm.
+        f.read(
+            350,
+            resumed + 1,
+            mode_value(Mode::new(Layer::Primary, 5), 1),
+        );
+        assert!(!f.leading());
+        // One sent after does; the grant was published once already, so the machine first
+        // renews the generation (publishing "not leading" before that write).
+        let fx = f.read(
+            resumed + 10,
+            resumed + 20,
+            mode_value(Mode::new(Layer::Primary, 5), 1),
+        );
+        let cas = fx
+            .iter()
+            .position(|e| matches!(e, Effect::Cas(c) if c.kind == ChangeKind::Renew));
+        let publish = fx
+            .iter()
+            .position(|e| matches!(e, Effect::Publish { role, .. } if !role.is_leader()));
+        assert!(
+            publish.is_some() && cas.is_some() && publish < cas,
+            "{fx:?}"
+        );
+        assert!(!f.leading());
+    }
+
+    #[test]
+    fn a_step_down_is_published_before_the_write_that_lets_another_lead() {
+        let mut f = Fixture::joined(false, leader(1));
+        f.confirm(200);
+        f.handle(300, Input::Tick);
+        assert!(f.leading());
+        // The layer suspends and resumes with the same grant: a renewal write follows, and
+        // "not leading" is published before it in the same batch of effects.
+        f.layer(400, Layer::Primary, Role::Suspended);
+        assert!(!f.leading());
+        f.confirm(440);
+        let fx = f.layer(450, Layer::Primary, leader(1));
+        let kinds: Vec<&str> = fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish { role, .. } if !role.is_leader() => Some("publish-not-leader"),
+                Effect::Publish { .. } => Some("publish-leader"),
+                Effect::Cas(_) => Some("cas"),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["publish-not-leader", "cas"]);
+    }
+
+    #[test]
+    fn a_fallback_leader_stops_at_its_mode_lease_deadline() {
+        let mut f = Fixture::new(false);
+        f.handle(0, Input::Join);
+        f.layer(0, Layer::Primary, Role::Follower { leader: None });
+        f.layer(0, Layer::Fallback, leader(1));
+        f.read(0, 1, mode_value(Mode::new(Layer::Fallback, 9), 1));
+        let g = f.m.timings.takeover_delay;
+        let v = f.m.timings.mode_lease;
+        // Keep confirming until the guard ends.
+        let mut ms = 100;
+        while Duration::from_millis(ms) < g + Duration::from_millis(100) {
+            f.read(ms - 10, ms, mode_value(Mode::new(Layer::Fallback, 9), 1));
+            ms += 100;
+        }
+        f.handle(ms, Input::Tick);
+        assert!(f.leading());
+        let last_sent = f.at(ms - 110);
+        let lease_end = last_sent + v;
+        while let Some(d) = f.m.next_deadline().filter(|&d| d < lease_end) {
+            f.fx.clear();
+            f.m.handle(d, Input::Tick, &mut f.fx);
+            assert!(f.leading(), "leading until the lease ends");
+        }
+        assert_eq!(f.m.next_deadline(), Some(lease_end));
+        f.fx.clear();
+        f.m.handle(lease_end, Input::Tick, &mut f.fx);
+        assert!(!f.leading(), "the lease ends exactly at its deadline");
+    }
 }
