@@ -46,10 +46,14 @@ fn assert_caught(what: &str, cfg: &SimConfig, n: u64) -> Outcome {
 #[test]
 fn default_mode_keeps_one_leader_and_increasing_terms_and_elects_after_faults_5000_schedules() {
     let s = explore_or_panic(&SimConfig::default(), 0, 5_000);
-    assert!(
-        s.failovers > 0 && s.failbacks > 0 && s.grants > s.runs,
-        "{s:?}"
-    );
+    if s.runs >= 1_000 {
+        // The schedules exercise what they claim to (not when replaying one seed).
+        assert!(
+            s.failovers > 0 && s.failbacks > 0 && s.grants > s.runs,
+            "{s:?}"
+        );
+        assert!(s.fenced > 0 && s.max_fenced <= 200_000, "{s:?}");
+    }
 }
 
 #[test]
@@ -60,7 +64,10 @@ fn strict_mode_lease_keeps_one_leader_and_increasing_terms_and_elects_after_faul
         ..SimConfig::default()
     };
     let s = explore_or_panic(&cfg, 1_000_000, 5_000);
-    assert!(s.failovers > 0 && s.failbacks > 0, "{s:?}");
+    if s.runs >= 1_000 {
+        assert!(s.failovers > 0 && s.failbacks > 0, "{s:?}");
+        assert_eq!(s.stale_generation, 0, "none with the strict mode lease");
+    }
 }
 
 #[test]

@@ -656,14 +656,8 @@ impl<'a> Sim<'a> {
             Effect::Publish { role, reason, .. } => {
                 let term = role.term().filter(|_| role.is_leader());
                 let before = self.timeline_term(p);
-                let lease = self.timings.mode_lease;
-                let local = self.now_of(p);
-                // Led on the last mode seen (its generation), not confirmed within the lease.
-                let m = &self.procs[p].m;
-                let unconfirmed = m.confirmed_sent.is_some_and(|c| {
-                    local.saturating_duration_since(c) >= lease
-                        && m.mode.map(|m| m.generation) == term.map(|t| t.generation())
-                });
+                // Led on the last mode seen, under the documented default-mode exception.
+                let unconfirmed = self.procs[p].m.leads_on_last_mode_seen(self.now_of(p));
                 self.timeline.publish_with(p, now, term, unconfirmed);
                 if before != term {
                     self.log(Some(p), || match term {

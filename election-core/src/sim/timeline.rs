@@ -219,11 +219,14 @@ impl Timeline {
                 let stale_after_resume = self
                     .resume_before(i.who, i.start, min_pause)
                     .is_some_and(|r| end <= r + fence_bound);
+                // Overlapping another leader while both run (a paused one does not act).
                 let overlaps = |i: &Interval| {
                     self.intervals.iter().any(|o| {
+                        let s = o.start.max(i.start);
+                        let e = o.end.unwrap_or(end).min(i.end.unwrap_or(end));
                         o.who != i.who
-                            && o.start < i.end.unwrap_or(end)
-                            && i.start < o.end.unwrap_or(end)
+                            && s < e
+                            && !self.active_pieces(i.who, o.who, s, e).is_empty()
                     })
                 };
                 if i.term <= h.term && stale_after_resume {

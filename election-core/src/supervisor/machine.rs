@@ -278,6 +278,27 @@ impl SupervisorMachine {
         }
     }
 
+    /// Whether this machine leads through the primary on the last mode it saw without a
+    /// confirmation within the mode lease, under the documented default-mode exception
+    /// (the primary stayed healthy here since the last confirmation). For the simulation's
+    /// checker.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn leads_on_last_mode_seen(&self, now: Instant) -> bool {
+        let stale = self
+            .confirmed_sent
+            .is_none_or(|c| now.saturating_duration_since(c) >= self.timings.mode_lease);
+        let steady = self.track[0]
+            .healthy_since
+            .is_some_and(|h| self.confirmed_sent.is_some_and(|c| h <= c));
+        !self.strict
+            && stale
+            && steady
+            && self.mode.is_some_and(|m| m.layer == Layer::Primary)
+            && self.published_term.is_some_and(|(t, l)| {
+                l == Layer::Primary && Some(t.generation()) == self.mode.map(|m| m.generation)
+            })
+    }
+
     /// The documented bound on scheduling delay is G - (X + T): a machine called later than
     /// its deadline by more than that was not running (paused, or starved) and cannot trust
     /// what it knew: a leader of an older generation may have been replaced meanwhile.

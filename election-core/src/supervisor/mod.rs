@@ -70,6 +70,11 @@
 //!      primary leader keeps leading when it cannot read the record** ("a node that cannot
 //!      read the record keeps the last mode"), so that an outage of the fallback store
 //!      never takes leadership away from a healthy primary.
+//!    * it does not lead yet and cannot read the record: it may start leading through the
+//!      primary on the last mode it saw only while the primary has stayed healthy *here*
+//!      since that mode was last confirmed (the others could then have failed over only
+//!      through the asymmetric partition excluded below); otherwise it needs a
+//!      confirmation within V, like a fallback leader.
 //! 3. A compare-and-swap whose outcome is unknown (timeout) closes the gate until a read
 //!    sent after it confirms the mode; stale reads (sent before the write that taught us
 //!    the current mode) are ignored.
@@ -80,6 +85,14 @@
 //!    generation) and leads under the new one. Mode changes always bump the generation;
 //!    a record that is gone or went back (a wipe of the fallback store) is re-created or
 //!    renewed with a generation above every one the participant saw.
+//!
+//! 5. *Paused processes*: the supervisor is called at least at every deadline it asks for;
+//!    a call later than that by more than G − (X + T) (the scheduling bound below) means
+//!    the process was not running — paused or starved — so it stops leading at once and
+//!    leads again only after a read of the record sent after that call confirms the mode.
+//!    It cannot know *that* it was paused before that first call: between the resume and
+//!    that call (and until its layer notices a lost session) a paused leader may still
+//!    publish `Leader` with a term lower than its successor's — the fencing case.
 //!
 //! **Guaranteed** (one process, one clock; or several machines whose clock *rates* differ by
 //! less than 10 % and whose scheduling delays stay below G − (X + T)):
@@ -96,6 +109,19 @@
 //! [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease) A steps down within V of
 //! losing the fallback store instead, closing the window at the price of making primary
 //! leadership depend on the fallback store being readable.
+//!
+//! **Not guaranteed in the default mode either: terms after a handover on an unreadable
+//! record.** When the primary hands over while the record cannot be read (see 2.), the new
+//! leader leads under the last generation it saw; if that generation was renewed just
+//! before (after a wipe of the fallback store, or a resumed grant) and this participant
+//! never read the renewal, its term is lower than an earlier leader's. No two leaders (the
+//! primary's own guarantee holds), but a resource fencing on terms refuses the new leader
+//! until the record is readable again. `strict_mode_lease` has no such window.
+//!
+//! These arguments are checked by the deterministic simulation (`succession_core::sim`,
+//! feature `sim`): the decisions live in a sans-IO machine (`machine.rs`, driven by the
+//! tokio executor in `driver.rs` and by the simulator alike), run through thousands of
+//! seeded fault schedules per `cargo test`.
 //!
 //! Other limits: failback is decided from the fallback leader's own view of the primary;
 //! a participant needs one successful read of the mode record to take part
@@ -592,7 +618,7 @@ impl SupervisorBuilder {
     }
 
     /// Validate and start the supervisor (its tasks start at once; it takes part only after
-    /// [`join`](Election::join)). Errors are [`ErrorKind::InvalidConfig`] and say what to do.
+    /// [`join`](Election::join)). Errors are [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) and say what to do.
     pub fn build(self) -> Result<Supervisor> {
         let missing = |what: &str, hint: &str| {
             Error::invalid_config(format!(
