@@ -303,6 +303,8 @@ impl Election for Supervisor {
             }
             let _span = self.inner.span.enter();
             driver::step(&self.inner, &mut st, Input::Join);
+            // Wake the executor: the machine's next deadline may be earlier now.
+            let _ = self.inner.inputs.send(Input::Tick);
         }
         self.inner.poke.notify_one();
         let what = format!("supervisor of {}", self.inner.id);
@@ -333,6 +335,8 @@ impl Election for Supervisor {
             }
             let _span = self.inner.span.enter();
             driver::step(&self.inner, &mut st, Input::Leave("resigned".into()));
+            // Wake the executor: the machine's next deadline may be earlier now.
+            let _ = self.inner.inputs.send(Input::Tick);
             std::mem::take(&mut st.join_tasks)
         };
         for j in joins {
