@@ -162,6 +162,23 @@ fn planted_bug_publishing_leader_before_the_confirming_read_is_caught() {
     assert_caught("leader before the mode read", &cfg, 2_000);
 }
 
+#[test]
+fn planted_bug_writing_the_mode_record_before_publishing_the_step_down_is_caught() {
+    let cfg = with_bugs(Bugs {
+        write_before_publish: true,
+        ..Bugs::default()
+    });
+    let o = assert_caught("write before publish", &cfg, 2_000);
+    assert!(
+        o.report
+            .violations
+            .iter()
+            .any(|v| v.contains("after a mode write")),
+        "{:?}",
+        o.report.violations
+    );
+}
+
 /// Found by the simulation in the code before it (seed 203 in the first version of the
 /// schedules): a participant cut off from the fallback store while the cluster failed over
 /// later became primary leader under the old generation. Fixed: a new primary leadership

@@ -36,6 +36,8 @@ pub struct Bugs {
     pub no_generation_renewal: bool,
     /// Lead through the primary layer before the first read of the mode record.
     pub lead_before_mode_read: bool,
+    /// Ask for a mode write before publishing the status decided with it.
+    pub write_before_publish: bool,
     /// Trust what was known before a pause (the behaviour before pause detection).
     pub ignore_pauses: bool,
     /// Start a new primary leadership on the last mode seen even after the primary was
@@ -453,6 +455,11 @@ impl SupervisorMachine {
             }
         }
         let (level, health_reason) = self.health_of();
+        if self.bugs.write_before_publish {
+            if let Some(c) = start.take() {
+                fx.push(Effect::Cas(c));
+            }
+        }
         self.publish(role, reason, level, health_reason, fx);
 
         let beat = match (self.published_term, self.mode) {
