@@ -21,7 +21,7 @@
 //! * **Faults** (seeded, within the first [`FAULT_PHASE`]): one process cut from one store or
 //!   both; store outages; slow stores; process pauses up to 4× the session timeout (a paused
 //!   process neither runs nor renews its sessions, and cannot know it was paused); crashes
-//!   and restarts with a fresh machine; wipes of the fallback store; optionally the
+//!   and restarts with a fresh machine; resigns and re-joins; wipes of the fallback store; optionally the
 //!   documented asymmetric partition (the primary leader sees only the primary store, all
 //!   others only the fallback store). Without `strict_mode_lease` the schedules otherwise
 //!   exclude that combination, as the guarantee does.
@@ -77,6 +77,8 @@ pub struct Faults {
     pub pauses: bool,
     /// A process crashed, then restarted with a fresh machine.
     pub crashes: bool,
+    /// A participant resigned (both layers), then joined again.
+    pub resigns: bool,
     /// The fallback store wiped (mode and heartbeat records lost, revisions restart).
     pub wipes: bool,
     /// The documented asymmetric partition: the primary leader sees only the primary store,
@@ -94,6 +96,7 @@ impl Faults {
         slow: true,
         pauses: true,
         crashes: true,
+        resigns: true,
         wipes: true,
         asymmetric: false,
         drift: true,
@@ -171,6 +174,7 @@ enum FaultKind {
     Slow { store: usize },
     Pause { p: usize },
     Crash { p: usize },
+    Resign { p: usize },
     Wipe,
     Asymmetric,
 }
@@ -274,6 +278,8 @@ struct Proc {
     hb_running: bool,
     sessions: [Option<u64>; 2],
     delivered: [Option<(Role, HealthLevel)>; 2],
+    /// Taking part (joined, not resigned): its layer clients hold sessions.
+    joined: bool,
 }
 
 struct Sim<'a> {
@@ -463,6 +469,7 @@ impl<'a> Sim<'a> {
                 hb_running: false,
                 sessions: [None; 2],
                 delivered: [None, None],
+                joined: true,
             });
         }
         sim.faults = gen_faults(&mut rng, cfg);
@@ -871,7 +878,9 @@ impl<'a> Sim<'a> {
     /// The layer client of `p` looks at its connection and the store, and reports its
     /// status to the machine if it changed.
     fn layer_notice(&mut self, p: usize, layer: usize) {
-        let (role, level, reason): (Role, HealthLevel, &str) = if !self.net(p, layer) {
+        let (role, level, reason): (Role, HealthLevel, &str) = if !self.procs[p].joined {
+            (Role::Idle, HealthLevel::Healthy, "resigned")
+        } else if !self.net(p, layer) {
             (Role::Suspended, HealthLevel::Unhealthy, "connection lost")
         } else {
             let st = &mut self.layers[layer];
@@ -1077,6 +1086,32 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
+            FaultKind::Resign { p } => {
+                if self.procs[p].crashed {
+                    // (Overlaps are excluded; nothing to do for a crashed process.)
+                } else if start {
+                    // The supervisor publishes "not leading" first, then leaves both
+                    // layers (their nodes or keys are deleted, the next one is granted).
+                    self.feed(p, Input::Leave("resigned".into()));
+                    self.procs[p].joined = false;
+                    for layer in 0..2 {
+                        let st = &mut self.layers[layer];
+                        if let Some(sess) = st.sessions[p].take() {
+                            st.lost_since[p] = None;
+                            st.queue.retain(|&(_, x)| x != sess);
+                            if st.holder.is_some_and(|(_, x, _)| x == sess) {
+                                st.holder = None;
+                            }
+                        }
+                        self.procs[p].sessions[layer] = None;
+                        self.layer_notice(p, layer);
+                        self.grant(layer);
+                    }
+                } else {
+                    self.procs[p].joined = true;
+                    self.start(p);
+                }
+            }
             FaultKind::Crash { p } => {
                 if start {
                     let pr = &mut self.procs[p];
@@ -1114,6 +1149,7 @@ impl<'a> Sim<'a> {
                     pr.hb_running = false;
                     pr.sessions = [None; 2];
                     pr.delivered = [None, None];
+                    pr.joined = true;
                     self.start(p);
                 }
             }
@@ -1147,6 +1183,7 @@ fn gen_faults(rng: &mut Rng, cfg: &SimConfig) -> Vec<Fault> {
         (f.slow, 2),
         (f.pauses, 3),
         (f.crashes, 4),
+        (f.resigns, 6),
         (f.wipes, 5),
     ] {
         if on {
@@ -1188,6 +1225,7 @@ fn gen_faults(rng: &mut Rng, cfg: &SimConfig) -> Vec<Fault> {
             },
             3 => FaultKind::Pause { p: rng.below(n) },
             4 => FaultKind::Crash { p: rng.below(n) },
+            6 => FaultKind::Resign { p: rng.below(n) },
             _ => FaultKind::Wipe,
         };
         let dur = match kind {
@@ -1202,7 +1240,7 @@ fn gen_faults(rng: &mut Rng, cfg: &SimConfig) -> Vec<Fault> {
         };
         // One pause or crash at a time per process.
         let proc_of = |k: FaultKind| match k {
-            FaultKind::Pause { p } | FaultKind::Crash { p } => Some(p),
+            FaultKind::Pause { p } | FaultKind::Crash { p } | FaultKind::Resign { p } => Some(p),
             _ => None,
         };
         if let Some(p) = proc_of(fault.kind) {
