@@ -116,7 +116,10 @@
 //! before (after a wipe of the fallback store, or a resumed grant) and this participant
 //! never read the renewal, its term is lower than an earlier leader's. No two leaders (the
 //! primary's own guarantee holds), but a resource fencing on terms refuses the new leader
-//! until the record is readable again. `strict_mode_lease` has no such window.
+//! until the record is readable again. Combined with a paused participant resuming on a
+//! stale grant under the newer generation (5.), the two may overlap until that
+//! participant's layer notices its lost session, and the fencing token then favours the
+//! stale one. `strict_mode_lease` has neither window.
 //!
 //! These arguments are checked by the deterministic simulation (`succession_core::sim`,
 //! feature `sim`): the decisions live in a sans-IO machine (`machine.rs`, driven by the
