@@ -20,7 +20,9 @@
 //!   restarts the revision counter.
 //! * **Faults** (seeded, within the first [`FAULT_PHASE`]): one process cut from one store or
 //!   both; store outages; slow stores; process pauses up to 4× the session timeout (a paused
-//!   process neither runs nor renews its sessions, and cannot know it was paused); crashes
+//!   process neither runs nor renews its sessions, and cannot know it was paused; its
+//!   layers notice a session lost meanwhile up to 2 × `record_timeout` after the resume);
+//!   crashes
 //!   and restarts with a fresh machine; resigns and re-joins; wipes of the fallback store; optionally the
 //!   documented asymmetric partition (the primary leader sees only the primary store, all
 //!   others only the fallback store). Without `strict_mode_lease` the schedules otherwise
@@ -217,6 +219,8 @@ enum PEv {
     HbLoop(u64),
     Reply(usize, Answer),
     Timeout(usize),
+    /// The mode record changed (a watch notification): read it now.
+    Watch,
     LayerNotice(usize),
 }
 
@@ -772,8 +776,23 @@ impl<'a> Sim<'a> {
                 }
             }
         };
+        if matches!(answer, Answer::Cas(CasOutcome::Swapped(_))) {
+            self.notify_watchers();
+        }
         let at = self.q.now() + self.ops[id].reply_delay;
         self.proc_ev(p, at, PEv::Reply(id, answer));
+    }
+
+    /// Every process connected to the fallback store hears of a change of the mode record
+    /// after a delivery delay (watches are best effort: a cut process hears nothing).
+    fn notify_watchers(&mut self) {
+        let now = self.q.now();
+        for p in 0..self.procs.len() {
+            if self.net(p, 1) {
+                let d = self.delay(1);
+                self.proc_ev(p, now + d, PEv::Watch);
+            }
+        }
     }
 
     fn proc_event(&mut self, p: usize, ev: PEv) {
@@ -811,6 +830,7 @@ impl<'a> Sim<'a> {
             PEv::Reply(id, answer) => self.complete(p, id, Ok(answer)),
             PEv::Timeout(id) => self.complete(p, id, Err(())),
             PEv::LayerNotice(layer) => self.layer_notice(p, layer),
+            PEv::Watch => self.read_now(p),
         }
     }
 
@@ -1057,6 +1077,7 @@ impl<'a> Sim<'a> {
             FaultKind::Slow { store } => self.slow[store] = start,
             FaultKind::Wipe => {
                 self.records = Records::default();
+                self.notify_watchers();
             }
             FaultKind::Asymmetric => {
                 let leader = self.layers[0].holder.map_or(0, |(p, _, _)| p);
@@ -1081,7 +1102,7 @@ impl<'a> Sim<'a> {
                         self.proc_ev(p, now, ev);
                     }
                     for layer in 0..2 {
-                        let d = self.rng.range(0, 20 * MS);
+                        let d = self.rng.range(0, 2 * RECORD_TIMEOUT);
                         self.proc_ev(p, now + d, PEv::LayerNotice(layer));
                     }
                 }

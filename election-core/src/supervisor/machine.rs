@@ -586,11 +586,14 @@ impl SupervisorMachine {
                 None,
             ));
         }
-        if let Some(r) = self.resumed_at {
-            if !self.bugs.ignore_pauses && self.confirmed_sent.is_none_or(|c| c < r) {
+        if let Some(r) = self.resumed_at.filter(|_| !self.bugs.ignore_pauses) {
+            // Our layers' statuses are as stale as our mode: give them one store round trip
+            // (record_timeout) to report a session lost during the pause, and re-read.
+            let settled = r + t.record_timeout;
+            if now < settled || self.confirmed_sent.is_none_or(|c| c < r) {
                 return Err((
-                    "this participant ran late (paused?); not leading until a read of the mode record sent since confirms the mode".into(),
-                    None,
+                    "this participant ran late (paused?); not leading until its layers had a round trip to report and a read of the mode record sent since confirms the mode".into(),
+                    (now < settled).then_some(settled),
                 ));
             }
         }
@@ -1225,13 +1228,24 @@ mod tests {
             mode_value(Mode::new(Layer::Primary, 5), 1),
         );
         assert!(!f.leading());
-        // One sent after does; the grant was published once already, so the machine first
-        // renews the generation (publishing "not leading" before that write).
+        // One sent after does, once the layers had a round trip (T) to report; the grant
+        // was published once already, so the machine first renews the generation
+        // (publishing "not leading" before that write).
         let fx = f.read(
             resumed + 10,
             resumed + 20,
             mode_value(Mode::new(Layer::Primary, 5), 1),
         );
+        assert!(!f.leading() && !fx.iter().any(|e| matches!(e, Effect::Cas(_))));
+        let settled = late + f.m.timings.record_timeout;
+        assert_eq!(
+            f.m.next_deadline(),
+            Some(settled),
+            "the end of the doubt is a deadline"
+        );
+        f.fx.clear();
+        f.m.handle(settled, Input::Tick, &mut f.fx);
+        let fx = f.fx.clone();
         let cas = fx
             .iter()
             .position(|e| matches!(e, Effect::Cas(c) if c.kind == ChangeKind::Renew));

@@ -89,9 +89,10 @@
 //! 5. *Paused processes*: the supervisor is called at least at every deadline it asks for;
 //!    a call later than that by more than G − (X + T) (the scheduling bound below) means
 //!    the process was not running — paused or starved — so it stops leading at once and
-//!    leads again only after a read of the record sent after that call confirms the mode.
-//!    It cannot know *that* it was paused before that first call: between the resume and
-//!    that call (and until its layer notices a lost session) a paused leader may still
+//!    leads again only after `record_timeout` (one store round trip for its layers to
+//!    report a session lost meanwhile) and once a read of the record sent after that call
+//!    confirms the mode. It cannot know *that* it was paused before that first call, nor
+//!    whether its layer has noticed a lost session: until then a paused leader may still
 //!    publish `Leader` with a term lower than its successor's — the fencing case.
 //!
 //! **Guaranteed** (one process, one clock; or several machines whose clock *rates* differ by
