@@ -208,6 +208,8 @@ pub(crate) struct SupervisorMachine {
     published_level: Option<HealthLevel>,
     policy: Box<dyn Policy>,
     deadline: Option<Instant>,
+    /// When the leadership we publish began (its first publication).
+    lead_started: Option<Instant>,
     /// Set when this machine was called later than its deadline by more than the
     /// documented scheduling margin (the process was paused, or starved): everything it
     /// knew is in doubt, so it does not lead until a read of the mode record sent after
@@ -276,6 +278,7 @@ impl SupervisorMachine {
             published_level: None,
             policy: cfg.policy,
             deadline: None,
+            lead_started: None,
             resumed_at: None,
         }
     }
@@ -460,7 +463,7 @@ impl SupervisorMachine {
                 fx.push(Effect::Cas(c));
             }
         }
-        self.publish(role, reason, level, health_reason, fx);
+        self.publish(now, role, reason, level, health_reason, fx);
 
         let beat = match (self.published_term, self.mode) {
             (Some((term, Layer::Primary)), Some(m)) => Some(Heartbeat {
@@ -607,20 +610,26 @@ impl SupervisorMachine {
                 Some(ready),
             ));
         }
-        // Without the strict lease a primary leader keeps leading while the record cannot be
-        // read (the documented trade-off), and a new primary leadership may start on the
-        // last mode seen as long as the primary has stayed healthy here since that mode was
-        // last confirmed (a failover since would need the documented asymmetric partition).
-        // Otherwise — the primary was in trouble here too, so the others may well have
-        // failed over — a new primary leadership needs a confirmation as fresh as a
-        // fallback leader's (found by the simulation: a participant cut off from the record
-        // while the cluster failed over later led under the old generation).
+        // Without the strict lease, an *established* primary leader keeps leading while the
+        // record cannot be read (the documented trade-off): established means a read sent
+        // after its leadership began confirmed the mode, so no failover preceded it
+        // unnoticed. A primary leadership may also start, and go on, on the last mode seen
+        // while the primary has stayed healthy here since that mode was last confirmed (a
+        // failover since would need the documented asymmetric partition). Otherwise a
+        // primary leader is held to the mode lease like a fallback leader (found by the
+        // simulation: a participant cut off from the record while the cluster failed over
+        // later led under the old generation; one that began leading just after a failover
+        // it had not read yet, with the fallback store going down, led on indefinitely).
         let continuing =
             self.published_term == Some((term.with_generation(mode.generation), mode.layer));
+        let established = continuing
+            && self
+                .lead_started
+                .is_some_and(|s| self.confirmed_sent.is_some_and(|c| c >= s));
         let primary_steady = self.track[0]
             .healthy_since
             .is_some_and(|h| self.confirmed_sent.is_some_and(|c| h <= c));
-        let unconfirmed_ok = continuing || primary_steady || self.bugs.primary_grant_unconfirmed;
+        let unconfirmed_ok = established || primary_steady || self.bugs.primary_grant_unconfirmed;
         if mode.layer == Layer::Fallback || self.strict || !unconfirmed_ok {
             return match self.confirmed_sent {
                 Some(s) if now < s + t.mode_lease => Ok(Some(s + t.mode_lease)),
@@ -758,6 +767,7 @@ impl SupervisorMachine {
     /// no change once published equal; a leader whose health is Unhealthy is Suspended.
     fn publish(
         &mut self,
+        now: Instant,
         role: Role,
         reason: String,
         level: HealthLevel,
@@ -776,6 +786,9 @@ impl SupervisorMachine {
             .term()
             .map(|t| (t, self.mode.map_or(Layer::Primary, |m| m.layer)));
         let new_grant = role.is_leader() && self.published_term.map(|(t, _)| t) != role.term();
+        if new_grant {
+            self.lead_started = Some(now);
+        }
         self.role = role.clone();
         fx.push(Effect::Publish {
             role,
@@ -1193,6 +1206,48 @@ mod tests {
         // A read sent now confirms primary/5: we lead.
         f.confirm(1520);
         assert!(f.leading());
+    }
+
+    #[test]
+    fn a_primary_leader_not_yet_established_is_held_to_the_mode_lease() {
+        let mut f = Fixture::joined(false, Role::Follower { leader: None });
+        // The primary is in trouble here; we read the mode at 250 ms; the primary is back.
+        f.layer(100, Layer::Primary, Role::Suspended);
+        f.confirm(250);
+        f.layer(300, Layer::Primary, Role::Follower { leader: None });
+        // Granted within the lease of that read: we lead...
+        f.layer(320, Layer::Primary, leader(2));
+        assert!(f.leading());
+        // ...but no read sent since we began has confirmed the mode (the cluster may have
+        // failed over just before, and the record is now unreadable): the lease holds us.
+        for ms in (350..=440).step_by(10) {
+            f.read(ms - 5, ms, Err(Error::timeout("read timed out")));
+        }
+        let lease_end = f.at(245) + f.m.timings.mode_lease;
+        assert_eq!(f.m.next_deadline(), Some(lease_end));
+        f.fx.clear();
+        f.m.handle(lease_end, Input::Tick, &mut f.fx);
+        assert!(!f.leading(), "held to the mode lease until established");
+    }
+
+    #[test]
+    fn an_established_primary_leader_keeps_leading_when_the_record_becomes_unreadable() {
+        let mut f = Fixture::joined(false, Role::Follower { leader: None });
+        f.layer(100, Layer::Primary, Role::Suspended);
+        f.layer(300, Layer::Primary, Role::Follower { leader: None });
+        f.confirm(400);
+        f.layer(450, Layer::Primary, leader(2));
+        f.confirm(500); // sent at 495, after the leadership began: established
+                        // The primary turns Degraded here (not steady any more): established still counts.
+        let degraded = status(leader(2), HealthLevel::Degraded, f.at(550));
+        f.handle(550, Input::Layer(Layer::Primary, degraded));
+        for ms in (600..2000).step_by(100) {
+            f.read(ms - 50, ms, Err(Error::timeout("read timed out")));
+        }
+        assert!(
+            f.leading(),
+            "the documented default for established primary leaders"
+        );
     }
 
     #[test]

@@ -66,15 +66,17 @@
 //!    * it cannot (reads fail or time out): fallback leaders lead only within the mode
 //!      lease V of the send time s of their last confirming read, and s < t_h, so they stop
 //!      by t_h + V < t_h + G. Primary leaders do the same with
-//!      [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease). **By default a
-//!      primary leader keeps leading when it cannot read the record** ("a node that cannot
-//!      read the record keeps the last mode"), so that an outage of the fallback store
-//!      never takes leadership away from a healthy primary.
-//!    * it does not lead yet and cannot read the record: it may start leading through the
-//!      primary on the last mode it saw only while the primary has stayed healthy *here*
-//!      since that mode was last confirmed (the others could then have failed over only
-//!      through the asymmetric partition excluded below); otherwise it needs a
-//!      confirmation within V, like a fallback leader.
+//!      [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease). **By default an
+//!      established primary leader keeps leading when it cannot read the record** ("a node
+//!      that cannot read the record keeps the last mode"), so that an outage of the
+//!      fallback store never takes leadership away from a healthy primary. *Established*:
+//!      a read sent after its leadership began confirmed the mode, so no failover preceded
+//!      its leadership unnoticed.
+//!    * a primary leader that is not established yet, or that does not lead yet: it may
+//!      lead on the last mode it saw without a fresh read only while the primary has
+//!      stayed healthy *here* since that mode was last confirmed (the others could then
+//!      have failed over only through the asymmetric partition excluded below); otherwise
+//!      it is held to the mode lease V, like a fallback leader.
 //! 3. A compare-and-swap whose outcome is unknown (timeout) closes the gate until a read
 //!    sent after it confirms the mode; stale reads (sent before the write that taught us
 //!    the current mode) are ignored.
