@@ -304,6 +304,14 @@ impl SupervisorMachine {
             })
     }
 
+    /// Whether a pause was detected and no read sent since has confirmed the mode.
+    fn in_doubt(&self) -> bool {
+        !self.bugs.ignore_pauses
+            && self
+                .resumed_at
+                .is_some_and(|r| self.confirmed_sent.is_none_or(|c| c < r))
+    }
+
     /// The documented bound on scheduling delay is G - (X + T): a machine called later than
     /// its deadline by more than that was not running (paused, or starved) and cannot trust
     /// what it knew: a leader of an older generation may have been replaced meanwhile.
@@ -425,7 +433,11 @@ impl SupervisorMachine {
                         .into(),
                     });
                 }
-                ReadState::Matches if self.cas_unknown_since.is_none() => {
+                // No failover or failback decided on what we knew before a pause: the
+                // record's version may have been reused meanwhile (a wiped store restarts
+                // its revisions), so a stale compare-and-swap could succeed (found by the
+                // simulation's soak, seed 1215778 with strict_mode_lease).
+                ReadState::Matches if self.cas_unknown_since.is_none() && !self.in_doubt() => {
                     start = self.ask_policy(now);
                 }
                 _ => {}
@@ -1312,6 +1324,34 @@ mod tests {
             "{fx:?}"
         );
         assert!(!f.leading());
+    }
+
+    #[test]
+    fn no_failover_is_written_on_what_was_known_before_a_pause() {
+        let mut f = Fixture::joined(false, Role::Follower { leader: None });
+        f.layer(50, Layer::Primary, Role::Suspended);
+        for ms in (100..=500).step_by(100) {
+            let fx = f.confirm(ms);
+            assert!(!fx.iter().any(|e| matches!(e, Effect::Cas(_))));
+        }
+        // Paused for 2 s: the primary has now been unhealthy for longer than failover_after,
+        // but the record may have changed (even been wiped and its versions reused).
+        f.fx.clear();
+        let late = f.m.next_deadline().unwrap() + Duration::from_secs(2);
+        f.m.handle(late, Input::Tick, &mut f.fx);
+        assert!(
+            !f.fx.iter().any(|e| matches!(e, Effect::Cas(_))),
+            "{:?}",
+            f.fx
+        );
+        // A read sent after the resume confirms the mode: now the policy may act.
+        let resumed = late.duration_since(f.t0).as_millis() as u64;
+        let fx = f.confirm(resumed + 10);
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Cas(c) if c.kind == ChangeKind::Failover)),
+            "{fx:?}"
+        );
     }
 
     #[test]
