@@ -381,6 +381,8 @@ pub struct Summary {
     pub max_fenced: Vt,
     /// Documented stale-generation primary handovers (see [`TimelineReport::stale_generation`]).
     pub stale_generation: u64,
+    /// Both documented windows at once (see [`TimelineReport::compound`]).
+    pub compound: u64,
     /// The longest time from the end of faults to a leader (µs).
     pub max_time_to_leader: Vt,
     /// Events processed.
@@ -398,6 +400,7 @@ impl Summary {
         self.mode_writes += o.mode_writes as u64;
         self.fenced += o.report.fenced as u64;
         self.stale_generation += o.report.stale_generation as u64;
+        self.compound += o.report.compound as u64;
         self.max_fenced = self.max_fenced.max(o.report.max_fenced);
         self.max_time_to_leader = self
             .max_time_to_leader
