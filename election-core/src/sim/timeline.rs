@@ -233,9 +233,18 @@ impl Timeline {
         for i in &self.intervals {
             if let Some(h) = highest {
                 let end = i.end.unwrap_or(end);
-                let stale_after_resume = self
-                    .resume_before(i.who, i.start, min_pause)
-                    .is_some_and(|r| end <= r + fence_bound);
+                // Every instant at which this grant acts lies within the fencing bound after
+                // a resume (a grant on stale state right after a pause, possibly paused
+                // again before it could notice).
+                let i_end = end;
+                let stale_after_resume = self.resume_before(i.who, i.start, min_pause).is_some()
+                    && self
+                        .active_pieces(i.who, i.who, i.start, i_end)
+                        .iter()
+                        .all(|&(ps, pe)| {
+                            self.resume_before(i.who, ps, min_pause)
+                                .is_some_and(|r| pe <= r + fence_bound)
+                        });
                 // Overlapping another leader while both run (a paused one does not act).
                 let overlaps = |i: &Interval| {
                     self.intervals.iter().any(|o| {
