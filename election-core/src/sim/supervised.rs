@@ -26,7 +26,8 @@
 //!   and restarts with a fresh machine; resigns and re-joins; wipes of the fallback store; optionally the
 //!   documented asymmetric partition (the primary leader sees only the primary store, all
 //!   others only the fallback store). Without `strict_mode_lease` the schedules otherwise
-//!   exclude that combination, as the guarantee does.
+//!   exclude that combination, as the guarantee does: a process cut from the fallback store
+//!   alone, or a slow fallback store, near a process cut from the primary store.
 //!
 //! After the fault phase everything heals, and the [`Timeline`] checks safety over the whole
 //! run and liveness from the end of the faults.
@@ -1196,6 +1197,11 @@ fn idle_status(at: Instant) -> Status {
     }
 }
 
+/// Whether a fault overlaps `f`, give or take `margin`.
+fn o_near(f: Fault, margin: Vt) -> impl Fn(&Fault) -> bool {
+    move |o: &Fault| o.start < f.end + margin && f.start < o.end + margin
+}
+
 /// The fault schedule of one seed.
 fn gen_faults(rng: &mut Rng, cfg: &SimConfig) -> Vec<Fault> {
     let f = cfg.faults;
@@ -1280,15 +1286,24 @@ fn gen_faults(rng: &mut Rng, cfg: &SimConfig) -> Vec<Fault> {
         // from it, or from both), may decide to fail over: the documented asymmetric
         // window. Keep such pairs apart unless asked for.
         if !cfg.strict_mode_lease && !f.asymmetric {
+            // (A slow fallback store times out a leader's reads as surely as a cut.)
             let fallback_only = |s: [bool; 2]| s == [false, true];
-            let conflict = out.iter().any(|o| match (o.kind, fault.kind) {
-                (FaultKind::Cut { p: a, stores: sa }, FaultKind::Cut { p: b, stores: sb }) => {
-                    a != b
-                        && ((fallback_only(sa) && sb[0]) || (fallback_only(sb) && sa[0]))
-                        && o.start < fault.end + margin
-                        && fault.start < o.end + margin
-                }
-                _ => false,
+            let near = o_near(fault, margin);
+            let conflict = out.iter().any(|o| {
+                near(o)
+                    && match (o.kind, fault.kind) {
+                        (
+                            FaultKind::Cut { p: a, stores: sa },
+                            FaultKind::Cut { p: b, stores: sb },
+                        ) => {
+                            a != b && ((fallback_only(sa) && sb[0]) || (fallback_only(sb) && sa[0]))
+                        }
+                        (FaultKind::Slow { store: 1 }, FaultKind::Cut { stores, .. })
+                        | (FaultKind::Cut { stores, .. }, FaultKind::Slow { store: 1 }) => {
+                            stores[0]
+                        }
+                        _ => false,
+                    }
             });
             if conflict {
                 continue;
