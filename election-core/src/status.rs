@@ -272,6 +272,9 @@ pub struct StatusCell {
     contact: AtomicU64,
     /// Nanoseconds a leader may go without contact (see [`Contact::safe_for`]).
     safe_for: AtomicU64,
+    /// Contact sent before this point (nanoseconds after `base`, plus one) no longer
+    /// counts: set by [`forget_contact`](StatusCell::forget_contact).
+    floor: AtomicU64,
 }
 
 /// When a participant last had confirmed contact with its store, and how long a leader may
@@ -343,6 +346,7 @@ impl StatusCell {
             base: Instant::now(),
             contact: AtomicU64::new(0),
             safe_for: AtomicU64::new(Duration::from_secs(1).as_nanos() as u64),
+            floor: AtomicU64::new(0),
         }
     }
 
@@ -354,7 +358,21 @@ impl StatusCell {
     /// Record contact with the store at `at` (kept if later than the latest one).
     pub fn touch(&self, at: Instant) {
         let nanos = at.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        if nanos < self.floor.load(Ordering::Relaxed) {
+            return; // sent before our session was known lost: it proves nothing now
+        }
         self.contact.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Our session or lease is known lost (expired, or the store was wiped): whatever was
+    /// granted under it may be granted to someone else right now. Contact becomes unknown
+    /// (so [`Election::takeover_bound`](crate::Election::takeover_bound) is `None`: stop
+    /// at once), and answers to requests sent before `now` no longer count. Call it BEFORE
+    /// publishing the status that reports the loss.
+    pub fn forget_contact(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        self.floor.fetch_max(nanos, Ordering::Relaxed);
+        self.contact.store(0, Ordering::Relaxed);
     }
 
     /// Set how long a leader may go without contact ([`Contact::safe_for`]).
