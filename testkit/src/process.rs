@@ -201,6 +201,22 @@ impl Drop for Proc {
     }
 }
 
+/// True when every thread of `pid` is stopped (or gone): `/proc/<pid>/task/*/stat`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return true;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        matches!(state, Some('T') | Some('t') | Some('Z') | Some('X') | None)
+    })
+}
+
 /// True while `pid` exists and is not a zombie (reads `/proc/<pid>/stat`).
 ///
 /// Use it to check that a stopped/dropped server really is gone.
@@ -479,7 +495,17 @@ impl ServerProc {
 
     /// SIGSTOP: the process stays, its sockets stay open, it answers nothing.
     pub(crate) fn freeze(&self) -> Result<()> {
-        self.proc.signal(&self.what, "freeze", libc::SIGSTOP)
+        self.proc.signal(&self.what, "freeze", libc::SIGSTOP)?;
+        // kill(2) only queues SIGSTOP: each thread stops when the kernel next gets hold of
+        // it, so a busy server (a JVM has dozens of threads) could still answer a request
+        // for some milliseconds. Return once every thread is stopped (bounded).
+        if let Some(pid) = self.proc.pid() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !all_threads_stopped(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Ok(())
     }
 
     /// SIGCONT: resume a frozen process.
