@@ -368,7 +368,8 @@ impl StatusCell {
     /// granted under it may be granted to someone else right now. Contact becomes unknown
     /// (so [`Election::takeover_bound`](crate::Election::takeover_bound) is `None`: stop
     /// at once), and answers to requests sent before `now` no longer count. Call it BEFORE
-    /// publishing the status that reports the loss.
+    /// publishing the status that reports the loss. `now` may be earlier (e.g. the send
+    /// instant of the lost lease's last renewal) when later answers cannot be stale.
     pub fn forget_contact(&self, now: Instant) {
         let nanos = now.saturating_duration_since(self.base).as_nanos() as u64 + 1;
         self.floor.fetch_max(nanos, Ordering::Relaxed);
@@ -533,5 +534,27 @@ mod tests {
         let h = cell.get().health;
         assert_eq!(h.since, since);
         assert_eq!(&*h.reason, "b");
+    }
+
+    #[test]
+    fn forgotten_contact_is_unknown_and_older_answers_do_not_revive_it() {
+        let cell = StatusCell::new();
+        let t0 = Instant::now();
+        cell.touch(t0 + Duration::from_millis(10));
+        assert!(cell.contact().last.is_some());
+        cell.forget_contact(t0 + Duration::from_millis(20));
+        assert_eq!(
+            cell.contact().last,
+            None,
+            "unknown: work under the old grant stops at once"
+        );
+        cell.touch(t0 + Duration::from_millis(15));
+        assert_eq!(
+            cell.contact().last,
+            None,
+            "an answer to a request sent before the loss"
+        );
+        cell.touch(t0 + Duration::from_millis(30));
+        assert_eq!(cell.contact().last, Some(t0 + Duration::from_millis(30)));
     }
 }
