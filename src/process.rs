@@ -41,7 +41,10 @@
 //! calls [`kill_orphans`] on the error it then gets (as `succession run` does); a host
 //! (owner and guard) paused longer than the takeover bound (the command resumes after
 //! another leader started: fence your writes on [`Term`](crate::Term)s); and a store fact
-//! that removes a leader at once (an operator deleting its node or revoking its lease).
+//! that removes a leader at once (an operator deleting its node or revoking its lease, a
+//! store wiped and restarted empty, which can elect a new leader before the old one can
+//! know: the tree is then killed when the loss is learned, at the latest at the takeover
+//! bound).
 //! Other operating systems: the module is Linux-only.
 //!
 //! ```no_run

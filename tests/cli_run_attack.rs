@@ -643,10 +643,13 @@ async fn attack_kill9_of_the_guard_alone() {
 /// Samples /proc every 2 ms for processes tagged `CMD_TAG=<prefix>...`; records every
 /// sample where processes of two different command trees (different tags: participant id
 /// and term) were alive at once.
+/// Samples (when, the command trees alive then) with more than one tree alive.
+type Overlaps = Vec<(Instant, Vec<String>)>;
+
 fn monitor(
     prefix: String,
 ) -> (
-    tokio::task::JoinHandle<Vec<Vec<String>>>,
+    tokio::task::JoinHandle<Overlaps>,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -680,7 +683,7 @@ fn monitor(
                 }
             }
             if tags.len() > 1 && bad.len() < 20 {
-                bad.push(tags);
+                bad.push((Instant::now(), tags));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -905,6 +908,7 @@ async fn zk_server_fault(fault: &str) {
     }
     wait_count(1).await;
     let n = count(&dir);
+    let mut killed_at = None;
     match fault {
         "freeze" => {
             zk.freeze().expect("freeze");
@@ -918,6 +922,7 @@ async fn zk_server_fault(fault: &str) {
         }
         _ => {
             zk.kill().await.expect("kill");
+            killed_at = Some(Instant::now());
             zk.wipe().expect("wipe");
             zk.restart().await.expect("restart");
         }
@@ -936,7 +941,24 @@ async fn zk_server_fault(fault: &str) {
     drop(clean);
     let starts = std::fs::read_to_string(dir.join("starts")).unwrap_or_default();
     eprintln!("starts:\n{starts}");
-    assert!(bad.is_empty(), "two command trees alive at once: {bad:?}");
+    match killed_at {
+        // A wiped ZooKeeper forgets every session at once: a new leader can be elected as
+        // soon as it serves again, before the old leader can know (the documented store-
+        // state limit; fence on terms). The old tree must still be gone by the old
+        // leader's takeover bound: half the 2 s session after its last contact (+ 0.5 s
+        // for sampling and a loaded machine).
+        Some(k) => {
+            let late: Vec<_> = bad
+                .iter()
+                .filter(|(at, _)| at.saturating_duration_since(k) > Duration::from_millis(1500))
+                .collect();
+            assert!(
+                late.is_empty(),
+                "two command trees alive past the takeover bound: {late:?}"
+            );
+        }
+        None => assert!(bad.is_empty(), "two command trees alive at once: {bad:?}"),
+    }
     let mut lines: Vec<&str> = starts.lines().collect();
     let all = lines.len();
     lines.sort();

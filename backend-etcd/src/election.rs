@@ -285,6 +285,11 @@ impl Election for EtcdElection {
                 self.inner
                     .cell
                     .set_contact_bound(s.drop_at.into_std().saturating_duration_since(last));
+            } else {
+                // etcd said the lease is gone (revoked, expired, or the cluster was wiped):
+                // a key under it may be someone else's leadership now; no grace. (Renewals
+                // of a later lease are sent after this one's last: they count again.)
+                self.inner.cell.forget_contact(s.last_renewal.into_std());
             }
         }
         self.inner.cell.contact()

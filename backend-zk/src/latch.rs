@@ -482,7 +482,8 @@ impl DriverState {
         if let Some(c) = &client {
             self.session_timeout = c.session_timeout();
             self.cell.set_contact_bound(self.session_timeout / 2);
-            self.cell.touch(std::time::Instant::now());
+            // Contact comes from answered requests only (the probe, the claim): a session
+            // just connected says nothing about when the server last heard of an old one.
             self.states = Some(c.state_watcher());
         } else {
             self.states = None;
@@ -588,6 +589,8 @@ impl DriverState {
     /// Our session ended for good: not leader, no node; a new session comes next.
     fn session_lost(&mut self) {
         self.cell.metrics().count(metrics::SESSION_EXPIRATIONS, &[]);
+        // Whatever we held may be someone else's now: no grace for work under it.
+        self.cell.forget_contact(std::time::Instant::now());
         self.cell.set(
             Role::Candidate,
             HealthLevel::Degraded,
@@ -1158,6 +1161,9 @@ impl DriverState {
                     if let Some(fresh) = self.probe(client).await {
                         info!(old = %client.session_id(), new = %fresh.session_id(),
                               "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
+                        // The server serves without our session (wiped, or expired it):
+                        // someone else may lead already; no grace for work under our grant.
+                        self.cell.forget_contact(std::time::Instant::now());
                         let m = self.cell.metrics();
                         m.count(metrics::SESSION_EXPIRATIONS, &[]);
                         m.count(metrics::REPAIRS, &[("cause", "session_replaced")]);

@@ -17,6 +17,8 @@ pub mod memory;
 pub mod metrics;
 pub mod participant;
 mod record;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod status;
 pub mod supervisor;
 mod term;

@@ -272,6 +272,9 @@ pub struct StatusCell {
     contact: AtomicU64,
     /// Nanoseconds a leader may go without contact (see [`Contact::safe_for`]).
     safe_for: AtomicU64,
+    /// Contact sent before this point (nanoseconds after `base`, plus one) no longer
+    /// counts: set by [`forget_contact`](StatusCell::forget_contact).
+    floor: AtomicU64,
 }
 
 /// When a participant last had confirmed contact with its store, and how long a leader may
@@ -343,6 +346,7 @@ impl StatusCell {
             base: Instant::now(),
             contact: AtomicU64::new(0),
             safe_for: AtomicU64::new(Duration::from_secs(1).as_nanos() as u64),
+            floor: AtomicU64::new(0),
         }
     }
 
@@ -354,7 +358,22 @@ impl StatusCell {
     /// Record contact with the store at `at` (kept if later than the latest one).
     pub fn touch(&self, at: Instant) {
         let nanos = at.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        if nanos < self.floor.load(Ordering::Relaxed) {
+            return; // sent before our session was known lost: it proves nothing now
+        }
         self.contact.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// Our session or lease is known lost (expired, or the store was wiped): whatever was
+    /// granted under it may be granted to someone else right now. Contact becomes unknown
+    /// (so [`Election::takeover_bound`](crate::Election::takeover_bound) is `None`: stop
+    /// at once), and answers to requests sent before `now` no longer count. Call it BEFORE
+    /// publishing the status that reports the loss. `now` may be earlier (e.g. the send
+    /// instant of the lost lease's last renewal) when later answers cannot be stale.
+    pub fn forget_contact(&self, now: Instant) {
+        let nanos = now.saturating_duration_since(self.base).as_nanos() as u64 + 1;
+        self.floor.fetch_max(nanos, Ordering::Relaxed);
+        self.contact.store(0, Ordering::Relaxed);
     }
 
     /// Set how long a leader may go without contact ([`Contact::safe_for`]).
@@ -515,5 +534,27 @@ mod tests {
         let h = cell.get().health;
         assert_eq!(h.since, since);
         assert_eq!(&*h.reason, "b");
+    }
+
+    #[test]
+    fn forgotten_contact_is_unknown_and_older_answers_do_not_revive_it() {
+        let cell = StatusCell::new();
+        let t0 = Instant::now();
+        cell.touch(t0 + Duration::from_millis(10));
+        assert!(cell.contact().last.is_some());
+        cell.forget_contact(t0 + Duration::from_millis(20));
+        assert_eq!(
+            cell.contact().last,
+            None,
+            "unknown: work under the old grant stops at once"
+        );
+        cell.touch(t0 + Duration::from_millis(15));
+        assert_eq!(
+            cell.contact().last,
+            None,
+            "an answer to a request sent before the loss"
+        );
+        cell.touch(t0 + Duration::from_millis(30));
+        assert_eq!(cell.contact().last, Some(t0 + Duration::from_millis(30)));
     }
 }

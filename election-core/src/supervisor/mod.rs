@@ -66,10 +66,17 @@
 //!    * it cannot (reads fail or time out): fallback leaders lead only within the mode
 //!      lease V of the send time s of their last confirming read, and s < t_h, so they stop
 //!      by t_h + V < t_h + G. Primary leaders do the same with
-//!      [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease). **By default a
-//!      primary leader keeps leading when it cannot read the record** ("a node that cannot
-//!      read the record keeps the last mode"), so that an outage of the fallback store
-//!      never takes leadership away from a healthy primary.
+//!      [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease). **By default an
+//!      established primary leader keeps leading when it cannot read the record** ("a node
+//!      that cannot read the record keeps the last mode"), so that an outage of the
+//!      fallback store never takes leadership away from a healthy primary. *Established*:
+//!      a read sent after its leadership began confirmed the mode, so no failover preceded
+//!      its leadership unnoticed.
+//!    * a primary leader that is not established yet, or that does not lead yet: it may
+//!      lead on the last mode it saw without a fresh read only while the primary has
+//!      stayed healthy *here* since that mode was last confirmed (the others could then
+//!      have failed over only through the asymmetric partition excluded below); otherwise
+//!      it is held to the mode lease V, like a fallback leader.
 //! 3. A compare-and-swap whose outcome is unknown (timeout) closes the gate until a read
 //!    sent after it confirms the mode; stale reads (sent before the write that taught us
 //!    the current mode) are ignored.
@@ -80,6 +87,15 @@
 //!    generation) and leads under the new one. Mode changes always bump the generation;
 //!    a record that is gone or went back (a wipe of the fallback store) is re-created or
 //!    renewed with a generation above every one the participant saw.
+//!
+//! 5. *Paused processes*: the supervisor is called at least at every deadline it asks for;
+//!    a call later than that by more than G − (X + T) (the scheduling bound below) means
+//!    the process was not running — paused or starved — so it stops leading at once and
+//!    leads again only after `record_timeout` (one store round trip for its layers to
+//!    report a session lost meanwhile) and once a read of the record sent after that call
+//!    confirms the mode. It cannot know *that* it was paused before that first call, nor
+//!    whether its layer has noticed a lost session: until then a paused leader may still
+//!    publish `Leader` with a term lower than its successor's — the fencing case.
 //!
 //! **Guaranteed** (one process, one clock; or several machines whose clock *rates* differ by
 //! less than 10 % and whose scheduling delays stay below G − (X + T)):
@@ -96,6 +112,22 @@
 //! [`strict_mode_lease`](SupervisorBuilder::strict_mode_lease) A steps down within V of
 //! losing the fallback store instead, closing the window at the price of making primary
 //! leadership depend on the fallback store being readable.
+//!
+//! **Not guaranteed in the default mode either: terms after a handover on an unreadable
+//! record.** When the primary hands over while the record cannot be read (see 2.), the new
+//! leader leads under the last generation it saw; if that generation was renewed just
+//! before (after a wipe of the fallback store, or a resumed grant) and this participant
+//! never read the renewal, its term is lower than an earlier leader's. No two leaders (the
+//! primary's own guarantee holds), but a resource fencing on terms refuses the new leader
+//! until the record is readable again. Combined with a paused participant resuming on a
+//! stale grant under the newer generation (5.), the two may overlap until that
+//! participant's layer notices its lost session, and the fencing token then favours the
+//! stale one. `strict_mode_lease` has neither window.
+//!
+//! These arguments are checked by the deterministic simulation (`succession_core::sim`,
+//! feature `sim`): the decisions live in a sans-IO machine (`machine.rs`, driven by the
+//! tokio executor in `driver.rs` and by the simulator alike), run through thousands of
+//! seeded fault schedules per `cargo test`.
 //!
 //! Other limits: failback is decided from the fallback leader's own view of the primary;
 //! a participant needs one successful read of the mode record to take part
@@ -136,15 +168,17 @@ use crate::validate;
 
 mod driver;
 pub mod event;
-mod mode;
+pub(crate) mod machine;
+pub(crate) mod mode;
 pub mod policy;
 
 pub use event::SupervisorEvent;
 pub use mode::{Layer, LayerRef, Mode};
 pub use policy::{DampedPolicy, Decision, ModeChange, Policy, Timings, View};
 
-use driver::{Inner, Input, Sinks, State};
+use driver::{Inner, Sinks, State};
 use event::{Callback, Filter};
+use machine::{Config, Input, SupervisorMachine};
 
 /// Default [`SupervisorBuilder::check_interval`].
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -190,7 +224,7 @@ impl Supervisor {
 
     /// The mode this participant follows (the last one it could read), if it read one yet.
     pub fn mode(&self) -> Option<Mode> {
-        self.inner.lock().mode
+        self.inner.lock().m.mode
     }
 
     /// The validated and derived timings.
@@ -257,9 +291,7 @@ impl Election for Supervisor {
             if st.closed {
                 return Err(Error::closed(&format!("supervisor of {}", self.inner.id)));
             }
-            if !st.wants {
-                st.wants = true;
-                st.join_errors = [None, None];
+            if !st.m.wants {
                 for layer in [Layer::Primary, Layer::Fallback] {
                     let task = driver::join_layer(
                         self.inner.layers[layer.index()].clone(),
@@ -276,8 +308,9 @@ impl Election for Supervisor {
                 }
             }
             let _span = self.inner.span.enter();
-            driver::evaluate(&self.inner, &mut st);
-            let _ = self.inner.inputs.send(Input::Nudge);
+            driver::step(&self.inner, &mut st, Input::Join);
+            // Wake the executor: the machine's next deadline may be earlier now.
+            let _ = self.inner.inputs.send(Input::Tick);
         }
         self.inner.poke.notify_one();
         let what = format!("supervisor of {}", self.inner.id);
@@ -285,8 +318,8 @@ impl Election for Supervisor {
         // driver publishes a status change when it records such a refusal.
         crate::participant::wait_joined(rx, None, &self.inner.id, &what, || {
             let st = self.inner.lock();
-            let mode = st.mode?;
-            let (kind, msg) = st.join_errors[mode.layer.index()].as_ref()?;
+            let mode = st.m.mode?;
+            let (kind, msg) = st.m.join_errors[mode.layer.index()].as_ref()?;
             Some(Error::new(
                 *kind,
                 format!(
@@ -303,13 +336,13 @@ impl Election for Supervisor {
         let _op = self.inner.ops.lock().await;
         let joins = {
             let mut st = self.inner.lock();
-            if st.closed || !st.wants {
+            if st.closed || !st.m.wants {
                 return Ok(());
             }
-            st.wants = false;
-            st.idle_reason = "resigned".into();
             let _span = self.inner.span.enter();
-            driver::evaluate(&self.inner, &mut st);
+            driver::step(&self.inner, &mut st, Input::Leave("resigned".into()));
+            // Wake the executor: the machine's next deadline may be earlier now.
+            let _ = self.inner.inputs.send(Input::Tick);
             std::mem::take(&mut st.join_tasks)
         };
         for j in joins {
@@ -330,10 +363,8 @@ impl Election for Supervisor {
             if st.closed {
                 return Ok(());
             }
-            st.wants = false;
-            st.idle_reason = "closing".into();
             let _span = self.inner.span.enter();
-            driver::evaluate(&self.inner, &mut st);
+            driver::step(&self.inner, &mut st, Input::Leave("closing".into()));
             std::mem::take(&mut st.join_tasks)
         };
         for j in joins {
@@ -390,14 +421,14 @@ impl Election for Supervisor {
     fn takeover_bound(&self) -> Option<std::time::Instant> {
         let (layer, confirmed) = {
             let st = self.inner.lock();
-            let layer = st
-                .led_through
-                .or(st.mode.map(|m| m.layer))
-                .unwrap_or(Layer::Primary);
-            (layer, st.confirmed_sent)
+            let layer =
+                st.m.led_through
+                    .or(st.m.mode.map(|m| m.layer))
+                    .unwrap_or(Layer::Primary);
+            (layer, st.m.confirmed_sent)
         };
         let by_layer = self.inner.layers[layer.index()].takeover_bound();
-        let by_mode = confirmed.map(|s| (s + self.inner.timings.mode_lease).into_std());
+        let by_mode = confirmed.map(|s| s + self.inner.timings.mode_lease);
         match (by_layer, by_mode) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -411,7 +442,7 @@ impl Drop for Supervisor {
         self.inner.cell.close("handle dropped");
         let mut st = self.inner.lock();
         st.closed = true;
-        st.wants = false;
+        st.m.wants = false;
         for j in st.join_tasks.drain(..) {
             j.abort();
         }
@@ -597,7 +628,7 @@ impl SupervisorBuilder {
     }
 
     /// Validate and start the supervisor (its tasks start at once; it takes part only after
-    /// [`join`](Election::join)). Errors are [`ErrorKind::InvalidConfig`] and say what to do.
+    /// [`join`](Election::join)). Errors are [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) and say what to do.
     pub fn build(self) -> Result<Supervisor> {
         let missing = |what: &str, hint: &str| {
             Error::invalid_config(format!(
@@ -717,9 +748,27 @@ impl SupervisorBuilder {
         };
         let (beat_tx, beat_rx) = watch::channel(None);
         let poke = Arc::new(Notify::new());
+        let policy = self.policy.unwrap_or_else(|| Box::new(DampedPolicy::new()));
+        let names: [Arc<str>; 2] = [names.0.into(), names.1.into()];
+        let now = tokio::time::Instant::now().into_std();
+        let machine = SupervisorMachine::new(
+            Config {
+                id: id.clone(),
+                names: names.clone(),
+                timings,
+                strict: self.strict,
+                policy,
+                epoch: (now, driver::unix_ms()),
+                layers: [
+                    primary.status().borrow().clone(),
+                    fallback.status().borrow().clone(),
+                ],
+            },
+            now,
+        );
         let state = State::new(
+            machine,
             [primary.status(), fallback.status()],
-            self.policy.unwrap_or_else(|| Box::new(DampedPolicy::new())),
             Sinks {
                 events: Some(events_tx),
                 callbacks,
@@ -731,10 +780,9 @@ impl SupervisorBuilder {
         let inner = Arc::new(Inner {
             id,
             layers: [primary, fallback],
-            names: [names.0.into(), names.1.into()],
+            names,
             mode_record: mode_record.clone(),
             timings,
-            strict: self.strict,
             cell: StatusCell::with_metrics(metrics),
             state: std::sync::Mutex::new(state),
             ops: tokio::sync::Mutex::new(()),

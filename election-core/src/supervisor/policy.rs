@@ -19,7 +19,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::mode::{Layer, Mode};
 use crate::status::{HealthLevel, Status};
@@ -103,7 +103,7 @@ impl ModeChange {
 }
 
 /// What one participant knows when its policy is asked. All instants are
-/// `tokio::time::Instant`s of this participant (never compared across machines).
+/// `std::time::Instant`s of this participant (under tokio's paused clock, its virtual time) (never compared across machines).
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct View<'a> {

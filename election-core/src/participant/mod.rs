@@ -9,6 +9,9 @@
 
 use std::sync::Arc;
 
+mod machine;
+pub use machine::Machine;
+
 use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};

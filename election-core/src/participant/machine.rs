@@ -1,0 +1,33 @@
+//! The sans-IO half of a participant: a [`Machine`] decides, an executor does.
+//!
+//! A machine holds all the decision state of one participant and performs no I/O: it reads
+//! no clock (time comes in as `now`), spawns nothing and touches no store client. Its
+//! executor (a tokio task in production, the deterministic simulator in tests) feeds it
+//! inputs — store answers, watch events, connection changes, commands, timer expiry — and
+//! carries out the effects it returns, in order. Modelled on quinn-proto's `Connection`
+//! (`handle_*` with `now`, `poll_timeout`) and rustls's `ConnectionCommon`.
+//!
+//! Rules every executor follows:
+//! * effects are executed in the order the machine emitted them; a machine emits a status
+//!   publication before any store request that depends on it ("stop leading before
+//!   leaving" lives in the machine, and the executor must not reorder);
+//! * when `now` reaches [`Machine::next_deadline`], the executor calls `handle` with the
+//!   machine's timer input (a decision fires at its deadline, not at a poll tick).
+
+use std::time::Instant;
+
+/// A pure decision machine: `handle(now, input)` appends effects; `next_deadline` says when
+/// it wants to be called again even if nothing happens.
+pub trait Machine {
+    /// What the executor reports (store answers, status changes, commands, timer expiry).
+    type Input;
+    /// What the machine asks for (publications, store requests, events).
+    type Effect;
+
+    /// Feed one input observed at `now` (the executor's monotonic clock) and append the
+    /// effects to carry out, in order, to `effects`.
+    fn handle(&mut self, now: Instant, input: Self::Input, effects: &mut Vec<Self::Effect>);
+
+    /// The instant at which the machine wants its timer input, if any.
+    fn next_deadline(&self) -> Option<Instant>;
+}
