@@ -31,3 +31,11 @@ pub trait Machine {
     /// The instant at which the machine wants its timer input, if any.
     fn next_deadline(&self) -> Option<Instant>;
 }
+
+/// The origin of virtual time for simulations and machine tests: one wall-clock read per
+/// process, used only as an opaque base (`std::time::Instant` has no other constructor);
+/// only differences from it ever matter, so runs stay deterministic. Machines never call it.
+pub fn virtual_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}

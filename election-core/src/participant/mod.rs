@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 mod machine;
-pub use machine::Machine;
+pub use machine::{virtual_origin, Machine};
 
 use tokio::sync::watch;
 

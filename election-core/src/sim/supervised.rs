@@ -32,7 +32,6 @@
 //! After the fault phase everything heals, and the [`Timeline`] checks safety over the whole
 //! run and liveness from the end of the faults.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::{fmt_vt, Queue, Rng, Timeline, TimelineReport, Vt};
@@ -312,9 +311,7 @@ struct Sim<'a> {
 }
 
 fn anchor() -> Instant {
-    // An origin for the machines' Instants; only differences from it are ever used.
-    static ANCHOR: OnceLock<Instant> = OnceLock::new();
-    *ANCHOR.get_or_init(Instant::now)
+    crate::participant::virtual_origin()
 }
 
 fn us(d: Duration) -> Vt {

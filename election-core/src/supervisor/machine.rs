@@ -1060,7 +1060,7 @@ mod tests {
 
     impl Fixture {
         fn new(strict: bool) -> Fixture {
-            let t0 = Instant::now();
+            let t0 = crate::participant::virtual_origin();
             let timings = Timings::derive(
                 Duration::from_millis(300),
                 Duration::from_millis(600),
