@@ -5,80 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use succession_testkit::{process_alive, shared_zk, unique_path, EtcdServer, TcpProxy, ZkServer};
+use succession_testkit::{shared_zk, unique_path, EtcdServer, TcpProxy, ZkServer};
 use tokio::time::Instant;
 
 mod common;
 
-use common::{field, run_to_end, Cli};
-
-fn alive(pid: i32) -> bool {
-    process_alive(pid as u32)
-}
-
-/// Every live process whose environment carries `CMD_TAG=<tag>` (set by the command script
-/// for itself and everything it starts; `succession` itself does not have it).
-fn tagged(tag: &str) -> Vec<i32> {
-    let want = format!("CMD_TAG={tag}");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if env.split(|&b| b == 0).any(|kv| kv == want.as_bytes()) && alive(pid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// The leader's command: records its pid, starts a grandchild that leaves the process
-/// group (`setsid`) and ignores SIGTERM, and drains for `drain` after SIGTERM. Everything
-/// it starts carries `CMD_TAG=<tag>-<participant id>`.
-fn script(dir: &Path, tag: &str, drain: &str) -> String {
-    format!(
-        "export CMD_TAG={tag}-$SUCCESSION_ID; d={dir}; \
-         setsid sh -c 'trap \"\" TERM; echo $$ > '$d/gc.$SUCCESSION_ID'; exec sleep 1000' & \
-         trap 'sleep {drain}; exit 0' TERM; \
-         echo $$ > $d/cmd.$SUCCESSION_ID; \
-         while [ ! -s $d/gc.$SUCCESSION_ID ]; do sleep 0.01; done; \
-         echo ready > $d/ready.$SUCCESSION_ID; \
-         sleep 1000 & wait",
-        dir = dir.display()
-    )
-}
-
-/// Wait until the command of participant `id` has started its grandchild.
-async fn ready(dir: &Path, id: &str) -> (i32, i32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let read = |f: &str| -> Option<i32> {
-            std::fs::read_to_string(dir.join(format!("{f}.{id}")))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
-        if dir.join(format!("ready.{id}")).exists() {
-            if let (Some(c), Some(g)) = (read("cmd"), read("gc")) {
-                return (c, g);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the command of {id} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use common::{alive, field, ready, run_to_end, script, tagged, Cli};
 
 /// Sample until participant `next`'s command has started; at every sample after it has,
 /// none of `old`'s command processes may be alive. Returns when `next` started.

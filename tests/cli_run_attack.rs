@@ -11,7 +11,9 @@ use succession_testkit::{shared_zk, unique_path, TcpProxy};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_succession");
+mod common;
+
+use common::{alive, ready, script, tagged, BIN};
 
 /// One `succession run` process; its stdout goes where the test says.
 struct Proc {
@@ -63,17 +65,6 @@ impl Proc {
 }
 
 /// Alive and not a zombie.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit(')')
-            .next()
-            .and_then(|r| r.split_whitespace().next())
-            .is_none_or(|st| st != "Z"),
-        Err(_) => false,
-    }
-}
-
 fn ppid(pid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.rsplit(')')
@@ -82,33 +73,6 @@ fn ppid(pid: i32) -> Option<i32> {
         .nth(1)?
         .parse()
         .ok()
-}
-
-/// Every live process whose environment carries `CMD_TAG=<tag>...` (prefix match).
-fn tagged(tag: &str) -> Vec<i32> {
-    let want = format!("CMD_TAG={tag}");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-            continue;
-        };
-        if env
-            .split(|&b| b == 0)
-            .any(|kv| kv.starts_with(want.as_bytes()))
-            && alive(pid)
-        {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// Leaves nothing behind, pass or fail: resumes stopped processes, kills every tagged one.
@@ -127,44 +91,6 @@ impl Drop for Cleanup {
             // SAFETY: kill(2) of a process carrying this test's tag.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
-    }
-}
-
-/// The leader's command (as in tests/cli_run.rs): records its pid, starts a grandchild
-/// that leaves the group (`setsid`) and ignores SIGTERM, drains `drain` after SIGTERM.
-fn script(dir: &Path, tag: &str, drain: &str) -> String {
-    format!(
-        "export CMD_TAG={tag}-$SUCCESSION_ID; d={dir}; \
-         setsid sh -c 'trap \"\" TERM; echo $$ > '$d/gc.$SUCCESSION_ID'; exec sleep 1000' & \
-         trap 'sleep {drain}; exit 0' TERM; \
-         echo $$ > $d/cmd.$SUCCESSION_ID; \
-         while [ ! -s $d/gc.$SUCCESSION_ID ]; do sleep 0.01; done; \
-         echo ready > $d/ready.$SUCCESSION_ID; \
-         sleep 1000 & wait",
-        dir = dir.display()
-    )
-}
-
-async fn ready(dir: &Path, id: &str) -> (i32, i32) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let read = |f: &str| -> Option<i32> {
-            std::fs::read_to_string(dir.join(format!("{f}.{id}")))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()
-        };
-        if dir.join(format!("ready.{id}")).exists() {
-            if let (Some(c), Some(g)) = (read("cmd"), read("gc")) {
-                return (c, g);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the command of {id} did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
