@@ -37,12 +37,20 @@
 //! orders after every term before it.
 //!
 //! * **Failover** is decided by any joined participant in primary mode whose [`Policy`]
-//!   says so; the default requires the primary to be unhealthy *here* for `failover_after`
-//!   AND no heartbeat from a primary leader for `failover_after` (the primary leader writes
-//!   one into a heartbeat record next to the mode record every `check_interval`), so one
-//!   participant cut off from the primary alone cannot move the cluster.
-//! * **Failback** is decided only by the participant leading through the fallback: it
-//!   publishes that it no longer leads, then swaps the record to `primary/g+1`.
+//!   says so; the default requires the primary to be unhealthy *here* for
+//!   `failover_after − G` AND no heartbeat from a primary leader for as long (the primary
+//!   leader writes one into a heartbeat record next to the mode record every
+//!   `check_interval`), so one participant cut off from the primary alone cannot move the
+//!   cluster. The new fallback leader waits the takeover delay G after seeing the change
+//!   (see below), so it acts `failover_after` after the primary went bad.
+//! * **Failback** is decided only by the participant holding the fallback layer's grant
+//!   (its leader, or its grant holder while its mode lease lapsed): it publishes that it no
+//!   longer leads, then swaps the record to `primary/g+1`; by default once the primary has
+//!   been healthy here for the failback delay minus G, so that the primary leader acts at
+//!   the failback delay.
+//! * **Decisions at their deadline**: the policy names the instant its answer would change
+//!   ([`Policy::wake_at`]) and the state machine is called exactly then, not at its next
+//!   `check_interval`.
 //! * **Stepping down**: every participant re-reads the record at least every
 //!   `check_interval` (and on every change it is told about). The moment a read shows any
 //!   other value than the mode it leads under — another layer, another generation, or no
@@ -80,6 +88,13 @@
 //! 3. A compare-and-swap whose outcome is unknown (timeout) closes the gate until a read
 //!    sent after it confirms the mode; stale reads (sent before the write that taught us
 //!    the current mode) are ignored.
+//!    *When* a new generation is written does not enter this argument: the guard counts
+//!    from the instant a participant first sees it, whatever policy wrote it and however
+//!    early. Writing the failover (and the failback) G ahead of `failover_after` (and of the
+//!    failback delay) therefore changes only availability: the decision window
+//!    `failover_after − G` is what a primary outage must outlast, and the builder keeps it
+//!    at least the primary session timeout (shorter outages keep the primary's leader) and
+//!    2 × X (a live primary leader's heartbeat is always seen within it).
 //! 4. *Terms only grow*: a participant never publishes a supervisor term twice. When its
 //!    layer hands back a grant it already held (leadership resumed after a short
 //!    suspension, or the gate closed and reopened), it first renews the generation
@@ -96,6 +111,22 @@
 //!    confirms the mode. It cannot know *that* it was paused before that first call, nor
 //!    whether its layer has noticed a lost session: until then a paused leader may still
 //!    publish `Leader` with a term lower than its successor's — the fencing case.
+//!
+//! 6. *A leader renewing the record for its own layer* (default mode only): a primary
+//!    leader whose reads of the record failed since its last confirmation, and that then
+//!    finds the record gone, regressed, or renewed to a newer *primary* generation h (the
+//!    fallback store was wiped and restarted, and someone — it or another — re-creates the
+//!    record), keeps leading under its published term (generation g) while the record is
+//!    re-created, on the same layer grant. Nothing it could miss this way was not already
+//!    missed by its failed reads: by 2. it would have led on through them, so any leader
+//!    under a generation between g and h (a failover erased by the wipe) is the excluded
+//!    case of a primary leader cut off from the fallback store while the others fail over.
+//!    Leaders under h lead through the same layer (its own guarantee excludes them while
+//!    this grant lasts) and their terms order after (g, ·); a later grant of the layer to
+//!    anyone leads under h after the guard, or under g with a higher layer term. When the
+//!    leader read the record successfully just before finding it gone, a failover it never
+//!    saw may have been erased with it: it steps down, re-creates the record and waits the
+//!    guard as for any new generation. With `strict_mode_lease` it always does.
 //!
 //! **Guaranteed** (one process, one clock; or several machines whose clock *rates* differ by
 //! less than 10 % and whose scheduling delays stay below G − (X + T)):
