@@ -236,6 +236,9 @@ async fn cli_supervised_leader_lands_within_failover_after_and_failback_after() 
         from_healthy + 20 >= FAILBACK_AFTER_MS,
         "zk-layer leader {from_healthy} ms after ZooKeeper was healthy at the decider, before failback_after"
     );
-    assert!(term(&elected_zk) > term(&elected), "{elected_zk} after {elected}");
+    assert!(
+        term(&elected_zk) > term(&elected),
+        "{elected_zk} after {elected}"
+    );
     fleet.stop_all().await;
 }

@@ -813,7 +813,12 @@ async fn supervised_etcd_wiped_under_a_healthy_zk_leader_keeps_leader_and_term()
             s.health.reason.contains("mode record unreadable")
         })
         .await
-        .unwrap_or_else(|e| panic!("the leader did not notice etcd is down: {e};{}", c.describe()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "the leader did not notice etcd is down: {e};{}",
+                c.describe()
+            )
+        });
     c.etcd.wipe().expect("wipe etcd");
     let back = Instant::now();
     c.etcd.restart().await.expect("restart etcd empty");

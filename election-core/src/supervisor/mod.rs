@@ -261,8 +261,7 @@ fn failover_window_ok(
     x: Duration,
     t: Duration,
 ) -> bool {
-    let window = failover_after.saturating_sub(policy::takeover_delay(x, t));
-    failover_after >= policy::takeover_delay(x, t) + session_timeout.max(x * 2) && window >= x * 2
+    failover_after >= policy::takeover_delay(x, t) + session_timeout.max(x * 2)
 }
 
 /// Refuse a `failover_after` that does not leave a decision window of at least the session

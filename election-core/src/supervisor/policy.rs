@@ -3,14 +3,15 @@
 //!
 //! While it takes part (joined), its latest read of the mode record confirmed the mode it
 //! follows, and no write of its own is pending, the supervisor asks its policy on every
-//! change it observes and at least once per check interval, handing it a [`View`] of what
-//! this node knows. The policy answers with a
+//! change it observes, at the instant the policy names ([`Policy::wake_at`]) and at least
+//! once per check interval, handing it a [`View`] of what this node knows. The policy answers with a
 //! [`Decision`]; the supervisor carries it out only where the mechanism allows it:
 //!
 //! * [`Decision::FailOver`] is honoured in primary mode, from any participant that has
 //!   joined (the compare-and-swap on the mode record makes exactly one of them win);
 //! * [`Decision::FailBack`] is honoured in fallback mode only from the participant that
-//!   currently leads through the fallback layer ("the fallback leader decides failback").
+//!   currently leads through the fallback layer, or holds that layer's grant while not
+//!   publishing it (a lapsed mode lease, a renewal) — "the fallback leader decides failback".
 //!
 //! Safety (never two leaders) does not depend on the policy: any policy, even one that
 //! flips on every call, only costs availability. The default, [`DampedPolicy`], is
@@ -148,8 +149,8 @@ pub struct View<'a> {
     /// instant a primary leader could first have written one (when this participant first
     /// saw the current generation plus the takeover delay, or when it started).
     pub primary_leader_heard: Instant,
-    /// Whether this participant currently leads (only a fallback leader's
-    /// [`Decision::FailBack`] is honoured).
+    /// Whether this participant currently leads (only the fallback leader's — or the
+    /// fallback grant holder's — [`Decision::FailBack`] is honoured).
     pub leading: bool,
     /// The most recent mode changes this participant observed, oldest first (up to 32).
     pub changes: &'a [ModeChange],
