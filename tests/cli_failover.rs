@@ -242,3 +242,37 @@ async fn cli_supervised_leader_lands_within_failover_after_and_failback_after() 
     );
     fleet.stop_all().await;
 }
+
+/// A `--failover-after` that leaves no room for the session timeout and the takeover delay
+/// is refused before anything connects, in one line naming the minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_supervised_failover_after_too_short_is_refused_naming_the_minimum() {
+    let o = common::run_to_end(
+        &[
+            "campaign",
+            "--zk",
+            "127.0.0.1:1",
+            "--path",
+            "/x",
+            "--etcd",
+            "http://127.0.0.1:1",
+            "--prefix",
+            "/x",
+            "--id",
+            "a",
+            "--session-timeout",
+            "6s",
+            "--failover-after",
+            "6s",
+        ],
+        &[],
+    )
+    .await;
+    common::assert_refused(
+        "--failover-after 6s with --session-timeout 6s",
+        &o,
+        "raise failover_after to at least 6.1475s",
+        false,
+    );
+    assert!(!o.stderr.contains("lower check_interval"), "{}", o.stderr);
+}

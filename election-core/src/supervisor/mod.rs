@@ -271,6 +271,7 @@ fn check_failover_after(
     failover_after: Duration,
     check_interval: Duration,
     record_timeout: Duration,
+    derived: bool,
 ) -> Result<()> {
     if failover_window_ok(
         session_timeout,
@@ -292,10 +293,15 @@ fn check_failover_after(
             "2 x check_interval (a live primary leader writes its heartbeat every check_interval)",
         )
     };
+    let (x, tail) = if derived {
+        ("the shortest derived check_interval", "")
+    } else {
+        ("check_interval", " or lower check_interval")
+    };
     Err(Error::invalid_config(format!(
         "failover_after ({failover_after:?}) is too short: the failover is decided at failover_after minus the takeover delay \
-         ({g:?} with check_interval {check_interval:?}), and that decision window must be at least {why}, {floor:?}; \
-         raise failover_after to at least {:?} or lower check_interval",
+         ({g:?} with {x} {check_interval:?}), and that decision window must be at least {why}, {floor:?}; \
+         raise failover_after to at least {:?}{tail}",
         floor + g
     )))
 }
@@ -825,6 +831,7 @@ impl SupervisorBuilder {
             failover_after,
             check_interval,
             record_timeout,
+            self.check_interval.is_none(),
         )?;
         let failback_after = self.failback_after.unwrap_or(failover_after * 2);
         validate::duration(failback_after, "failback_after", None, None)?;
