@@ -725,6 +725,53 @@ async fn fallback_wipe_recreates_the_mode_record_with_a_higher_generation() {
     c.checker.assert_ok();
 }
 
+/// The fallback store goes down, is wiped and serves again (empty) under a healthy
+/// primary leader: it re-creates the mode record and keeps leading under its term all
+/// along (it could not read the record since its last confirmation, so the wipe hides
+/// nothing an unreadable record would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_wiped_during_an_outage_costs_the_primary_leader_nothing() {
+    let mut c = cluster(3, |b| b).await;
+    let (i, t0) = c.leader_through(Layer::Primary).await;
+    let timings = c.nodes[i].sup.timings();
+    c.fallback.set_available(false);
+    // Until the leader saw a read of the record fail.
+    c.nodes[i]
+        .sup
+        .wait_for_status(BOUND, |s| {
+            s.health.reason.contains("mode record unreadable")
+        })
+        .await
+        .unwrap();
+    c.fallback.wipe();
+    c.drain();
+    c.fallback.set_available(true);
+    let e = next_event(&mut c.nodes[i].events, "mode re-created", |e| {
+        matches!(e, SupervisorEvent::Mode { .. })
+    })
+    .await;
+    let SupervisorEvent::Mode { generation, .. } = &e else {
+        unreachable!()
+    };
+    assert!(*generation > t0.generation());
+    conformance::no_event(
+        &mut c.nodes[i].events,
+        timings.takeover_delay * 3,
+        "leadership change after the wipe",
+        |e| {
+            matches!(
+                e,
+                SupervisorEvent::LeadershipLost { .. } | SupervisorEvent::LeadershipGained { .. }
+            )
+        },
+    )
+    .await;
+    assert_eq!(c.leaders(), vec![(i, t0)], "same leader, same term");
+    assert_eq!(c.checker.grants(), 1, "{:?}", c.checker.events());
+    c.close().await;
+    c.checker.assert_ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_lease_steps_the_primary_leader_down_when_the_mode_cannot_be_confirmed() {
     let mut c = cluster(3, |b| b.strict_mode_lease(true)).await;
@@ -794,13 +841,15 @@ async fn repeated_failovers_grow_the_failback_delay() {
         .await;
         delays.push(up.elapsed());
     }
+    // The failback is written the takeover delay G before the primary leader acts.
+    let g = c.nodes[0].sup.timings().takeover_delay;
     assert!(
-        delays[0] >= FAILBACK && delays[0] < FAILBACK * 2,
+        delays[0] >= FAILBACK - g && delays[0] < FAILBACK * 2,
         "first failback after {:?}",
         delays[0]
     );
     assert!(
-        delays[1] >= FAILBACK * 2,
+        delays[1] >= FAILBACK * 2 - g,
         "second failback after only {:?}: not grown",
         delays[1]
     );
@@ -1024,22 +1073,92 @@ fn err(b: SupervisorBuilder) -> String {
 }
 
 #[tokio::test]
-async fn failover_after_shorter_than_the_primary_session_timeout_is_refused_with_the_reason() {
+async fn failover_after_without_room_for_the_session_timeout_and_the_takeover_delay_is_refused_naming_the_minimum(
+) {
     let (p, f) = (
         MemoryStore::with_session_timeout(Duration::from_secs(2)),
         MemoryStore::new(),
     );
+    // check_interval 40 ms: takeover delay G = 120 ms; the decision window (failover_after
+    // minus G) must be at least the session timeout.
+    for short in [Duration::from_secs(1), Duration::from_secs(2)] {
+        let (b, _, _) = base(&p, &f, "a");
+        let msg = err(b.failover_after(short));
+        assert!(msg.contains("session timeout"), "{msg}");
+        assert!(msg.contains("takeover delay (120ms"), "{msg}");
+        assert!(
+            msg.contains("raise failover_after to at least 2.12s"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
     let (b, _, _) = base(&p, &f, "a");
-    let msg = err(b.failover_after(Duration::from_secs(1)));
-    assert!(
-        msg.contains("shorter than the primary's session timeout (2s)"),
-        "{msg}"
+    let sup = b
+        .failover_after(Duration::from_millis(2120))
+        .build()
+        .expect("the minimum is fine");
+    let t = sup.timings();
+    assert_eq!(t.failover_decision, Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn an_unset_check_interval_shrinks_so_that_failover_after_fits_the_takeover_delay() {
+    let (p, f) = (
+        MemoryStore::with_session_timeout(Duration::from_secs(2)),
+        MemoryStore::new(),
     );
-    assert!(msg.contains("raise failover_after to at least 2s"), "{msg}");
-    let (b, _, _) = base(&p, &f, "a");
+    let build = |failover: Duration, x: Option<Duration>| {
+        let b = Supervisor::builder()
+            .primary(Arc::new(p.election("a").unwrap()))
+            .fallback(Arc::new(f.election("a").unwrap()))
+            .mode_record(Arc::new(f.record("mode")))
+            .heartbeat_record(Arc::new(f.record("mode.heartbeat")))
+            .primary_session_timeout(p.session_timeout())
+            .failover_after(failover);
+        match x {
+            Some(x) => b.check_interval(x),
+            None => b,
+        }
+        .build()
+    };
+    // The CLI's `--session-timeout 2s --failover-after 3s`: check_interval 360 ms, G = 1 s,
+    // decided after 2 s (the session timeout).
+    let t = build(Duration::from_secs(3), None).unwrap().timings();
+    assert_eq!(
+        (t.check_interval, t.takeover_delay, t.failover_decision),
+        (
+            Duration::from_millis(360),
+            Duration::from_secs(1),
+            Duration::from_secs(2)
+        )
+    );
+    // Enough room: the default 1 s.
+    let t = build(Duration::from_secs(12), None).unwrap().timings();
+    assert_eq!(t.check_interval, Duration::from_secs(1));
+    // Set by hand, it is kept, and a failover_after too short for it is refused.
+    let e = build(Duration::from_secs(3), Some(Duration::from_secs(1))).unwrap_err();
     assert!(
-        b.failover_after(Duration::from_secs(2)).build().is_ok(),
-        "equal is fine"
+        e.to_string()
+            .contains("raise failover_after to at least 4.76s"),
+        "{e}"
+    );
+    // No room even at the smallest derived interval (50 ms, G = 147.5 ms).
+    let e = build(Duration::from_millis(2100), None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("raise failover_after to at least 2.1475s"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn failback_after_shorter_than_the_takeover_delay_is_refused_naming_the_minimum() {
+    let (p, f) = stores();
+    let (b, _, _) = base(&p, &f, "a");
+    let msg = err(b.failback_after(Duration::from_millis(100)));
+    assert!(
+        msg.contains("raise failback_after to at least 120ms"),
+        "{msg}"
     );
 }
 

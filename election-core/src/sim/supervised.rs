@@ -105,6 +105,26 @@ impl Faults {
     };
 }
 
+/// A fault placed by hand, for directed scenarios (virtual µs; store 0 is the primary,
+/// 1 the fallback store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scripted {
+    /// A store down for everyone from `start` to `end`.
+    Outage {
+        /// Which store.
+        store: usize,
+        /// From.
+        start: Vt,
+        /// Until.
+        end: Vt,
+    },
+    /// The fallback store wiped at `at` (both records lost, revisions restart).
+    Wipe {
+        /// When.
+        at: Vt,
+    },
+}
+
 /// One simulated cluster's configuration.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -118,6 +138,9 @@ pub struct SimConfig {
     pub bugs: Bugs,
     /// Record a readable trace (slower; used to replay a failing seed).
     pub trace: bool,
+    /// Faults placed by hand instead of the seed's schedule (the seed still decides every
+    /// delay and clock rate).
+    pub script: Option<Vec<Scripted>>,
 }
 
 impl Default for SimConfig {
@@ -128,6 +151,7 @@ impl Default for SimConfig {
             faults: Faults::ALL,
             bugs: Bugs::default(),
             trace: false,
+            script: None,
         }
     }
 }
@@ -149,6 +173,8 @@ pub struct Outcome {
     pub failbacks: usize,
     /// The trace (when asked for).
     pub trace: Vec<String>,
+    /// Every leadership published: (participant, term, from, until; None: still leading).
+    pub leaderships: Vec<(usize, Term, Vt, Option<Vt>)>,
 }
 
 impl Outcome {
@@ -335,6 +361,11 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Outcome {
         events: sim.events,
         failovers: sim.failovers,
         failbacks: sim.failbacks,
+        leaderships: if cfg.script.is_some() {
+            sim.timeline.leaderships()
+        } else {
+            Vec::new()
+        },
         trace: sim.trace,
     }
 }
@@ -477,7 +508,24 @@ impl<'a> Sim<'a> {
                 joined: true,
             });
         }
-        sim.faults = gen_faults(&mut rng, cfg);
+        sim.faults = match &cfg.script {
+            Some(script) => script
+                .iter()
+                .map(|s| match *s {
+                    Scripted::Outage { store, start, end } => Fault {
+                        kind: FaultKind::Outage { store },
+                        start,
+                        end,
+                    },
+                    Scripted::Wipe { at } => Fault {
+                        kind: FaultKind::Wipe,
+                        start: at,
+                        end: at,
+                    },
+                })
+                .collect(),
+            None => gen_faults(&mut rng, cfg),
+        };
         sim.rng = rng;
         for (i, f) in sim.faults.clone().iter().enumerate() {
             sim.q.at(f.start, Ev::FaultStart(i));

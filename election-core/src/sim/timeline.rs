@@ -121,6 +121,14 @@ impl Timeline {
         self.publish(who, at, None);
     }
 
+    /// Every leadership published so far: (participant, term, from, until; None: open).
+    pub fn leaderships(&self) -> Vec<(usize, Term, Vt, Option<Vt>)> {
+        self.intervals
+            .iter()
+            .map(|i| (i.who, i.term, i.start, i.end))
+            .collect()
+    }
+
     /// Whether `who` leads (published) at `at`.
     pub fn leader_at(&self, at: Vt) -> Option<(usize, Term)> {
         self.intervals

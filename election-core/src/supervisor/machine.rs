@@ -44,6 +44,9 @@ pub struct Bugs {
     /// unhealthy here since its last confirmation (the behaviour before the simulation
     /// found seed 203).
     pub primary_grant_unconfirmed: bool,
+    /// Never keep leading across a renewal of the record for the own layer (the behaviour
+    /// before it: step down, renew, wait the takeover delay).
+    pub no_carry: bool,
 }
 
 /// What the executor reports to the supervisor machine.
@@ -215,6 +218,14 @@ pub(crate) struct SupervisorMachine {
     /// knew is in doubt, so it does not lead until a read of the mode record sent after
     /// this instant confirms the mode.
     resumed_at: Option<Instant>,
+    /// Send instant of the latest read of the mode record that failed.
+    read_failed_sent: Option<Instant>,
+    /// The supervisor term (with its older generation) this participant keeps leading
+    /// under while the record is re-created or renewed for its own layer (see
+    /// [`SupervisorMachine::may_carry`]).
+    carried: Option<Term>,
+    /// When the policy's answer changes if nothing else does (a deadline).
+    policy_wake: Option<Instant>,
 }
 
 impl std::fmt::Debug for SupervisorMachine {
@@ -280,6 +291,9 @@ impl SupervisorMachine {
             deadline: None,
             lead_started: None,
             resumed_at: None,
+            read_failed_sent: None,
+            carried: None,
+            policy_wake: None,
         }
     }
 
@@ -400,6 +414,7 @@ impl SupervisorMachine {
 
         // Decide on a write to the mode record (only participants that take part write).
         let mut start: Option<Change> = None;
+        self.policy_wake = None;
         if self.wants && self.change.is_none() {
             match self.read.clone() {
                 ReadState::Absent => {
@@ -494,8 +509,14 @@ impl SupervisorMachine {
         if let Some(c) = start {
             fx.push(Effect::Cas(c));
         }
+        // Decisions are taken at their deadline (the policy names it), not at the next
+        // check interval.
         let fallback_wake = now + t.check_interval;
-        self.deadline = Some(role_wake.map_or(fallback_wake, |w| w.min(fallback_wake)));
+        let wake = [role_wake, self.policy_wake]
+            .into_iter()
+            .flatten()
+            .fold(fallback_wake, Instant::min);
+        self.deadline = Some(wake);
     }
 
     fn ask_policy(&mut self, now: Instant) -> Option<Change> {
@@ -522,14 +543,27 @@ impl SupervisorMachine {
             changes: &self.changes,
             names: [&self.names[0], &self.names[1]],
         };
-        match self.policy.decide(&view) {
+        let decision = self.policy.decide(&view);
+        let wake = match decision {
+            Decision::Stay => self.policy.wake_at(&view).filter(|&w| w > now),
+            _ => None,
+        };
+        self.policy_wake = wake;
+        match decision {
             Decision::FailOver { reason } if mode.layer == Layer::Primary => Some(Change {
                 kind: ChangeKind::Failover,
                 to: Mode::new(Layer::Fallback, mode.generation.saturating_add(1)),
                 expected: Some(version),
                 reason: reason.into(),
             }),
-            Decision::FailBack { reason } if mode.layer == Layer::Fallback && leading => {
+            // The fallback leader decides failback; so may the holder of the fallback
+            // layer's grant that does not publish it right now (its mode lease lapsed on a
+            // slow read, or it waits out a renewal): nobody else leads through that layer
+            // while it holds the grant, and it publishes nothing before the write.
+            Decision::FailBack { reason }
+                if mode.layer == Layer::Fallback
+                    && (leading || self.layers[1].role.is_leader()) =>
+            {
                 Some(Change {
                     kind: ChangeKind::Failback,
                     to: Mode::new(Layer::Primary, mode.generation.saturating_add(1)),
@@ -601,17 +635,7 @@ impl SupervisorMachine {
                 None,
             ));
         }
-        if let Some(r) = self.resumed_at.filter(|_| !self.bugs.ignore_pauses) {
-            // Our layers' statuses are as stale as our mode: give them one store round trip
-            // (record_timeout) to report a session lost during the pause, and re-read.
-            let settled = r + t.record_timeout;
-            if now < settled || self.confirmed_sent.is_none_or(|c| c < r) {
-                return Err((
-                    "this participant ran late (paused?); not leading until its layers had a round trip to report and a read of the mode record sent since confirms the mode".into(),
-                    (now < settled).then_some(settled),
-                ));
-            }
-        }
+        self.pause_gate(now)?;
         let ready = self.mode_since + t.takeover_delay;
         if now < ready && !self.bugs.skip_takeover_wait {
             return Err((
@@ -657,6 +681,60 @@ impl SupervisorMachine {
         Ok(None)
     }
 
+    /// After a detected pause: not leading until the layers had a round trip to report and
+    /// a read sent since the resume confirms the mode.
+    fn pause_gate(&self, now: Instant) -> Result<(), (String, Option<Instant>)> {
+        if let Some(r) = self.resumed_at.filter(|_| !self.bugs.ignore_pauses) {
+            // Our layers' statuses are as stale as our mode: give them one store round trip
+            // (record_timeout) to report a session lost during the pause, and re-read.
+            let settled = r + self.timings.record_timeout;
+            if now < settled || self.confirmed_sent.is_none_or(|c| c < r) {
+                return Err((
+                    "this participant ran late (paused?); not leading until its layers had a round trip to report and a read of the mode record sent since confirms the mode".into(),
+                    (now < settled).then_some(settled),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this participant, leading through the primary, may keep leading under its
+    /// term while the record, which it could not read since its last confirmation, now
+    /// shows `found` (absent, or the primary layer under another generation) and is
+    /// re-created or renewed. Default mode only; the argument is in the module docs
+    /// (point 6): whatever this read hides, the failed reads before it would have hidden
+    /// too, and the default mode keeps such a leader leading on an unreadable record;
+    /// leaders under the renewed generation lead through the same layer (its guarantee
+    /// excludes them while this grant lasts) with higher terms.
+    fn may_carry(&self, found: Option<Mode>, now: Instant) -> bool {
+        if self.strict || self.bugs.no_carry || self.in_doubt() || self.pause_gate(now).is_err() {
+            return false;
+        }
+        if found.is_some_and(|m| m.layer != Layer::Primary) {
+            return false;
+        }
+        let (Some(mode), Some((pt, Layer::Primary))) = (self.mode, self.published_term) else {
+            return false;
+        };
+        let Role::Leader { term } = &self.layers[0].role else {
+            return false;
+        };
+        let unreadable = self
+            .read_failed_sent
+            .is_some_and(|f| self.confirmed_sent.is_none_or(|c| f > c));
+        let established = self
+            .lead_started
+            .is_some_and(|s| self.confirmed_sent.is_some_and(|c| c >= s));
+        let steady = self.track[0]
+            .healthy_since
+            .is_some_and(|h| self.confirmed_sent.is_some_and(|c| h <= c));
+        mode.layer == Layer::Primary
+            && pt.generation() == mode.generation
+            && term.with_generation(mode.generation) == pt
+            && unreadable
+            && (established || steady)
+    }
+
     fn role_of(&self, now: Instant) -> (Role, String, Option<Instant>) {
         if !self.wants {
             return (Role::Idle, self.idle_reason.to_string(), None);
@@ -679,6 +757,21 @@ impl SupervisorMachine {
         let layer = mode.layer;
         let s = &self.layers[layer.index()];
         let name = self.name(layer);
+        if let (Some(c), Role::Leader { term }) = (self.carried, &s.role) {
+            if layer == Layer::Primary
+                && term.with_generation(c.generation()) == c
+                && self.pause_gate(now).is_ok()
+            {
+                return (
+                    Role::Leader { term: c },
+                    format!(
+                        "leading through {name} under generation {} while the mode record is renewed for {name} ({mode})",
+                        c.generation()
+                    ),
+                    None,
+                );
+            }
+        }
         match &s.role {
             Role::Leader { term } => match self.gate(mode, *term, now) {
                 Ok(lease_end) => (
@@ -813,6 +906,9 @@ impl SupervisorMachine {
             self.highest_published = Some(self.highest_published.map_or(t, |h| h.max(t)));
         }
         if term != self.published_term {
+            if self.carried.is_some() && term.map(|(t, _)| t) != self.carried {
+                self.carried = None;
+            }
             if let Some((t, l)) = self.published_term {
                 fx.push(Effect::Event(SupervisorEvent::LeadershipLost {
                     layer: self.layer_ref(l),
@@ -853,6 +949,7 @@ impl SupervisorMachine {
                     tracing::warn!(error = %e, mode = ?self.mode, "cannot read the mode record; keeping the last mode seen");
                 }
                 self.read = ReadState::Failed(e.to_string().into());
+                self.read_failed_sent = Some(self.read_failed_sent.map_or(sent, |f| f.max(sent)));
                 return;
             }
             Ok(v) => v,
@@ -877,6 +974,10 @@ impl SupervisorMachine {
         // (Swapped: we made the change; Conflict: someone else wrote the same value first).
         if found.is_some() && self.change.as_ref().map(|c| c.to) == found {
             return;
+        }
+        if found != self.mode && self.carried.is_none() && self.may_carry(found, received) {
+            self.carried = self.published_term.map(|(t, _)| t);
+            tracing::info!(?found, term = ?self.carried, "the mode record was lost or renewed for this leader's own layer while it could not read it; leading on under its term while it is renewed");
         }
         let Some(found) = found else {
             self.read = ReadState::Absent;
@@ -966,6 +1067,9 @@ impl SupervisorMachine {
     /// Follow `mode` from now on, emitting the corresponding event.
     fn adopt(&mut self, mode: Mode, at: Instant, initiated: Option<&Change>, fx: &mut Vec<Effect>) {
         let from = self.mode;
+        if mode.layer != Layer::Primary {
+            self.carried = None;
+        }
         self.mode = Some(mode);
         self.mode_since = at;
         self.mode_learned = at;
@@ -1131,7 +1235,12 @@ mod tests {
 
         /// A read of the mode record showing primary/5, sent 5 ms before `ms`.
         fn confirm(&mut self, ms: u64) -> Vec<Effect> {
-            self.read(ms - 5, ms, mode_value(Mode::new(Layer::Primary, 5), 1))
+            self.confirm_mode(ms, Mode::new(Layer::Primary, 5))
+        }
+
+        /// A read of the mode record showing `mode`, sent 5 ms before `ms`.
+        fn confirm_mode(&mut self, ms: u64, mode: Mode) -> Vec<Effect> {
+            self.read(ms - 5, ms, mode_value(mode, 1))
         }
 
         fn leading(&self) -> bool {
@@ -1376,6 +1485,110 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["publish-not-leader", "cas"]);
+    }
+
+    fn cas_kinds(fx: &[Effect]) -> Vec<ChangeKind> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Cas(c) => Some(c.kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_primary_leader_that_finds_the_record_gone_after_failed_reads_leads_on_while_it_recreates_it(
+    ) {
+        let mut f = Fixture::joined(false, leader(1));
+        f.confirm(300);
+        f.handle(400, Input::Tick);
+        let term = f.m.published_term.map(|(t, _)| t).expect("leading");
+        // The fallback store is down, then comes back wiped.
+        f.read(450, 500, Err(Error::timeout("read timed out")));
+        let fx = f.read(600, 605, Ok(None));
+        assert_eq!(cas_kinds(&fx), [ChangeKind::Create]);
+        assert_eq!(published_leader(&fx), Some(true), "{fx:?}");
+        let Some(Effect::Cas(change)) = fx.iter().find(|e| matches!(e, Effect::Cas(_))).cloned()
+        else {
+            unreachable!()
+        };
+        let to = change.to;
+        assert!(to.generation > 5 && to.layer == Layer::Primary);
+        let fx = f.handle(
+            610,
+            Input::Cas {
+                change,
+                result: Ok(CasOutcome::Swapped(1)),
+                sent: f.at(605),
+            },
+        );
+        assert_eq!(f.m.mode, Some(to));
+        assert_eq!(f.m.published_term.map(|(t, _)| t), Some(term), "same term");
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Beat(Some(b)) if b.generation == to.generation)),
+            "heartbeats under the new generation: {fx:?}"
+        );
+        // Reads of the renewed record, the takeover delay and beyond: still the same term.
+        for ms in (700..1500).step_by(100) {
+            f.read(ms - 5, ms, mode_value(to, 1));
+            assert_eq!(f.m.published_term.map(|(t, _)| t), Some(term));
+        }
+        // A new grant of the layer leads under the new generation.
+        f.layer(1500, Layer::Primary, Role::Suspended);
+        assert!(!f.leading());
+        f.layer(1600, Layer::Primary, leader(2));
+        f.confirm_mode(1650, to);
+        assert_eq!(
+            f.m.published_term.map(|(t, _)| t),
+            Some(Term::new(1, 2).with_generation(to.generation))
+        );
+    }
+
+    #[test]
+    fn a_primary_leader_that_finds_the_record_gone_right_after_reading_it_steps_down_and_waits() {
+        let mut f = Fixture::joined(false, leader(1));
+        f.confirm(300);
+        f.handle(400, Input::Tick);
+        assert!(f.leading());
+        // Its previous read succeeded: the wipe may have erased a failover it never saw.
+        let fx = f.read(495, 500, Ok(None));
+        assert_eq!(published_leader(&fx), Some(false));
+        assert_eq!(cas_kinds(&fx), [ChangeKind::Create]);
+    }
+
+    #[test]
+    fn a_strict_primary_leader_does_not_lead_on_across_a_wipe() {
+        let mut f = Fixture::joined(true, leader(1));
+        f.confirm(300);
+        f.handle(400, Input::Tick);
+        assert!(f.leading());
+        f.read(400, 450, Err(Error::timeout("read timed out")));
+        let fx = f.read(455, 460, Ok(None));
+        assert_eq!(published_leader(&fx), Some(false));
+    }
+
+    #[test]
+    fn a_failover_is_written_at_its_deadline_not_at_the_next_check() {
+        let mut f = Fixture::joined(false, Role::Follower { leader: None });
+        f.confirm(50);
+        f.layer(100, Layer::Primary, Role::Suspended);
+        f.confirm(110);
+        let t = f.m.timings;
+        // Silent since the mode was first seen + G at the latest, unhealthy since 100 ms.
+        let due =
+            (f.at(100) + t.failover_decision).max(f.at(1) + t.takeover_delay + t.failover_decision);
+        let mut written = None;
+        while written.is_none() {
+            let d = f.m.next_deadline().expect("a deadline");
+            assert!(d <= due, "no deadline past the decision");
+            f.fx.clear();
+            f.m.handle(d, Input::Tick, &mut f.fx);
+            if cas_kinds(&f.fx) == [ChangeKind::Failover] {
+                written = Some(d);
+            }
+        }
+        assert_eq!(written, Some(due));
     }
 
     #[test]

@@ -37,12 +37,20 @@
 //! orders after every term before it.
 //!
 //! * **Failover** is decided by any joined participant in primary mode whose [`Policy`]
-//!   says so; the default requires the primary to be unhealthy *here* for `failover_after`
-//!   AND no heartbeat from a primary leader for `failover_after` (the primary leader writes
-//!   one into a heartbeat record next to the mode record every `check_interval`), so one
-//!   participant cut off from the primary alone cannot move the cluster.
-//! * **Failback** is decided only by the participant leading through the fallback: it
-//!   publishes that it no longer leads, then swaps the record to `primary/g+1`.
+//!   says so; the default requires the primary to be unhealthy *here* for
+//!   `failover_after − G` AND no heartbeat from a primary leader for as long (the primary
+//!   leader writes one into a heartbeat record next to the mode record every
+//!   `check_interval`), so one participant cut off from the primary alone cannot move the
+//!   cluster. The new fallback leader waits the takeover delay G after seeing the change
+//!   (see below), so it acts `failover_after` after the primary went bad.
+//! * **Failback** is decided only by the participant holding the fallback layer's grant
+//!   (its leader, or its grant holder while its mode lease lapsed): it publishes that it no
+//!   longer leads, then swaps the record to `primary/g+1`; by default once the primary has
+//!   been healthy here for the failback delay minus G, so that the primary leader acts at
+//!   the failback delay.
+//! * **Decisions at their deadline**: the policy names the instant its answer would change
+//!   ([`Policy::wake_at`]) and the state machine is called exactly then, not at its next
+//!   `check_interval`.
 //! * **Stepping down**: every participant re-reads the record at least every
 //!   `check_interval` (and on every change it is told about). The moment a read shows any
 //!   other value than the mode it leads under — another layer, another generation, or no
@@ -80,6 +88,13 @@
 //! 3. A compare-and-swap whose outcome is unknown (timeout) closes the gate until a read
 //!    sent after it confirms the mode; stale reads (sent before the write that taught us
 //!    the current mode) are ignored.
+//!    *When* a new generation is written does not enter this argument: the guard counts
+//!    from the instant a participant first sees it, whatever policy wrote it and however
+//!    early. Writing the failover (and the failback) G ahead of `failover_after` (and of the
+//!    failback delay) therefore changes only availability: the decision window
+//!    `failover_after − G` is what a primary outage must outlast, and the builder keeps it
+//!    at least the primary session timeout (shorter outages keep the primary's leader) and
+//!    2 × X (a live primary leader's heartbeat is always seen within it).
 //! 4. *Terms only grow*: a participant never publishes a supervisor term twice. When its
 //!    layer hands back a grant it already held (leadership resumed after a short
 //!    suspension, or the gate closed and reopened), it first renews the generation
@@ -96,6 +111,22 @@
 //!    confirms the mode. It cannot know *that* it was paused before that first call, nor
 //!    whether its layer has noticed a lost session: until then a paused leader may still
 //!    publish `Leader` with a term lower than its successor's — the fencing case.
+//!
+//! 6. *A leader renewing the record for its own layer* (default mode only): a primary
+//!    leader whose reads of the record failed since its last confirmation, and that then
+//!    finds the record gone, regressed, or renewed to a newer *primary* generation h (the
+//!    fallback store was wiped and restarted, and someone — it or another — re-creates the
+//!    record), keeps leading under its published term (generation g) while the record is
+//!    re-created, on the same layer grant. Nothing it could miss this way was not already
+//!    missed by its failed reads: by 2. it would have led on through them, so any leader
+//!    under a generation between g and h (a failover erased by the wipe) is the excluded
+//!    case of a primary leader cut off from the fallback store while the others fail over.
+//!    Leaders under h lead through the same layer (its own guarantee excludes them while
+//!    this grant lasts) and their terms order after (g, ·); a later grant of the layer to
+//!    anyone leads under h after the guard, or under g with a higher layer term. When the
+//!    leader read the record successfully just before finding it gone, a failover it never
+//!    saw may have been erased with it: it steps down, re-creates the record and waits the
+//!    guard as for any new generation. With `strict_mode_lease` it always does.
 //!
 //! **Guaranteed** (one process, one clock; or several machines whose clock *rates* differ by
 //! less than 10 % and whose scheduling delays stay below G − (X + T)):
@@ -184,6 +215,96 @@ use machine::{Config, Input, SupervisorMachine};
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Default [`SupervisorBuilder::event_capacity`].
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
+/// The smallest `check_interval` the builder derives on its own: below it the takeover
+/// delay hardly shrinks and the records would be read very often.
+pub const MIN_DERIVED_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The default `check_interval`: [`DEFAULT_CHECK_INTERVAL`], or shorter (whole ms, at least
+/// [`MIN_DERIVED_CHECK_INTERVAL`]) so that `failover_after` fits a decision window of at
+/// least the session timeout and 2 × `check_interval`, plus the takeover delay.
+fn fitting_check_interval(
+    session_timeout: Duration,
+    failover_after: Duration,
+    record_timeout: Option<Duration>,
+) -> Duration {
+    let fits = |x: Duration| {
+        let t = record_timeout.unwrap_or(x);
+        t <= x && failover_window_ok(session_timeout, failover_after, x, t)
+    };
+    if fits(DEFAULT_CHECK_INTERVAL) {
+        return DEFAULT_CHECK_INTERVAL;
+    }
+    // The window shrinks as check_interval grows: bisect on whole milliseconds.
+    let (mut lo, mut hi) = (
+        MIN_DERIVED_CHECK_INTERVAL.as_millis() as u64,
+        DEFAULT_CHECK_INTERVAL.as_millis() as u64,
+    );
+    if !fits(Duration::from_millis(lo)) {
+        return Duration::from_millis(lo); // refused below, with the minimum failover_after
+    }
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if fits(Duration::from_millis(mid)) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Duration::from_millis(lo)
+}
+
+/// Whether `failover_after − G` is at least the session timeout and 2 × `check_interval`.
+fn failover_window_ok(
+    session_timeout: Duration,
+    failover_after: Duration,
+    x: Duration,
+    t: Duration,
+) -> bool {
+    failover_after >= policy::takeover_delay(x, t) + session_timeout.max(x * 2)
+}
+
+/// Refuse a `failover_after` that does not leave a decision window of at least the session
+/// timeout and 2 × `check_interval` before the takeover delay.
+fn check_failover_after(
+    session_timeout: Duration,
+    failover_after: Duration,
+    check_interval: Duration,
+    record_timeout: Duration,
+    derived: bool,
+) -> Result<()> {
+    if failover_window_ok(
+        session_timeout,
+        failover_after,
+        check_interval,
+        record_timeout,
+    ) {
+        return Ok(());
+    }
+    let g = policy::takeover_delay(check_interval, record_timeout);
+    let (floor, why) = if session_timeout >= check_interval * 2 {
+        (
+            session_timeout,
+            "the primary's session timeout (shorter primary losses keep the leader, so failing over sooner moves the cluster for nothing)",
+        )
+    } else {
+        (
+            check_interval * 2,
+            "2 x check_interval (a live primary leader writes its heartbeat every check_interval)",
+        )
+    };
+    let (x, tail) = if derived {
+        ("the shortest derived check_interval", "")
+    } else {
+        ("check_interval", " or lower check_interval")
+    };
+    Err(Error::invalid_config(format!(
+        "failover_after ({failover_after:?}) is too short: the failover is decided at failover_after minus the takeover delay \
+         ({g:?} with {x} {check_interval:?}), and that decision window must be at least {why}, {floor:?}; \
+         raise failover_after to at least {:?}{tail}",
+        floor + g
+    )))
+}
 
 /// A dual-layer election: itself an [`Election`], built from a primary and a fallback
 /// `Election` and a mode record. See the [module documentation](self) for the mechanism,
@@ -530,16 +651,21 @@ impl SupervisorBuilder {
         self
     }
 
-    /// How long the primary must stay unhealthy (and no primary leader heard from) before
-    /// failing over. Default: 2 × the primary session timeout. At least the session timeout
-    /// and at least 2 × `check_interval`.
+    /// How long after the primary went bad (unhealthy here and no primary leader heard
+    /// from) the fallback leader acts. The failover is written at `failover_after` minus the
+    /// takeover delay ([`Timings::failover_decision`]), so that the fallback leader, waiting
+    /// the takeover delay after it, acts at `failover_after`. Default: 2 × the primary
+    /// session timeout. At least the session timeout plus the takeover delay, and at least
+    /// 2 × `check_interval` plus the takeover delay (refused otherwise, naming the minimum).
     pub fn failover_after(mut self, d: Duration) -> Self {
         self.failover_after = Some(d);
         self
     }
 
-    /// How long the primary must stay healthy again before failing back (the default policy
-    /// grows it after repeated failovers). Default: 2 × `failover_after`.
+    /// How long after the primary became healthy again (here, at the fallback leader) the
+    /// primary leader acts (the default policy grows it after repeated failovers); the
+    /// failback is written the takeover delay before. Default: 2 × `failover_after`; at least
+    /// the takeover delay.
     pub fn failback_after(mut self, d: Duration) -> Self {
         self.failback_after = Some(d);
         self
@@ -547,8 +673,11 @@ impl SupervisorBuilder {
 
     /// How often each participant re-reads the mode and heartbeat records (changes are also
     /// watched) and the primary leader writes its heartbeat. Default:
-    /// [`DEFAULT_CHECK_INTERVAL`] (1 s). Shorter means a shorter takeover delay after a mode
-    /// change (see [`Timings::takeover_delay`]) and more reads.
+    /// [`DEFAULT_CHECK_INTERVAL`] (1 s), or shorter when `failover_after` needs it: the
+    /// longest whole-ms interval (at least [`MIN_DERIVED_CHECK_INTERVAL`]) whose takeover
+    /// delay leaves a decision window of at least the session timeout. Shorter means a
+    /// shorter takeover delay after a mode change (see [`Timings::takeover_delay`]) and more
+    /// reads.
     pub fn check_interval(mut self, d: Duration) -> Self {
         self.check_interval = Some(d);
         self
@@ -680,34 +809,39 @@ impl SupervisorBuilder {
             )));
         }
         validate::duration(session_timeout, "primary_session_timeout", None, None)?;
-        let check_interval = self.check_interval.unwrap_or(DEFAULT_CHECK_INTERVAL);
+        let failover_after = self.failover_after.unwrap_or(session_timeout * 2);
+        validate::duration(failover_after, "failover_after", None, None)?;
+        if let Some(r) = self.record_timeout {
+            validate::duration(r, "record_timeout", None, None)?;
+        }
+        let check_interval = match self.check_interval {
+            Some(x) => x,
+            None => fitting_check_interval(session_timeout, failover_after, self.record_timeout),
+        };
         validate::duration(check_interval, "check_interval", None, None)?;
         let record_timeout = self.record_timeout.unwrap_or(check_interval);
-        validate::duration(record_timeout, "record_timeout", None, None)?;
         if record_timeout > check_interval {
             return Err(Error::invalid_config(format!(
                 "record_timeout ({record_timeout:?}) is longer than check_interval ({check_interval:?}); \
                  a read must finish before the next one is due: lower record_timeout to at most {check_interval:?}"
             )));
         }
-        let failover_after = self.failover_after.unwrap_or(session_timeout * 2);
-        validate::duration(failover_after, "failover_after", None, None)?;
-        if failover_after < session_timeout {
-            return Err(Error::invalid_config(format!(
-                "failover_after ({failover_after:?}) is shorter than the primary's session timeout ({session_timeout:?}): \
-                 the primary rides out connection losses shorter than its session timeout without losing its leader, \
-                 so failing over sooner would move the cluster for nothing; raise failover_after to at least {session_timeout:?}"
-            )));
-        }
-        if failover_after < check_interval * 2 {
-            return Err(Error::invalid_config(format!(
-                "failover_after ({failover_after:?}) is shorter than 2 x check_interval ({:?}): a primary leader writes its \
-                 heartbeat every check_interval, so a live leader could look silent; raise failover_after or lower check_interval",
-                check_interval * 2
-            )));
-        }
+        check_failover_after(
+            session_timeout,
+            failover_after,
+            check_interval,
+            record_timeout,
+            self.check_interval.is_none(),
+        )?;
         let failback_after = self.failback_after.unwrap_or(failover_after * 2);
         validate::duration(failback_after, "failback_after", None, None)?;
+        let g = policy::takeover_delay(check_interval, record_timeout);
+        if failback_after < g {
+            return Err(Error::invalid_config(format!(
+                "failback_after ({failback_after:?}) is shorter than the takeover delay ({g:?}) that the primary leader waits \
+                 after a failback is written; raise failback_after to at least {g:?}"
+            )));
+        }
         let names = self
             .names
             .unwrap_or_else(|| ("primary".to_owned(), "fallback".to_owned()));

@@ -3,14 +3,15 @@
 //!
 //! While it takes part (joined), its latest read of the mode record confirmed the mode it
 //! follows, and no write of its own is pending, the supervisor asks its policy on every
-//! change it observes and at least once per check interval, handing it a [`View`] of what
-//! this node knows. The policy answers with a
+//! change it observes, at the instant the policy names ([`Policy::wake_at`]) and at least
+//! once per check interval, handing it a [`View`] of what this node knows. The policy answers with a
 //! [`Decision`]; the supervisor carries it out only where the mechanism allows it:
 //!
 //! * [`Decision::FailOver`] is honoured in primary mode, from any participant that has
 //!   joined (the compare-and-swap on the mode record makes exactly one of them win);
 //! * [`Decision::FailBack`] is honoured in fallback mode only from the participant that
-//!   currently leads through the fallback layer ("the fallback leader decides failback").
+//!   currently leads through the fallback layer, or holds that layer's grant while not
+//!   publishing it (a lapsed mode lease, a renewal) — "the fallback leader decides failback".
 //!
 //! Safety (never two leaders) does not depend on the policy: any policy, even one that
 //! flips on every call, only costs availability. The default, [`DampedPolicy`], is
@@ -55,6 +56,18 @@ pub struct Timings {
     /// `check_interval + record_timeout` of the change) and one whose lease runs out; the
     /// extra 10 % + 10 ms allow for clock-rate differences and scheduling delay.
     pub takeover_delay: Duration,
+    /// `failover_after − G`: how long the primary must have been unhealthy (and no primary
+    /// leader heard from) when the failover is written, so that the fallback leader, which
+    /// waits `G` after seeing the new generation, acts `failover_after` after the primary
+    /// went bad. The builder refuses a `failover_after` that leaves this shorter than the
+    /// primary session timeout or than 2 × `check_interval`.
+    pub failover_decision: Duration,
+}
+
+/// The takeover delay `G` that `check_interval` and `record_timeout` give.
+pub(crate) fn takeover_delay(check_interval: Duration, record_timeout: Duration) -> Duration {
+    let mode_lease = check_interval + record_timeout + check_interval / 2;
+    mode_lease + mode_lease / 10 + Duration::from_millis(10)
 }
 
 impl Timings {
@@ -66,7 +79,7 @@ impl Timings {
         record_timeout: Duration,
     ) -> Timings {
         let mode_lease = check_interval + record_timeout + check_interval / 2;
-        let takeover_delay = mode_lease + mode_lease / 10 + Duration::from_millis(10);
+        let takeover_delay = takeover_delay(check_interval, record_timeout);
         Timings {
             primary_session_timeout,
             failover_after,
@@ -75,7 +88,14 @@ impl Timings {
             record_timeout,
             mode_lease,
             takeover_delay,
+            failover_decision: failover_after.saturating_sub(takeover_delay),
         }
+    }
+
+    /// When a mode change must be written for its new leader to act `delay` after the
+    /// condition began: `delay − G` (the new leader waits `G` after seeing the change).
+    pub fn decide_ahead(&self, delay: Duration) -> Duration {
+        delay.saturating_sub(self.takeover_delay)
     }
 }
 
@@ -129,8 +149,8 @@ pub struct View<'a> {
     /// instant a primary leader could first have written one (when this participant first
     /// saw the current generation plus the takeover delay, or when it started).
     pub primary_leader_heard: Instant,
-    /// Whether this participant currently leads (only a fallback leader's
-    /// [`Decision::FailBack`] is honoured).
+    /// Whether this participant currently leads (only the fallback leader's — or the
+    /// fallback grant holder's — [`Decision::FailBack`] is honoured).
     pub leading: bool,
     /// The most recent mode changes this participant observed, oldest first (up to 32).
     pub changes: &'a [ModeChange],
@@ -173,6 +193,15 @@ pub enum Decision {
 pub trait Policy: Send + fmt::Debug + 'static {
     /// Decide from what this participant knows.
     fn decide(&mut self, view: &View<'_>) -> Decision;
+
+    /// After [`decide`](Policy::decide) answered [`Decision::Stay`]: the instant at which the
+    /// answer would change if nothing else changed (e.g. when the primary will have been
+    /// unhealthy long enough). The supervisor asks again exactly then, instead of at its next
+    /// `check_interval`. Default: `None` (asked again within `check_interval`).
+    fn wake_at(&self, view: &View<'_>) -> Option<Instant> {
+        let _ = view;
+        None
+    }
 }
 
 /// Compile-time proof that [`Policy`] stays object safe.
@@ -183,14 +212,19 @@ fn _assert_object_safe(_: Box<dyn Policy>) {}
 /// sustained primary health; damp flapping.
 ///
 /// * **Fail over** when, in primary mode, all of these hold:
-///   the primary has been not `Healthy` here for `failover_after`; no primary leader has
-///   written a heartbeat for `failover_after` (so one participant cut off from the primary
-///   alone cannot move the cluster while a primary leader is alive); the fallback is
-///   `Healthy` here (never fail over into a sick layer); and the hold-down has passed.
+///   the primary has been not `Healthy` here for [`Timings::failover_decision`]
+///   (`failover_after − G`); no primary leader has written a heartbeat for that long (so one
+///   participant cut off from the primary alone cannot move the cluster while a primary
+///   leader is alive); the fallback is `Healthy` here (never fail over into a sick layer);
+///   and the hold-down has passed. The fallback leader waits the takeover delay `G` after
+///   the change, so it acts `failover_after` after the primary went bad.
 /// * **Fail back** when, in fallback mode (asked of the fallback leader only), the primary
-///   has been `Healthy` here for the *effective failback delay* and the hold-down has passed.
+///   has been `Healthy` here for the *effective failback delay* minus `G` and the hold-down
+///   has passed, so that the primary leader acts the effective failback delay after the
+///   primary became healthy here.
 /// * **Hold-down**: no change within `hold_down` (default: `failover_after`) of the last
-///   mode change this participant saw.
+///   change of layer this participant saw (renewals of the generation within a layer do not
+///   count).
 /// * **Growing failback delay**: effective delay = `failback_after × backoff^(n−1)`, where
 ///   `n` is the number of failovers seen within `flap_window` (default: 10 × `failback_after`),
 ///   capped at `max_failback_after` (default: 8 × `failback_after`). `backoff` defaults to 2.
@@ -256,15 +290,47 @@ impl DampedPolicy {
     }
 }
 
+/// The latest change of the layer (or the first mode seen): renewals of the generation
+/// within one layer are no flapping and do not start a hold-down.
+fn last_layer_change<'a>(v: &View<'a>) -> Option<&'a ModeChange> {
+    v.changes
+        .iter()
+        .rev()
+        .find(|c| c.from.is_none_or(|f| f.layer != c.to.layer))
+}
+
 fn ms(d: Duration) -> String {
     format!("{:?}", Duration::from_millis(d.as_millis() as u64))
 }
 
+impl DampedPolicy {
+    /// When the conditions that only need time to pass (hold-down, how long the primary has
+    /// been unhealthy or healthy, how long no primary leader was heard) will all hold.
+    fn ripe_at(&self, v: &View<'_>) -> Option<Instant> {
+        let t = v.timings;
+        let hold = self.hold_down.unwrap_or(t.failover_after);
+        let held = last_layer_change(v).map(|c| c.at + hold);
+        let due = match v.mode.layer {
+            Layer::Primary => {
+                let since = v.primary_unhealthy_since?;
+                let d = t.failover_decision;
+                (since + d).max(v.primary_leader_heard + d)
+            }
+            Layer::Fallback => v.primary_healthy_since? + t.decide_ahead(self.failback_delay(v)),
+        };
+        Some(held.map_or(due, |h| h.max(due)))
+    }
+}
+
 impl Policy for DampedPolicy {
+    fn wake_at(&self, v: &View<'_>) -> Option<Instant> {
+        self.ripe_at(v).filter(|&at| at > v.now)
+    }
+
     fn decide(&mut self, v: &View<'_>) -> Decision {
         let t = v.timings;
         let hold = self.hold_down.unwrap_or(t.failover_after);
-        if let Some(last) = v.changes.last() {
+        if let Some(last) = last_layer_change(v) {
             if v.now.saturating_duration_since(last.at) < hold {
                 return Decision::Stay;
             }
@@ -277,7 +343,8 @@ impl Policy for DampedPolicy {
                 };
                 let sick = v.now.saturating_duration_since(since);
                 let silent = v.primary_silent_for();
-                if sick < t.failover_after || silent < t.failover_after {
+                let need = t.failover_decision;
+                if sick < need || silent < need {
                     return Decision::Stay;
                 }
                 if v.fallback_healthy_since.is_none()
@@ -287,11 +354,13 @@ impl Policy for DampedPolicy {
                 }
                 Decision::FailOver {
                     reason: format!(
-                        "{p} not healthy here for {} ({}) and no {p} leader heartbeat for {} (failover_after {})",
+                        "{p} not healthy here for {} ({}) and no {p} leader heartbeat for {} \
+                         (decided at failover_after {} minus the takeover delay {})",
                         ms(sick),
                         v.primary.health.reason,
                         ms(silent),
-                        ms(t.failover_after)
+                        ms(t.failover_after),
+                        ms(t.takeover_delay)
                     ),
                 }
             }
@@ -301,14 +370,15 @@ impl Policy for DampedPolicy {
                 };
                 let healthy = v.now.saturating_duration_since(since);
                 let need = self.failback_delay(v);
-                if healthy < need {
+                if healthy < t.decide_ahead(need) {
                     return Decision::Stay;
                 }
                 Decision::FailBack {
                     reason: format!(
-                        "{p} healthy again for {} (failback delay {}{})",
+                        "{p} healthy again for {} (decided at the failback delay {} minus the takeover delay {}{})",
                         ms(healthy),
                         ms(need),
+                        ms(t.takeover_delay),
                         if need > t.failback_after {
                             ", grown by repeated failovers"
                         } else {
@@ -440,6 +510,37 @@ mod tests {
         c.p_healthy = Some(t0);
         c.primary = status(HealthLevel::Healthy);
         assert_eq!(c.decide(&mut p), Decision::Stay, "healthy primary");
+    }
+
+    #[test]
+    fn decisions_are_taken_a_takeover_delay_ahead_and_the_policy_names_that_instant() {
+        let t0 = Instant::now();
+        let t = timings();
+        let mut p = DampedPolicy::new();
+        let mut c = primary_down(t0);
+        let since = c.now - S;
+        c.p_sick = Some(since);
+        c.heard = since;
+        let due = since + t.failover_after - t.takeover_delay;
+        assert_eq!(t.failover_decision, t.failover_after - t.takeover_delay);
+        assert_eq!(p.wake_at(&c.view(&t)), Some(due));
+        c.now = due - Duration::from_millis(1);
+        assert_eq!(c.decide(&mut p), Decision::Stay);
+        c.now = due;
+        assert!(matches!(c.decide(&mut p), Decision::FailOver { .. }));
+        assert_eq!(p.wake_at(&c.view(&t)), None, "due now: nothing to wait for");
+        // A heartbeat heard later moves the instant.
+        let mut c = primary_down(t0);
+        c.p_sick = Some(c.now - 2 * S);
+        c.heard = c.now - S / 2;
+        assert_eq!(p.wake_at(&c.view(&t)), Some(c.heard + t.failover_decision));
+        // Failback: the effective delay minus G after the primary became healthy.
+        let mut c = on_fallback(t0, &[10]);
+        c.p_healthy = Some(c.now - S);
+        assert_eq!(
+            p.wake_at(&c.view(&t)),
+            Some(c.now - S + t.failback_after - t.takeover_delay)
+        );
     }
 
     #[test]

@@ -104,8 +104,10 @@ pub struct Common {
         allow_hyphen_values = true
     )]
     pub ttl: Option<String>,
-    /// Supervised mode: fail over to etcd after ZooKeeper stayed unhealthy this long
-    /// [default: 2 x session timeout].
+    /// Supervised mode: an etcd-layer leader acts this long after ZooKeeper went bad for
+    /// everyone (the failover is written one takeover delay earlier) [default: 2 x session
+    /// timeout; at least the session timeout plus the takeover delay, refused otherwise with
+    /// the minimum].
     #[arg(
         long,
         env = "SUCCESSION_FAILOVER_AFTER",
@@ -113,7 +115,8 @@ pub struct Common {
         allow_hyphen_values = true
     )]
     pub failover_after: Option<String>,
-    /// Supervised mode: fail back after ZooKeeper stayed healthy this long [default: 30s].
+    /// Supervised mode: a ZooKeeper-layer leader acts this long after ZooKeeper is healthy
+    /// again (the failback is written one takeover delay earlier) [default: 30s].
     #[arg(
         long,
         env = "SUCCESSION_FAILBACK_AFTER",
