@@ -122,8 +122,9 @@ impl ModeChange {
     }
 }
 
-/// What one participant knows when its policy is asked. All instants are
-/// `std::time::Instant`s of this participant (under tokio's paused clock, its virtual time) (never compared across machines).
+/// What one participant knows when its policy is asked. All instants are this
+/// participant's `std::time::Instant`s (virtual time under tokio's paused clock or in the
+/// simulation), never compared across machines.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct View<'a> {
@@ -467,7 +468,7 @@ mod tests {
 
     #[test]
     fn fails_over_only_when_sick_long_enough_and_no_leader_heartbeat_and_fallback_healthy() {
-        let t0 = Instant::now();
+        let t0 = crate::participant::virtual_origin();
         let mut p = DampedPolicy::new();
         let c = primary_down(t0);
         match c.decide(&mut p) {
@@ -514,7 +515,7 @@ mod tests {
 
     #[test]
     fn decisions_are_taken_a_takeover_delay_ahead_and_the_policy_names_that_instant() {
-        let t0 = Instant::now();
+        let t0 = crate::participant::virtual_origin();
         let t = timings();
         let mut p = DampedPolicy::new();
         let mut c = primary_down(t0);
@@ -545,7 +546,7 @@ mod tests {
 
     #[test]
     fn hold_down_blocks_changes_right_after_a_change() {
-        let t0 = Instant::now();
+        let t0 = crate::participant::virtual_origin();
         let mut c = primary_down(t0);
         c.changes = vec![ModeChange {
             from: Some(Mode::new(Layer::Fallback, 4)),
@@ -589,7 +590,7 @@ mod tests {
 
     #[test]
     fn failback_delay_grows_with_repeated_failovers_is_capped_and_decays() {
-        let t0 = Instant::now();
+        let t0 = crate::participant::virtual_origin();
         let p = DampedPolicy::new();
         let delay = |ago: &[u64]| {
             let c = on_fallback(t0, ago);
@@ -625,7 +626,7 @@ mod tests {
 
     #[test]
     fn fails_back_after_the_effective_delay_of_primary_health() {
-        let t0 = Instant::now();
+        let t0 = crate::participant::virtual_origin();
         let mut p = DampedPolicy::new();
         let mut c = on_fallback(t0, &[20, 10]);
         c.p_healthy = Some(c.now - 5 * S);
