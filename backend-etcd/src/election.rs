@@ -68,6 +68,10 @@ struct Inner {
     lease: StdMutex<Option<(i64, Duration, watch::Receiver<LeaseState>)>>,
     /// A permanent refusal met by the background task (e.g. permission denied), for `join`.
     refusal: Fatal,
+    /// The lease [`close`](Election::close) is revoking itself, with the outcome (None while
+    /// the request is in flight, then whether etcd confirmed it): the participation task
+    /// waits for that outcome instead of sending a second LeaseRevoke of the same lease.
+    closing_revoke: StdMutex<Option<(i64, watch::Receiver<Option<bool>>)>>,
 }
 
 struct Run {
@@ -113,6 +117,7 @@ impl EtcdElection {
                 closed: AtomicBool::new(false),
                 lease: StdMutex::new(None),
                 refusal: Fatal::new(),
+                closing_revoke: StdMutex::new(None),
             }),
             run: Mutex::new(None),
         })
@@ -252,14 +257,26 @@ impl Election for EtcdElection {
         self.inner.cell.close("closed");
         let lease = self.lease().map(|l| l.id);
         let conn = self.inner.conn.clone();
+        // One LeaseRevoke, not two: the task waits for this one's outcome (a second revoke
+        // of the same lease is another raft write that close() would wait for).
+        let (outcome, outcome_rx) = watch::channel(None);
+        if let Some(id) = lease {
+            *self
+                .inner
+                .closing_revoke
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((id, outcome_rx));
+        }
         let revoke_now = async move {
-            if let Some(id) = lease {
-                if let Ok(client) = conn.client().await {
-                    if let Err(e) = lease::revoke(&conn, &client, id).await {
-                        tracing::debug!(error = %e, "early revoke failed; the task retries");
-                    }
-                }
+            let Some(id) = lease else { return };
+            let revoked = match conn.client().await {
+                Ok(client) => lease::revoke(&conn, &client, id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &revoked {
+                tracing::debug!(error = %e, "early revoke failed; the task retries");
             }
+            let _ = outcome.send(Some(revoked.is_ok()));
         };
         let ((), res) = tokio::join!(revoke_now, self.stop(&mut run, "closed"));
         res
@@ -904,6 +921,27 @@ impl Task {
         Ok(())
     }
 
+    /// Whether `close()` revoked lease `id` itself (waiting for its answer, bounded by the
+    /// request timeout). False when it did not try, failed, or did not answer in time: the
+    /// caller then revokes on its own.
+    async fn closing_revoked(&self, id: i64) -> bool {
+        let pending = self
+            .inner
+            .closing_revoke
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((lease, mut rx)) = pending.filter(|(lease, _)| *lease == id) else {
+            return false;
+        };
+        debug_assert_eq!(lease, id);
+        let wait = async { rx.wait_for(Option::is_some).await.map(|o| *o == Some(true)) };
+        matches!(
+            tokio::time::timeout(self.config().request_timeout, wait).await,
+            Ok(Ok(true))
+        )
+    }
+
     /// After stop: revoke every lease that may exist, bounded in time. Orphans get one
     /// attempt each (they expire on their own); the current lease, which holds our key, is
     /// retried until it could have expired by itself, and a failure is reported.
@@ -926,6 +964,10 @@ impl Task {
         let deadline =
             (Instant::now() + self.config().request_timeout).max(l.state.borrow().expires);
         self.set_lease(None);
+        if self.closing_revoked(id).await {
+            tracing::debug!(lease = %format_args!("{id:x}"), "lease revoked by close()");
+            return Ok(());
+        }
         let mut backoff = Backoff::for_config(self.config());
         loop {
             let attempt = async {

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{close_all, config, joined, lease_ids, leftovers, raw_client};
+use common::{close_all, config, grpc_calls_handled, joined, lease_ids, leftovers, raw_client};
 use etcd_client::GetOptions;
 use succession_core::conformance::LeadershipChecker;
 use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
@@ -187,6 +187,36 @@ async fn close_leaves_no_key_and_no_lease_behind() {
         assert_eq!(e.status().borrow().role, Role::Closed);
         assert!(e.lease().is_none());
     }
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_leader_sends_one_lease_revoke_and_hands_over() {
+    // A server of its own: the count below must not see other tests' revokes.
+    let etcd = EtcdServer::start().await.unwrap();
+    let prefix = unique_path("one-revoke");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    let client = raw_client(&etcd.endpoint()).await;
+    let lease = es[0].lease().expect("the leader holds a lease").id;
+    let before = grpc_calls_handled(&etcd.endpoint(), "LeaseRevoke").await;
+    es[0].close().await.unwrap();
+    // close() returns once the lease is revoked: it is gone already, and exactly one
+    // LeaseRevoke reached etcd (the participation task does not send a second one).
+    assert!(
+        !lease_ids(&client).await.contains(&lease),
+        "lease {lease:x} still granted after close() returned"
+    );
+    let after = grpc_calls_handled(&etcd.endpoint(), "LeaseRevoke").await;
+    assert_eq!(
+        after - before,
+        1,
+        "LeaseRevoke calls handled during close()"
+    );
+    es[1].wait_for_leadership(BOUND).await.unwrap();
+    close_all(&es).await;
     checker.assert_ok();
 }
 
