@@ -1,6 +1,8 @@
 //! Behaviour of the etcd backend against real etcd: the Go-compatible layout, interop with
-//! the real `etcdctl elect` both ways, clean close (checked with the lease list API), close
-//! during a campaign, the compare-and-swap record, unreachable etcd and permission errors.
+//! the real `etcdctl elect` both ways, clean close (checked with the lease list API) with one
+//! LeaseRevoke, a handover without a second read (counted in etcd's `/metrics`) that still
+//! notices our key or the epoch record changing, close during a campaign, the
+//! compare-and-swap record, unreachable etcd and permission errors.
 
 mod common;
 
@@ -217,6 +219,110 @@ async fn closing_the_leader_sends_one_lease_revoke_and_hands_over() {
     );
     es[1].wait_for_leadership(BOUND).await.unwrap();
     close_all(&es).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_leads_on_the_leaders_deletion_without_reading_the_queue_again() {
+    // A server of its own: the counts below must not see other tests' requests.
+    let etcd = EtcdServer::start().await.unwrap();
+    let prefix = unique_path("no-reread");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    // `join` returned: the second one has read the queue (the first leads) and watches it.
+    assert!(matches!(
+        es[1].status().borrow().role,
+        Role::Follower { .. }
+    ));
+    let reads = |ep: String| async move {
+        grpc_calls_handled(&ep, "Txn").await + grpc_calls_handled(&ep, "Range").await
+    };
+    let before = reads(etcd.endpoint()).await;
+    es[0].close().await.unwrap();
+    let term = es[1].wait_for_leadership(BOUND).await.unwrap().term();
+    assert_eq!(
+        reads(etcd.endpoint()).await - before,
+        0,
+        "reads (Txn or Range) between the leader's close and the successor leading"
+    );
+    // The term is the one a read would have given: the epoch record and our create revision.
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let key = format!("{prefix}/{:x}", es[1].lease().expect("lease").id);
+    let kv = c.get(key, None).await.unwrap();
+    assert_eq!(term.sequence(), kv.kvs()[0].create_revision() as u64);
+    let epoch = c.get(prefix.clone(), None).await.unwrap();
+    assert_eq!(
+        term.epoch(),
+        epoch.kvs()[0].value_str().unwrap().parse::<u64>().unwrap()
+    );
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_whose_key_was_deleted_does_not_lead_when_the_leader_leaves() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("key-deleted");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    // Someone deletes the second one's key, and right after, the leader leaves: the second
+    // one must not take the leader's deletion as its turn (its own key went first); the
+    // third one, for which both keys ahead are now gone, leads.
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let key = format!("{prefix}/{:x}", es[1].lease().expect("lease").id);
+    let deleted = c.delete(key, None).await.unwrap();
+    assert_eq!(deleted.deleted(), 1, "the second participant's key existed");
+    es[0].close().await.unwrap();
+    es[2].wait_for_leadership(BOUND).await.unwrap();
+    // The second one campaigns again, behind the third.
+    let mut status = es[1].status();
+    let rejoined = status
+        .wait_for(|s| matches!(&s.role, Role::Follower { leader: Some(l) } if l == es[2].id()));
+    tokio::time::timeout(BOUND, rejoined)
+        .await
+        .expect("the second participant follows the third within the bound")
+        .unwrap();
+    close_all(&es[1..]).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_leads_with_the_new_epoch_when_the_epoch_record_was_replaced_while_it_waited() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("epoch-replaced");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    let first = es[0].wait_for_leadership(BOUND).await.unwrap().term();
+    // The epoch record is deleted while the second one waits; then the leader leaves. The
+    // successor must not lead with the epoch it read before: its term must match the store.
+    let mut c = raw_client(&etcd.endpoint()).await;
+    c.delete(prefix.clone(), None).await.unwrap();
+    es[0].close().await.unwrap();
+    let term = es[1].wait_for_leadership(BOUND).await.unwrap().term();
+    let epoch = c.get(prefix.clone(), None).await.unwrap();
+    let stored: u64 = epoch
+        .kvs()
+        .first()
+        .expect("the successor recreated the epoch record before leading")
+        .value_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        term.epoch(),
+        stored,
+        "the term carries the epoch record now in etcd"
+    );
+    assert!(
+        term.epoch() > first.epoch() && term > first,
+        "{first} then {term}"
+    );
+    close_all(&es[1..]).await;
     checker.assert_ok();
 }
 
