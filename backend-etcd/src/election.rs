@@ -742,7 +742,7 @@ impl Task {
     /// on our key or the epoch record, we lead at once, without reading again: see
     /// [`QueueWatch`] for why that is the same fact a fresh read would give.
     async fn queue(&mut self, client: &Client, my_rev: i64) -> Step<QueueExit> {
-        let (_, key) = self.our_key()?;
+        let (lease, key) = self.our_key()?;
         let range = self.inner.layout.range.clone();
         let epoch_key = self.inner.layout.epoch_key.clone();
         // When we saw the leader before us leave (for the handover metric).
@@ -785,7 +785,11 @@ impl Task {
                 .await?;
             let rev = header_revision(&resp);
             let gets = gets(&resp);
-            let mine = first_kv(&gets, 2).map(|kv| kv.create_revision());
+            // Our key: created at our campaign's revision AND under our lease (a revision alone
+            // could be reused after a wipe, which restarts revisions).
+            let mine = first_kv(&gets, 2)
+                .filter(|kv| kv.lease() == lease)
+                .map(|kv| kv.create_revision());
             if mine != Some(my_rev) {
                 let was_leader = self.cell().get().role.is_leader();
                 self.cell().set(

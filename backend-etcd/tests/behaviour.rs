@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{close_all, config, grpc_calls_handled, joined, lease_ids, leftovers, raw_client};
-use etcd_client::GetOptions;
+use etcd_client::{Compare, CompareOp, GetOptions, Txn};
 use succession_core::conformance::LeadershipChecker;
 use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
 use succession_etcd::{EtcdConfig, EtcdElection, EtcdRecord};
@@ -533,6 +533,77 @@ async fn record_compare_and_swap_detects_conflicts_and_changes() {
         EtcdRecord::new(&cfg, "relative").unwrap_err().kind(),
         ErrorKind::InvalidConfig
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_is_not_fooled_by_a_revision_reused_after_an_etcd_wipe() {
+    // A server of its own: it is wiped.
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let key = unique_path("wiped-record");
+    let cfg = config(&[etcd.endpoint()], "/unused", "rec", 3);
+    let rec = EtcdRecord::new(&cfg, &key).unwrap();
+    let watcher = EtcdRecord::new(&cfg, &key).unwrap();
+    let v = match rec
+        .compare_and_swap(None, b"primary/1".to_vec())
+        .await
+        .unwrap()
+    {
+        CasOutcome::Swapped(v) => v,
+        other => panic!("first write: {other:?}"),
+    };
+    let seen = watcher.read().await.unwrap().expect("the record exists");
+    assert_eq!((seen.version, &seen.value[..]), (v, &b"primary/1"[..]));
+
+    // Wipe: etcd counts revisions from 1 again. Someone writes a different record that lands
+    // on the very revision our handles know as version `v`.
+    etcd.stop().await.unwrap();
+    etcd.wipe().unwrap();
+    etcd.restart().await.unwrap();
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let mut rev = c.get("/", None).await.unwrap().header().unwrap().revision();
+    while rev + 1 < v as i64 {
+        let put = c.put(format!("{key}-filler"), "x", None).await.unwrap();
+        rev = put.header().unwrap().revision();
+    }
+    let put = c.put(key.clone(), "fallback/2", None).await.unwrap();
+    assert_eq!(
+        put.header().unwrap().revision(),
+        v as i64,
+        "the revision is reused"
+    );
+    // The old compare (mod revision only) would take the new record for the one we saw.
+    let only_rev = Txn::new().when(vec![Compare::mod_revision(
+        key.clone(),
+        CompareOp::Equal,
+        v as i64,
+    )]);
+    assert!(
+        c.txn(only_rev).await.unwrap().succeeded(),
+        "a compare of the mod revision alone matches the new record"
+    );
+
+    // Ours refuses the swap and reports the new record ...
+    match rec
+        .compare_and_swap(Some(v), b"primary/2".to_vec())
+        .await
+        .unwrap()
+    {
+        CasOutcome::Conflict(Some(now)) => assert_eq!(now.value, b"fallback/2"),
+        other => panic!("a swap against the pre-wipe version must conflict: {other:?}"),
+    }
+    let stored = c.get(key.clone(), None).await.unwrap();
+    assert_eq!(
+        stored.kvs()[0].value(),
+        b"fallback/2",
+        "nothing overwritten"
+    );
+    // ... and `changed` sees it at once.
+    let now = tokio::time::timeout(BOUND, watcher.changed(Some(v)))
+        .await
+        .expect("changed() returns at once for a different record at the same version")
+        .unwrap()
+        .expect("the record exists");
+    assert_eq!(now.value, b"fallback/2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
