@@ -1076,23 +1076,30 @@ enum Vacated {
 /// created from "now" BEFORE the queue is read, and on the (up to [`AHEAD_WATCHED`]) keys
 /// nearest ahead of ours, added after the read from the read's revision + 1.
 ///
-/// The read also counts the keys ahead of ours. Their set can only shrink (a key created
-/// later has a higher create revision), so once as many distinct watched keys were deleted
-/// as the count said, none is left: Go's `concurrency.Election` condition for leading. Why
-/// those deletions, seen here with nothing before them on the other two watchers, say what
-/// a read at the last deletion's revision would say about our key and the epoch record:
+/// The read also says how many keys are ahead of ours (exactly, when there are no more than
+/// we watch). That set can only shrink (a key created later has a higher create revision),
+/// so once that many distinct watched keys were deleted, none is left: Go's
+/// `concurrency.Election` condition for leading. Why those deletions, seen here with nothing
+/// before them on the other two watchers, say what a read at the last deletion's revision
+/// would say about our key and the epoch record:
 /// - etcd (3.4 `mvcc/watchable_store.go`) registers a watcher created without a start
-///   revision as *synced*, and sends the events of synced watchers of one stream through one
-///   FIFO channel, revision by revision, as each write is applied. A change of our key or
-///   the epoch record at a revision below the deletion is therefore queued before the
-///   deletion on this stream.
+///   revision as *synced*, and sends the events of the synced watchers of one stream through
+///   one FIFO channel, revision by revision, as each write is applied. A change of our key
+///   or the epoch record at a revision below a deletion is therefore queued before it.
 /// - The queue read is linearizable and issued after etcd acknowledged both watchers, so
 ///   every change after the read's revision is delivered here, and every change up to it is
 ///   in the read.
-/// - Only deliveries that are not live can reorder watchers of one stream (catch-up of a
-///   watcher created behind the store, a full channel, a member restoring a snapshot): the
-///   deletion is taken as confirmed only if its response is live (its header revision is the
-///   deletion's own revision and it carries that single event). Anything else re-reads.
+/// - A deletion is used only when delivered live (its response's header revision is the
+///   deletion's own revision and it carries that single event); catch-up deliveries, which
+///   can reorder watchers, re-read instead.
+///
+/// What this relies on beyond etcd's documented watch guarantees: that our key's and the
+/// epoch record's watchers stay synced while we wait. etcd moves a watcher out of the synced
+/// group only when its stream's channel is full (1024 responses in 3.4; this stream carries
+/// a handful) or when the member restores a snapshot from the raft leader (a member that
+/// fell far behind). Only if that coincides with someone else deleting our key or the
+/// epoch record in the same moments as the handover could we lead on a stale read; the
+/// watchers then report the change and we step down (our key) at the next message.
 ///
 /// A broken stream (etcd restarted or wiped) is an error: the caller backs off and re-reads.
 struct QueueWatch {
