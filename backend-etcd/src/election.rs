@@ -1082,10 +1082,11 @@ enum Vacated {
 /// `concurrency.Election` condition for leading. Why those deletions, seen here with nothing
 /// before them on the other two watchers, say what a read at the last deletion's revision
 /// would say about our key and the epoch record:
-/// - etcd (3.4 `mvcc/watchable_store.go`) registers a watcher created without a start
-///   revision as *synced*, and sends the events of the synced watchers of one stream through
-///   one FIFO channel, revision by revision, as each write is applied. A change of our key
-///   or the epoch record at a revision below a deletion is therefore queued before it.
+/// - etcd (3.4 `v3rpc/watch.go`, `mvcc/watchable_store.go`) starts a watcher created without
+///   a start revision at the store's revision + 1, which registers it as *synced*, and sends
+///   the events of the synced watchers of one stream through one FIFO channel, revision by
+///   revision, as each write is applied. A change of our key or the epoch record at a
+///   revision below a deletion is therefore queued before it.
 /// - The queue read is linearizable and issued after etcd acknowledged both watchers, so
 ///   every change after the read's revision is delivered here, and every change up to it is
 ///   in the read.
@@ -1094,12 +1095,14 @@ enum Vacated {
 ///   can reorder watchers, re-read instead.
 ///
 /// What this relies on beyond etcd's documented watch guarantees: that our key's and the
-/// epoch record's watchers stay synced while we wait. etcd moves a watcher out of the synced
-/// group only when its stream's channel is full (1024 responses in 3.4; this stream carries
-/// a handful) or when the member restores a snapshot from the raft leader (a member that
-/// fell far behind). Only if that coincides with someone else deleting our key or the
-/// epoch record in the same moments as the handover could we lead on a stale read; the
-/// watchers then report the change and we step down (our key) at the next message.
+/// epoch record's watchers are synced while we wait. etcd leaves or moves a watcher out of
+/// the synced group when a write is applied between its reading the store revision and
+/// registering the watcher (microseconds; etcd's sync loop catches it up within 100 ms),
+/// when the stream's channel is full (1024 responses in 3.4; this stream carries a handful),
+/// or when the member restores a snapshot from the raft leader (a member that fell far
+/// behind). Only if that coincides with someone else deleting our key or the epoch record
+/// during the handover could we lead on a stale view; the watcher then reports the change
+/// and we step down (our key) at its message.
 ///
 /// A broken stream (etcd restarted or wiped) is an error: the caller backs off and re-reads.
 struct QueueWatch {
