@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
 };
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
@@ -68,6 +68,10 @@ struct Inner {
     lease: StdMutex<Option<(i64, Duration, watch::Receiver<LeaseState>)>>,
     /// A permanent refusal met by the background task (e.g. permission denied), for `join`.
     refusal: Fatal,
+    /// The lease [`close`](Election::close) is revoking itself, with the outcome (None while
+    /// the request is in flight, then whether etcd confirmed it): the participation task
+    /// waits for that outcome instead of sending a second LeaseRevoke of the same lease.
+    closing_revoke: StdMutex<Option<(i64, watch::Receiver<Option<bool>>)>>,
 }
 
 struct Run {
@@ -113,6 +117,7 @@ impl EtcdElection {
                 closed: AtomicBool::new(false),
                 lease: StdMutex::new(None),
                 refusal: Fatal::new(),
+                closing_revoke: StdMutex::new(None),
             }),
             run: Mutex::new(None),
         })
@@ -252,14 +257,26 @@ impl Election for EtcdElection {
         self.inner.cell.close("closed");
         let lease = self.lease().map(|l| l.id);
         let conn = self.inner.conn.clone();
+        // One LeaseRevoke, not two: the task waits for this one's outcome (a second revoke
+        // of the same lease is another raft write that close() would wait for).
+        let (outcome, outcome_rx) = watch::channel(None);
+        if let Some(id) = lease {
+            *self
+                .inner
+                .closing_revoke
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((id, outcome_rx));
+        }
         let revoke_now = async move {
-            if let Some(id) = lease {
-                if let Ok(client) = conn.client().await {
-                    if let Err(e) = lease::revoke(&conn, &client, id).await {
-                        tracing::debug!(error = %e, "early revoke failed; the task retries");
-                    }
-                }
+            let Some(id) = lease else { return };
+            let revoked = match conn.client().await {
+                Ok(client) => lease::revoke(&conn, &client, id).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &revoked {
+                tracing::debug!(error = %e, "early revoke failed; the task retries");
             }
+            let _ = outcome.send(Some(revoked.is_ok()));
         };
         let ((), res) = tokio::join!(revoke_now, self.stop(&mut run, "closed"));
         res
@@ -718,12 +735,23 @@ impl Task {
     }
 
     /// Wait in the queue: lead while first, else watch the predecessor's deletion.
+    ///
+    /// Each round opens one watch stream on our key and the epoch record BEFORE reading the
+    /// queue, then reads it (one txn), then adds the predecessor to the same stream. When the
+    /// predecessor was the leader at that read and its deletion arrives with nothing before it
+    /// on our key or the epoch record, we lead at once, without reading again: see
+    /// [`QueueWatch`] for why that is the same fact a fresh read would give.
     async fn queue(&mut self, client: &Client, my_rev: i64) -> Step<QueueExit> {
-        let (_, key) = self.our_key()?;
+        let (lease, key) = self.our_key()?;
         let range = self.inner.layout.range.clone();
+        let epoch_key = self.inner.layout.epoch_key.clone();
         // When we saw the leader before us leave (for the handover metric).
         let mut vacated: Option<std::time::Instant> = None;
         loop {
+            let conn = self.inner.conn.clone();
+            let mut watch = self
+                .call(QueueWatch::open(conn, client, &key, &epoch_key))
+                .await?;
             let txn = Txn::new().and_then(vec![
                 // The leader: the first key by create revision.
                 TxnOp::get(
@@ -735,7 +763,8 @@ impl Task {
                             .with_limit(1),
                     ),
                 ),
-                // Our predecessor: the key with the greatest create revision below ours.
+                // Who is ahead of us: the keys with the greatest create revisions below ours
+                // (our predecessor first), and whether there are more.
                 TxnOp::get(
                     range.clone(),
                     Some(
@@ -743,11 +772,11 @@ impl Task {
                             .with_prefix()
                             .with_sort(SortTarget::Create, SortOrder::Descend)
                             .with_max_create_revision(my_rev - 1)
-                            .with_limit(1),
+                            .with_limit(AHEAD_WATCHED as i64),
                     ),
                 ),
                 TxnOp::get(key.clone(), None),
-                TxnOp::get(self.inner.layout.epoch_key.clone(), None),
+                TxnOp::get(epoch_key.clone(), None),
             ]);
             let mut c = client.clone();
             let conn = self.inner.conn.clone();
@@ -756,7 +785,11 @@ impl Task {
                 .await?;
             let rev = header_revision(&resp);
             let gets = gets(&resp);
-            let mine = first_kv(&gets, 2).map(|kv| kv.create_revision());
+            // Our key: created at our campaign's revision AND under our lease (a revision alone
+            // could be reused after a wipe, which restarts revisions).
+            let mine = first_kv(&gets, 2)
+                .filter(|kv| kv.lease() == lease)
+                .map(|kv| kv.create_revision());
             if mine != Some(my_rev) {
                 let was_leader = self.cell().get().role.is_leader();
                 self.cell().set(
@@ -775,50 +808,79 @@ impl Task {
             self.backoff.reset();
             // Progress: an earlier refusal (e.g. permission denied) no longer holds.
             self.inner.refusal.clear();
-            match first_kv(&gets, 1) {
-                None => {
-                    if !self.lease_safe() {
-                        return Err(Flow::Doubt);
+            let term = Term::new(epoch, my_rev as u64);
+            let ahead = gets.get(1).map(|g| g.kvs()).unwrap_or_default();
+            if ahead.is_empty() {
+                self.lead(term, vacated.take(), "first in the queue")?;
+            } else {
+                let first = first_kv(&gets, 0);
+                let leader = first.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                // How many keys were created before ours, at this read: exact when etcd says
+                // there are no more than it returned (its `count` ignores the create-revision
+                // filter), else "more than we watch". No key can be created before ours any
+                // more (revisions only grow; a wipe ends the watch stream).
+                let more = gets.get(1).is_some_and(|g| g.more());
+                let count = ahead.len() as i64 + i64::from(more);
+                let keys = ahead
+                    .iter()
+                    .map(|kv| {
+                        let leads = first.is_some_and(|f| f.key() == kv.key());
+                        (kv.key().to_vec(), leads)
+                    })
+                    .collect();
+                let conn = self.inner.conn.clone();
+                self.call(watch.add_ahead(&conn, keys, rev + 1)).await?;
+                self.cell().set(
+                    Role::Follower { leader },
+                    HealthLevel::Healthy,
+                    "waiting for the predecessor's key to be deleted",
+                );
+                match self.call(watch.ahead_gone(count)).await? {
+                    Vacated::Confirmed => {
+                        // Every key that was ahead of us is deleted, and our key and the epoch
+                        // record are as read (a change of either would have come first on
+                        // this stream): what a re-read would say.
+                        let at = std::time::Instant::now();
+                        self.lead(
+                            term,
+                            Some(at),
+                            "first in the queue (the keys ahead of ours were deleted)",
+                        )?;
                     }
-                    let term = Term::new(epoch, my_rev as u64);
-                    self.led_with_lease = true;
-                    // Recorded before publishing, so whoever sees `Leader` also sees it.
-                    if let Some(at) = vacated.take() {
-                        self.cell().metrics().handover(at);
+                    Vacated::Reread { leader_left } => {
+                        vacated = leader_left.then(std::time::Instant::now);
+                        continue;
                     }
-                    if self.cell().set(
-                        Role::Leader { term },
-                        HealthLevel::Healthy,
-                        "first in the queue",
-                    ) {
-                        tracing::info!(%term, "leading");
-                    }
-                    // Lead until our key is deleted (or the lease falls into doubt).
-                    let w = watch_delete(
-                        self.inner.conn.clone(),
-                        client.clone(),
-                        key.clone(),
-                        rev + 1,
-                    );
-                    self.call(w).await?;
-                }
-                Some(pred) => {
-                    let leader = first_kv(&gets, 0)
-                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                    let pred_key = pred.key().to_vec();
-                    let pred_leads = first_kv(&gets, 0).is_some_and(|kv| kv.key() == pred.key());
-                    self.cell().set(
-                        Role::Follower { leader },
-                        HealthLevel::Healthy,
-                        "waiting for the predecessor's key to be deleted",
-                    );
-                    let w =
-                        watch_delete(self.inner.conn.clone(), client.clone(), pred_key, rev + 1);
-                    self.call(w).await?;
-                    vacated = pred_leads.then(std::time::Instant::now);
                 }
             }
+            // Lead until our key is deleted (or the lease falls into doubt).
+            self.call(watch.own_key_deleted()).await?;
         }
+    }
+
+    /// Publish `Leader` with `term` (after checking the lease), recording a handover that
+    /// started at `vacated` (when we saw the leader before us leave).
+    fn lead(
+        &mut self,
+        term: Term,
+        vacated: Option<std::time::Instant>,
+        reason: &'static str,
+    ) -> Step<()> {
+        if !self.lease_safe() {
+            return Err(Flow::Doubt);
+        }
+        self.led_with_lease = true;
+        // Recorded before publishing, so whoever sees `Leader` also sees it.
+        if let Some(at) = vacated {
+            self.cell().metrics().handover(at);
+        }
+        if self
+            .cell()
+            .set(Role::Leader { term }, HealthLevel::Healthy, reason)
+        {
+            tracing::info!(%term, "leading");
+        }
+        Ok(())
     }
 
     /// The lease is in doubt: step down (Suspended) and wait until renewals are answered
@@ -904,6 +966,27 @@ impl Task {
         Ok(())
     }
 
+    /// Whether `close()` revoked lease `id` itself (waiting for its answer, bounded by the
+    /// request timeout). False when it did not try, failed, or did not answer in time: the
+    /// caller then revokes on its own.
+    async fn closing_revoked(&self, id: i64) -> bool {
+        let pending = self
+            .inner
+            .closing_revoke
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((lease, mut rx)) = pending.filter(|(lease, _)| *lease == id) else {
+            return false;
+        };
+        debug_assert_eq!(lease, id);
+        let wait = async { rx.wait_for(Option::is_some).await.map(|o| *o == Some(true)) };
+        matches!(
+            tokio::time::timeout(self.config().request_timeout, wait).await,
+            Ok(Ok(true))
+        )
+    }
+
     /// After stop: revoke every lease that may exist, bounded in time. Orphans get one
     /// attempt each (they expire on their own); the current lease, which holds our key, is
     /// retried until it could have expired by itself, and a failure is reported.
@@ -926,6 +1009,10 @@ impl Task {
         let deadline =
             (Instant::now() + self.config().request_timeout).max(l.state.borrow().expires);
         self.set_lease(None);
+        if self.closing_revoked(id).await {
+            tracing::debug!(lease = %format_args!("{id:x}"), "lease revoked by close()");
+            return Ok(());
+        }
         let mut backoff = Backoff::for_config(self.config());
         loop {
             let attempt = async {
@@ -956,50 +1043,255 @@ impl Task {
     }
 }
 
-/// Watch `key` from revision `from` until it is deleted (Ok), or until etcd cancels the
-/// watch (Ok: the caller re-reads; e.g. the revision was compacted). A broken stream is an
-/// error (the caller backs off and re-reads).
-async fn watch_delete(
-    conn: Arc<Connection>,
-    client: Client,
-    key: impl Into<Vec<u8>>,
-    from: i64,
-) -> Result<()> {
-    let mut c = client;
-    let mut stream = conn
-        .request(
-            "watch a key",
-            c.watch(key, Some(WatchOptions::new().with_start_revision(from))),
+/// How many of the keys ahead of ours (nearest first) a participant watches. Each key is
+/// then watched by at most this many participants, so a deletion wakes at most this many;
+/// with two, the participant second in line already knows, when the leader leaves, that only
+/// its predecessor is left, and leads without a read when that one leaves too.
+const AHEAD_WATCHED: usize = 2;
+
+/// Which key a watcher of a [`QueueWatch`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    Own,
+    Epoch,
+    /// A key ahead of ours; `leads`: it was the first key at the read; `gone`: deleted.
+    Ahead {
+        leads: bool,
+        gone: bool,
+    },
+}
+
+/// How a wait for the keys ahead of ours ended.
+enum Vacated {
+    /// Every key that was ahead of ours at the read is deleted, each deletion delivered
+    /// live, with no change of our key or the epoch record before it.
+    Confirmed,
+    /// Something else happened (our key or the epoch record changed, a watcher was
+    /// cancelled, a deletion came in a catch-up batch, or keys we do not watch may still be
+    /// ahead): read the queue again. `leader_left`: the key that led at the read was deleted.
+    Reread { leader_left: bool },
+}
+
+/// One watch stream of one round in the queue: watchers on our key and the epoch record,
+/// created from "now" BEFORE the queue is read, and on the (up to [`AHEAD_WATCHED`]) keys
+/// nearest ahead of ours, added after the read from the read's revision + 1.
+///
+/// The read also says how many keys are ahead of ours (exactly, when there are no more than
+/// we watch). That set can only shrink (a key created later has a higher create revision),
+/// so once that many distinct watched keys were deleted, none is left: Go's
+/// `concurrency.Election` condition for leading. Why those deletions, seen here with nothing
+/// before them on the other two watchers, say what a read at the last deletion's revision
+/// would say about our key and the epoch record:
+/// - etcd (3.4 `v3rpc/watch.go`, `mvcc/watchable_store.go`) starts a watcher created without
+///   a start revision at the store's revision + 1, which registers it as *synced*, and sends
+///   the events of the synced watchers of one stream through one FIFO channel, revision by
+///   revision, as each write is applied. A change of our key or the epoch record at a
+///   revision below a deletion is therefore queued before it.
+/// - The queue read is linearizable and issued after etcd acknowledged both watchers, so
+///   every change after the read's revision is delivered here, and every change up to it is
+///   in the read.
+/// - A deletion is used only when delivered live (its response's header revision is the
+///   deletion's own revision and it carries that single event); catch-up deliveries, which
+///   can reorder watchers, re-read instead.
+///
+/// What this relies on beyond etcd's documented watch guarantees: that our key's and the
+/// epoch record's watchers are synced while we wait. etcd leaves or moves a watcher out of
+/// the synced group when a write is applied between its reading the store revision and
+/// registering the watcher (microseconds; etcd's sync loop catches it up within 100 ms),
+/// when the stream's channel is full (1024 responses in 3.4; this stream carries a handful),
+/// or when the member restores a snapshot from the raft leader (a member that fell far
+/// behind). Only if that coincides with someone else deleting our key or the epoch record
+/// during the handover could we lead on a stale view; the watcher then reports the change
+/// and we step down (our key) at its message.
+///
+/// A broken stream (etcd restarted or wiped) is an error: the caller backs off and re-reads.
+struct QueueWatch {
+    stream: WatchStream,
+    /// Watchers etcd acknowledged, with their ids.
+    ids: Vec<(i64, Watched)>,
+    /// Watched keys ahead of ours not deleted yet.
+    ahead_alive: i64,
+    /// Watchers requested but not yet acknowledged, in request order (etcd acknowledges
+    /// creates of one stream in order).
+    pending: std::collections::VecDeque<Watched>,
+    /// Our key or the epoch record changed since the stream opened.
+    changed: bool,
+    /// Our key was deleted since the stream opened.
+    own_deleted: bool,
+}
+
+/// What one watch response said.
+enum Note {
+    /// A watcher was acknowledged, or a change that needs no action.
+    Nothing,
+    /// Our key or the epoch record changed.
+    Changed,
+    /// A watched key ahead of ours was deleted (counted once per key); `live` as described
+    /// on [`QueueWatch`]; `leads`: it was the first key at the read.
+    AheadDeleted { live: bool, leads: bool },
+    /// A watcher was cancelled by etcd (e.g. its start revision was compacted).
+    Cancelled,
+}
+
+impl QueueWatch {
+    /// Open the stream with watchers on `own` and `epoch` and wait until etcd acknowledged
+    /// both.
+    async fn open(
+        conn: Arc<Connection>,
+        client: &Client,
+        own: &str,
+        epoch: &str,
+    ) -> Result<QueueWatch> {
+        let mut c = client.clone();
+        let mut stream = conn
+            .request("watch our candidate key", c.watch(own, None))
+            .await?;
+        conn.request(
+            "watch the epoch record",
+            stream.watch(epoch.to_owned(), None),
         )
         .await?;
-    loop {
-        match stream.message().await {
-            Ok(Some(resp)) => {
-                if resp.canceled() {
-                    if resp.compact_revision() == 0 && !resp.cancel_reason().is_empty() {
-                        return Err(Error::new(
-                            ErrorKind::Backend,
-                            format!("etcd cancelled the watch: {}", resp.cancel_reason()),
-                        )
-                        .with_retryable(true));
-                    }
-                    return Ok(());
-                }
-                if resp
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    return Ok(());
-                }
-            }
-            Ok(None) => {
+        let mut w = QueueWatch {
+            stream,
+            ids: Vec::with_capacity(3),
+            pending: [Watched::Own, Watched::Epoch].into(),
+            ahead_alive: 0,
+            changed: false,
+            own_deleted: false,
+        };
+        while !w.pending.is_empty() {
+            let note = tokio::time::timeout(conn.config.request_timeout, w.next())
+                .await
+                .map_err(|_| {
+                    Error::timeout(format!(
+                        "etcd did not acknowledge a watch of our key within {}",
+                        Human(conn.config.request_timeout)
+                    ))
+                })??;
+            if matches!(note, Note::Cancelled) {
                 return Err(Error::new(
+                    ErrorKind::Backend,
+                    "etcd cancelled a new watch of our key or the epoch record",
+                )
+                .with_retryable(true));
+            }
+        }
+        Ok(w)
+    }
+
+    /// Add watchers on `keys` (each with whether it leads) from revision `from`.
+    async fn add_ahead(
+        &mut self,
+        conn: &Connection,
+        keys: Vec<(Vec<u8>, bool)>,
+        from: i64,
+    ) -> Result<()> {
+        for (key, leads) in keys {
+            self.pending
+                .push_back(Watched::Ahead { leads, gone: false });
+            self.ahead_alive += 1;
+            conn.request(
+                "watch a key ahead of ours",
+                self.stream
+                    .watch(key, Some(WatchOptions::new().with_start_revision(from))),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the `count` keys that were ahead of ours are all deleted (or for a reason
+    /// to read the queue again).
+    async fn ahead_gone(&mut self, mut count: i64) -> Result<Vacated> {
+        let mut leader_left = false;
+        loop {
+            match self.next().await? {
+                Note::Nothing => {}
+                Note::AheadDeleted { live, leads } => {
+                    leader_left |= leads;
+                    count -= 1;
+                    self.ahead_alive -= 1;
+                    if !live || self.changed {
+                        return Ok(Vacated::Reread { leader_left });
+                    }
+                    if count <= 0 {
+                        return Ok(Vacated::Confirmed);
+                    }
+                    if count > self.ahead_alive {
+                        // Keys we do not watch may be ahead: learn the new nearest ones.
+                        return Ok(Vacated::Reread { leader_left });
+                    }
+                }
+                Note::Changed | Note::Cancelled => return Ok(Vacated::Reread { leader_left }),
+            }
+        }
+    }
+
+    /// Wait until our key is deleted (Ok: the caller re-reads), ignoring other changes.
+    async fn own_key_deleted(&mut self) -> Result<()> {
+        while !self.own_deleted {
+            if let Note::Cancelled = self.next().await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Read one response from the stream.
+    async fn next(&mut self) -> Result<Note> {
+        let resp =
+            match self.stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => return Err(Error::new(
                     ErrorKind::Connection,
                     "the watch stream ended (etcd restarted or the member went away); re-reading",
-                ))
+                )),
+                Err(e) => return Err(error::map("watch the queue", e)),
+            };
+        if resp.created() {
+            if let Some(w) = self.pending.pop_front() {
+                self.ids.push((resp.watch_id(), w));
             }
-            Err(e) => return Err(error::map("watch a key", e)),
+        }
+        if resp.canceled() {
+            if resp.compact_revision() == 0 && !resp.cancel_reason().is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Backend,
+                    format!("etcd cancelled the watch: {}", resp.cancel_reason()),
+                )
+                .with_retryable(true));
+            }
+            return Ok(Note::Cancelled);
+        }
+        let events = resp.events();
+        if events.is_empty() {
+            return Ok(Note::Nothing);
+        }
+        let watched = self.ids.iter_mut().find(|(id, _)| *id == resp.watch_id());
+        let deleted = events.iter().any(|e| e.event_type() == EventType::Delete);
+        match watched.map(|(_, w)| w) {
+            Some(Watched::Own) => {
+                self.changed = true;
+                self.own_deleted |= deleted;
+                Ok(Note::Changed)
+            }
+            Some(Watched::Epoch) | None => {
+                self.changed = true;
+                Ok(Note::Changed)
+            }
+            Some(Watched::Ahead { leads, gone }) if deleted && !*gone => {
+                *gone = true;
+                let revision = resp.header().map(|h| h.revision());
+                let live =
+                    events.len() == 1 && events[0].kv().map(|kv| kv.mod_revision()) == revision;
+                Ok(Note::AheadDeleted {
+                    live,
+                    leads: *leads,
+                })
+            }
+            // A value changed (e.g. a Go leader's Proclaim), or a key deleted before was
+            // created again (it is no longer ahead of ours): keep waiting.
+            Some(Watched::Ahead { .. }) => Ok(Note::Nothing),
         }
     }
 }

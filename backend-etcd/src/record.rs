@@ -1,7 +1,8 @@
 //! [`EtcdRecord`]: a compare-and-swap record in etcd, for the supervisor's mode record.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions};
@@ -17,12 +18,21 @@ use crate::error;
 /// is one txn: "if mod_revision(key) == expected (or create_revision == 0 when the record
 /// must not exist) then put else get". [`changed`](CasRecord::changed) watches the key.
 ///
-/// A wiped etcd loses the record (reads give `None`) and restarts revisions, so a version
-/// is only meaningful against the store it was read from.
+/// A wiped etcd loses the record (reads give `None`) and counts revisions from 1 again, so
+/// after a wipe the same version can name a different value. This handle remembers the
+/// values it saw at its last few versions (the newest value per version) and compares the
+/// value as well as the mod revision (in the txn of `compare_and_swap`, and in `changed`),
+/// so a version it handed out before a wipe does not match a different record written at
+/// the same revision after it.
 pub struct EtcdRecord {
     conn: Arc<Connection>,
     key: String,
+    /// (version, value) pairs this handle read or wrote, newest last, at most [`SEEN`].
+    seen: Mutex<VecDeque<(u64, Vec<u8>)>>,
 }
+
+/// How many (version, value) pairs an [`EtcdRecord`] remembers.
+const SEEN: usize = 8;
 
 impl fmt::Debug for EtcdRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,7 +57,49 @@ impl EtcdRecord {
         Ok(EtcdRecord {
             conn,
             key: key.to_owned(),
+            seen: Mutex::new(VecDeque::with_capacity(SEEN)),
         })
+    }
+
+    /// Remember that the record held `value` at `version`.
+    fn remember(&self, version: u64, value: &[u8]) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.iter().any(|(v, x)| *v == version && x == value) {
+            return;
+        }
+        seen.retain(|(v, _)| *v != version);
+        if seen.len() == SEEN {
+            seen.pop_front();
+        }
+        seen.push_back((version, value.to_vec()));
+    }
+
+    /// The value this handle saw at `version`, if it remembers one.
+    fn value_at(&self, version: u64) -> Option<Vec<u8>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .rev()
+            .find(|(v, _)| *v == version)
+            .map(|(_, x)| x.clone())
+    }
+
+    /// Whether `current` is still the record a caller saw as `seen`: same version and, when
+    /// the value at that version is `known`, the same value.
+    fn unchanged(current: Option<&Versioned>, seen: Option<u64>, known: Option<&[u8]>) -> bool {
+        match (current, seen) {
+            (None, None) => true,
+            (Some(c), Some(s)) => c.version == s && known.is_none_or(|v| v == c.value),
+            _ => false,
+        }
+    }
+
+    fn versioned(&self, kv: &etcd_client::KeyValue) -> Versioned {
+        let v = Versioned {
+            value: kv.value().to_vec(),
+            version: kv.mod_revision() as u64,
+        };
+        self.remember(v.version, &v.value);
+        v
     }
 
     /// The key.
@@ -63,10 +115,7 @@ impl EtcdRecord {
             .request("read the record", c.get(self.key.clone(), None))
             .await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let v = resp.kvs().first().map(|kv| Versioned {
-            value: kv.value().to_vec(),
-            version: kv.mod_revision() as u64,
-        });
+        let v = resp.kvs().first().map(|kv| self.versioned(kv));
         Ok((v, rev))
     }
 }
@@ -79,19 +128,32 @@ impl CasRecord for EtcdRecord {
 
     async fn compare_and_swap(&self, expected: Option<u64>, value: Vec<u8>) -> Result<CasOutcome> {
         let cmp = match expected {
-            None => Compare::create_revision(self.key.clone(), CompareOp::Equal, 0),
+            None => vec![Compare::create_revision(
+                self.key.clone(),
+                CompareOp::Equal,
+                0,
+            )],
             Some(v) => {
-                let v = i64::try_from(v).map_err(|_| {
+                let rev = i64::try_from(v).map_err(|_| {
                     Error::invalid_config(format!(
                         "version {v} is not an etcd revision; pass a version read from this record"
                     ))
                 })?;
-                Compare::mod_revision(self.key.clone(), CompareOp::Equal, v)
+                let mut cmp = vec![Compare::mod_revision(
+                    self.key.clone(),
+                    CompareOp::Equal,
+                    rev,
+                )];
+                // The revision alone can match a different record after a wipe.
+                if let Some(value) = self.value_at(v) {
+                    cmp.push(Compare::value(self.key.clone(), CompareOp::Equal, value));
+                }
+                cmp
             }
         };
         let txn = Txn::new()
-            .when(vec![cmp])
-            .and_then(vec![TxnOp::put(self.key.clone(), value, None)])
+            .when(cmp)
+            .and_then(vec![TxnOp::put(self.key.clone(), value.clone(), None)])
             .or_else(vec![TxnOp::get(self.key.clone(), None)]);
         let mut c = self.conn.client().await?;
         let resp = self
@@ -100,13 +162,11 @@ impl CasRecord for EtcdRecord {
             .await?;
         if resp.succeeded() {
             let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+            self.remember(rev as u64, &value);
             return Ok(CasOutcome::Swapped(rev as u64));
         }
         let current = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| Versioned {
-                value: kv.value().to_vec(),
-                version: kv.mod_revision() as u64,
-            })),
+            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| self.versioned(kv))),
             _ => None,
         });
         Ok(CasOutcome::Conflict(current.flatten()))
@@ -114,9 +174,11 @@ impl CasRecord for EtcdRecord {
 
     async fn changed(&self, seen: Option<u64>) -> Result<Option<Versioned>> {
         let mut backoff = Backoff::for_config(&self.conn.config);
+        // The value at `seen` as this handle knew it before reading again.
+        let known = seen.and_then(|s| self.value_at(s));
         loop {
             let (current, rev) = self.read_at().await?;
-            if current.as_ref().map(|v| v.version) != seen {
+            if !Self::unchanged(current.as_ref(), seen, known.as_deref()) {
                 return Ok(current);
             }
             // Watch from just after the read: nothing between the read and the watch is missed.
@@ -140,12 +202,9 @@ impl CasRecord for EtcdRecord {
                         if let Some(ev) = resp.events().last() {
                             let now = match ev.event_type() {
                                 EventType::Delete => None,
-                                EventType::Put => ev.kv().map(|kv| Versioned {
-                                    value: kv.value().to_vec(),
-                                    version: kv.mod_revision() as u64,
-                                }),
+                                EventType::Put => ev.kv().map(|kv| self.versioned(kv)),
                             };
-                            if now.as_ref().map(|v| v.version) != seen {
+                            if !Self::unchanged(now.as_ref(), seen, known.as_deref()) {
                                 return Ok(now);
                             }
                         }

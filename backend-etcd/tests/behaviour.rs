@@ -1,6 +1,8 @@
 //! Behaviour of the etcd backend against real etcd: the Go-compatible layout, interop with
-//! the real `etcdctl elect` both ways, clean close (checked with the lease list API), close
-//! during a campaign, the compare-and-swap record, unreachable etcd and permission errors.
+//! the real `etcdctl elect` both ways, clean close (checked with the lease list API) with one
+//! LeaseRevoke, a handover without a second read (counted in etcd's `/metrics`) that still
+//! notices our key or the epoch record changing, close during a campaign, the
+//! compare-and-swap record, unreachable etcd and permission errors.
 
 mod common;
 
@@ -8,8 +10,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{close_all, config, joined, lease_ids, leftovers, raw_client};
-use etcd_client::GetOptions;
+use common::{close_all, config, grpc_calls_handled, joined, lease_ids, leftovers, raw_client};
+use etcd_client::{Compare, CompareOp, GetOptions, Txn};
 use succession_core::conformance::LeadershipChecker;
 use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
 use succession_etcd::{EtcdConfig, EtcdElection, EtcdRecord};
@@ -187,6 +189,140 @@ async fn close_leaves_no_key_and_no_lease_behind() {
         assert_eq!(e.status().borrow().role, Role::Closed);
         assert!(e.lease().is_none());
     }
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_leader_sends_one_lease_revoke_and_hands_over() {
+    // A server of its own: the count below must not see other tests' revokes.
+    let etcd = EtcdServer::start().await.unwrap();
+    let prefix = unique_path("one-revoke");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    let client = raw_client(&etcd.endpoint()).await;
+    let lease = es[0].lease().expect("the leader holds a lease").id;
+    let before = grpc_calls_handled(&etcd.endpoint(), "LeaseRevoke").await;
+    es[0].close().await.unwrap();
+    // close() returns once the lease is revoked: it is gone already, and exactly one
+    // LeaseRevoke reached etcd (the participation task does not send a second one).
+    assert!(
+        !lease_ids(&client).await.contains(&lease),
+        "lease {lease:x} still granted after close() returned"
+    );
+    let after = grpc_calls_handled(&etcd.endpoint(), "LeaseRevoke").await;
+    assert_eq!(
+        after - before,
+        1,
+        "LeaseRevoke calls handled during close()"
+    );
+    es[1].wait_for_leadership(BOUND).await.unwrap();
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_leads_on_the_leaders_deletion_without_reading_the_queue_again() {
+    // A server of its own: the counts below must not see other tests' requests.
+    let etcd = EtcdServer::start().await.unwrap();
+    let prefix = unique_path("no-reread");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    // `join` returned: the second one has read the queue (the first leads) and watches it.
+    assert!(matches!(
+        es[1].status().borrow().role,
+        Role::Follower { .. }
+    ));
+    let reads = |ep: String| async move {
+        grpc_calls_handled(&ep, "Txn").await + grpc_calls_handled(&ep, "Range").await
+    };
+    let before = reads(etcd.endpoint()).await;
+    es[0].close().await.unwrap();
+    let term = es[1].wait_for_leadership(BOUND).await.unwrap().term();
+    assert_eq!(
+        reads(etcd.endpoint()).await - before,
+        0,
+        "reads (Txn or Range) between the leader's close and the successor leading"
+    );
+    // The term is the one a read would have given: the epoch record and our create revision.
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let key = format!("{prefix}/{:x}", es[1].lease().expect("lease").id);
+    let kv = c.get(key, None).await.unwrap();
+    assert_eq!(term.sequence(), kv.kvs()[0].create_revision() as u64);
+    let epoch = c.get(prefix.clone(), None).await.unwrap();
+    assert_eq!(
+        term.epoch(),
+        epoch.kvs()[0].value_str().unwrap().parse::<u64>().unwrap()
+    );
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_whose_key_was_deleted_does_not_lead_when_the_leader_leaves() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("key-deleted");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps.clone(), eps], &prefix, 3, &checker).await;
+    es[0].wait_for_leadership(BOUND).await.unwrap();
+    // Someone deletes the second one's key, and right after, the leader leaves: the second
+    // one must not take the leader's deletion as its turn (its own key went first); the
+    // third one, for which both keys ahead are now gone, leads.
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let key = format!("{prefix}/{:x}", es[1].lease().expect("lease").id);
+    let deleted = c.delete(key, None).await.unwrap();
+    assert_eq!(deleted.deleted(), 1, "the second participant's key existed");
+    es[0].close().await.unwrap();
+    es[2].wait_for_leadership(BOUND).await.unwrap();
+    // The second one campaigns again, behind the third.
+    let mut status = es[1].status();
+    let rejoined = status
+        .wait_for(|s| matches!(&s.role, Role::Follower { leader: Some(l) } if l == es[2].id()));
+    tokio::time::timeout(BOUND, rejoined)
+        .await
+        .expect("the second participant follows the third within the bound")
+        .unwrap();
+    close_all(&es[1..]).await;
+    checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successor_leads_with_the_new_epoch_when_the_epoch_record_was_replaced_while_it_waited() {
+    let etcd = shared_etcd().await;
+    let prefix = unique_path("epoch-replaced");
+    let checker = LeadershipChecker::new();
+    let eps = vec![etcd.endpoint()];
+    let es = joined(&[eps.clone(), eps], &prefix, 3, &checker).await;
+    let first = es[0].wait_for_leadership(BOUND).await.unwrap().term();
+    // The epoch record is deleted while the second one waits; then the leader leaves. The
+    // successor must not lead with the epoch it read before: its term must match the store.
+    let mut c = raw_client(&etcd.endpoint()).await;
+    c.delete(prefix.clone(), None).await.unwrap();
+    es[0].close().await.unwrap();
+    let term = es[1].wait_for_leadership(BOUND).await.unwrap().term();
+    let epoch = c.get(prefix.clone(), None).await.unwrap();
+    let stored: u64 = epoch
+        .kvs()
+        .first()
+        .expect("the successor recreated the epoch record before leading")
+        .value_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        term.epoch(),
+        stored,
+        "the term carries the epoch record now in etcd"
+    );
+    assert!(
+        term.epoch() > first.epoch() && term > first,
+        "{first} then {term}"
+    );
+    close_all(&es[1..]).await;
     checker.assert_ok();
 }
 
@@ -397,6 +533,77 @@ async fn record_compare_and_swap_detects_conflicts_and_changes() {
         EtcdRecord::new(&cfg, "relative").unwrap_err().kind(),
         ErrorKind::InvalidConfig
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_is_not_fooled_by_a_revision_reused_after_an_etcd_wipe() {
+    // A server of its own: it is wiped.
+    let mut etcd = EtcdServer::start().await.unwrap();
+    let key = unique_path("wiped-record");
+    let cfg = config(&[etcd.endpoint()], "/unused", "rec", 3);
+    let rec = EtcdRecord::new(&cfg, &key).unwrap();
+    let watcher = EtcdRecord::new(&cfg, &key).unwrap();
+    let v = match rec
+        .compare_and_swap(None, b"primary/1".to_vec())
+        .await
+        .unwrap()
+    {
+        CasOutcome::Swapped(v) => v,
+        other => panic!("first write: {other:?}"),
+    };
+    let seen = watcher.read().await.unwrap().expect("the record exists");
+    assert_eq!((seen.version, &seen.value[..]), (v, &b"primary/1"[..]));
+
+    // Wipe: etcd counts revisions from 1 again. Someone writes a different record that lands
+    // on the very revision our handles know as version `v`.
+    etcd.stop().await.unwrap();
+    etcd.wipe().unwrap();
+    etcd.restart().await.unwrap();
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let mut rev = c.get("/", None).await.unwrap().header().unwrap().revision();
+    while rev + 1 < v as i64 {
+        let put = c.put(format!("{key}-filler"), "x", None).await.unwrap();
+        rev = put.header().unwrap().revision();
+    }
+    let put = c.put(key.clone(), "fallback/2", None).await.unwrap();
+    assert_eq!(
+        put.header().unwrap().revision(),
+        v as i64,
+        "the revision is reused"
+    );
+    // The old compare (mod revision only) would take the new record for the one we saw.
+    let only_rev = Txn::new().when(vec![Compare::mod_revision(
+        key.clone(),
+        CompareOp::Equal,
+        v as i64,
+    )]);
+    assert!(
+        c.txn(only_rev).await.unwrap().succeeded(),
+        "a compare of the mod revision alone matches the new record"
+    );
+
+    // Ours refuses the swap and reports the new record ...
+    match rec
+        .compare_and_swap(Some(v), b"primary/2".to_vec())
+        .await
+        .unwrap()
+    {
+        CasOutcome::Conflict(Some(now)) => assert_eq!(now.value, b"fallback/2"),
+        other => panic!("a swap against the pre-wipe version must conflict: {other:?}"),
+    }
+    let stored = c.get(key.clone(), None).await.unwrap();
+    assert_eq!(
+        stored.kvs()[0].value(),
+        b"fallback/2",
+        "nothing overwritten"
+    );
+    // ... and `changed` sees it at once.
+    let now = tokio::time::timeout(BOUND, watcher.changed(Some(v)))
+        .await
+        .expect("changed() returns at once for a different record at the same version")
+        .unwrap()
+        .expect("the record exists");
+    assert_eq!(now.value, b"fallback/2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@
 //! | `close <index>` | `closing <ns> <index>` just before `close()`, then `closed <ns> <index>` |
 //! | `closeall` | closes every open participant, `closedall <ns>` |
 //! | `floor <connect> <path> <reps>` | raw zookeeper-client figures: `floor <ns>`, `rtt <ns>`, `wrtt <ns>` lines, then `floordone` |
-//! | `etcdfloor <endpoint> <prefix> <reps>` | the same with raw etcd-client: delete -> watch event, Range and Put round trips; also `sample revokefloor <ns>` (lease revoke -> Delete event) and `sample revokertt <ns>` |
+//! | `etcdfloor <endpoint> <prefix> <reps>` | the same with raw etcd-client: delete -> watch event, Range and Put round trips; also `sample revokefloor <ns>` (lease revoke -> Delete event), `sample revokertt <ns>` and `sample revokeidlefloor <ns>` (the revoke sent after an idle pause) |
 //! | `quit` | exits |
 //!
 //! Events: `ev <ns> <index> joined <ZooKeeper session id hex or ->` (our place is held),
@@ -373,6 +373,9 @@ async fn stamp_delete(
     }))
 }
 
+/// Samples of the idle lease-revoke floor (each waits `IDLE_BEFORE_HANDOVER` first).
+const IDLE_FLOOR_REPS: usize = 40;
+
 /// The floor of an etcd handover, with raw etcd-client connections: from sending the delete
 /// of a key to the Delete event on another connection's watch, and Range / Put round trips.
 async fn etcd_floor(endpoint: &str, prefix: &str, reps: usize) -> Result<(), etcd_client::Error> {
@@ -406,6 +409,24 @@ async fn etcd_floor(endpoint: &str, prefix: &str, reps: usize) -> Result<(), etc
         if i >= WARMUP && t1 >= t0 {
             say(&format!("sample revokefloor {}", t1 - t0));
             say(&format!("sample revokertt {}", t2 - t0));
+        }
+        // The same after `IDLE_BEFORE_HANDOVER` without requests, as a graceful handover in
+        // the bench meets etcd (fewer samples: each waits).
+        if i < WARMUP + reps.min(IDLE_FLOOR_REPS) {
+            let key = format!("{prefix}/i{i}");
+            let lease = a.lease_grant(60, None).await?.id();
+            let put = a
+                .put(key.clone(), "x", Some(PutOptions::new().with_lease(lease)))
+                .await?;
+            let rev = put.header().map(|h| h.revision()).unwrap_or(0);
+            let fired = stamp_delete(&mut b, &key, rev).await?;
+            tokio::time::sleep(crate::etcd::IDLE_BEFORE_HANDOVER).await;
+            let t0 = now_ns();
+            a.lease_revoke(lease).await?;
+            let t1 = fired.await.unwrap_or(0);
+            if i >= WARMUP && t1 >= t0 {
+                say(&format!("sample revokeidlefloor {}", t1 - t0));
+            }
         }
     }
     let key = format!("{prefix}/rtt");

@@ -256,6 +256,8 @@ pub struct Results {
     pub zk_close: [Samples; 2],
     /// etcd graceful: how long our leader's close() took.
     pub etcd_close: Samples,
+    /// etcd graceful: the successor leads − the leader's close() returned.
+    pub etcd_after_close: Samples,
     /// Raw delete -> watch event.
     pub floor: Samples,
     /// Read round trip.
@@ -280,6 +282,8 @@ pub struct Results {
     pub etcd_revoke_floor: Samples,
     /// Raw etcd: LeaseRevoke round trip.
     pub etcd_revoke_rtt: Samples,
+    /// Raw etcd: lease revoke -> Delete event, the revoke sent after an idle pause.
+    pub etcd_revoke_idle_floor: Samples,
     /// etcd crash handover (ours, kill -> successor).
     pub etcd_crash: Samples,
     /// etcdctl crash handover (kill -> successor) and its TTL.

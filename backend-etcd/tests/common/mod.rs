@@ -223,3 +223,33 @@ pub fn describe(es: &[Arc<EtcdElection>]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// How many `method` calls of etcd's gRPC API the server at `endpoint` (`http://host:port`)
+/// has handled so far, whatever their outcome (`grpc_server_handled_total` in `/metrics`).
+pub async fn grpc_calls_handled(endpoint: &str, method: &str) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to etcd's /metrics at {addr}: {e}"));
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send the /metrics request");
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .await
+        .expect("read the /metrics answer");
+    let tag = format!("grpc_method=\"{method}\"");
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(&tag))
+        .collect();
+    assert!(
+        body.contains("grpc_server_handled_total"),
+        "etcd's /metrics has no grpc_server_handled_total; the count cannot be checked"
+    );
+    lines
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
