@@ -411,6 +411,16 @@ struct OwnNode {
     path: String,
 }
 
+/// What a probe session found while our connection is down.
+enum Probe {
+    /// No server answered it (or ours reconnected meanwhile).
+    Unanswered,
+    /// ZooKeeper answers, and no longer knows our session (wiped, or expired it).
+    SessionLost(zk::Client),
+    /// ZooKeeper answers, and still holds our node under our session.
+    SessionAlive(zk::Client),
+}
+
 /// What the driver does next.
 enum Next {
     /// Run another round (re-verify our node, re-evaluate the queue).
@@ -451,10 +461,16 @@ struct DriverState {
     failing_since: Option<Instant>,
 }
 
-/// How long to wait after a lost connection before the first probe session.
+/// How long to wait after a lost connection before the first probe session (zookeeper-client
+/// retries at once and again after 100-200 ms: a short blip is left to it).
 const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
-/// Longest gap between probes.
-const MAX_PROBE_GAP: Duration = Duration::from_secs(2);
+/// While no server answers: the gap between two probe sessions of a suspended participant,
+/// and the longest pause between two connection attempts of one without a session. Fixed,
+/// not growing with the outage, so that a server that comes back (empty or with its data)
+/// is found within this gap whatever the outage length. What it costs a down server: one
+/// connection attempt per participant per gap (10 per second; a refused TCP connect), plus
+/// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
+const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
 /// Longest backoff between repair attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -644,6 +660,12 @@ impl DriverState {
     async fn pause(&mut self, attempt: u32) -> Option<Next> {
         let base = Duration::from_millis(50 * (1 << attempt.min(6))).min(MAX_BACKOFF);
         let until = Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        self.pause_until(until).await
+    }
+
+    /// Sleep until `until` while obeying commands. `Some(next)` when a command ends the wait
+    /// early (closed, resigned).
+    async fn pause_until(&mut self, until: Instant) -> Option<Next> {
         loop {
             tokio::select! {
                 _ = sleep_until(until) => return None,
@@ -720,7 +742,9 @@ impl DriverState {
                         role
                     };
                     self.cell.set(role, level, reason);
-                    if let Some(next) = self.pause(attempt.min(5)).await {
+                    // No growing backoff: a server that comes back is found within one gap.
+                    let gap = RETRY_WHILE_DOWN.mul_f64(rand::thread_rng().gen_range(0.8..1.0));
+                    if let Some(next) = self.pause_until(Instant::now() + gap).await {
                         return next;
                     }
                 }
@@ -1128,8 +1152,7 @@ impl DriverState {
             .states
             .clone()
             .unwrap_or_else(|| client.state_watcher());
-        let mut probe_gap = FIRST_PROBE_AFTER;
-        let mut next_probe = t0 + probe_gap;
+        let mut next_probe = t0 + FIRST_PROBE_AFTER;
         let unhealthy_at = t0 + self.session_timeout;
         let mut marked_unhealthy = false;
         let mut demoted = grace.is_zero() || !was_leader;
@@ -1158,24 +1181,45 @@ impl DriverState {
                     self.cell.set_health(HealthLevel::Unhealthy, reason);
                 }
                 _ = sleep_until(next_probe) => {
-                    if let Some(fresh) = self.probe(client).await {
-                        info!(old = %client.session_id(), new = %fresh.session_id(),
-                              "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
-                        // The server serves without our session (wiped, or expired it):
-                        // someone else may lead already; no grace for work under our grant.
+                    let mut gap = RETRY_WHILE_DOWN;
+                    let (fresh, why) = match self.probe(client).await {
+                        Probe::Unanswered => (None, ""),
+                        Probe::SessionLost(fresh) => {
+                            info!(old = %client.session_id(), new = %fresh.session_id(),
+                                  "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
+                            self.cell.metrics().count(metrics::SESSION_EXPIRATIONS, &[]);
+                            (Some(fresh), "ZooKeeper lost our session (wiped or expired); rejoining")
+                        }
+                        // ZooKeeper serves, still with our session, but our client has not
+                        // reconnected: it waits out its own backoff (100 ms doubling, up to
+                        // seconds after a long outage). Under the grace of
+                        // ConnectionPolicy::Session we keep waiting for it; otherwise we are not
+                        // leader anyway, and the fresh session rejoins now (its first round
+                        // deletes our old node, named by the old session's uuid).
+                        Probe::SessionAlive(fresh) if demoted => {
+                            info!(old = %client.session_id(), new = %fresh.session_id(),
+                                  "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
+                            (Some(fresh), "ZooKeeper answers again; rejoining with a new session")
+                        }
+                        Probe::SessionAlive(_) => {
+                            // Next look when the grace ends (no session churn meanwhile).
+                            gap = (t0 + grace).saturating_duration_since(Instant::now()).max(gap);
+                            (None, "")
+                        }
+                    };
+                    if let Some(fresh) = fresh {
+                        // Whatever we held may be someone else's by now: no grace for work
+                        // under our grant.
                         self.cell.forget_contact(std::time::Instant::now());
-                        let m = self.cell.metrics();
-                        m.count(metrics::SESSION_EXPIRATIONS, &[]);
-                        m.count(metrics::REPAIRS, &[("cause", "session_replaced")]);
+                        self.cell.metrics().count(metrics::REPAIRS, &[("cause", "session_replaced")]);
                         if !demoted || self.cell.get().role.is_leader() {
                             demote(&self.cell, false);
                         }
-                        self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper lost our session (wiped or expired); rejoining");
+                        self.cell.set(Role::Candidate, HealthLevel::Degraded, why);
                         self.set_client(Some(fresh));
                         return Next::Again;
                     }
-                    probe_gap = (probe_gap * 2).min(MAX_PROBE_GAP);
-                    next_probe = Instant::now() + probe_gap;
+                    next_probe = Instant::now() + gap;
                 }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
@@ -1190,27 +1234,28 @@ impl DriverState {
     }
 
     /// While our connection is down: can a fresh session reach ZooKeeper, and does
-    /// ZooKeeper still know our session (our node, owned by it)? Returns the fresh client
-    /// when ours is lost for good.
-    async fn probe(&self, client: &zk::Client) -> Option<zk::Client> {
-        let fresh = connect(&self.cfg, self.cfg.session_timeout).await.ok()?;
+    /// ZooKeeper still know our session (our node, owned by it)?
+    async fn probe(&self, client: &zk::Client) -> Probe {
+        let Ok(fresh) = connect(&self.cfg, self.cfg.session_timeout).await else {
+            return Probe::Unanswered;
+        };
         if client.state() != zk::SessionState::Disconnected {
-            return None;
+            return Probe::Unanswered;
         }
         let ours = client.session_id().0;
         match &self.node {
             Some(n) => {
                 match timeout(self.cfg.connection_timeout, fresh.check_stat(&n.path)).await {
                     Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
-                        debug!("probe: ZooKeeper still holds our node; waiting for our session to reconnect");
-                        None
+                        debug!("probe: ZooKeeper still holds our node and session");
+                        Probe::SessionAlive(fresh)
                     }
-                    Ok(Ok(_)) => Some(fresh),
-                    _ => None,
+                    Ok(Ok(_)) => Probe::SessionLost(fresh),
+                    _ => Probe::Unanswered,
                 }
             }
             // Nothing of ours to keep: a working session beats waiting.
-            None => Some(fresh),
+            None => Probe::SessionLost(fresh),
         }
     }
 
