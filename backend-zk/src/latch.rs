@@ -141,6 +141,8 @@ impl ZkElection {
             node: None,
             own_watch: None,
             vacated: None,
+            ahead: Vec::new(),
+            assert_ahead: true,
             been_in_latch: false,
             want: false,
             pending: None,
@@ -446,11 +448,17 @@ struct DriverState {
     /// A pending watch on our node (registered by this session): while it has not fired,
     /// our node exists, so a round need not read it again.
     own_watch: Option<OwnWatch>,
-    /// When we learned that our predecessor, first in the queue, is gone. While set, we
-    /// are first (sequence numbers only grow, so no node created since sorts before ours),
-    /// provided our node still exists, which the claim checks atomically. Also the start
-    /// of the handover metric.
+    /// When we learned that our predecessor is gone. While set, we are first if the nodes in
+    /// `ahead` are gone too (sequence numbers only grow, so no node created since sorts
+    /// before ours) and our node still exists: the claim asserts both atomically. Also the
+    /// start of the handover metric.
     vacated: Option<Instant>,
+    /// The nodes before our predecessor at our last reading of the queue (none: our
+    /// predecessor was first).
+    ahead: Vec<String>,
+    /// Whether the claim may assert that the nodes `ahead` are gone (off after the server
+    /// refused it, e.g. an ACL without DELETE on the latch path).
+    assert_ahead: bool,
     /// Whether this participant ever held a node (a missing path is then a repair).
     been_in_latch: bool,
     want: bool,
@@ -471,6 +479,9 @@ const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
 /// connection attempt per participant per gap (10 per second; a refused TCP connect), plus
 /// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
 const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
+/// At most this many nodes before our predecessor are asserted gone by the claim; with more,
+/// the successor reads the queue first.
+const MAX_AHEAD: usize = 8;
 /// Longest backoff between repair attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -886,10 +897,14 @@ impl DriverState {
 
     /// One election round: repair, evaluate, wait for the next relevant event.
     ///
-    /// Round trips on the handover path: when the predecessor that just left was first,
-    /// only the claim (one multi) stands between its deletion event and `Leader`; the
-    /// pending own-node watch stands in for re-reading our node, and the claim re-checks it
-    /// atomically.
+    /// Round trips on the handover path: after our predecessor's deletion, only the claim
+    /// (one multi) stands between the event and `Leader`, with no `getChildren`. We are first
+    /// if no node before our predecessor at our last reading of the queue (`ahead`) is left:
+    /// sequence numbers only grow, so no node created since sorts before ours. The claim
+    /// asserts that atomically (for each such node, a create and a delete of its name:
+    /// fails with NodeExists while the node is there, a no-op otherwise) together with our
+    /// node's existence (which the pending own-node watch already vouches for) and the
+    /// write of the term. When the assertion fails, we read the queue as usual.
     async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
         let node = self.ensure_node(client).await?;
         let path = self.cfg.path.clone();
@@ -951,6 +966,19 @@ impl DriverState {
             // can tell a first node that has claimed from one that has not yet.
             let mut w = client.new_multi_writer();
             w.add_check_version(&node.path, -1)?;
+            let ahead = if first_next {
+                std::mem::take(&mut self.ahead)
+            } else {
+                Vec::new()
+            };
+            if !ahead.is_empty() {
+                let gone = zk::CreateMode::Persistent.with_acls(acls(&self.cfg));
+                for name in &ahead {
+                    let p = format!("{path}/{name}");
+                    w.add_create(&p, &[], &gone)?;
+                    w.add_delete(&p, None)?;
+                }
+            }
             w.add_set_data(&path, node.name.as_bytes(), None)?;
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
@@ -965,6 +993,24 @@ impl DriverState {
                     ..
                 }) => {
                     self.forget_node();
+                    return Ok(Next::Again);
+                }
+                // A node ahead of us is still there (our predecessor left while not first):
+                // not first; read the queue.
+                Err(zk::MultiWriteError::OperationFailed {
+                    source: zk::Error::NodeExists,
+                    ..
+                }) if !ahead.is_empty() => {
+                    debug!("a node ahead of our predecessor is still there; reading the queue");
+                    self.vacated = None;
+                    return Ok(Next::Again);
+                }
+                Err(zk::MultiWriteError::OperationFailed { index, source })
+                    if index >= 1 && index <= 2 * ahead.len() =>
+                {
+                    debug!(%source, "the server refused the assertion that the nodes ahead are gone; reading the queue from now on");
+                    self.assert_ahead = false;
+                    self.vacated = None;
                     return Ok(Next::Again);
                 }
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
@@ -989,6 +1035,7 @@ impl DriverState {
             return Ok(self.wait(client, None).await);
         }
         self.vacated = None;
+        self.ahead = kids[..pos - 1].iter().map(|k| k.name.clone()).collect();
         let pred = &kids[pos - 1];
         let pred_path = format!("{path}/{}", pred.name);
         let leader_path = format!("{path}/{}", kids[0].name);
@@ -1017,12 +1064,13 @@ impl DriverState {
         };
         self.cell
             .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
-        Ok(self.wait(client, Some((pred_watch, pos == 1))).await)
+        let claim_next = pos == 1 || (self.assert_ahead && self.ahead.len() <= MAX_AHEAD);
+        Ok(self.wait(client, Some((pred_watch, claim_next))).await)
     }
 
     /// Wait for whatever can change our position: the predecessor or our own node changing,
     /// the session state changing, or a command. `pred` is the predecessor's watch and
-    /// whether the predecessor is first in the queue (the leader).
+    /// whether its deletion makes us claim at once (see [`round`](Self::round)).
     async fn wait(
         &mut self,
         client: &zk::Client,
@@ -1032,7 +1080,7 @@ impl DriverState {
             .states
             .clone()
             .unwrap_or_else(|| client.state_watcher());
-        let pred_first = pred.as_ref().is_some_and(|(_, first)| *first);
+        let claim_next = pred.as_ref().is_some_and(|(_, claim)| *claim);
         let pred_changed = async move {
             match pred {
                 Some((w, _)) => w.changed().await,
@@ -1081,7 +1129,7 @@ impl DriverState {
             }
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
-                if pred_first && ev.event_type == zk::EventType::NodeDeleted {
+                if claim_next && ev.event_type == zk::EventType::NodeDeleted {
                     self.vacated = Some(Instant::now());
                 }
                 Next::Again
