@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
@@ -148,6 +148,7 @@ impl ZkElection {
             pending: None,
             failures: 0,
             failing_since: None,
+            connect_took: None,
         };
         let span = tracing::info_span!("zk_latch", id = %self.cfg.id, path = %self.cfg.path);
         let task = tokio::spawn(state.run().instrument(span));
@@ -403,6 +404,43 @@ pub(crate) async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result
     }
 }
 
+/// `fut` bounded by `bound` when given (a timeout error after it).
+async fn timed<T>(bound: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match bound {
+        None => fut.await,
+        Some(b) => timeout(b, fut).await.unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "no answer from ZooKeeper within {}; trying again",
+                Human(b)
+            )))
+        }),
+    }
+}
+
+/// While our connection is down: can a fresh session reach ZooKeeper, and does ZooKeeper
+/// still know our session (our `node`, owned by it)?
+async fn probe(cfg: Arc<ZkConfig>, client: zk::Client, node: Option<String>) -> Probe {
+    let Ok(fresh) = connect(&cfg, cfg.session_timeout).await else {
+        return Probe::Unanswered;
+    };
+    if client.state() != zk::SessionState::Disconnected {
+        return Probe::Unanswered;
+    }
+    let ours = client.session_id().0;
+    match node {
+        Some(n) => match timeout(cfg.connection_timeout, fresh.check_stat(&n)).await {
+            Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
+                debug!("probe: ZooKeeper still holds our node and session");
+                Probe::SessionAlive(fresh)
+            }
+            Ok(Ok(_)) => Probe::SessionLost(fresh),
+            _ => Probe::Unanswered,
+        },
+        // Nothing of ours to keep: a working session beats waiting.
+        None => Probe::SessionLost(fresh),
+    }
+}
+
 /// The pending `exists` watch on our own node.
 type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
 
@@ -467,6 +505,8 @@ struct DriverState {
     pending: Option<Cmd>,
     failures: u32,
     failing_since: Option<Instant>,
+    /// How long our latest successful connection took to establish (see `hedging`).
+    connect_took: Option<Duration>,
 }
 
 /// How long to wait after a lost connection before the first probe session (zookeeper-client
@@ -479,6 +519,10 @@ const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
 /// connection attempt per participant per gap (10 per second; a refused TCP connect), plus
 /// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
 const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
+/// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
+const MAX_ATTEMPTS: usize = 5;
+/// The least time an attempt gets before it is abandoned (see `DriverState::hedging`).
+const MIN_ATTEMPT_BOUND: Duration = Duration::from_millis(250);
 /// At most this many nodes before our predecessor are asserted gone by the claim; with more,
 /// the successor reads the queue first.
 const MAX_AHEAD: usize = 8;
@@ -708,58 +752,80 @@ impl DriverState {
     /// Connect a session, retrying with backoff; Candidate and Degraded/Unhealthy meanwhile.
     async fn connect(&mut self) -> Next {
         let started = Instant::now();
-        let mut attempt: u32 = 0;
+        let mut failures: u32 = 0;
+        let (bound, most) = self.hedging();
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        let mut next_start = Instant::now();
         loop {
-            let cfg = self.cfg.clone();
-            let attempt_fut = async move { connect(&cfg, cfg.session_timeout).await };
-            tokio::pin!(attempt_fut);
-            let result = loop {
-                tokio::select! {
-                    r = &mut attempt_fut => break r,
-                    cmd = self.rx.recv() => match cmd {
-                        Some(cmd) => {
-                            if let Next::Exit = self.command(cmd).await { return Next::Exit; }
-                            if !self.want { return Next::Again; }
-                        }
-                        None => return Next::Exit,
-                    },
-                }
-            };
-            match result {
-                Ok(client) => {
-                    info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
-                    self.set_client(Some(client));
-                    return Next::Again;
-                }
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                    return self.fatal(e.kind(), e.message()).await;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let level = if started.elapsed() > self.cfg.session_timeout {
-                        HealthLevel::Unhealthy
-                    } else {
-                        HealthLevel::Degraded
-                    };
-                    let reason = format!(
-                        "no connection to ZooKeeper for {:.1}s (attempt {attempt}): {}",
-                        started.elapsed().as_secs_f64(),
-                        e.message()
-                    );
-                    let role = self.cell.get().role;
-                    let role = if role.is_joined() || role.is_leader() {
-                        Role::Candidate
-                    } else {
-                        role
-                    };
-                    self.cell.set(role, level, reason);
+            tokio::select! {
+                _ = sleep_until(next_start), if attempts.len() < most => {
+                    let cfg = self.cfg.clone();
+                    attempts.push(async move {
+                        let t = Instant::now();
+                        let r = timed(bound, connect(&cfg, cfg.session_timeout)).await;
+                        (r, t.elapsed())
+                    });
                     // No growing backoff: a server that comes back is found within one gap.
-                    let gap = RETRY_WHILE_DOWN.mul_f64(rand::thread_rng().gen_range(0.8..1.0));
-                    if let Some(next) = self.pause_until(Instant::now() + gap).await {
-                        return next;
-                    }
+                    next_start = Instant::now()
+                        + RETRY_WHILE_DOWN.mul_f64(rand::thread_rng().gen_range(0.8..1.0));
                 }
+                Some((result, took)) = attempts.next(), if !attempts.is_empty() => match result {
+                    Ok(client) => {
+                        info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
+                        self.connect_took = Some(took);
+                        self.set_client(Some(client));
+                        return Next::Again;
+                    }
+                    Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                        return self.fatal(e.kind(), e.message()).await;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let level = if started.elapsed() > self.cfg.session_timeout {
+                            HealthLevel::Unhealthy
+                        } else {
+                            HealthLevel::Degraded
+                        };
+                        let reason = format!(
+                            "no connection to ZooKeeper for {:.1}s (attempt {failures}): {}",
+                            started.elapsed().as_secs_f64(),
+                            e.message()
+                        );
+                        let role = self.cell.get().role;
+                        let role = if role.is_joined() || role.is_leader() {
+                            Role::Candidate
+                        } else {
+                            role
+                        };
+                        self.cell.set(role, level, reason);
+                    }
+                },
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if let Next::Exit = self.command(cmd).await { return Next::Exit; }
+                        if !self.want { return Next::Again; }
+                    }
+                    None => return Next::Exit,
+                },
             }
+        }
+    }
+
+    /// How long one connection attempt (or probe) may take before it is abandoned, and how
+    /// many may be in flight at once. A server that is starting up can accept a connection
+    /// and never answer it; overlapping attempts, each abandoned after a few times what our
+    /// last connection took, find it the moment it serves. Before any connection succeeded
+    /// (nothing known about the link): one at a time, each with the configured bound.
+    fn hedging(&self) -> (Option<Duration>, usize) {
+        match self.connect_took {
+            Some(t) => {
+                let configured = self.cfg.connection_timeout * 2;
+                (
+                    Some((t * 4).max(MIN_ATTEMPT_BOUND).min(configured)),
+                    MAX_ATTEMPTS,
+                )
+            }
+            None => (None, 1),
         }
     }
 
@@ -1201,6 +1267,12 @@ impl DriverState {
             .clone()
             .unwrap_or_else(|| client.state_watcher());
         let mut next_probe = t0 + FIRST_PROBE_AFTER;
+        // Probes overlap (see `hedging`): one starts every RETRY_WHILE_DOWN while fewer than
+        // `most` are in flight, so a connection the starting server accepted but never
+        // answers cannot hide the moment it serves.
+        let (bound, most) = self.hedging();
+        let mut probes = futures::stream::FuturesUnordered::new();
+        let node = self.node.as_ref().map(|n| n.path.clone());
         let unhealthy_at = t0 + self.session_timeout;
         let mut marked_unhealthy = false;
         let mut demoted = grace.is_zero() || !was_leader;
@@ -1229,8 +1301,19 @@ impl DriverState {
                     self.cell.set_health(HealthLevel::Unhealthy, reason);
                 }
                 _ = sleep_until(next_probe) => {
-                    let mut gap = RETRY_WHILE_DOWN;
-                    let (fresh, why) = match self.probe(client).await {
+                    if probes.len() < most {
+                        let probe = probe(self.cfg.clone(), client.clone(), node.clone());
+                        probes.push(async move {
+                            match bound {
+                                Some(b) => timeout(b, probe).await.unwrap_or(Probe::Unanswered),
+                                None => probe.await,
+                            }
+                        });
+                    }
+                    next_probe = Instant::now() + RETRY_WHILE_DOWN;
+                }
+                Some(found) = probes.next(), if !probes.is_empty() => {
+                    let (fresh, why) = match found {
                         Probe::Unanswered => (None, ""),
                         Probe::SessionLost(fresh) => {
                             info!(old = %client.session_id(), new = %fresh.session_id(),
@@ -1251,7 +1334,7 @@ impl DriverState {
                         }
                         Probe::SessionAlive(_) => {
                             // Next look when the grace ends (no session churn meanwhile).
-                            gap = (t0 + grace).saturating_duration_since(Instant::now()).max(gap);
+                            next_probe = next_probe.max(t0 + grace);
                             (None, "")
                         }
                     };
@@ -1267,7 +1350,6 @@ impl DriverState {
                         self.set_client(Some(fresh));
                         return Next::Again;
                     }
-                    next_probe = Instant::now() + gap;
                 }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
@@ -1278,32 +1360,6 @@ impl DriverState {
                     None => return Next::Exit,
                 },
             }
-        }
-    }
-
-    /// While our connection is down: can a fresh session reach ZooKeeper, and does
-    /// ZooKeeper still know our session (our node, owned by it)?
-    async fn probe(&self, client: &zk::Client) -> Probe {
-        let Ok(fresh) = connect(&self.cfg, self.cfg.session_timeout).await else {
-            return Probe::Unanswered;
-        };
-        if client.state() != zk::SessionState::Disconnected {
-            return Probe::Unanswered;
-        }
-        let ours = client.session_id().0;
-        match &self.node {
-            Some(n) => {
-                match timeout(self.cfg.connection_timeout, fresh.check_stat(&n.path)).await {
-                    Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
-                        debug!("probe: ZooKeeper still holds our node and session");
-                        Probe::SessionAlive(fresh)
-                    }
-                    Ok(Ok(_)) => Probe::SessionLost(fresh),
-                    _ => Probe::Unanswered,
-                }
-            }
-            // Nothing of ours to keep: a working session beats waiting.
-            None => Probe::SessionLost(fresh),
         }
     }
 
