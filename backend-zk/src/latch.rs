@@ -46,7 +46,9 @@ use crate::names::{self, protected_prefix};
 /// # Dropping
 /// Dropping the handle stops the background task and closes the session: ZooKeeper deletes
 /// our node at once, like a process exit. [`close`](Election::close) does the same but
-/// publishes `Closed` first and confirms the deletion.
+/// publishes `Closed` first and confirms the deletion; it returns once our node is deleted,
+/// and the session is closed 20 ms later in the background (so that its teardown does not
+/// compete with the successor's claim).
 pub struct ZkElection {
     cfg: Arc<ZkConfig>,
     cell: Arc<StatusCell>,
@@ -171,18 +173,26 @@ impl ZkElection {
             // Deleting our node is retried for at most 1.5 x the session timeout; never
             // wait much longer than that, whatever the driver is doing.
             let bound = self.cfg.session_timeout * 2;
+            let mut acked = false;
             if sent {
                 result = match timeout(bound, done).await {
-                    Ok(r) => r.unwrap_or(Ok(())),
+                    Ok(Ok(r)) => {
+                        acked = true;
+                        r
+                    }
+                    Ok(Err(_)) => Ok(()),
                     Err(_) => Err(Error::timeout(format!(
                         "closing took longer than {}; the session was dropped, so ZooKeeper removes our node when it expires",
                         Human(bound)
                     ))),
                 };
             }
-            let abort = task.abort_handle();
-            if timeout(bound, task).await.is_err() {
-                abort.abort();
+            // Acknowledged: the driver closes the session CLOSE_LINGER later and ends by itself.
+            if !acked {
+                let abort = task.abort_handle();
+                if timeout(bound, task).await.is_err() {
+                    abort.abort();
+                }
             }
         }
         result
@@ -519,6 +529,8 @@ const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
 /// connection attempt per participant per gap (10 per second; a refused TCP connect), plus
 /// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
 const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
+/// How long after deleting our node on `close` the session is closed (in the background).
+const CLOSE_LINGER: Duration = Duration::from_millis(20);
 /// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
 const MAX_ATTEMPTS: usize = 5;
 /// The least time an attempt gets before it is abandoned (see `DriverState::hedging`).
@@ -1384,8 +1396,15 @@ impl DriverState {
                 self.want = false;
                 self.cell.close("closed");
                 let r = self.delete_node().await;
-                self.set_client(None);
+                let deleted = r.is_ok() && self.client.is_some();
                 let _ = ack.send(r);
+                if deleted {
+                    // Our node is gone; the session closes a moment later, so that its
+                    // teardown (a closeSession write on the server, the connection's end in
+                    // our process) does not compete with our successor's claim.
+                    sleep(CLOSE_LINGER).await;
+                }
+                self.set_client(None);
                 Next::Exit
             }
         }
