@@ -151,6 +151,7 @@ impl ZkElection {
             failures: 0,
             failing_since: None,
             connect_took: None,
+            led_in_session: false,
         };
         let span = tracing::info_span!("zk_latch", id = %self.cfg.id, path = %self.cfg.path);
         let task = tokio::spawn(state.run().instrument(span));
@@ -517,6 +518,8 @@ struct DriverState {
     failing_since: Option<Instant>,
     /// How long our latest successful connection took to establish (see `hedging`).
     connect_took: Option<Duration>,
+    /// Whether we were granted leadership under the current session.
+    led_in_session: bool,
 }
 
 /// How long to wait after a lost connection before the first probe session (zookeeper-client
@@ -585,6 +588,7 @@ impl DriverState {
         }
         *lock(&self.inner.client) = client.clone();
         self.client = client;
+        self.led_in_session = false;
     }
 
     /// Forget our node and everything known about it.
@@ -1108,6 +1112,7 @@ impl DriverState {
             if let Some(vacated) = self.vacated.take() {
                 self.cell.metrics().handover(vacated.into_std());
             }
+            self.led_in_session = true;
             self.cell
                 .set(Role::Leader { term }, HealthLevel::Healthy, reason);
             return Ok(self.wait(client, None).await);
@@ -1284,6 +1289,17 @@ impl DriverState {
         // answers cannot hide the moment it serves.
         let (bound, most) = self.hedging();
         let mut probes = futures::stream::FuturesUnordered::new();
+        // A grant's promise (`takeover_bound`): nobody else is elected before half the
+        // session timeout after our last contact, because the server holds our session at
+        // least that long. Leaving a session the server still holds deletes our node, which
+        // can elect our successor at once: a participant that led keeps its old session
+        // (waiting for the client to reconnect) until that bound has passed.
+        let keep_until = if self.led_in_session {
+            let c = self.cell.contact();
+            c.last.map(|last| Instant::from_std(last + c.safe_for))
+        } else {
+            None
+        };
         let node = self.node.as_ref().map(|n| n.path.clone());
         let unhealthy_at = t0 + self.session_timeout;
         let mut marked_unhealthy = false;
@@ -1336,17 +1352,21 @@ impl DriverState {
                         // ZooKeeper serves, still with our session, but our client has not
                         // reconnected: it waits out its own backoff (100 ms doubling, up to
                         // seconds after a long outage). Under the grace of
-                        // ConnectionPolicy::Session we keep waiting for it; otherwise we are not
-                        // leader anyway, and the fresh session rejoins now (its first round
-                        // deletes our old node, named by the old session's uuid).
-                        Probe::SessionAlive(fresh) if demoted => {
+                        // ConnectionPolicy::Session, or before the takeover bound of a grant we
+                        // held, we keep waiting for it; otherwise we are not leader anyway, and
+                        // the fresh session rejoins now (its first round deletes our old node,
+                        // named by the old session's uuid).
+                        Probe::SessionAlive(fresh)
+                            if demoted && keep_until.is_none_or(|k| Instant::now() >= k) =>
+                        {
                             info!(old = %client.session_id(), new = %fresh.session_id(),
                                   "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
                             (Some(fresh), "ZooKeeper answers again; rejoining with a new session")
                         }
                         Probe::SessionAlive(_) => {
-                            // Next look when the grace ends (no session churn meanwhile).
-                            next_probe = next_probe.max(t0 + grace);
+                            // Next look when the grace ends and our grant's takeover bound has
+                            // passed (no session churn meanwhile).
+                            next_probe = next_probe.max(t0 + grace).max(keep_until.unwrap_or(t0));
                             (None, "")
                         }
                     };

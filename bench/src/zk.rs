@@ -928,10 +928,15 @@ pub fn restart_why(r: &Results) -> String {
                participant does not wait for it: its probe session (every 100 ms while \
                disconnected) reaches the server, and the participant, no longer leader \
                anyway, takes that session and rejoins, deleting its old node (named by the old \
-               session's uuid). It keeps its old session only when the client reconnects \
-               before a probe gets through. The price: its place in the queue (the new node \
-               is at the back) and, under `ConnectionPolicy::Session`, nothing within the \
-               grace period (probes then wait for it). The Java client sleeps a random 0-1 s \
+               session's uuid). It keeps its old session when the client reconnects before a \
+               probe gets through, and a participant that led under it keeps it until its \
+               takeover bound (half the session timeout after its last contact) has passed: \
+               its grant promised that nobody is elected before, and deleting its node would \
+               elect its successor at once. So after an outage shorter than that (the 15 s \
+               sessions of the short-restart row) the old leader still waits for the client's \
+               reconnect; after a long outage (the long-outage rows) nobody waits. The price: \
+               the place in the queue (the new node is at the back) and, under \
+               `ConnectionPolicy::Session`, nothing within the grace period (probes then wait). The Java client sleeps a random 0-1 s \
                before each attempt, hence Curator's ~0.5-1 s.";
     match max_of(&r.zk_restart[0], &r.zk_long[0]) {
         Some(x) if x <= 300.0 => how.to_string(),
