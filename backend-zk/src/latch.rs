@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
@@ -46,7 +46,9 @@ use crate::names::{self, protected_prefix};
 /// # Dropping
 /// Dropping the handle stops the background task and closes the session: ZooKeeper deletes
 /// our node at once, like a process exit. [`close`](Election::close) does the same but
-/// publishes `Closed` first and confirms the deletion.
+/// publishes `Closed` first and confirms the deletion; it returns once our node is deleted,
+/// and the session is closed 20 ms later in the background (so that its teardown does not
+/// compete with the successor's claim).
 pub struct ZkElection {
     cfg: Arc<ZkConfig>,
     cell: Arc<StatusCell>,
@@ -141,11 +143,15 @@ impl ZkElection {
             node: None,
             own_watch: None,
             vacated: None,
+            ahead: Vec::new(),
+            assert_ahead: true,
             been_in_latch: false,
             want: false,
             pending: None,
             failures: 0,
             failing_since: None,
+            connect_took: None,
+            led_in_session: false,
         };
         let span = tracing::info_span!("zk_latch", id = %self.cfg.id, path = %self.cfg.path);
         let task = tokio::spawn(state.run().instrument(span));
@@ -168,18 +174,26 @@ impl ZkElection {
             // Deleting our node is retried for at most 1.5 x the session timeout; never
             // wait much longer than that, whatever the driver is doing.
             let bound = self.cfg.session_timeout * 2;
+            let mut acked = false;
             if sent {
                 result = match timeout(bound, done).await {
-                    Ok(r) => r.unwrap_or(Ok(())),
+                    Ok(Ok(r)) => {
+                        acked = true;
+                        r
+                    }
+                    Ok(Err(_)) => Ok(()),
                     Err(_) => Err(Error::timeout(format!(
                         "closing took longer than {}; the session was dropped, so ZooKeeper removes our node when it expires",
                         Human(bound)
                     ))),
                 };
             }
-            let abort = task.abort_handle();
-            if timeout(bound, task).await.is_err() {
-                abort.abort();
+            // Acknowledged: the driver closes the session CLOSE_LINGER later and ends by itself.
+            if !acked {
+                let abort = task.abort_handle();
+                if timeout(bound, task).await.is_err() {
+                    abort.abort();
+                }
             }
         }
         result
@@ -401,6 +415,43 @@ pub(crate) async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result
     }
 }
 
+/// `fut` bounded by `bound` when given (a timeout error after it).
+async fn timed<T>(bound: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match bound {
+        None => fut.await,
+        Some(b) => timeout(b, fut).await.unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "no answer from ZooKeeper within {}; trying again",
+                Human(b)
+            )))
+        }),
+    }
+}
+
+/// While our connection is down: can a fresh session reach ZooKeeper, and does ZooKeeper
+/// still know our session (our `node`, owned by it)?
+async fn probe(cfg: Arc<ZkConfig>, client: zk::Client, node: Option<String>) -> Probe {
+    let Ok(fresh) = connect(&cfg, cfg.session_timeout).await else {
+        return Probe::Unanswered;
+    };
+    if client.state() != zk::SessionState::Disconnected {
+        return Probe::Unanswered;
+    }
+    let ours = client.session_id().0;
+    match node {
+        Some(n) => match timeout(cfg.connection_timeout, fresh.check_stat(&n)).await {
+            Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
+                debug!("probe: ZooKeeper still holds our node and session");
+                Probe::SessionAlive(fresh)
+            }
+            Ok(Ok(_)) => Probe::SessionLost(fresh),
+            _ => Probe::Unanswered,
+        },
+        // Nothing of ours to keep: a working session beats waiting.
+        None => Probe::SessionLost(fresh),
+    }
+}
+
 /// The pending `exists` watch on our own node.
 type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
 
@@ -409,6 +460,16 @@ type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
 struct OwnNode {
     name: String,
     path: String,
+}
+
+/// What a probe session found while our connection is down.
+enum Probe {
+    /// No server answered it (or ours reconnected meanwhile).
+    Unanswered,
+    /// ZooKeeper answers, and no longer knows our session (wiped, or expired it).
+    SessionLost(zk::Client),
+    /// ZooKeeper answers, and still holds our node under our session.
+    SessionAlive(zk::Client),
 }
 
 /// What the driver does next.
@@ -436,11 +497,17 @@ struct DriverState {
     /// A pending watch on our node (registered by this session): while it has not fired,
     /// our node exists, so a round need not read it again.
     own_watch: Option<OwnWatch>,
-    /// When we learned that our predecessor, first in the queue, is gone. While set, we
-    /// are first (sequence numbers only grow, so no node created since sorts before ours),
-    /// provided our node still exists, which the claim checks atomically. Also the start
-    /// of the handover metric.
+    /// When we learned that our predecessor is gone. While set, we are first if the nodes in
+    /// `ahead` are gone too (sequence numbers only grow, so no node created since sorts
+    /// before ours) and our node still exists: the claim asserts both atomically. Also the
+    /// start of the handover metric.
     vacated: Option<Instant>,
+    /// The nodes before our predecessor at our last reading of the queue (none: our
+    /// predecessor was first).
+    ahead: Vec<String>,
+    /// Whether the claim may assert that the nodes `ahead` are gone (off after the server
+    /// refused it, e.g. an ACL without DELETE on the latch path).
+    assert_ahead: bool,
     /// Whether this participant ever held a node (a missing path is then a repair).
     been_in_latch: bool,
     want: bool,
@@ -449,12 +516,31 @@ struct DriverState {
     pending: Option<Cmd>,
     failures: u32,
     failing_since: Option<Instant>,
+    /// How long our latest successful connection took to establish (see `hedging`).
+    connect_took: Option<Duration>,
+    /// Whether we were granted leadership under the current session.
+    led_in_session: bool,
 }
 
-/// How long to wait after a lost connection before the first probe session.
+/// How long to wait after a lost connection before the first probe session (zookeeper-client
+/// retries at once and again after 100-200 ms: a short blip is left to it).
 const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
-/// Longest gap between probes.
-const MAX_PROBE_GAP: Duration = Duration::from_secs(2);
+/// While no server answers: the gap between two probe sessions of a suspended participant,
+/// and the longest pause between two connection attempts of one without a session. Fixed,
+/// not growing with the outage, so that a server that comes back (empty or with its data)
+/// is found within this gap whatever the outage length. What it costs a down server: one
+/// connection attempt per participant per gap (10 per second; a refused TCP connect), plus
+/// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
+const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
+/// How long after deleting our node on `close` the session is closed (in the background).
+const CLOSE_LINGER: Duration = Duration::from_millis(20);
+/// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
+const MAX_ATTEMPTS: usize = 5;
+/// The least time an attempt gets before it is abandoned (see `DriverState::hedging`).
+const MIN_ATTEMPT_BOUND: Duration = Duration::from_millis(250);
+/// At most this many nodes before our predecessor are asserted gone by the claim; with more,
+/// the successor reads the queue first.
+const MAX_AHEAD: usize = 8;
 /// Longest backoff between repair attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -502,6 +588,7 @@ impl DriverState {
         }
         *lock(&self.inner.client) = client.clone();
         self.client = client;
+        self.led_in_session = false;
     }
 
     /// Forget our node and everything known about it.
@@ -644,6 +731,12 @@ impl DriverState {
     async fn pause(&mut self, attempt: u32) -> Option<Next> {
         let base = Duration::from_millis(50 * (1 << attempt.min(6))).min(MAX_BACKOFF);
         let until = Instant::now() + base.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+        self.pause_until(until).await
+    }
+
+    /// Sleep until `until` while obeying commands. `Some(next)` when a command ends the wait
+    /// early (closed, resigned).
+    async fn pause_until(&mut self, until: Instant) -> Option<Next> {
         loop {
             tokio::select! {
                 _ = sleep_until(until) => return None,
@@ -675,56 +768,80 @@ impl DriverState {
     /// Connect a session, retrying with backoff; Candidate and Degraded/Unhealthy meanwhile.
     async fn connect(&mut self) -> Next {
         let started = Instant::now();
-        let mut attempt: u32 = 0;
+        let mut failures: u32 = 0;
+        let (bound, most) = self.hedging();
+        let mut attempts = futures::stream::FuturesUnordered::new();
+        let mut next_start = Instant::now();
         loop {
-            let cfg = self.cfg.clone();
-            let attempt_fut = async move { connect(&cfg, cfg.session_timeout).await };
-            tokio::pin!(attempt_fut);
-            let result = loop {
-                tokio::select! {
-                    r = &mut attempt_fut => break r,
-                    cmd = self.rx.recv() => match cmd {
-                        Some(cmd) => {
-                            if let Next::Exit = self.command(cmd).await { return Next::Exit; }
-                            if !self.want { return Next::Again; }
-                        }
-                        None => return Next::Exit,
-                    },
+            tokio::select! {
+                _ = sleep_until(next_start), if attempts.len() < most => {
+                    let cfg = self.cfg.clone();
+                    attempts.push(async move {
+                        let t = Instant::now();
+                        let r = timed(bound, connect(&cfg, cfg.session_timeout)).await;
+                        (r, t.elapsed())
+                    });
+                    // No growing backoff: a server that comes back is found within one gap.
+                    next_start = Instant::now()
+                        + RETRY_WHILE_DOWN.mul_f64(rand::thread_rng().gen_range(0.8..1.0));
                 }
-            };
-            match result {
-                Ok(client) => {
-                    info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
-                    self.set_client(Some(client));
-                    return Next::Again;
-                }
-                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                    return self.fatal(e.kind(), e.message()).await;
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let level = if started.elapsed() > self.cfg.session_timeout {
-                        HealthLevel::Unhealthy
-                    } else {
-                        HealthLevel::Degraded
-                    };
-                    let reason = format!(
-                        "no connection to ZooKeeper for {:.1}s (attempt {attempt}): {}",
-                        started.elapsed().as_secs_f64(),
-                        e.message()
-                    );
-                    let role = self.cell.get().role;
-                    let role = if role.is_joined() || role.is_leader() {
-                        Role::Candidate
-                    } else {
-                        role
-                    };
-                    self.cell.set(role, level, reason);
-                    if let Some(next) = self.pause(attempt.min(5)).await {
-                        return next;
+                Some((result, took)) = attempts.next(), if !attempts.is_empty() => match result {
+                    Ok(client) => {
+                        info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
+                        self.connect_took = Some(took);
+                        self.set_client(Some(client));
+                        return Next::Again;
                     }
-                }
+                    Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                        return self.fatal(e.kind(), e.message()).await;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let level = if started.elapsed() > self.cfg.session_timeout {
+                            HealthLevel::Unhealthy
+                        } else {
+                            HealthLevel::Degraded
+                        };
+                        let reason = format!(
+                            "no connection to ZooKeeper for {:.1}s (attempt {failures}): {}",
+                            started.elapsed().as_secs_f64(),
+                            e.message()
+                        );
+                        let role = self.cell.get().role;
+                        let role = if role.is_joined() || role.is_leader() {
+                            Role::Candidate
+                        } else {
+                            role
+                        };
+                        self.cell.set(role, level, reason);
+                    }
+                },
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if let Next::Exit = self.command(cmd).await { return Next::Exit; }
+                        if !self.want { return Next::Again; }
+                    }
+                    None => return Next::Exit,
+                },
             }
+        }
+    }
+
+    /// How long one connection attempt (or probe) may take before it is abandoned, and how
+    /// many may be in flight at once. A server that is starting up can accept a connection
+    /// and never answer it; overlapping attempts, each abandoned after a few times what our
+    /// last connection took, find it the moment it serves. Before any connection succeeded
+    /// (nothing known about the link): one at a time, each with the configured bound.
+    fn hedging(&self) -> (Option<Duration>, usize) {
+        match self.connect_took {
+            Some(t) => {
+                let configured = self.cfg.connection_timeout * 2;
+                (
+                    Some((t * 4).max(MIN_ATTEMPT_BOUND).min(configured)),
+                    MAX_ATTEMPTS,
+                )
+            }
+            None => (None, 1),
         }
     }
 
@@ -862,10 +979,14 @@ impl DriverState {
 
     /// One election round: repair, evaluate, wait for the next relevant event.
     ///
-    /// Round trips on the handover path: when the predecessor that just left was first,
-    /// only the claim (one multi) stands between its deletion event and `Leader`; the
-    /// pending own-node watch stands in for re-reading our node, and the claim re-checks it
-    /// atomically.
+    /// Round trips on the handover path: after our predecessor's deletion, only the claim
+    /// (one multi) stands between the event and `Leader`, with no `getChildren`. We are first
+    /// if no node before our predecessor at our last reading of the queue (`ahead`) is left:
+    /// sequence numbers only grow, so no node created since sorts before ours. The claim
+    /// asserts that atomically (for each such node, a create and a delete of its name:
+    /// fails with NodeExists while the node is there, a no-op otherwise) together with our
+    /// node's existence (which the pending own-node watch already vouches for) and the
+    /// write of the term. When the assertion fails, we read the queue as usual.
     async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
         let node = self.ensure_node(client).await?;
         let path = self.cfg.path.clone();
@@ -927,6 +1048,19 @@ impl DriverState {
             // can tell a first node that has claimed from one that has not yet.
             let mut w = client.new_multi_writer();
             w.add_check_version(&node.path, -1)?;
+            let ahead = if first_next {
+                std::mem::take(&mut self.ahead)
+            } else {
+                Vec::new()
+            };
+            if !ahead.is_empty() {
+                let gone = zk::CreateMode::Persistent.with_acls(acls(&self.cfg));
+                for name in &ahead {
+                    let p = format!("{path}/{name}");
+                    w.add_create(&p, &[], &gone)?;
+                    w.add_delete(&p, None)?;
+                }
+            }
             w.add_set_data(&path, node.name.as_bytes(), None)?;
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
@@ -941,6 +1075,24 @@ impl DriverState {
                     ..
                 }) => {
                     self.forget_node();
+                    return Ok(Next::Again);
+                }
+                // A node ahead of us is still there (our predecessor left while not first):
+                // not first; read the queue.
+                Err(zk::MultiWriteError::OperationFailed {
+                    source: zk::Error::NodeExists,
+                    ..
+                }) if !ahead.is_empty() => {
+                    debug!("a node ahead of our predecessor is still there; reading the queue");
+                    self.vacated = None;
+                    return Ok(Next::Again);
+                }
+                Err(zk::MultiWriteError::OperationFailed { index, source })
+                    if index >= 1 && index <= 2 * ahead.len() =>
+                {
+                    debug!(%source, "the server refused the assertion that the nodes ahead are gone; reading the queue from now on");
+                    self.assert_ahead = false;
+                    self.vacated = None;
                     return Ok(Next::Again);
                 }
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
@@ -960,11 +1112,13 @@ impl DriverState {
             if let Some(vacated) = self.vacated.take() {
                 self.cell.metrics().handover(vacated.into_std());
             }
+            self.led_in_session = true;
             self.cell
                 .set(Role::Leader { term }, HealthLevel::Healthy, reason);
             return Ok(self.wait(client, None).await);
         }
         self.vacated = None;
+        self.ahead = kids[..pos - 1].iter().map(|k| k.name.clone()).collect();
         let pred = &kids[pos - 1];
         let pred_path = format!("{path}/{}", pred.name);
         let leader_path = format!("{path}/{}", kids[0].name);
@@ -993,12 +1147,13 @@ impl DriverState {
         };
         self.cell
             .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
-        Ok(self.wait(client, Some((pred_watch, pos == 1))).await)
+        let claim_next = pos == 1 || (self.assert_ahead && self.ahead.len() <= MAX_AHEAD);
+        Ok(self.wait(client, Some((pred_watch, claim_next))).await)
     }
 
     /// Wait for whatever can change our position: the predecessor or our own node changing,
     /// the session state changing, or a command. `pred` is the predecessor's watch and
-    /// whether the predecessor is first in the queue (the leader).
+    /// whether its deletion makes us claim at once (see [`round`](Self::round)).
     async fn wait(
         &mut self,
         client: &zk::Client,
@@ -1008,7 +1163,7 @@ impl DriverState {
             .states
             .clone()
             .unwrap_or_else(|| client.state_watcher());
-        let pred_first = pred.as_ref().is_some_and(|(_, first)| *first);
+        let claim_next = pred.as_ref().is_some_and(|(_, claim)| *claim);
         let pred_changed = async move {
             match pred {
                 Some((w, _)) => w.changed().await,
@@ -1057,7 +1212,7 @@ impl DriverState {
             }
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
-                if pred_first && ev.event_type == zk::EventType::NodeDeleted {
+                if claim_next && ev.event_type == zk::EventType::NodeDeleted {
                     self.vacated = Some(Instant::now());
                 }
                 Next::Again
@@ -1128,8 +1283,24 @@ impl DriverState {
             .states
             .clone()
             .unwrap_or_else(|| client.state_watcher());
-        let mut probe_gap = FIRST_PROBE_AFTER;
-        let mut next_probe = t0 + probe_gap;
+        let mut next_probe = t0 + FIRST_PROBE_AFTER;
+        // Probes overlap (see `hedging`): one starts every RETRY_WHILE_DOWN while fewer than
+        // `most` are in flight, so a connection the starting server accepted but never
+        // answers cannot hide the moment it serves.
+        let (bound, most) = self.hedging();
+        let mut probes = futures::stream::FuturesUnordered::new();
+        // A grant's promise (`takeover_bound`): nobody else is elected before half the
+        // session timeout after our last contact, because the server holds our session at
+        // least that long. Leaving a session the server still holds deletes our node, which
+        // can elect our successor at once: a participant that led keeps its old session
+        // (waiting for the client to reconnect) until that bound has passed.
+        let keep_until = if self.led_in_session {
+            let c = self.cell.contact();
+            c.last.map(|last| Instant::from_std(last + c.safe_for))
+        } else {
+            None
+        };
+        let node = self.node.as_ref().map(|n| n.path.clone());
         let unhealthy_at = t0 + self.session_timeout;
         let mut marked_unhealthy = false;
         let mut demoted = grace.is_zero() || !was_leader;
@@ -1158,24 +1329,59 @@ impl DriverState {
                     self.cell.set_health(HealthLevel::Unhealthy, reason);
                 }
                 _ = sleep_until(next_probe) => {
-                    if let Some(fresh) = self.probe(client).await {
-                        info!(old = %client.session_id(), new = %fresh.session_id(),
-                              "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
-                        // The server serves without our session (wiped, or expired it):
-                        // someone else may lead already; no grace for work under our grant.
+                    if probes.len() < most {
+                        let probe = probe(self.cfg.clone(), client.clone(), node.clone());
+                        probes.push(async move {
+                            match bound {
+                                Some(b) => timeout(b, probe).await.unwrap_or(Probe::Unanswered),
+                                None => probe.await,
+                            }
+                        });
+                    }
+                    next_probe = Instant::now() + RETRY_WHILE_DOWN;
+                }
+                Some(found) = probes.next(), if !probes.is_empty() => {
+                    let (fresh, why) = match found {
+                        Probe::Unanswered => (None, ""),
+                        Probe::SessionLost(fresh) => {
+                            info!(old = %client.session_id(), new = %fresh.session_id(),
+                                  "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
+                            self.cell.metrics().count(metrics::SESSION_EXPIRATIONS, &[]);
+                            (Some(fresh), "ZooKeeper lost our session (wiped or expired); rejoining")
+                        }
+                        // ZooKeeper serves, still with our session, but our client has not
+                        // reconnected: it waits out its own backoff (100 ms doubling, up to
+                        // seconds after a long outage). Under the grace of
+                        // ConnectionPolicy::Session, or before the takeover bound of a grant we
+                        // held, we keep waiting for it; otherwise we are not leader anyway, and
+                        // the fresh session rejoins now (its first round deletes our old node,
+                        // named by the old session's uuid).
+                        Probe::SessionAlive(fresh)
+                            if demoted && keep_until.is_none_or(|k| Instant::now() >= k) =>
+                        {
+                            info!(old = %client.session_id(), new = %fresh.session_id(),
+                                  "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
+                            (Some(fresh), "ZooKeeper answers again; rejoining with a new session")
+                        }
+                        Probe::SessionAlive(_) => {
+                            // Next look when the grace ends and our grant's takeover bound has
+                            // passed (no session churn meanwhile).
+                            next_probe = next_probe.max(t0 + grace).max(keep_until.unwrap_or(t0));
+                            (None, "")
+                        }
+                    };
+                    if let Some(fresh) = fresh {
+                        // Whatever we held may be someone else's by now: no grace for work
+                        // under our grant.
                         self.cell.forget_contact(std::time::Instant::now());
-                        let m = self.cell.metrics();
-                        m.count(metrics::SESSION_EXPIRATIONS, &[]);
-                        m.count(metrics::REPAIRS, &[("cause", "session_replaced")]);
+                        self.cell.metrics().count(metrics::REPAIRS, &[("cause", "session_replaced")]);
                         if !demoted || self.cell.get().role.is_leader() {
                             demote(&self.cell, false);
                         }
-                        self.cell.set(Role::Candidate, HealthLevel::Degraded, "ZooKeeper lost our session (wiped or expired); rejoining");
+                        self.cell.set(Role::Candidate, HealthLevel::Degraded, why);
                         self.set_client(Some(fresh));
                         return Next::Again;
                     }
-                    probe_gap = (probe_gap * 2).min(MAX_PROBE_GAP);
-                    next_probe = Instant::now() + probe_gap;
                 }
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
@@ -1186,31 +1392,6 @@ impl DriverState {
                     None => return Next::Exit,
                 },
             }
-        }
-    }
-
-    /// While our connection is down: can a fresh session reach ZooKeeper, and does
-    /// ZooKeeper still know our session (our node, owned by it)? Returns the fresh client
-    /// when ours is lost for good.
-    async fn probe(&self, client: &zk::Client) -> Option<zk::Client> {
-        let fresh = connect(&self.cfg, self.cfg.session_timeout).await.ok()?;
-        if client.state() != zk::SessionState::Disconnected {
-            return None;
-        }
-        let ours = client.session_id().0;
-        match &self.node {
-            Some(n) => {
-                match timeout(self.cfg.connection_timeout, fresh.check_stat(&n.path)).await {
-                    Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
-                        debug!("probe: ZooKeeper still holds our node; waiting for our session to reconnect");
-                        None
-                    }
-                    Ok(Ok(_)) => Some(fresh),
-                    _ => None,
-                }
-            }
-            // Nothing of ours to keep: a working session beats waiting.
-            None => Some(fresh),
         }
     }
 
@@ -1235,8 +1416,15 @@ impl DriverState {
                 self.want = false;
                 self.cell.close("closed");
                 let r = self.delete_node().await;
-                self.set_client(None);
+                let deleted = r.is_ok() && self.client.is_some();
                 let _ = ack.send(r);
+                if deleted {
+                    // Our node is gone; the session closes a moment later, so that its
+                    // teardown (a closeSession write on the server, the connection's end in
+                    // our process) does not compete with our successor's claim.
+                    sleep(CLOSE_LINGER).await;
+                }
+                self.set_client(None);
                 Next::Exit
             }
         }

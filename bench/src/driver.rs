@@ -13,7 +13,7 @@
 //! | `addetcd <tag> <n> <endpoint> <prefix> <ttl s> <lease info 0/1>` | same |
 //! | `close <index>` | `closing <ns> <index>` just before `close()`, then `closed <ns> <index>` |
 //! | `closeall` | closes every open participant, `closedall <ns>` |
-//! | `floor <connect> <path> <reps>` | raw zookeeper-client figures: `floor <ns>`, `rtt <ns>`, `wrtt <ns>` lines, then `floordone` |
+//! | `floor <connect> <path> <reps>` | raw zookeeper-client figures: `floor <ns>`, `rtt <ns>`, `wrtt <ns>`, `sample claim <ns>`, `sample claimahead <ns>` lines, then `floordone` |
 //! | `etcdfloor <endpoint> <prefix> <reps>` | the same with raw etcd-client: delete -> watch event, Range and Put round trips; also `sample revokefloor <ns>` (lease revoke -> Delete event), `sample revokertt <ns>` and `sample revokeidlefloor <ns>` (the revoke sent after an idle pause) |
 //! | `quit` | exits |
 //!
@@ -298,7 +298,8 @@ async fn follow_lease(idx: usize, e: std::sync::Weak<EtcdElection>) {
 
 /// The floor of a graceful handover, with raw zookeeper-client sessions: the time from
 /// sending the delete of a node to the getData watch event at another session, and the
-/// round trips of a read (getData) and a write (setData) on the same connection.
+/// round trips of a read (getData), a write (setData) and of the claim multis (`sample
+/// claim`, `sample claimahead`) on the same connection.
 async fn floor(connect: &str, path: &str, reps: usize) -> Result<(), zk::Error> {
     let connector = || {
         zk::Client::connector()
@@ -340,6 +341,33 @@ async fn floor(connect: &str, path: &str, reps: usize) -> Result<(), zk::Error> 
             say(&format!("wrtt {}", t2 - t1));
         }
     }
+    // The claim multis our successor sends: check its node + setData on the latch path, and
+    // the same asserting that one earlier node is gone (create + delete of its name).
+    let eph = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+    let (_, seq) = a.create(&format!("{path}/own-"), b"x", &eph).await?;
+    let own = format!("{path}/own-{seq}");
+    for i in 0..WARMUP + reps {
+        let mut w = a.new_multi_writer();
+        w.add_check_version(&own, -1)?;
+        w.add_set_data(path, b"c", None)?;
+        let t0 = now_ns();
+        w.commit().await.map_err(zk::Error::from)?;
+        let t1 = now_ns();
+        let mut w = a.new_multi_writer();
+        w.add_check_version(&own, -1)?;
+        let gone = format!("{path}/gone-{i}");
+        w.add_create(&gone, &[], &persistent)?;
+        w.add_delete(&gone, None)?;
+        w.add_set_data(path, b"c", None)?;
+        let t2 = now_ns();
+        w.commit().await.map_err(zk::Error::from)?;
+        let t3 = now_ns();
+        if i >= WARMUP {
+            say(&format!("sample claim {}", t1 - t0));
+            say(&format!("sample claimahead {}", t3 - t2));
+        }
+    }
+    let _ = a.delete(&own, None).await;
     let _ = a.delete(path, None).await;
     Ok(())
 }
