@@ -280,8 +280,9 @@ async fn run(a: Args, tag: String) -> Result<ExitCode, String> {
     // verdict after a wipe (1.4 x session timeout), reconnect backoff: 4 x session + 2 s.
     // etcd: the old lease runs out (TTL), client reconnect after a restart (~1.7 s), a new
     // lease and campaign: 3 x TTL + 4 s. Supervised: the ZooKeeper bound, or a failover
-    // (failover_after + check interval 1 s + record timeout 1 s) and its takeover delay
-    // G (~2.8 s with the CLI's defaults): ZooKeeper bound + failover_after + 5 s.
+    // (the fallback leader acts about failover_after after the primary went bad: the
+    // decision is written a takeover delay ahead) with generous slack: ZooKeeper bound +
+    // failover_after + 5 s.
     let zk_bound = timings.session_timeout * 4 + Duration::from_secs(2);
     let etcd_bound = timings.ttl * 3 + Duration::from_secs(4);
     let sup_bound = zk_bound + timings.failover_after + Duration::from_secs(5);
