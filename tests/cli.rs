@@ -1,16 +1,14 @@
 //! The `succession` binary against real servers: event stream, observe, run, bad input.
 //! Run with `--features cli` (the README's test command enables every feature).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use succession_testkit::{shared_etcd, shared_zk, unique_path};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 mod common;
 
-use common::{field, Cli, BIN};
+use common::{field, Cli, Fleet, BIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_campaign_zk_prints_events_and_hands_over_on_sigterm() {
@@ -405,93 +403,6 @@ async fn cli_reads_settings_from_a_config_file_and_the_environment() {
     assert_eq!(field(&elected, "id"), Some("from-env"));
     c.signal(libc::SIGTERM);
     assert_eq!(c.exit_code().await, 0);
-}
-
-/// Several CLI processes whose event lines are merged into one channel.
-struct Fleet {
-    children: Vec<Option<Child>>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
-    seen: Vec<(usize, String)>,
-}
-
-impl Fleet {
-    fn start(args: Vec<Vec<String>>) -> Fleet {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut children = Vec::new();
-        for (i, a) in args.into_iter().enumerate() {
-            let mut child = Command::new(BIN)
-                .args(&a)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start succession");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if tx.send((i, l)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(Some(child));
-        }
-        Fleet {
-            children,
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line (from any process) matching `pred`, within `within`.
-    async fn until(
-        &mut self,
-        within: Duration,
-        what: &str,
-        pred: impl Fn(usize, &str) -> bool,
-    ) -> (usize, String) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((i, l))) => {
-                    self.seen.push((i, l.clone()));
-                    if pred(i, &l) {
-                        return (i, l);
-                    }
-                }
-                Ok(None) => panic!("every process exited before {what}; saw {:#?}", self.seen),
-                Err(_) => panic!("no {what} within {within:?}; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    fn kill9(&mut self, i: usize) {
-        let child = self.children[i].as_mut().expect("running");
-        let pid = child.id().expect("pid") as i32;
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        self.children[i] = None;
-    }
-
-    async fn stop_all(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            if let Some(pid) = c.id() {
-                // SAFETY: kill(2) on our own child.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
-            let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
-                .await
-                .expect("exits after SIGTERM")
-                .expect("wait");
-            assert_eq!(st.code(), Some(0));
-        }
-    }
 }
 
 fn event_is(l: &str, event: &str) -> bool {

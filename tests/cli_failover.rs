@@ -10,16 +10,13 @@
 //! Instants come from the events' own `ts_ms` (wall clock of the same machine) and the
 //! test's wall clock at the kill. Run with `--features cli`.
 
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use succession_testkit::{unique_path, EtcdServer, ZkServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 mod common;
 
-use common::{field, BIN};
+use common::{field, Fleet};
 
 const FAILOVER_AFTER_MS: u64 = 3_000;
 const FAILBACK_AFTER_MS: u64 = 3_000;
@@ -50,78 +47,6 @@ fn ts(l: &str) -> u64 {
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no ts_ms in {l}"))
-}
-
-/// Three `succession campaign` processes, their stdout lines merged (process index, line).
-struct Fleet {
-    children: Vec<Child>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
-    seen: Vec<(usize, String)>,
-}
-
-impl Fleet {
-    fn start(args: Vec<Vec<String>>) -> Fleet {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut children = Vec::new();
-        for (i, a) in args.into_iter().enumerate() {
-            let mut child = Command::new(BIN)
-                .args(&a)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start succession");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if tx.send((i, l)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(child);
-        }
-        Fleet {
-            children,
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line (from any process) matching `pred`, within [`WAIT`].
-    async fn until(&mut self, what: &str, pred: impl Fn(usize, &str) -> bool) -> (usize, String) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((i, l))) => {
-                    self.seen.push((i, l.clone()));
-                    if pred(i, &l) {
-                        return (i, l);
-                    }
-                }
-                Ok(None) => panic!("every process exited before {what}; saw {:#?}", self.seen),
-                Err(_) => panic!("no {what} within {WAIT:?}; saw {:#?}", self.seen),
-            }
-        }
-    }
-
-    async fn stop_all(&mut self) {
-        for c in &mut self.children {
-            if let Some(pid) = c.id() {
-                // SAFETY: kill(2) on our own child.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
-            let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
-                .await
-                .expect("exits after SIGTERM")
-                .expect("wait");
-            assert!(st.success(), "exit status {st:?}");
-        }
-    }
 }
 
 fn supervised_args(zk: &str, etcd: &str, path: &str, id: &str) -> Vec<String> {
@@ -165,7 +90,7 @@ async fn cli_supervised_leader_lands_within_failover_after_and_failback_after() 
         .collect();
     let mut fleet = Fleet::start(args);
     let (_, first) = fleet
-        .until("a zk-layer leader", |_, l| {
+        .until(WAIT, "a zk-layer leader", |_, l| {
             event_is(l, "elected") && field(l, "layer") == Some("zk")
         })
         .await;
@@ -174,7 +99,7 @@ async fn cli_supervised_leader_lands_within_failover_after_and_failback_after() 
     let killed = now_ms();
     zk.kill().await.expect("kill -9 ZooKeeper");
     let (leader, elected) = fleet
-        .until("an etcd-layer leader", |_, l| {
+        .until(WAIT, "an etcd-layer leader", |_, l| {
             event_is(l, "elected") && field(l, "layer") == Some("etcd")
         })
         .await;
@@ -205,7 +130,7 @@ async fn cli_supervised_leader_lands_within_failover_after_and_failback_after() 
     zk.restart().await.expect("restart ZooKeeper with its data");
     let served = now_ms();
     let (back, elected_zk) = fleet
-        .until("a zk-layer leader again", |_, l| {
+        .until(WAIT, "a zk-layer leader again", |_, l| {
             event_is(l, "elected") && field(l, "layer") == Some("zk")
         })
         .await;

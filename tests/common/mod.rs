@@ -383,3 +383,94 @@ pub async fn ready(dir: &Path, id: &str) -> (i32, i32) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Several CLI processes whose event lines are merged into one channel.
+pub struct Fleet {
+    children: Vec<Option<Child>>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    /// Every line read so far: (process index, line).
+    pub seen: Vec<(usize, String)>,
+}
+
+impl Fleet {
+    /// Start one `succession` per argument list.
+    pub fn start(args: Vec<Vec<String>>) -> Fleet {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        for (i, a) in args.into_iter().enumerate() {
+            let mut child = Command::new(BIN)
+                .args(&a)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("start succession");
+            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if tx.send((i, l)).is_err() {
+                        return;
+                    }
+                }
+            });
+            children.push(Some(child));
+        }
+        Fleet {
+            children,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line (from any process) matching `pred`, within `within`.
+    pub async fn until(
+        &mut self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(usize, &str) -> bool,
+    ) -> (usize, String) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((i, l))) => {
+                    self.seen.push((i, l.clone()));
+                    if pred(i, &l) {
+                        return (i, l);
+                    }
+                }
+                Ok(None) => panic!("every process exited before {what}; saw {:#?}", self.seen),
+                Err(_) => panic!("no {what} within {within:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// SIGKILL process `i`.
+    pub fn kill9(&mut self, i: usize) {
+        let child = self.children[i].as_mut().expect("running");
+        let pid = child.id().expect("pid") as i32;
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        self.children[i] = None;
+    }
+
+    /// SIGTERM every running process; each must exit 0 within 30 s.
+    pub async fn stop_all(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            if let Some(pid) = c.id() {
+                // SAFETY: kill(2) on our own child.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+                .await
+                .expect("exits after SIGTERM")
+                .expect("wait");
+            assert_eq!(st.code(), Some(0));
+        }
+    }
+}
