@@ -412,18 +412,7 @@ fn event_is(l: &str, event: &str) -> bool {
 /// `campaign` in supervised mode with short timings (session 2 s, TTL 3 s, failover after
 /// 3 s, no failback within a test), plus `extra` flags.
 fn supervised_args(zk: &str, etcd: &str, path: &str, id: &str, extra: &[&str]) -> Vec<String> {
-    let base = [
-        "campaign",
-        "--zk",
-        zk,
-        "--path",
-        path,
-        "--etcd",
-        etcd,
-        "--prefix",
-        path,
-        "--id",
-        id,
+    let timings = [
         "--session-timeout",
         "2s",
         "--ttl",
@@ -433,7 +422,8 @@ fn supervised_args(zk: &str, etcd: &str, path: &str, id: &str, extra: &[&str]) -
         "--failback-after",
         "120s",
     ];
-    base.iter().chain(extra).map(|s| s.to_string()).collect()
+    let flags: Vec<&str> = timings.iter().chain(extra).copied().collect();
+    common::supervised_args(zk, etcd, path, id, &flags)
 }
 
 /// Supervised mode end to end with real processes: ZooKeeper dies, the fleet fails over to

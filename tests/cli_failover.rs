@@ -50,30 +50,22 @@ fn ts(l: &str) -> u64 {
 }
 
 fn supervised_args(zk: &str, etcd: &str, path: &str, id: &str) -> Vec<String> {
-    [
-        "campaign",
-        "--zk",
+    common::supervised_args(
         zk,
-        "--path",
-        path,
-        "--etcd",
         etcd,
-        "--prefix",
         path,
-        "--id",
         id,
-        "--session-timeout",
-        "2s",
-        "--ttl",
-        "2s",
-        "--failover-after",
-        "3s",
-        "--failback-after",
-        "3s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+        &[
+            "--session-timeout",
+            "2s",
+            "--ttl",
+            "2s",
+            "--failover-after",
+            "3s",
+            "--failback-after",
+            "3s",
+        ],
+    )
 }
 
 /// ZooKeeper killed -9 under three supervised CLI participants: an etcd-layer leader acts

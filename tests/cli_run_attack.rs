@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 mod common;
 
-use common::{alive, ready, script, tagged, BIN};
+use common::{alive, ready, script, tag_entries, tagged, BIN};
 
 /// One `succession run` process; its stdout goes where the test says.
 struct Proc {
@@ -581,31 +581,12 @@ fn monitor(
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let s2 = stop.clone();
     let h = tokio::task::spawn_blocking(move || {
-        let want = format!("CMD_TAG={prefix}");
         let mut bad = Vec::new();
         while !s2.load(std::sync::atomic::Ordering::Relaxed) {
             let mut tags: Vec<String> = Vec::new();
-            for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<i32>().ok())
-                else {
-                    continue;
-                };
-                let Ok(env) = std::fs::read(entry.path().join("environ")) else {
-                    continue;
-                };
-                if let Some(kv) = env
-                    .split(|&b| b == 0)
-                    .find(|kv| kv.starts_with(want.as_bytes()))
-                {
-                    if alive(pid) {
-                        let t = String::from_utf8_lossy(kv).into_owned();
-                        if !tags.contains(&t) {
-                            tags.push(t);
-                        }
-                    }
+            for (_, t) in tag_entries(&prefix) {
+                if !tags.contains(&t) {
+                    tags.push(t);
                 }
             }
             if tags.len() > 1 && bad.len() < 20 {

@@ -11,27 +11,12 @@ use common::{field, Cli};
 use succession_testkit::{shared_zk, unique_path, EtcdServer};
 
 fn supervised(zk: &str, etcd: &str, path: &str, id: &str, strict: bool) -> Cli {
-    let mut args = vec![
-        "campaign",
-        "--zk",
-        zk,
-        "--path",
-        path,
-        "--etcd",
-        etcd,
-        "--prefix",
-        path,
-        "--id",
-        id,
-        "--session-timeout",
-        "2s",
-        "--ttl",
-        "2s",
-    ];
+    let mut flags = vec!["--session-timeout", "2s", "--ttl", "2s"];
     if strict {
-        args.push("--strict-mode-lease");
+        flags.push("--strict-mode-lease");
     }
-    Cli::start(&args)
+    let args = common::supervised_args(zk, etcd, path, id, &flags);
+    Cli::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,10 +319,15 @@ pub fn alive(pid: i32) -> bool {
 /// the command script for itself and everything it starts; `succession` itself does not
 /// have it).
 pub fn tagged(tag: &str) -> Vec<i32> {
-    let want = format!("CMD_TAG={tag}");
+    tag_entries(tag).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// Every live process whose environment has an entry starting with `CMD_TAG=<prefix>`:
+/// its pid and that entry (`CMD_TAG=...`).
+pub fn tag_entries(prefix: &str) -> Vec<(i32, String)> {
+    let want = format!("CMD_TAG={prefix}");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc") {
-        let Ok(entry) = entry else { continue };
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -333,12 +338,13 @@ pub fn tagged(tag: &str) -> Vec<i32> {
         let Ok(env) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if env
+        if let Some(kv) = env
             .split(|&b| b == 0)
-            .any(|kv| kv.starts_with(want.as_bytes()))
-            && alive(pid)
+            .find(|kv| kv.starts_with(want.as_bytes()))
         {
-            out.push(pid);
+            if alive(pid) {
+                out.push((pid, String::from_utf8_lossy(kv).into_owned()));
+            }
         }
     }
     out
@@ -473,4 +479,16 @@ impl Fleet {
             assert_eq!(st.code(), Some(0));
         }
     }
+}
+
+/// `succession campaign` in supervised mode as participant `id`: the ZooKeeper primary at
+/// `path`, the etcd fallback under the same prefix, then `flags` (timings and the like).
+pub fn supervised_args(zk: &str, etcd: &str, path: &str, id: &str, flags: &[&str]) -> Vec<String> {
+    [
+        "campaign", "--zk", zk, "--path", path, "--etcd", etcd, "--prefix", path, "--id", id,
+    ]
+    .iter()
+    .chain(flags)
+    .map(|s| s.to_string())
+    .collect()
 }
