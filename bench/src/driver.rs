@@ -13,7 +13,7 @@
 //! | `addetcd <tag> <n> <endpoint> <prefix> <ttl s> <lease info 0/1>` | same |
 //! | `close <index>` | `closing <ns> <index>` just before `close()`, then `closed <ns> <index>` |
 //! | `closeall` | closes every open participant, `closedall <ns>` |
-//! | `floor <connect> <path> <reps>` | raw zookeeper-client figures: `floor <ns>`, `rtt <ns>`, `wrtt <ns>`, `sample claim <ns>`, `sample claimahead <ns>` lines, then `floordone` |
+//! | `floor <connect> <path> <reps>` | raw zookeeper-client figures: `floor <ns>`, `rtt <ns>`, `wrtt <ns>`, `sample claim <ns>`, `sample claimahead <ns>`, `sample idlefloor <ns>` (the delete sent after an idle pause) lines, then `floordone` |
 //! | `etcdfloor <endpoint> <prefix> <reps>` | the same with raw etcd-client: delete -> watch event, Range and Put round trips; also `sample revokefloor <ns>` (lease revoke -> Delete event), `sample revokertt <ns>` and `sample revokeidlefloor <ns>` (the revoke sent after an idle pause) |
 //! | `quit` | exits |
 //!
@@ -329,6 +329,24 @@ async fn floor(connect: &str, path: &str, reps: usize) -> Result<(), zk::Error> 
         if i >= WARMUP {
             say(&format!("floor {}", t1.saturating_sub(t0)));
         }
+        // The same after `IDLE_BEFORE_HANDOVER` without requests on either session, as a
+        // graceful handover in the bench meets the server (fewer samples: each waits).
+        if i < WARMUP + reps.min(IDLE_FLOOR_REPS) {
+            let node = format!("{path}/i{i}");
+            a.create(&node, b"x", &ephemeral).await?;
+            let (_, _, watcher) = b.get_and_watch_data(&node).await?;
+            let fired = tokio::spawn(async move {
+                let _ = watcher.changed().await;
+                now_ns()
+            });
+            tokio::time::sleep(crate::etcd::IDLE_BEFORE_HANDOVER).await;
+            let t0 = now_ns();
+            a.delete(&node, None).await?;
+            let t1 = fired.await.unwrap_or(t0);
+            if i >= WARMUP {
+                say(&format!("sample idlefloor {}", t1.saturating_sub(t0)));
+            }
+        }
     }
     for i in 0..WARMUP + reps {
         let t0 = now_ns();
@@ -401,7 +419,8 @@ async fn stamp_delete(
     }))
 }
 
-/// Samples of the idle lease-revoke floor (each waits `IDLE_BEFORE_HANDOVER` first).
+/// Samples of the idle floors (ZooKeeper delete, etcd lease revoke; each waits
+/// `IDLE_BEFORE_HANDOVER` first).
 const IDLE_FLOOR_REPS: usize = 40;
 
 /// The floor of an etcd handover, with raw etcd-client connections: from sending the delete
