@@ -178,7 +178,7 @@ impl LeadershipChecker {
                 log.events.push(LeadershipEvent {
                     participant: label,
                     kind: EventKind::Lost(t, "handle gone".into()),
-                    at: Instant::now(),
+                    at: crate::status::now(),
                 });
             }
         });

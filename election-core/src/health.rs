@@ -66,7 +66,7 @@ impl LeaderHealthCheck {
             &status,
             self.election.contact(),
             self.tolerance,
-            Instant::now(),
+            crate::status::now(),
         )
     }
 
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn leader_with_recent_contact_is_healthy() {
-        let now = Instant::now();
+        let now = crate::status::now();
         let c = Contact::new(
             Some(now - Duration::from_millis(500)),
             Duration::from_secs(2),
@@ -207,7 +207,7 @@ mod tests {
 
     #[test]
     fn leader_past_safe_bound_plus_tolerance_is_unhealthy_and_says_why() {
-        let now = Instant::now();
+        let now = crate::status::now();
         let c = Contact::new(
             Some(now - Duration::from_millis(3_500)),
             Duration::from_secs(2),
@@ -230,7 +230,7 @@ mod tests {
             &leader_status(),
             Contact::new(None, Duration::from_secs(2)),
             Duration::ZERO,
-            Instant::now(),
+            crate::status::now(),
         );
         assert!(!r.is_healthy(), "{r}");
     }
@@ -243,7 +243,7 @@ mod tests {
             HealthLevel::Unhealthy,
             "no connection to the store",
         );
-        let now = Instant::now();
+        let now = crate::status::now();
         let c = Contact::new(Some(now - Duration::from_secs(600)), Duration::from_secs(2));
         let r = evaluate(&cell.get(), c, Duration::ZERO, now);
         assert!(r.is_healthy(), "{r}");
@@ -254,7 +254,7 @@ mod tests {
     fn cell_contact_keeps_the_latest_instant() {
         let cell = StatusCell::new();
         assert_eq!(cell.contact().last, None);
-        let t1 = Instant::now();
+        let t1 = crate::status::now();
         let t0 = t1 - Duration::from_millis(10);
         cell.touch(t1);
         cell.touch(t0);

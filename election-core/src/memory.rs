@@ -194,7 +194,7 @@ impl MemoryStore {
         st.available = available;
         if !available {
             // The link was up until now.
-            let now = std::time::Instant::now();
+            let now = crate::status::now();
             for m in st.members.values() {
                 m.cell.touch(now);
             }
@@ -399,7 +399,7 @@ impl MemoryElection {
         if m.suspended {
             return;
         }
-        m.cell.touch(std::time::Instant::now());
+        m.cell.touch(crate::status::now());
         m.suspended = true;
         m.suspend_gen += 1;
         let gen = m.suspend_gen;
@@ -496,7 +496,7 @@ impl Election for MemoryElection {
         if linked {
             // An in-process store answers at once: contact is now while the link is up,
             // and stays at the last such reading while it is down.
-            self.cell.touch(std::time::Instant::now());
+            self.cell.touch(crate::status::now());
         }
         self.cell.contact()
     }

@@ -7,6 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::metrics::ElectionMetrics;
+
+/// The current instant on tokio's clock (the std clock, except under tokio's paused test
+/// clock, where it is virtual): every instant election-core records comes from here, so
+/// that contact, takeover bounds and health timestamps agree with the timers that drive
+/// them in paused-time tests.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 use crate::term::Term;
 
 /// The part a participant plays at one instant.
@@ -125,7 +133,7 @@ impl Health {
         Health {
             level,
             reason: reason.into(),
-            since: Instant::now(),
+            since: now(),
         }
     }
 
@@ -198,7 +206,7 @@ pub struct LeadershipSpan {
 
 /// Apply a role change to `s`, keeping `since` and `last_leadership` consistent.
 fn change_role(s: &mut Status, role: Role, reason: Arc<str>) {
-    let now = Instant::now();
+    let now = now();
     let ends = s
         .leaderships
         .last()
@@ -246,7 +254,7 @@ impl Status {
             role: Role::Idle,
             health: Health::healthy("not started"),
             reason: "created".into(),
-            since: Instant::now(),
+            since: now(),
             leaderships: LeadershipHistory::default(),
         }
     }
@@ -343,7 +351,7 @@ impl StatusCell {
         StatusCell {
             tx,
             metrics,
-            base: Instant::now(),
+            base: now(),
             contact: AtomicU64::new(0),
             safe_for: AtomicU64::new(Duration::from_secs(1).as_nanos() as u64),
             floor: AtomicU64::new(0),
@@ -443,7 +451,7 @@ impl StatusCell {
                 return false;
             }
             if s.health.level != level {
-                s.health.since = Instant::now();
+                s.health.since = now();
             }
             s.health.level = level;
             s.health.reason = reason.clone();
@@ -464,7 +472,7 @@ impl StatusCell {
             let mut changed = false;
             if s.health.level != level || s.health.reason != reason {
                 if s.health.level != level {
-                    s.health.since = Instant::now();
+                    s.health.since = now();
                 }
                 s.health.level = level;
                 s.health.reason = reason.clone();
@@ -539,7 +547,7 @@ mod tests {
     #[test]
     fn forgotten_contact_is_unknown_and_older_answers_do_not_revive_it() {
         let cell = StatusCell::new();
-        let t0 = Instant::now();
+        let t0 = now();
         cell.touch(t0 + Duration::from_millis(10));
         assert!(cell.contact().last.is_some());
         cell.forget_contact(t0 + Duration::from_millis(20));

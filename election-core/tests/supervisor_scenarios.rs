@@ -3,6 +3,11 @@
 //! configuration checks. Every scenario watches all supervisors with a `LeadershipChecker`
 //! (no two leaders, terms never going backwards) and waits on status streams and events
 //! with deadlines, never on bare sleeps.
+//!
+//! Time is tokio's paused clock (`start_paused`): the timings are the realistic ones of a
+//! deployment (1.5 s sessions, 3 s failover and failback, 400 ms checks) and the whole file
+//! runs in about a second of real time, with no dependence on the machine's speed. The one
+//! exception is the blocked-callback test, which needs a real thread to block.
 #![cfg(feature = "conformance")]
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -19,11 +24,11 @@ use succession_core::{
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-const SESSION: Duration = Duration::from_millis(150);
-const FAILOVER: Duration = Duration::from_millis(300);
-const FAILBACK: Duration = Duration::from_millis(300);
-const CHECK: Duration = Duration::from_millis(40);
-const BOUND: Duration = Duration::from_secs(5);
+const SESSION: Duration = Duration::from_millis(1500);
+const FAILOVER: Duration = Duration::from_millis(3000);
+const FAILBACK: Duration = Duration::from_millis(3000);
+const CHECK: Duration = Duration::from_millis(400);
+const BOUND: Duration = Duration::from_secs(60);
 
 struct Node {
     sup: Arc<Supervisor>,
@@ -205,7 +210,7 @@ async fn everyone_sees(
 
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn steady_state_on_a_healthy_primary_keeps_one_leader_and_the_mode() {
     let mut c = cluster(3, |b| b).await;
     let (i, t) = c.leader_through(Layer::Primary).await;
@@ -287,7 +292,7 @@ async fn fail_over(c: &mut Cluster) -> (Term, Duration) {
     (after, took)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn primary_outage_fails_over_after_failover_after() {
     let mut c = cluster(3, |b| b).await;
     let (_, took) = fail_over(&mut c).await;
@@ -313,7 +318,7 @@ async fn primary_outage_fails_over_after_failover_after() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn primary_recovery_fails_back_after_failback_after() {
     let mut c = cluster(3, |b| b).await;
     let (on_fallback, _) = fail_over(&mut c).await;
@@ -344,7 +349,7 @@ async fn primary_recovery_fails_back_after_failback_after() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fallback_outage_changes_nothing_for_the_primary_leader() {
     let mut c = cluster(3, |b| b).await;
     let (_, t) = c.leader_through(Layer::Primary).await;
@@ -385,7 +390,7 @@ async fn fallback_outage_changes_nothing_for_the_primary_leader() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn unreadable_mode_record_keeps_the_last_mode_and_primary_handover_works() {
     let c = cluster(3, |b| b).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -422,7 +427,7 @@ async fn unreadable_mode_record_keeps_the_last_mode_and_primary_handover_works()
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn garbage_in_the_mode_record_is_refused_and_the_last_mode_kept() {
     let mut c = cluster(2, |b| b).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -465,7 +470,7 @@ async fn garbage_in_the_mode_record_is_refused_and_the_last_mode_kept() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn primary_leader_steps_down_when_it_sees_the_mode_move_and_the_fallback_leader_decides_failback(
 ) {
     let mut c = cluster(3, |b| b).await;
@@ -530,7 +535,7 @@ async fn primary_leader_steps_down_when_it_sees_the_mode_move_and_the_fallback_l
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn one_follower_cut_from_the_primary_alone_does_not_fail_the_cluster_over() {
     let mut c = cluster(3, |b| b).await;
     let (_, t) = c.leader_through(Layer::Primary).await;
@@ -570,7 +575,7 @@ async fn one_follower_cut_from_the_primary_alone_does_not_fail_the_cluster_over(
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn primary_leader_cut_from_the_primary_alone_hands_over_within_the_primary() {
     let mut c = cluster(3, |b| b).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -614,7 +619,7 @@ async fn primary_leader_cut_from_the_primary_alone_hands_over_within_the_primary
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn leader_resuming_the_same_layer_grant_leads_again_with_a_higher_term() {
     let c = cluster(2, |b| b).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -652,7 +657,7 @@ async fn leader_resuming_the_same_layer_grant_leads_again_with_a_higher_term() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn primary_wipe_in_primary_mode_elects_a_leader_again_with_a_higher_term() {
     let mut c = cluster(3, |b| b).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -681,7 +686,7 @@ async fn primary_wipe_in_primary_mode_elects_a_leader_again_with_a_higher_term()
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fallback_wipe_recreates_the_mode_record_with_a_higher_generation() {
     let mut c = cluster(3, |b| b).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -729,7 +734,7 @@ async fn fallback_wipe_recreates_the_mode_record_with_a_higher_generation() {
 /// primary leader: it re-creates the mode record and keeps leading under its term all
 /// along (it could not read the record since its last confirmation, so the wipe hides
 /// nothing an unreadable record would not).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn fallback_wiped_during_an_outage_costs_the_primary_leader_nothing() {
     let mut c = cluster(3, |b| b).await;
     let (i, t0) = c.leader_through(Layer::Primary).await;
@@ -772,7 +777,7 @@ async fn fallback_wiped_during_an_outage_costs_the_primary_leader_nothing() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn strict_mode_lease_steps_the_primary_leader_down_when_the_mode_cannot_be_confirmed() {
     let mut c = cluster(3, |b| b.strict_mode_lease(true)).await;
     let (_, t0) = c.leader_through(Layer::Primary).await;
@@ -815,7 +820,7 @@ async fn strict_mode_lease_steps_the_primary_leader_down_when_the_mode_cannot_be
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn repeated_failovers_grow_the_failback_delay() {
     let mut c = cluster(2, |b| {
         b.policy(DampedPolicy::new().hold_down(Duration::from_millis(50)))
@@ -858,7 +863,7 @@ async fn repeated_failovers_grow_the_failback_delay() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn hold_down_delays_a_failover_right_after_a_failback() {
     let hold = Duration::from_millis(700);
     let mut c = cluster(2, |b| b.policy(DampedPolicy::new().hold_down(hold))).await;
@@ -895,7 +900,7 @@ async fn hold_down_delays_a_failover_right_after_a_failback() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn callbacks_see_health_then_failover_then_leadership_in_order_and_none_lost() {
     let mut c = cluster(2, |b| b).await;
     c.leader_through(Layer::Primary).await;
@@ -1015,7 +1020,7 @@ async fn a_blocked_callback_never_blocks_the_supervisor() {
     c.checker.assert_ok();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_layer_refusing_to_join_is_reported_and_fails_join_when_it_is_the_active_one() {
     let (p, f) = stores();
     // The standby (fallback) layer refuses: the supervisor still leads through the primary.
@@ -1079,22 +1084,22 @@ async fn failover_after_without_room_for_the_session_timeout_and_the_takeover_de
         MemoryStore::with_session_timeout(Duration::from_secs(2)),
         MemoryStore::new(),
     );
-    // check_interval 40 ms: takeover delay G = 120 ms; the decision window (failover_after
+    // check_interval 400 ms: takeover delay G = 1.11 s; the decision window (failover_after
     // minus G) must be at least the session timeout.
     for short in [Duration::from_secs(1), Duration::from_secs(2)] {
         let (b, _, _) = base(&p, &f, "a");
         let msg = err(b.failover_after(short));
         assert!(msg.contains("session timeout"), "{msg}");
-        assert!(msg.contains("takeover delay (120ms"), "{msg}");
+        assert!(msg.contains("takeover delay (1.11s"), "{msg}");
         assert!(
-            msg.contains("raise failover_after to at least 2.12s"),
+            msg.contains("raise failover_after to at least 3.11s"),
             "{msg}"
         );
         assert!(!msg.contains('\n'), "one line: {msg}");
     }
     let (b, _, _) = base(&p, &f, "a");
     let sup = b
-        .failover_after(Duration::from_millis(2120))
+        .failover_after(Duration::from_millis(3110))
         .build()
         .expect("the minimum is fine");
     let t = sup.timings();
@@ -1155,9 +1160,9 @@ async fn an_unset_check_interval_shrinks_so_that_failover_after_fits_the_takeove
 async fn failback_after_shorter_than_the_takeover_delay_is_refused_naming_the_minimum() {
     let (p, f) = stores();
     let (b, _, _) = base(&p, &f, "a");
-    let msg = err(b.failback_after(Duration::from_millis(100)));
+    let msg = err(b.failback_after(Duration::from_millis(1000)));
     assert!(
-        msg.contains("raise failback_after to at least 120ms"),
+        msg.contains("raise failback_after to at least 1.11s"),
         "{msg}"
     );
 }
