@@ -2,6 +2,7 @@
 //! the election whatever happens to its node or the latch path. The session (connection,
 //! contact probe, loss detection, session replacement) is [`crate::session`]'s.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
@@ -80,6 +81,7 @@ pub(crate) struct Inner {
     /// Key in the session's registry.
     pub(crate) key: u64,
     driver: Mutex<Option<Driver>>,
+    cmds: Commands,
     closed: AtomicBool,
     fatal: Fatal,
     /// The path of our node, as far as the driver knows (for a prompt delete on close, and
@@ -104,8 +106,46 @@ impl Inner {
 }
 
 struct Driver {
-    tx: mpsc::UnboundedSender<Cmd>,
     task: JoinHandle<()>,
+}
+
+/// The driver's command queue: lighter than a tokio mpsc channel (which allocates a block
+/// of 32 slots and cache-padded state per channel); memory per election matters.
+#[derive(Default)]
+struct Commands {
+    queue: Mutex<VecDeque<Cmd>>,
+    notify: Notify,
+    /// No more commands (closing): `recv` returns None once the queue is drained.
+    closed: AtomicBool,
+}
+
+impl Commands {
+    fn send(&self, cmd: Cmd) -> std::result::Result<(), Cmd> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(cmd);
+        }
+        lock(&self.queue).push_back(cmd);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The next command; None once closed and drained. Cancel-safe.
+    async fn recv(&self) -> Option<Cmd> {
+        loop {
+            if let Some(cmd) = lock(&self.queue).pop_front() {
+                return Some(cmd);
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
 }
 
 enum Cmd {
@@ -135,6 +175,7 @@ impl ZkElection {
             cfg,
             cell,
             driver: Mutex::new(None),
+            cmds: Commands::default(),
             closed: AtomicBool::new(false),
             fatal: Fatal::default(),
             node: Mutex::new(None),
@@ -168,7 +209,8 @@ impl ZkElection {
         self.session.core()
     }
 
-    fn sender(&self) -> Result<mpsc::UnboundedSender<Cmd>> {
+    /// Make sure the driver runs (and the session task).
+    fn sender(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(self.inner.closed_error());
         }
@@ -177,16 +219,14 @@ impl ZkElection {
         let mut d = lock(&self.inner.driver);
         if let Some(d) = d.as_ref() {
             if !d.task.is_finished() {
-                return Ok(d.tx.clone());
+                return Ok(());
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         let state = DriverState {
             core: core.clone(),
             inner: self.inner.clone(),
             view: core.subscribe(),
             generation: 0,
-            rx,
             client: None,
             session_timeout: self.inner.cfg.session_timeout,
             uuid: new_uuid(),
@@ -204,11 +244,8 @@ impl ZkElection {
         };
         let span = tracing::info_span!(parent: core.span(), "zk_latch", id = %self.inner.cfg.id, path = %self.inner.cfg.path);
         let task = tokio::spawn(state.run().instrument(span));
-        *d = Some(Driver {
-            tx: tx.clone(),
-            task,
-        });
-        Ok(tx)
+        *d = Some(Driver { task });
+        Ok(())
     }
 
     async fn read_participants(&self) -> Result<Vec<Participant>> {
@@ -274,11 +311,11 @@ impl ZkElection {
 /// timeout.
 async fn stop_driver(inner: &Inner, driver: Option<Driver>) -> Result<()> {
     let mut result = Ok(());
-    if let Some(Driver { tx, task }) = driver {
+    if let Some(Driver { task }) = driver {
         let (ack, done) = oneshot::channel();
-        let sent = tx.send(Cmd::Close(ack)).is_ok();
-        // Without a sender the driver ends as soon as it has handled what it received.
-        drop(tx);
+        let sent = inner.cmds.send(Cmd::Close(ack)).is_ok();
+        // Closed: the driver ends as soon as it has handled what it received.
+        inner.cmds.close();
         // Deleting our node is retried for at most 1.5 x the session timeout; never wait
         // much longer than that, whatever the driver is doing.
         let bound = inner.cfg.session_timeout * 2;
@@ -343,13 +380,16 @@ impl Election for ZkElection {
     }
 
     async fn join(&self) -> Result<()> {
-        let tx = self.sender()?;
+        self.sender()?;
         self.inner.fatal.clear();
         let rx = self.inner.cell.subscribe();
         if rx.borrow().role == Role::Idle {
             self.inner.cell.set_role(Role::Candidate, "joining");
         }
-        tx.send(Cmd::Join).map_err(|_| self.inner.closed_error())?;
+        self.inner
+            .cmds
+            .send(Cmd::Join)
+            .map_err(|_| self.inner.closed_error())?;
         let what = format!("ZooKeeper latch participant {}", self.inner.cfg.id);
         participant::wait_joined(
             rx,
@@ -362,15 +402,15 @@ impl Election for ZkElection {
     }
 
     async fn resign(&self) -> Result<()> {
-        let tx = {
+        {
             let d = lock(&self.inner.driver);
             match d.as_ref() {
-                Some(d) if !d.task.is_finished() => d.tx.clone(),
+                Some(d) if !d.task.is_finished() => {}
                 _ => return Ok(()),
             }
-        };
+        }
         let (ack, done) = oneshot::channel();
-        if tx.send(Cmd::Resign(ack)).is_err() {
+        if self.inner.cmds.send(Cmd::Resign(ack)).is_err() {
             return Ok(());
         }
         done.await.unwrap_or(Ok(()))
@@ -488,7 +528,6 @@ struct DriverState {
     view: watch::Receiver<View>,
     /// The session generation our node and uuid belong to.
     generation: u64,
-    rx: mpsc::UnboundedReceiver<Cmd>,
     client: Option<zk::Client>,
     /// The negotiated session timeout.
     session_timeout: Duration,
@@ -533,7 +572,7 @@ impl DriverState {
             let next = if let Some(cmd) = self.pending.take() {
                 Box::pin(self.command(cmd)).await
             } else if !self.want {
-                match self.rx.recv().await {
+                match self.inner.cmds.recv().await {
                     Some(cmd) => Box::pin(self.command(cmd)).await,
                     None => Next::Exit,
                 }
@@ -603,7 +642,7 @@ impl DriverState {
         if self.inner.closed.load(Ordering::SeqCst) {
             // close() is under way: it deletes our node itself and then sends Close. Never
             // repair (re-create the node) meanwhile; just wait for that command.
-            return match self.rx.recv().await {
+            return match self.inner.cmds.recv().await {
                 Some(cmd) => self.command(cmd).await,
                 None => Next::Exit,
             };
@@ -641,8 +680,9 @@ impl DriverState {
                 }
             }
         };
+        let round = Box::pin(self.round(&client));
         let outcome = tokio::select! {
-            r = Box::pin(self.round(&client)) => r,
+            r = round => r,
             _ = lost => Ok(Next::Again),
         };
         match outcome {
@@ -665,7 +705,7 @@ impl DriverState {
                     }
                     return Next::Again;
                 }
-                cmd = self.rx.recv() => match cmd {
+                cmd = self.inner.cmds.recv() => match cmd {
                     Some(cmd) => {
                         let next = Box::pin(self.command(cmd)).await;
                         if let Next::Exit = next { return Next::Exit; }
@@ -739,7 +779,7 @@ impl DriverState {
         loop {
             tokio::select! {
                 _ = sleep_until(until) => return None,
-                cmd = self.rx.recv() => match cmd {
+                cmd = self.inner.cmds.recv() => match cmd {
                     Some(cmd) => {
                         if let Next::Exit = self.command(cmd).await { return Some(Next::Exit); }
                         if !self.want { return Some(Next::Again); }
@@ -874,7 +914,7 @@ impl DriverState {
                     match client.mkdir(&path, &dir_opts).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
                         Err(zk::Error::NoNode) if self.inner.cfg.chroot.is_some() => {
-                            self.create_chroot().await?;
+                            Box::pin(self.create_chroot()).await?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -909,28 +949,33 @@ impl DriverState {
     /// node's existence (which the pending own-node watch already vouches for) and the
     /// write of the term. When the assertion fails, we read the queue as usual.
     async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
-        let node = self.ensure_node(client).await?;
+        // Rarely-used large futures are boxed (allocated only while they run), so that the
+        // round's future stays small while it waits: memory per election matters.
+        let node = Box::pin(self.ensure_node(client)).await?;
         let path = self.inner.cfg.path.clone();
         let first_next = self.vacated.is_some() && self.own_watch.is_some();
         // Register the own-node watch (a node just created or adopted) and read the queue
         // in one round trip: both requests go out before either answer is awaited.
         let need_watch = self.own_watch.is_none();
-        let (watched, listed) = tokio::join!(
-            async {
-                if need_watch {
-                    Some(client.check_and_watch_stat(&node.path).await)
-                } else {
-                    None
+        let (watched, listed) = Box::pin(async {
+            tokio::join!(
+                async {
+                    if need_watch {
+                        Some(client.check_and_watch_stat(&node.path).await)
+                    } else {
+                        None
+                    }
+                },
+                async {
+                    if first_next {
+                        None
+                    } else {
+                        Some(client.list_children(&path).await)
+                    }
                 }
-            },
-            async {
-                if first_next {
-                    None
-                } else {
-                    Some(client.list_children(&path).await)
-                }
-            }
-        );
+            )
+        })
+        .await;
         if let Some(watched) = watched {
             match watched? {
                 (Some(_), w) => self.own_watch = Some(Box::pin(w.changed())),
@@ -987,7 +1032,7 @@ impl DriverState {
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
             let sent = std::time::Instant::now();
-            let stat = match w.commit().await {
+            let stat = match Box::pin(w.commit()).await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
                     _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
@@ -1052,13 +1097,16 @@ impl DriverState {
         let pred_path = format!("{path}/{}", pred.name);
         let leader_path = format!("{path}/{}", kids[0].name);
         // Watch the predecessor and read the leader's id in one round trip.
-        let (pred_read, leader_read) = tokio::join!(client.get_and_watch_data(&pred_path), async {
-            if pos == 1 {
-                None
-            } else {
-                Some(client.get_data(&leader_path).await)
-            }
-        });
+        let (pred_read, leader_read) = Box::pin(async {
+            tokio::join!(client.get_and_watch_data(&pred_path), async {
+                if pos == 1 {
+                    None
+                } else {
+                    Some(client.get_data(&leader_path).await)
+                }
+            })
+        })
+        .await;
         let (pred_data, pred_watch) = match pred_read {
             Ok((data, _, w)) => (data, w),
             Err(zk::Error::NoNode) => return Ok(Next::Again),
@@ -1139,7 +1187,7 @@ impl DriverState {
                     Next::Again
                 }
             }
-            cmd = self.rx.recv() => match cmd {
+            cmd = self.inner.cmds.recv() => match cmd {
                 Some(cmd) => {
                     self.pending = Some(cmd);
                     Next::Again
