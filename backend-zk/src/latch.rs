@@ -355,7 +355,8 @@ pub(crate) async fn close(core: &Arc<Core>, inner: &Arc<Inner>) -> Result<()> {
     let early = core
         .client()
         .filter(|c| c.state() == zk::SessionState::SyncConnected)
-        .zip(inner.node());
+        .zip(inner.node())
+        .filter(|(_, node)| lock(&inner.deleted).as_ref() != Some(node));
     if let Some((client, node)) = early {
         // Connected: this takes a round trip. Bounded so that close stays within about
         // 2.5 x the session timeout however the connection fares meanwhile.
@@ -371,6 +372,54 @@ pub(crate) async fn close(core: &Arc<Core>, inner: &Arc<Inner>) -> Result<()> {
     inner.cell.close("closed");
     core.deregister(inner.key);
     result
+}
+
+/// Nodes deleted by one multi-operation when a whole session closes.
+const DELETE_BATCH: usize = 128;
+
+/// Close many elections of one session: each publishes `Closed` first (none leads from
+/// here on), then their nodes are deleted in batches (one multi-operation per
+/// [`DELETE_BATCH`] nodes, so that closing thousands of elections does not queue thousands
+/// of writes), then every election closes as [`close`] does (deleting one by one the nodes
+/// of a batch that failed).
+pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()> {
+    for inner in all {
+        inner.closed.store(true, Ordering::SeqCst);
+        inner.cell.close("closed");
+    }
+    let client = core
+        .client()
+        .filter(|c| c.state() == zk::SessionState::SyncConnected);
+    if let Some(client) = client {
+        let nodes: Vec<(&Arc<Inner>, String)> = all
+            .iter()
+            .filter_map(|i| i.node().map(|n| (i, n)))
+            .collect();
+        let bound = core.cfg.session_timeout / 2;
+        let batches = nodes.chunks(DELETE_BATCH).map(|chunk| {
+            let client = client.clone();
+            async move {
+                let mut w = client.new_multi_writer();
+                for (_, node) in chunk {
+                    if w.add_delete(node, None).is_err() {
+                        return;
+                    }
+                }
+                match timeout(bound, w.commit()).await {
+                    Ok(Ok(_)) => {
+                        for (inner, node) in chunk {
+                            *lock(&inner.deleted) = Some(node.clone());
+                        }
+                    }
+                    Ok(Err(e)) => debug!(%e, "batch delete failed; deleting one by one"),
+                    Err(_) => debug!("batch delete timed out; deleting one by one"),
+                }
+            }
+        });
+        futures::future::join_all(batches).await;
+    }
+    let results = futures::future::join_all(all.iter().map(|inner| close(core, inner))).await;
+    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
 }
 
 #[async_trait]

@@ -207,12 +207,11 @@ impl ZkSession {
         let core = self.core();
         core.closed.store(true, Ordering::SeqCst);
         let all: Vec<Arc<Inner>> = lock(&core.registry).values().cloned().collect();
-        let results =
-            futures::future::join_all(all.iter().map(|inner| latch::close(core, inner))).await;
+        let result = latch::close_all(core, &all).await;
         // The last node deletions must not compete with the session's teardown.
         sleep(CLOSE_LINGER).await;
         core.shutdown();
-        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+        result
     }
 }
 
