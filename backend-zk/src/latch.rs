@@ -222,7 +222,7 @@ impl ZkElection {
                 return Ok(());
             }
         }
-        let state = DriverState {
+        let state = Box::new(DriverState {
             core: core.clone(),
             inner: self.inner.clone(),
             view: core.subscribe(),
@@ -241,7 +241,7 @@ impl ZkElection {
             pending: None,
             failures: 0,
             failing_since: None,
-        };
+        });
         let span = tracing::info_span!(parent: core.span(), "zk_latch", id = %self.inner.cfg.id, path = %self.inner.cfg.path);
         let task = tokio::spawn(state.run().instrument(span));
         *d = Some(Driver { task });
@@ -550,7 +550,8 @@ pub(crate) async fn connect(cfg: &ZkConfig) -> Result<zk::Client> {
     session::connect(&cfg.session_config()).await
 }
 
-/// The pending `exists` watch on our own node.
+/// A pending one-shot watch (on our own node, or on our predecessor), boxed: it waits as
+/// long as the election is idle.
 type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
 
 /// Our node in the latch.
@@ -564,6 +565,9 @@ struct OwnNode {
 enum Next {
     /// Run another round (re-verify our node, re-evaluate the queue).
     Again,
+    /// The round is done: wait for the next event (with the predecessor's watch, and
+    /// whether its deletion makes us claim at once).
+    Wait(Option<(OwnWatch, bool)>),
     /// Stop the driver (closed or handle gone).
     Exit,
 }
@@ -616,7 +620,8 @@ const MAX_AHEAD: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl DriverState {
-    async fn run(mut self) {
+    /// Boxed: an async fn's future holds its argument and the moved state apart.
+    async fn run(mut self: Box<Self>) {
         loop {
             let next = if let Some(cmd) = self.pending.take() {
                 Box::pin(self.command(cmd)).await
@@ -686,36 +691,56 @@ impl DriverState {
         }
     }
 
-    /// One step while participating.
+    /// One step while participating. Only what an idle election waits on stays allocated
+    /// between events: the round's future (large: every store call of a round) is boxed
+    /// and freed before the wait for the next event.
     async fn step(&mut self) -> Next {
         if self.inner.closed.load(Ordering::SeqCst) {
             // close() is under way: it deletes our node itself and then sends Close. Never
             // repair (re-create the node) meanwhile; just wait for that command.
             return match self.inner.cmds.recv().await {
-                Some(cmd) => self.command(cmd).await,
+                Some(cmd) => Box::pin(self.command(cmd)).await,
                 None => Next::Exit,
             };
         }
-        let view = self.view.borrow_and_update().clone();
-        if view.generation != self.generation {
-            self.new_session(view.generation, view.client.clone());
-        }
-        match view.state {
-            Conn::Connected => {}
-            Conn::Fatal(kind, msg) => return self.fatal(kind, &msg).await,
+        let state = {
+            let view = self.view.borrow_and_update().clone();
+            if view.generation != self.generation {
+                self.new_session(view.generation, view.client);
+            }
+            view.state
+        };
+        match state {
+            Conn::Connected if self.client.is_some() => {}
+            Conn::Fatal(kind, msg) => return Box::pin(self.fatal(kind, &msg)).await,
             Conn::Closed => {
                 self.inner.cell.close("the ZooKeeper session was closed");
                 return Next::Exit;
             }
             // The session task demoted us (per policy) and works on it: wait for news.
-            Conn::Connecting | Conn::Suspended => return self.until_view_changes().await,
+            _ => return Box::pin(self.until_view_changes()).await,
         }
+        let outcome = Box::pin(self.round_or_lost()).await;
+        match outcome {
+            Ok(next) => {
+                self.failures = 0;
+                self.failing_since = None;
+                match next {
+                    Next::Wait(pred) => self.wait(pred).await,
+                    next => next,
+                }
+            }
+            Err(e) => Box::pin(self.failed(e)).await,
+        }
+    }
+
+    /// A round, abandoned as soon as the session reports a change: a round's calls wait
+    /// through a lost connection (up to 1.4 x the session timeout), while suspension and
+    /// commands are to be handled at once.
+    async fn round_or_lost(&mut self) -> std::result::Result<Next, zk::Error> {
         let Some(client) = self.client.clone() else {
-            return self.until_view_changes().await;
+            return Ok(Next::Again);
         };
-        // A round's calls wait through a lost connection (up to 1.4 x the session timeout):
-        // abandon the round as soon as the session reports a change, so that suspension and
-        // commands are handled at once.
         let mut view = self.view.clone();
         let generation = self.generation;
         let lost = async move {
@@ -729,18 +754,9 @@ impl DriverState {
                 }
             }
         };
-        let round = Box::pin(self.round(&client));
-        let outcome = tokio::select! {
-            r = round => r,
+        tokio::select! {
+            r = self.round(&client) => r,
             _ = lost => Ok(Next::Again),
-        };
-        match outcome {
-            Ok(next) => {
-                self.failures = 0;
-                self.failing_since = None;
-                next
-            }
-            Err(e) => Box::pin(self.failed(&client, e)).await,
         }
     }
 
@@ -767,7 +783,7 @@ impl DriverState {
     }
 
     /// A round failed with a ZooKeeper error: classify, report, back off.
-    async fn failed(&mut self, client: &zk::Client, e: zk::Error) -> Next {
+    async fn failed(&mut self, e: zk::Error) -> Next {
         if permanent(&e) {
             let err = map(e, &format!("take part in latch {}", self.inner.cfg.path));
             return self.fatal(err.kind(), err.message()).await;
@@ -784,7 +800,11 @@ impl DriverState {
             }
             return self.until_view_changes().await;
         }
-        if client.state() == zk::SessionState::Disconnected {
+        if self
+            .client
+            .as_ref()
+            .is_none_or(|c| c.state() == zk::SessionState::Disconnected)
+        {
             return Next::Again;
         }
         self.failures += 1;
@@ -1057,7 +1077,7 @@ impl DriverState {
                 self.inner
                     .cell
                     .set_health(HealthLevel::Healthy, "first in the latch");
-                return Ok(self.wait(client, None).await);
+                return Ok(Next::Wait(None));
             }
             // Claim: atomically check our node still exists and write the latch path, whose
             // new mzxid is the term's sequence; its data names the claiming node, so a reader
@@ -1138,7 +1158,7 @@ impl DriverState {
                 debug!("the session changed during our claim; not publishing it");
                 return Ok(Next::Again);
             }
-            return Ok(self.wait(client, None).await);
+            return Ok(Next::Wait(None));
         }
         self.vacated = None;
         self.ahead = kids[..pos - 1].iter().map(|k| k.name.clone()).collect();
@@ -1175,22 +1195,21 @@ impl DriverState {
             .cell
             .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
         let claim_next = pos == 1 || (self.assert_ahead && self.ahead.len() <= MAX_AHEAD);
-        Ok(self.wait(client, Some((pred_watch, claim_next))).await)
+        Ok(Next::Wait(Some((
+            Box::pin(pred_watch.changed()),
+            claim_next,
+        ))))
     }
 
     /// Wait for whatever can change our position: the predecessor or our own node changing,
     /// the session's view changing, or a command. `pred` is the predecessor's watch and
     /// whether its deletion makes us claim at once (see [`round`](Self::round)). No timer:
     /// the session task probes for contact and reports losses.
-    async fn wait(
-        &mut self,
-        _client: &zk::Client,
-        pred: Option<(zk::OneshotWatcher, bool)>,
-    ) -> Next {
+    async fn wait(&mut self, pred: Option<(OwnWatch, bool)>) -> Next {
         let claim_next = pred.as_ref().is_some_and(|(_, claim)| *claim);
         let pred_changed = async move {
             match pred {
-                Some((w, _)) => w.changed().await,
+                Some((w, _)) => w.await,
                 None => std::future::pending().await,
             }
         };

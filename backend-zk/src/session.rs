@@ -114,6 +114,12 @@ pub(crate) enum Conn {
     Closed,
 }
 
+/// A counter and its extra labels.
+type Counter = (&'static str, &'static [(&'static str, &'static str)]);
+
+const EXPIRED: Counter = (metrics::SESSION_EXPIRATIONS, &[]);
+const REPLACED: Counter = (metrics::REPAIRS, &[("cause", "session_replaced")]);
+
 /// The shared state of one session.
 pub(crate) struct Core {
     pub(crate) cfg: ZkSessionConfig,
@@ -358,12 +364,16 @@ impl Core {
         suspended: bool,
         reason: &str,
         forget: bool,
+        counters: &[Counter],
         update: impl FnOnce(&mut View),
     ) {
         let registry = lock(&self.registry);
         let now = std::time::Instant::now();
         if forget {
             self.contact.forget_contact(now);
+        }
+        for (name, labels) in counters {
+            self.metrics.count(name, labels);
         }
         for inner in registry.values() {
             if forget {
@@ -372,6 +382,10 @@ impl Core {
             let role = inner.cell.get().role;
             if matches!(role, Role::Idle | Role::Closed) {
                 continue;
+            }
+            // Every participating election counts what happened to its session.
+            for (name, labels) in counters {
+                inner.cell.metrics().count(name, labels);
             }
             if role.is_leader() && !leaders_too {
                 inner.cell.set_health(
@@ -503,8 +517,9 @@ async fn probe(cfg: ZkSessionConfig, client: zk::Client, node: Option<String>) -
 
 /// How one connected session ended.
 enum Ended {
-    /// Replaced by a fresh session (a probe's); `why` for the statuses.
-    Replaced(zk::Client, &'static str),
+    /// Replaced by a fresh session (a probe's); `why` for the statuses; whether ZooKeeper
+    /// no longer knew our session (expired or wiped).
+    Replaced(zk::Client, &'static str, bool),
     /// Expired or closed: connect anew.
     Lost,
     /// Permanent failure.
@@ -534,11 +549,11 @@ fn hedging(cfg: &ZkSessionConfig, connect_took: Option<Duration>) -> (Option<Dur
 async fn run(weak: std::sync::Weak<Core>) {
     let mut connect_took: Option<Duration> = None;
     let mut generation = 0u64;
-    let mut next: Option<(zk::Client, &'static str)> = None;
+    let mut next: Option<zk::Client> = None;
     loop {
         let Some(core) = weak.upgrade() else { return };
         let client = match next.take() {
-            Some((c, _)) => c,
+            Some(c) => c,
             None => match connect_hedged(&core, &mut connect_took).await {
                 Ok(c) => c,
                 Err((kind, msg)) => {
@@ -568,27 +583,30 @@ async fn run(weak: std::sync::Weak<Core>) {
         drop(core);
         match connected(&weak, &client, connect_took).await {
             None => return,
-            Some(Ended::Replaced(fresh, why)) => {
+            Some(Ended::Replaced(fresh, why, expired)) => {
                 let Some(core) = weak.upgrade() else { return };
-                core.metrics
-                    .count(metrics::REPAIRS, &[("cause", "session_replaced")]);
+                let counters: &[Counter] = if expired {
+                    &[EXPIRED, REPLACED]
+                } else {
+                    &[REPLACED]
+                };
                 // Whatever we held may be someone else's by now: no grace for work under
                 // our grants. Everyone is demoted BEFORE the new session is published.
-                core.demote_then(true, false, why, true, |v| {
+                core.demote_then(true, false, why, true, counters, |v| {
                     v.client = None;
                     v.state = Conn::Connecting;
                 });
-                next = Some((fresh, why));
+                next = Some(fresh);
             }
             Some(Ended::Lost) => {
                 let Some(core) = weak.upgrade() else { return };
                 info!(session = %client.session_id(), "session ended; building a new session");
-                core.metrics.count(metrics::SESSION_EXPIRATIONS, &[]);
                 core.demote_then(
                     true,
                     false,
                     "ZooKeeper session expired; rejoining with a new session",
                     true,
+                    &[EXPIRED],
                     |v| {
                         v.client = None;
                         v.state = Conn::Connecting;
@@ -598,7 +616,7 @@ async fn run(weak: std::sync::Weak<Core>) {
             Some(Ended::Fatal(kind, msg)) => {
                 let Some(core) = weak.upgrade() else { return };
                 warn!(%msg, "permanent failure of the session");
-                core.demote_then(true, false, &msg, true, |v| {
+                core.demote_then(true, false, &msg, true, &[], |v| {
                     v.client = None;
                     v.state = Conn::Fatal(kind, msg.clone().into());
                 });
@@ -738,7 +756,7 @@ async fn suspended(
     };
     let lost = "connection to ZooKeeper lost; reconnecting";
     info!(session = %client.session_id(), "connection lost: suspending every election on the session");
-    core.demote_then(grace.is_zero(), true, lost, false, |v| {
+    core.demote_then(grace.is_zero(), true, lost, false, &[], |v| {
         v.state = Conn::Suspended;
     });
     let mut next_probe = t0 + FIRST_PROBE_AFTER;
@@ -775,13 +793,13 @@ async fn suspended(
             _ = sleep_until(t0 + grace), if !demoted => {
                 demoted = true;
                 info!("connection lost for the grace period: dropping leadership");
-                core.demote_then(true, true, lost, false, |_| {});
+                core.demote_then(true, true, lost, false, &[], |_| {});
             }
             _ = sleep_until(unhealthy_at), if !marked_unhealthy => {
                 marked_unhealthy = true;
                 if !demoted {
                     demoted = true;
-                    core.demote_then(true, true, lost, false, |_| {});
+                    core.demote_then(true, true, lost, false, &[], |_| {});
                 }
                 let reason = format!("no connection to ZooKeeper for {} (the session timeout)", Human(session_timeout));
                 core.health_all(HealthLevel::Unhealthy, &reason, false);
@@ -803,8 +821,7 @@ async fn suspended(
                 Probe::SessionLost(fresh) => {
                     info!(old = %client.session_id(), new = %fresh.session_id(),
                           "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
-                    core.metrics.count(metrics::SESSION_EXPIRATIONS, &[]);
-                    return Some(Ended::Replaced(fresh, "ZooKeeper lost our session (wiped or expired); rejoining"));
+                    return Some(Ended::Replaced(fresh, "ZooKeeper lost our session (wiped or expired); rejoining", true));
                 }
                 // ZooKeeper serves, still with our session, but our client has not
                 // reconnected: it waits out its own backoff (100 ms doubling, up to seconds
@@ -818,7 +835,7 @@ async fn suspended(
                 {
                     info!(old = %client.session_id(), new = %fresh.session_id(),
                           "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
-                    return Some(Ended::Replaced(fresh, "ZooKeeper answers again; rejoining with a new session"));
+                    return Some(Ended::Replaced(fresh, "ZooKeeper answers again; rejoining with a new session", false));
                 }
                 Probe::SessionAlive(_) => {
                     // Next look when the grace ends and the takeover bound has passed.

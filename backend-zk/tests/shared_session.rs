@@ -18,6 +18,30 @@ use zookeeper_client as zk;
 
 const SESSION: Duration = Duration::from_secs(4);
 
+/// Counts live heap bytes (for the memory measurement; negligible cost otherwise).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_heap() -> isize {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn session(connect: &str) -> ZkSession {
     let cfg = ZkSessionConfig::builder(connect)
         .session_timeout(SESSION)
@@ -434,10 +458,13 @@ async fn zk_memory_per_election_at_ten_thousand_elections_on_one_session() {
     let warm = s.election(&format!("{base}/warm"), "w").expect("election");
     warm.join().await.expect("join");
     let before = rss_kib();
+    let heap_before = live_heap();
     let t = Instant::now();
     let es: Vec<ZkElection> = (0..E)
         .map(|i| s.election(&format!("{base}/e{i}"), "m").expect("election"))
         .collect();
+    let created = rss_kib();
+    let heap_created = live_heap();
     for chunk in es.chunks(500) {
         futures::future::join_all(chunk.iter().map(|e| e.join()))
             .await
@@ -464,13 +491,50 @@ async fn zk_memory_per_election_at_ten_thousand_elections_on_one_session() {
     }
     let took = t.elapsed();
     let after = rss_kib();
+    // What stays resident once the allocator returns the free pages the join burst left
+    // (glibc keeps them otherwise: RSS is the high-water mark of the burst).
+    extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: glibc's malloc_trim only releases free memory back to the system.
+    unsafe {
+        malloc_trim(0);
+    }
+    let trimmed = rss_kib();
+    let heap_after = live_heap();
+    eprintln!(
+        "live heap per election: {} bytes created, {} bytes joined and leading",
+        (heap_created - heap_before) / E as isize,
+        (heap_after - heap_before) / E as isize
+    );
     let per = (after.saturating_sub(before)) as f64 / E as f64;
     eprintln!(
-        "{E} elections on one session: joined and leading in {took:?}; VmRSS {before} KiB -> {after} KiB: {per:.2} KiB per election"
+        "{E} elections on one session: joined and leading in {took:?}; VmRSS {before} KiB -> {after} KiB: {per:.2} KiB per election ({:.2} KiB of it before joining: handle, status cell, config); after malloc_trim {trimmed} KiB: {:.2} KiB per election",
+        (created.saturating_sub(before)) as f64 / E as f64,
+        (trimmed.saturating_sub(before)) as f64 / E as f64
     );
     let c: zk::Client = common::client(&zk.addr()).await;
     assert!(c.list_children(&base).await.expect("list").len() > E);
+    // For comparison: what zookeeper-client itself keeps per pending exists-watch.
+    let h0 = live_heap();
+    let mut watches = Vec::new();
+    for i in 0..E {
+        let (_, w) = c
+            .check_and_watch_stat(&format!("{base}/e{i}"))
+            .await
+            .expect("watch");
+        watches.push(Box::pin(w.changed()));
+    }
+    eprintln!(
+        "zookeeper-client: {} live heap bytes per pending exists-watch (boxed changed future included)",
+        (live_heap() - h0) / E as isize
+    );
+    drop(watches);
     let t = Instant::now();
     s.close().await.expect("close");
-    eprintln!("closed the session with {} elections in {:?}", E + 1, t.elapsed());
+    eprintln!(
+        "closed the session with {} elections in {:?}",
+        E + 1,
+        t.elapsed()
+    );
 }
