@@ -86,9 +86,9 @@ pub(crate) struct Inner {
     fatal: Fatal,
     /// The path of our node, as far as the driver knows (for a prompt delete on close, and
     /// for the session's probe).
-    node: Mutex<Option<String>>,
+    node: Mutex<Option<Arc<str>>>,
     /// A node `close` already deleted (the driver need not delete it again).
-    deleted: Mutex<Option<String>>,
+    deleted: Mutex<Option<Arc<str>>>,
 }
 
 impl Inner {
@@ -96,7 +96,7 @@ impl Inner {
         lock(&self.node).is_some()
     }
 
-    pub(crate) fn node(&self) -> Option<String> {
+    pub(crate) fn node(&self) -> Option<Arc<str>> {
         lock(&self.node).clone()
     }
 
@@ -227,7 +227,6 @@ impl ZkElection {
             inner: self.inner.clone(),
             view: core.subscribe(),
             generation: 0,
-            client: None,
             session_timeout: self.inner.cfg.session_timeout,
             uuid: new_uuid(),
             stale: Vec::new(),
@@ -391,7 +390,7 @@ pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()
         .client()
         .filter(|c| c.state() == zk::SessionState::SyncConnected);
     if let Some(client) = client {
-        let nodes: Vec<(&Arc<Inner>, String)> = all
+        let nodes: Vec<(&Arc<Inner>, Arc<str>)> = all
             .iter()
             .filter_map(|i| i.node().map(|n| (i, n)))
             .collect();
@@ -557,8 +556,24 @@ type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
 /// Our node in the latch.
 #[derive(Debug, Clone)]
 struct OwnNode {
-    name: String,
-    path: String,
+    /// The node's full path (shared with [`Inner`]'s copy).
+    path: Arc<str>,
+    /// Where its name starts in `path`.
+    name_at: usize,
+}
+
+impl OwnNode {
+    fn new(path: String, name_len: usize) -> OwnNode {
+        OwnNode {
+            name_at: path.len() - name_len,
+            path: path.into(),
+        }
+    }
+
+    /// The node's name (its last path segment).
+    fn name(&self) -> &str {
+        &self.path[self.name_at..]
+    }
 }
 
 /// What the driver does next.
@@ -581,7 +596,6 @@ struct DriverState {
     view: watch::Receiver<View>,
     /// The session generation our node and uuid belong to.
     generation: u64,
-    client: Option<zk::Client>,
     /// The negotiated session timeout.
     session_timeout: Duration,
     /// The protected-name uuid of the current session's node.
@@ -635,7 +649,6 @@ impl DriverState {
             };
             if let Next::Exit = next {
                 self.forget_node();
-                self.client = None;
                 return;
             }
         }
@@ -644,9 +657,9 @@ impl DriverState {
     /// Follow the session's generation `generation` (a new session, or none).
     fn new_session(&mut self, generation: u64, client: Option<zk::Client>) {
         if let Some(n) = self.forget_node() {
-            debug!(node = %n.name, "forgetting the node of the session we left");
+            debug!(node = %n.name(), "forgetting the node of the session we left");
         }
-        if self.client.is_some() || self.been_in_latch {
+        if self.generation != 0 || self.been_in_latch {
             // The session we left may have left nodes under its uuid: remember it for
             // cleanup, and name the next session's node with a fresh uuid.
             self.stale
@@ -659,7 +672,16 @@ impl DriverState {
             self.session_timeout = c.session_timeout();
         }
         self.generation = generation;
-        self.client = client;
+    }
+
+    /// The client of the session our node and uuid belong to (None once it was replaced).
+    fn client(&self) -> Option<zk::Client> {
+        let v = self.view.borrow();
+        if v.generation == self.generation {
+            v.client.clone()
+        } else {
+            None
+        }
     }
 
     /// Forget our node and everything known about it.
@@ -711,7 +733,7 @@ impl DriverState {
             view.state
         };
         match state {
-            Conn::Connected if self.client.is_some() => {}
+            Conn::Connected if self.client().is_some() => {}
             Conn::Fatal(kind, msg) => return Box::pin(self.fatal(kind, &msg)).await,
             Conn::Closed => {
                 self.inner.cell.close("the ZooKeeper session was closed");
@@ -738,7 +760,7 @@ impl DriverState {
     /// through a lost connection (up to 1.4 x the session timeout), while suspension and
     /// commands are to be handled at once.
     async fn round_or_lost(&mut self) -> std::result::Result<Next, zk::Error> {
-        let Some(client) = self.client.clone() else {
+        let Some(client) = self.client() else {
             return Ok(Next::Again);
         };
         let mut view = self.view.clone();
@@ -801,8 +823,7 @@ impl DriverState {
             return self.until_view_changes().await;
         }
         if self
-            .client
-            .as_ref()
+            .client()
             .is_none_or(|c| c.state() == zk::SessionState::Disconnected)
         {
             return Next::Again;
@@ -869,7 +890,7 @@ impl DriverState {
         self.inner.fatal.report(kind, msg);
         self.want = false;
         self.inner.cell.set_role(Role::Idle, msg.to_owned());
-        if let (Some(c), Some(n)) = (self.client.clone(), self.forget_node()) {
+        if let (Some(c), Some(n)) = (self.client(), self.forget_node()) {
             let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
         }
         Next::Again
@@ -891,11 +912,11 @@ impl DriverState {
                     return Ok(n);
                 }
                 (Some(_), _) => {
-                    warn!(node = %n.name, "our node is owned by another session; re-creating");
+                    warn!(node = %n.name(), "our node is owned by another session; re-creating");
                     self.forget_node();
                 }
                 (None, _) => {
-                    info!(node = %n.name, "our latch node vanished; re-creating it");
+                    info!(node = %n.name(), "our latch node vanished; re-creating it");
                     self.inner
                         .cell
                         .metrics()
@@ -927,10 +948,7 @@ impl DriverState {
                 if let Some(st) = client.check_stat(&full).await? {
                     if st.ephemeral_owner == session {
                         info!(node = %name, "adopting our node created before a connection loss");
-                        let n = OwnNode {
-                            name: name.clone(),
-                            path: full,
-                        };
+                        let n = OwnNode::new(full, name.len());
                         self.set_node(n.clone());
                         return Ok(n);
                     }
@@ -962,10 +980,7 @@ impl DriverState {
                         warn!(node = %name, "created node reports another owner");
                     }
                     debug!(node = %name, "created our latch node");
-                    let n = OwnNode {
-                        path: format!("{path}/{name}"),
-                        name,
-                    };
+                    let n = OwnNode::new(format!("{path}/{name}"), name.len());
                     self.set_node(n.clone());
                     return Ok(n);
                 }
@@ -1059,7 +1074,7 @@ impl DriverState {
             None => (0, Vec::new()),
             Some(Ok(c)) => {
                 let kids = names::sorted(c);
-                let Some(pos) = kids.iter().position(|k| k.name == node.name) else {
+                let Some(pos) = kids.iter().position(|k| k.name == node.name()) else {
                     debug!("our node is not among the children; repairing");
                     self.forget_node();
                     return Ok(Next::Again);
@@ -1097,7 +1112,7 @@ impl DriverState {
                     w.add_delete(&p, None)?;
                 }
             }
-            w.add_set_data(&path, node.name.as_bytes(), None)?;
+            w.add_set_data(&path, node.name().as_bytes(), None)?;
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
             let sent = std::time::Instant::now();
@@ -1301,10 +1316,10 @@ impl DriverState {
 
     /// Delete our node: retried until done or the session that owns it is gone.
     async fn delete_node(&mut self) -> Result<()> {
-        let (Some(client), Some(node)) = (self.client.clone(), self.forget_node()) else {
+        let (Some(client), Some(node)) = (self.client(), self.forget_node()) else {
             return Ok(());
         };
-        if lock(&self.inner.deleted).as_deref() == Some(node.path.as_str()) {
+        if lock(&self.inner.deleted).as_deref() == Some(&*node.path) {
             return Ok(());
         }
         let deadline = Instant::now() + self.session_timeout.mul_f64(1.5);

@@ -430,7 +430,10 @@ impl Core {
 
     /// A node of one of our elections (for the probe: does ZooKeeper still hold our session?).
     fn any_node(&self) -> Option<String> {
-        lock(&self.registry).values().find_map(|i| i.node())
+        lock(&self.registry)
+            .values()
+            .find_map(|i| i.node())
+            .map(|n| n.to_string())
     }
 
     fn set_bound(&self, session_timeout: Duration) {
