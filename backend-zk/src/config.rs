@@ -537,6 +537,37 @@ mod tests {
     }
 
     #[test]
+    fn session_config_shares_the_validation_and_participants_on_it_are_checked() {
+        let e = ZkSessionConfig::builder("127.0.0.1").build().unwrap_err();
+        assert!(e.to_string().contains("no port"), "{e}");
+        let e = ZkSessionConfig::builder("127.0.0.1:1")
+            .session_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 1s"), "{e}");
+        let s = ZkSessionConfig::builder("127.0.0.1:1/tenant")
+            .digest_auth("u", "s3cret")
+            .build()
+            .unwrap();
+        assert_eq!(s.chroot.as_deref(), Some("/tenant"));
+        assert_eq!(s.acl, NodeAcl::CreatorAllOthersRead);
+        assert!(!format!("{s:?}").contains("s3cret"));
+        for (path, id, hint) in [
+            ("a", "n", "relative"),
+            ("/zookeeper/x", "n", "reserves"),
+            ("/a", "", "non-empty"),
+        ] {
+            let e = s.participant(path, id).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(hint), "{e} should mention {hint}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        let c = s.participant("/a/b", "n1").unwrap();
+        assert_eq!((c.path.as_str(), c.id.as_str()), ("/a/b", "n1"));
+        assert_eq!(c.session_config().connect_string(), "127.0.0.1:1/tenant");
+    }
+
+    #[test]
     fn debug_output_hides_the_password() {
         let c = ZkConfig::builder("127.0.0.1:1", "/a", "n")
             .digest_auth("user", "s3cret")
