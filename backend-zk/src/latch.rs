@@ -83,7 +83,12 @@ pub(crate) struct Inner {
     driver: Mutex<Option<Driver>>,
     cmds: Commands,
     closed: AtomicBool,
-    fatal: Fatal,
+    /// Where the driver reports a permanent failure to the `join`s in progress; only
+    /// allocated while one is (a `join` clears earlier failures anyway), as memory per
+    /// election matters.
+    fatal: Mutex<Option<Fatal>>,
+    /// `join` calls in progress.
+    joining: std::sync::atomic::AtomicUsize,
     /// The path of our node, as far as the driver knows (for a prompt delete on close, and
     /// for the session's probe).
     node: Mutex<Option<Arc<str>>>,
@@ -177,7 +182,8 @@ impl ZkElection {
             driver: Mutex::new(None),
             cmds: Commands::default(),
             closed: AtomicBool::new(false),
-            fatal: Fatal::default(),
+            fatal: Mutex::new(None),
+            joining: Default::default(),
             node: Mutex::new(None),
             deleted: Mutex::new(None),
         });
@@ -429,7 +435,23 @@ impl Election for ZkElection {
 
     async fn join(&self) -> Result<()> {
         self.sender()?;
-        self.inner.fatal.clear();
+        let fatal = {
+            let mut slot = lock(&self.inner.fatal);
+            self.inner.joining.fetch_add(1, Ordering::SeqCst);
+            slot.get_or_insert_with(Fatal::new).clone()
+        };
+        // The slot is emptied when the last join in progress ends (cancelled too).
+        struct Joining<'a>(&'a Inner);
+        impl Drop for Joining<'_> {
+            fn drop(&mut self) {
+                let mut slot = lock(&self.0.fatal);
+                if self.0.joining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    *slot = None;
+                }
+            }
+        }
+        let _joining = Joining(&self.inner);
+        fatal.clear();
         let rx = self.inner.cell.subscribe();
         if rx.borrow().role == Role::Idle {
             self.inner.cell.set_role(Role::Candidate, "joining");
@@ -439,14 +461,7 @@ impl Election for ZkElection {
             .send(Cmd::Join)
             .map_err(|_| self.inner.closed_error())?;
         let what = format!("ZooKeeper latch participant {}", self.inner.cfg.id);
-        participant::wait_joined(
-            rx,
-            Some(&self.inner.fatal),
-            &self.inner.cfg.id,
-            &what,
-            || None,
-        )
-        .await
+        participant::wait_joined(rx, Some(&fatal), &self.inner.cfg.id, &what, || None).await
     }
 
     async fn resign(&self) -> Result<()> {
@@ -887,7 +902,9 @@ impl DriverState {
         self.inner
             .cell
             .set_health(HealthLevel::Unhealthy, msg.to_owned());
-        self.inner.fatal.report(kind, msg);
+        if let Some(f) = lock(&self.inner.fatal).as_ref() {
+            f.report(kind, msg);
+        }
         self.want = false;
         self.inner.cell.set_role(Role::Idle, msg.to_owned());
         if let (Some(c), Some(n)) = (self.client(), self.forget_node()) {
