@@ -65,9 +65,9 @@ pub struct ZkSessionConfig {
     /// The ACL of the nodes we create.
     pub acl: NodeAcl,
     /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
-    pub(crate) auth: Option<(String, Vec<u8>)>,
+    pub(crate) auth: Option<Box<(String, Vec<u8>)>>,
     /// SASL DIGEST-MD5 `(user, password)` for every session (feature `sasl`).
-    pub(crate) sasl: Option<(String, String)>,
+    pub(crate) sasl: Option<Box<(String, String)>>,
     /// Optional chroot: every path (the latch paths too) is relative to it. Created if missing.
     pub chroot: Option<String>,
 }
@@ -93,28 +93,28 @@ pub struct ZkConfig {
     /// The ACL of the nodes we create.
     pub acl: NodeAcl,
     /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
-    pub(crate) auth: Option<(String, Vec<u8>)>,
+    pub(crate) auth: Option<Box<(String, Vec<u8>)>>,
     /// SASL DIGEST-MD5 `(user, password)` for every session (feature `sasl`).
-    pub(crate) sasl: Option<(String, String)>,
+    pub(crate) sasl: Option<Box<(String, String)>>,
     /// Optional chroot: every path (the latch path too) is relative to it. Created if missing.
     pub chroot: Option<String>,
 }
 
 fn debug_secrets(
     d: &mut fmt::DebugStruct<'_, '_>,
-    auth: &Option<(String, Vec<u8>)>,
-    sasl: &Option<(String, String)>,
+    auth: &Option<Box<(String, Vec<u8>)>>,
+    sasl: &Option<Box<(String, String)>>,
 ) {
     d.field(
         "auth",
         &auth
-            .as_ref()
+            .as_deref()
             .map(|(scheme, _)| format!("{scheme}:<redacted>")),
     )
     .field(
         "sasl",
         &sasl
-            .as_ref()
+            .as_deref()
             .map(|(user, _)| format!("DIGEST-MD5 {user}:<redacted>")),
     );
 }
@@ -296,7 +296,7 @@ macro_rules! session_setters {
         /// Digest authentication (`user:password`), added to every session.
         pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
             self$(.$f)?.cfg.auth =
-                Some(("digest".into(), format!("{user}:{password}").into_bytes()));
+                Some(Box::new(("digest".into(), format!("{user}:{password}").into_bytes())));
             self
         }
 
@@ -334,7 +334,7 @@ macro_rules! session_setters {
         /// [`build`](Self::build).
         #[cfg(feature = "sasl")]
         pub fn sasl_digest_md5(mut self, user: &str, password: &str) -> Self {
-            self$(.$f)?.cfg.sasl = Some((user.to_owned(), password.to_owned()));
+            self$(.$f)?.cfg.sasl = Some(Box::new((user.to_owned(), password.to_owned())));
             self
         }
     };
@@ -383,14 +383,14 @@ impl ZkSessionConfigBuilder {
                 c.acl
             )));
         }
-        if let Some((user, _)) = &c.sasl {
+        if let Some((user, _)) = c.sasl.as_deref() {
             if user.is_empty() {
                 return Err(Error::invalid_config(
                     "sasl_digest_md5 needs a non-empty user name; call sasl_digest_md5(\"user\", \"password\")",
                 ));
             }
         }
-        if let Some((_, cred)) = &c.auth {
+        if let Some((_, cred)) = c.auth.as_deref() {
             let text = String::from_utf8_lossy(cred);
             match text.split_once(':') {
                 Some((user, _)) if !user.is_empty() => {}

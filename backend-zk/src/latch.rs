@@ -30,6 +30,15 @@ use crate::error::{map, permanent, session_gone};
 use crate::names::{self, protected_prefix};
 use crate::session::{self, Conn, Core, View, ZkSession, CLOSE_LINGER};
 
+/// A status reason shared by every election (no allocation per status change: memory per
+/// election matters).
+macro_rules! reason {
+    ($s:literal) => {{
+        static REASON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        REASON.get_or_init(|| Arc::from($s)).clone()
+    }};
+}
+
 /// A participant in a ZooKeeper latch election (Curator LeaderLatch-compatible layout).
 ///
 /// Create with [`ZkElection::new`] (a session of its own) or
@@ -137,8 +146,15 @@ impl Commands {
     /// The next command; None once closed and drained. Cancel-safe.
     async fn recv(&self) -> Option<Cmd> {
         loop {
-            if let Some(cmd) = lock(&self.queue).pop_front() {
-                return Some(cmd);
+            {
+                let mut q = lock(&self.queue);
+                if let Some(cmd) = q.pop_front() {
+                    if q.is_empty() {
+                        // Commands are rare: keep no buffer while idle.
+                        *q = VecDeque::new();
+                    }
+                    return Some(cmd);
+                }
             }
             if self.closed.load(Ordering::SeqCst) {
                 return None;
@@ -454,7 +470,9 @@ impl Election for ZkElection {
         fatal.clear();
         let rx = self.inner.cell.subscribe();
         if rx.borrow().role == Role::Idle {
-            self.inner.cell.set_role(Role::Candidate, "joining");
+            self.inner
+                .cell
+                .set_role(Role::Candidate, reason!("joining"));
         }
         self.inner
             .cmds
@@ -542,8 +560,8 @@ impl Drop for ZkElection {
     }
 }
 
-fn new_uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
+fn new_uuid() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
 }
 
 static CREATOR_ALL_OTHERS_READ: [zk::Acl; 2] = [
@@ -614,9 +632,9 @@ struct DriverState {
     /// The negotiated session timeout.
     session_timeout: Duration,
     /// The protected-name uuid of the current session's node.
-    uuid: String,
+    uuid: uuid::Uuid,
     /// uuids of nodes earlier sessions of ours may have left behind.
-    stale: Vec<String>,
+    stale: Vec<uuid::Uuid>,
     node: Option<OwnNode>,
     /// A pending watch on our node (registered by this session): while it has not fired,
     /// our node exists, so a round need not read it again.
@@ -951,7 +969,7 @@ impl DriverState {
             }
         }
         let path = self.inner.cfg.path.clone();
-        let prefix = protected_prefix(&self.uuid);
+        let prefix = protected_prefix(&self.uuid.to_string());
         // Look for a node of ours whose create reply was lost, and for leftovers of our
         // earlier sessions.
         let children = match client.list_children(&path).await {
@@ -973,7 +991,7 @@ impl DriverState {
             } else if self
                 .stale
                 .iter()
-                .any(|u| name.starts_with(&protected_prefix(u)))
+                .any(|u| name.starts_with(&protected_prefix(&u.to_string())))
             {
                 info!(node = %name, "deleting a node left by an earlier session of ours");
                 match client.delete(&full, None).await {
@@ -1108,7 +1126,7 @@ impl DriverState {
                 // grant continues.
                 self.inner
                     .cell
-                    .set_health(HealthLevel::Healthy, "first in the latch");
+                    .set_health(HealthLevel::Healthy, reason!("first in the latch"));
                 return Ok(Next::Wait(None));
             }
             // Claim: atomically check our node still exists and write the latch path, whose
@@ -1172,9 +1190,9 @@ impl DriverState {
                 info!(%term, "elected");
             }
             let reason = if first_next {
-                "the leader before us left"
+                reason!("the leader before us left")
             } else {
-                "first in the latch"
+                reason!("first in the latch")
             };
             // Recorded before publishing, so whoever sees `Leader` also sees the sample.
             if let Some(vacated) = self.vacated.take() {
@@ -1219,9 +1237,9 @@ impl DriverState {
             Some(Err(_)) => None,
         };
         let reason = if self.inner.cell.get().role.is_leader() {
-            "lost first place in the latch"
+            reason!("lost first place in the latch")
         } else {
-            "waiting for predecessor"
+            reason!("waiting for predecessor")
         };
         self.inner
             .cell

@@ -368,6 +368,8 @@ impl Core {
         update: impl FnOnce(&mut View),
     ) {
         let registry = lock(&self.registry);
+        // One allocation for every election's status.
+        let reason: Arc<str> = reason.into();
         let now = std::time::Instant::now();
         if forget {
             self.contact.forget_contact(now);
@@ -402,9 +404,7 @@ impl Core {
             } else {
                 Role::Candidate
             };
-            inner
-                .cell
-                .set(role, HealthLevel::Degraded, reason.to_owned());
+            inner.cell.set(role, HealthLevel::Degraded, reason.clone());
         }
         self.view.send_modify(update);
         let state = self.view.borrow().state.clone();
@@ -415,15 +415,16 @@ impl Core {
     /// Set the health (and demote non-idle roles to Candidate when `demote`) of every
     /// participating election.
     fn health_all(&self, level: HealthLevel, reason: &str, demote: bool) {
+        let reason: Arc<str> = reason.into();
         for inner in lock(&self.registry).values() {
             let role = inner.cell.get().role;
             if matches!(role, Role::Idle | Role::Closed) {
                 continue;
             }
             if demote && (role.is_joined() || role.is_leader()) {
-                inner.cell.set(Role::Candidate, level, reason.to_owned());
+                inner.cell.set(Role::Candidate, level, reason.clone());
             } else {
-                inner.cell.set_health(level, reason.to_owned());
+                inner.cell.set_health(level, reason.clone());
             }
         }
     }
@@ -451,11 +452,11 @@ pub(crate) async fn connect(cfg: &ZkSessionConfig) -> Result<zk::Client> {
         .with_session_timeout(cfg.session_timeout)
         .with_connection_timeout(cfg.connection_timeout)
         .with_fail_eagerly();
-    if let Some((scheme, cred)) = &cfg.auth {
+    if let Some((scheme, cred)) = cfg.auth.as_deref() {
         c = c.with_auth(scheme, cred);
     }
     #[cfg(feature = "sasl")]
-    if let Some((user, password)) = &cfg.sasl {
+    if let Some((user, password)) = cfg.sasl.as_deref() {
         c = c.with_sasl(zk::SaslOptions::digest_md5(user.clone(), password.clone()));
     }
     let hosts = cfg.connect.split(',').count() as u32;
