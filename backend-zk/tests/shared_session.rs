@@ -52,8 +52,9 @@ fn session(connect: &str) -> ZkSession {
 }
 
 /// `paths.len()` elections on each session (election `e` of every session on `paths[e]`),
-/// each watched by the checker of its path; joined concurrently per session, sessions in
-/// order (so the first session's elections lead).
+/// each watched by the checker of its path, joined concurrently in rounds: in round `r`,
+/// election `e` of session `(e + r) % sessions` joins when `rotate` (so leadership is
+/// spread over the sessions), of session `r` otherwise (the first session leads all).
 struct Grid {
     paths: Vec<String>,
     /// `by_session[s][e]`.
@@ -62,26 +63,37 @@ struct Grid {
 }
 
 impl Grid {
-    async fn join(sessions: &[ZkSession], paths: Vec<String>) -> Grid {
+    async fn join(sessions: &[ZkSession], paths: Vec<String>, rotate: bool) -> Grid {
         let checkers: Vec<LeadershipChecker> =
             paths.iter().map(|_| LeadershipChecker::new()).collect();
-        let mut by_session = Vec::new();
-        for (s, sess) in sessions.iter().enumerate() {
-            let es: Vec<Arc<ZkElection>> = paths
-                .iter()
-                .map(|p| Arc::new(sess.election(p, &format!("s{s}")).expect("election")))
-                .collect();
+        let by_session: Vec<Vec<Arc<ZkElection>>> = sessions
+            .iter()
+            .enumerate()
+            .map(|(s, sess)| {
+                paths
+                    .iter()
+                    .map(|p| Arc::new(sess.election(p, &format!("s{s}")).expect("election")))
+                    .collect()
+            })
+            .collect();
+        for es in &by_session {
             for (e, el) in es.iter().enumerate() {
                 checkers[e].watch(el.as_ref());
             }
-            let joins = es.iter().map(|el| async move {
-                tokio::time::timeout(Duration::from_secs(60), el.join())
-                    .await
-                    .expect("join in time")
-                    .expect("join")
+        }
+        let n = sessions.len();
+        for r in 0..n {
+            let joins = (0..paths.len()).map(|e| {
+                let s = if rotate { (e + r) % n } else { r };
+                let el = by_session[s][e].clone();
+                async move {
+                    tokio::time::timeout(Duration::from_secs(60), el.join())
+                        .await
+                        .expect("join in time")
+                        .expect("join")
+                }
             });
             futures::future::join_all(joins).await;
-            by_session.push(es);
         }
         Grid {
             paths,
@@ -166,7 +178,7 @@ async fn zk_thousand_elections_on_each_of_three_sessions_one_leader_each_and_a_c
     let zk = succession_testkit::shared_zk().await;
     let sessions: Vec<ZkSession> = (0..3).map(|_| session(&zk.addr())).collect();
     let t = Instant::now();
-    let grid = Grid::join(&sessions, paths("many", E)).await;
+    let grid = Grid::join(&sessions, paths("many", E), true).await;
     let leaders = grid.all_led_by(&[0, 1, 2], Duration::from_secs(60)).await;
     eprintln!(
         "{E} elections x 3 sessions: all joined and led in {:?}",
@@ -186,6 +198,11 @@ async fn zk_thousand_elections_on_each_of_three_sessions_one_leader_each_and_a_c
     }
     let most = (0..3).max_by_key(|s| count[*s]).unwrap();
     let others: Vec<usize> = (0..3).filter(|s| *s != most).collect();
+    assert!(
+        count.iter().all(|c| *c > 0),
+        "leadership is spread over the sessions: {count:?}"
+    );
+    let grants_before: Vec<usize> = grid.checkers.iter().map(|c| c.grants()).collect();
     let t = Instant::now();
     sessions[most]
         .close()
@@ -200,7 +217,17 @@ async fn zk_thousand_elections_on_each_of_three_sessions_one_leader_each_and_a_c
     for e in &grid.by_session[most] {
         assert_eq!(e.status().borrow().role, Role::Closed);
     }
-    grid.all_led_by(&others, Duration::from_secs(20)).await;
+    let after = grid.all_led_by(&others, Duration::from_secs(20)).await;
+    for e in 0..E {
+        if leaders[e] != most {
+            assert_eq!(after[e], leaders[e], "election {e} keeps its leader");
+            assert_eq!(
+                grid.checkers[e].grants(),
+                grants_before[e],
+                "no new grant in {e}"
+            );
+        }
+    }
     eprintln!(
         "closed the session leading {} of {E}: closed in {closed_at:?}, all led again in {:?}",
         count[most],
@@ -216,7 +243,7 @@ async fn zk_thousand_elections_on_each_of_three_sessions_one_leader_each_and_a_c
 async fn zk_closing_one_election_leaves_the_others_on_its_session_leading() {
     let zk = succession_testkit::shared_zk().await;
     let s = session(&zk.addr());
-    let grid = Grid::join(std::slice::from_ref(&s), paths("close-one", 50)).await;
+    let grid = Grid::join(std::slice::from_ref(&s), paths("close-one", 50), false).await;
     grid.all_led_by(&[0], Duration::from_secs(20)).await;
     let grants_before: Vec<usize> = grid.checkers.iter().map(|c| c.grants()).collect();
     let victim = &grid.by_session[0][7];
@@ -267,7 +294,7 @@ async fn zk_session_expiry_stops_every_election_on_it_first_then_they_rejoin() {
     let proxy = TcpProxy::start(&server.addr()).await.expect("proxy");
     let a = session(&proxy.addr());
     let b = session(&server.addr());
-    let grid = Grid::join(&[a.clone(), b.clone()], paths("expiry", E)).await;
+    let grid = Grid::join(&[a.clone(), b.clone()], paths("expiry", E), false).await;
     grid.all_led_by(&[0], Duration::from_secs(20)).await;
     let old = a.session_id().expect("connected");
 
@@ -310,7 +337,7 @@ async fn zk_wiped_server_restarted_empty_every_election_on_shared_sessions_led_a
     const E: usize = 100;
     let mut server = ZkServer::start().await.expect("zookeeper");
     let sessions = [session(&server.addr()), session(&server.addr())];
-    let grid = Grid::join(&sessions, paths("wipe", E)).await;
+    let grid = Grid::join(&sessions, paths("wipe", E), true).await;
     grid.all_led_by(&[0, 1], Duration::from_secs(20)).await;
 
     server.kill().await.expect("kill");
