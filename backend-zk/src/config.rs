@@ -49,7 +49,32 @@ pub enum NodeAcl {
     CreatorAll,
 }
 
-/// Configuration of one ZooKeeper latch participant. Build with [`ZkConfig::builder`].
+/// Configuration of one ZooKeeper session, shared by every election on it (see
+/// [`ZkSession`](crate::ZkSession)). Build with [`ZkSessionConfig::builder`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct ZkSessionConfig {
+    /// Connect string: `host:port[,host:port...]` (a chroot suffix is moved to `chroot`).
+    pub connect: String,
+    /// Requested session timeout (the server may clamp it to 2..20 x tickTime).
+    pub session_timeout: Duration,
+    /// How long one connection attempt may take.
+    pub connection_timeout: Duration,
+    /// What a leader does while the connection is in doubt.
+    pub connection_policy: ConnectionPolicy,
+    /// The ACL of the nodes we create.
+    pub acl: NodeAcl,
+    /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
+    pub(crate) auth: Option<Box<(String, Vec<u8>)>>,
+    /// SASL DIGEST-MD5 `(user, password)` for every session (feature `sasl`).
+    pub(crate) sasl: Option<Box<(String, String)>>,
+    /// Optional chroot: every path (the latch paths too) is relative to it. Created if missing.
+    pub chroot: Option<String>,
+}
+
+/// Configuration of one ZooKeeper latch participant: the settings of its own session (see
+/// [`ZkConfig::session_config`]) plus the latch path and the participant id. Build with
+/// [`ZkConfig::builder`].
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct ZkConfig {
@@ -68,48 +93,130 @@ pub struct ZkConfig {
     /// The ACL of the nodes we create.
     pub acl: NodeAcl,
     /// Authentication `(scheme, credentials)` added to every session, e.g. `("digest", b"user:pass")`.
-    pub(crate) auth: Option<(String, Vec<u8>)>,
+    pub(crate) auth: Option<Box<(String, Vec<u8>)>>,
     /// SASL DIGEST-MD5 `(user, password)` for every session (feature `sasl`).
-    pub(crate) sasl: Option<(String, String)>,
+    pub(crate) sasl: Option<Box<(String, String)>>,
     /// Optional chroot: every path (the latch path too) is relative to it. Created if missing.
     pub chroot: Option<String>,
 }
 
+fn debug_secrets(
+    d: &mut fmt::DebugStruct<'_, '_>,
+    auth: &Option<Box<(String, Vec<u8>)>>,
+    sasl: &Option<Box<(String, String)>>,
+) {
+    d.field(
+        "auth",
+        &auth
+            .as_deref()
+            .map(|(scheme, _)| format!("{scheme}:<redacted>")),
+    )
+    .field(
+        "sasl",
+        &sasl
+            .as_deref()
+            .map(|(user, _)| format!("DIGEST-MD5 {user}:<redacted>")),
+    );
+}
+
 impl fmt::Debug for ZkConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ZkConfig")
-            .field("connect", &self.connect)
+        let mut d = f.debug_struct("ZkConfig");
+        d.field("connect", &self.connect)
             .field("path", &self.path)
             .field("id", &self.id)
             .field("session_timeout", &self.session_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("chroot", &self.chroot)
             .field("connection_policy", &self.connection_policy)
-            .field("acl", &self.acl)
-            .field(
-                "auth",
-                &self
-                    .auth
-                    .as_ref()
-                    .map(|(scheme, _)| format!("{scheme}:<redacted>")),
-            )
-            .field(
-                "sasl",
-                &self
-                    .sasl
-                    .as_ref()
-                    .map(|(user, _)| format!("DIGEST-MD5 {user}:<redacted>")),
-            )
-            .finish()
+            .field("acl", &self.acl);
+        debug_secrets(&mut d, &self.auth, &self.sasl);
+        d.finish()
     }
 }
 
-impl ZkConfig {
+impl fmt::Debug for ZkSessionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ZkSessionConfig");
+        d.field("connect", &self.connect)
+            .field("session_timeout", &self.session_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("chroot", &self.chroot)
+            .field("connection_policy", &self.connection_policy)
+            .field("acl", &self.acl);
+        debug_secrets(&mut d, &self.auth, &self.sasl);
+        d.finish()
+    }
+}
+
+impl ZkSessionConfig {
+    /// Start a session configuration. Defaults: session timeout
+    /// [`DEFAULT_SESSION_TIMEOUT`], connection timeout [`DEFAULT_CONNECTION_TIMEOUT`],
+    /// [`ConnectionPolicy::Standard`], no auth and [`NodeAcl::Open`] (with auth:
+    /// [`NodeAcl::CreatorAllOthersRead`]).
+    pub fn builder(connect: impl Into<String>) -> ZkSessionConfigBuilder {
+        ZkSessionConfigBuilder {
+            cfg: ZkSessionConfig {
+                connect: connect.into(),
+                session_timeout: DEFAULT_SESSION_TIMEOUT,
+                connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+                connection_policy: ConnectionPolicy::Standard,
+                acl: NodeAcl::Open,
+                auth: None,
+                sasl: None,
+                chroot: None,
+            },
+            acl: None,
+        }
+    }
+
     /// The connect string with the chroot, as given to the client.
     pub(crate) fn connect_string(&self) -> String {
         match &self.chroot {
             Some(c) => format!("{}{c}", self.connect),
             None => self.connect.clone(),
+        }
+    }
+
+    /// The configuration of a participant on this session at `path` with `id`, validated
+    /// like [`ZkConfigBuilder::build`] (one rule for both).
+    pub(crate) fn participant(&self, path: &str, id: &str) -> Result<ZkConfig> {
+        validate_latch(path, id)?;
+        let s = self.clone();
+        Ok(ZkConfig {
+            connect: s.connect,
+            path: path.to_owned(),
+            id: id.to_owned(),
+            session_timeout: s.session_timeout,
+            connection_timeout: s.connection_timeout,
+            connection_policy: s.connection_policy,
+            acl: s.acl,
+            auth: s.auth,
+            sasl: s.sasl,
+            chroot: s.chroot,
+        })
+    }
+}
+
+impl ZkConfig {
+    /// The connect string with the chroot, as given to the client.
+    #[cfg(test)]
+    pub(crate) fn connect_string(&self) -> String {
+        self.session_config().connect_string()
+    }
+
+    /// The session part of this configuration (what the participant's own
+    /// [`ZkSession`](crate::ZkSession) is built from).
+    pub fn session_config(&self) -> ZkSessionConfig {
+        ZkSessionConfig {
+            connect: self.connect.clone(),
+            session_timeout: self.session_timeout,
+            connection_timeout: self.connection_timeout,
+            connection_policy: self.connection_policy,
+            acl: self.acl,
+            auth: self.auth.clone(),
+            sasl: self.sasl.clone(),
+            chroot: self.chroot.clone(),
         }
     }
 
@@ -123,111 +230,121 @@ impl ZkConfig {
         id: impl Into<String>,
     ) -> ZkConfigBuilder {
         ZkConfigBuilder {
-            cfg: ZkConfig {
-                connect: connect.into(),
-                path: path.into(),
-                id: id.into(),
-                session_timeout: DEFAULT_SESSION_TIMEOUT,
-                connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
-                connection_policy: ConnectionPolicy::Standard,
-                acl: NodeAcl::Open,
-                auth: None,
-                sasl: None,
-                chroot: None,
-            },
-            acl: None,
+            session: ZkSessionConfig::builder(connect),
+            path: path.into(),
+            id: id.into(),
         }
     }
 }
 
-/// Builder of [`ZkConfig`]; [`build`](ZkConfigBuilder::build) validates everything.
+/// Builder of [`ZkSessionConfig`]; [`build`](ZkSessionConfigBuilder::build) validates
+/// everything.
 #[derive(Debug, Clone)]
-pub struct ZkConfigBuilder {
-    cfg: ZkConfig,
-    /// The ACL asked for; None: by authentication (see [`ZkConfigBuilder::acl`]).
+pub struct ZkSessionConfigBuilder {
+    cfg: ZkSessionConfig,
+    /// The ACL asked for; None: by authentication (see [`ZkSessionConfigBuilder::acl`]).
     acl: Option<NodeAcl>,
 }
 
-impl ZkConfigBuilder {
-    /// Requested session timeout (1 s ..= 120 s).
-    pub fn session_timeout(mut self, d: Duration) -> Self {
-        self.cfg.session_timeout = d;
-        self
-    }
+/// Builder of [`ZkConfig`]: the session settings (the same methods and validation as
+/// [`ZkSessionConfigBuilder`]) plus the latch path and id; [`build`](ZkConfigBuilder::build)
+/// validates everything.
+#[derive(Debug, Clone)]
+pub struct ZkConfigBuilder {
+    session: ZkSessionConfigBuilder,
+    path: String,
+    id: String,
+}
 
-    /// How long one connection attempt may take.
-    pub fn connection_timeout(mut self, d: Duration) -> Self {
-        self.cfg.connection_timeout = d;
-        self
-    }
+/// The builder methods shared by [`ZkSessionConfigBuilder`] and [`ZkConfigBuilder`] (one
+/// text, one behaviour): `$b` is how to reach the session builder from `self`.
+macro_rules! session_setters {
+    ($($f:ident)?) => {
+        /// Requested session timeout (1 s ..= 120 s).
+        pub fn session_timeout(mut self, d: Duration) -> Self {
+            self$(.$f)?.cfg.session_timeout = d;
+            self
+        }
 
-    /// What a leader does while the connection is in doubt.
-    pub fn connection_policy(mut self, p: ConnectionPolicy) -> Self {
-        self.cfg.connection_policy = p;
-        self
-    }
+        /// How long one connection attempt may take.
+        pub fn connection_timeout(mut self, d: Duration) -> Self {
+            self$(.$f)?.cfg.connection_timeout = d;
+            self
+        }
 
-    /// The ACL of the nodes we create. Default: [`NodeAcl::Open`] without authentication,
-    /// [`NodeAcl::CreatorAllOthersRead`] with [`digest_auth`](Self::digest_auth) or SASL.
-    pub fn acl(mut self, acl: NodeAcl) -> Self {
-        self.acl = Some(acl);
-        self
-    }
+        /// What a leader does while the connection is in doubt.
+        pub fn connection_policy(mut self, p: ConnectionPolicy) -> Self {
+            self$(.$f)?.cfg.connection_policy = p;
+            self
+        }
 
-    /// Run inside a chroot (e.g. `/tenant-a`): the latch path is then relative to it. The
-    /// chroot node is created (persistent) when missing. Same as a `/chroot` suffix on the
-    /// connect string; give one or the other.
-    pub fn chroot(mut self, chroot: impl Into<String>) -> Self {
-        self.cfg.chroot = Some(chroot.into());
-        self
-    }
+        /// The ACL of the nodes we create. Default: [`NodeAcl::Open`] without authentication,
+        /// [`NodeAcl::CreatorAllOthersRead`] with [`digest_auth`](Self::digest_auth) or SASL.
+        pub fn acl(mut self, acl: NodeAcl) -> Self {
+            self$(.$f)?.acl = Some(acl);
+            self
+        }
 
-    /// Digest authentication (`user:password`), added to every session.
-    pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
-        self.cfg.auth = Some(("digest".into(), format!("{user}:{password}").into_bytes()));
-        self
-    }
+        /// Run inside a chroot (e.g. `/tenant-a`): latch paths are then relative to it. The
+        /// chroot node is created (persistent) when missing. Same as a `/chroot` suffix on the
+        /// connect string; give one or the other.
+        pub fn chroot(mut self, chroot: impl Into<String>) -> Self {
+            self$(.$f)?.cfg.chroot = Some(chroot.into());
+            self
+        }
 
-    /// SASL authentication with the DIGEST-MD5 mechanism (feature `sasl`; pure Rust, through
-    /// zookeeper-client's `sasl-digest-md5`), done by every session when it connects.
-    ///
-    /// The server needs, in zoo.cfg:
-    ///
-    /// ```text
-    /// authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider
-    /// ```
-    ///
-    /// and a JAAS file passed to its JVM with `-Djava.security.auth.login.config=/path/jaas.conf`
-    /// (e.g. in `SERVER_JVMFLAGS`), whose `Server` section names the users:
-    ///
-    /// ```text
-    /// Server {
-    ///   org.apache.zookeeper.server.auth.DigestLoginModule required
-    ///   user_scheduler="the-password";
-    /// };
-    /// ```
-    ///
-    /// Nodes we create then belong to `sasl:<user>` (default ACL
-    /// [`NodeAcl::CreatorAllOthersRead`]). A wrong password or an unknown user is refused
-    /// when the session connects (but see ZOOKEEPER-4839 in the crate docs on unknown users): `join` fails with
-    /// [`ErrorKind::PermissionDenied`](succession_core::ErrorKind::PermissionDenied), not
-    /// retryable, and the participant leaves the election (the password never appears in
-    /// errors or `Debug` output). A server without the SASL provider ignores the login and
-    /// the session stays unauthenticated: with a creator ACL `join` then fails with
-    /// [`ErrorKind::InvalidConfig`](succession_core::ErrorKind::InvalidConfig) naming the
-    /// server set-up; with [`NodeAcl::Open`] it runs unauthenticated.
-    ///
-    /// May be combined with [`digest_auth`](Self::digest_auth): the session then holds both
-    /// identities and our nodes name both. An empty `user` is refused by
-    /// [`build`](Self::build).
-    #[cfg(feature = "sasl")]
-    pub fn sasl_digest_md5(mut self, user: &str, password: &str) -> Self {
-        self.cfg.sasl = Some((user.to_owned(), password.to_owned()));
-        self
-    }
+        /// Digest authentication (`user:password`), added to every session.
+        pub fn digest_auth(mut self, user: &str, password: &str) -> Self {
+            self$(.$f)?.cfg.auth =
+                Some(Box::new(("digest".into(), format!("{user}:{password}").into_bytes())));
+            self
+        }
+
+        /// SASL authentication with the DIGEST-MD5 mechanism (feature `sasl`; pure Rust, through
+        /// zookeeper-client's `sasl-digest-md5`), done by every session when it connects.
+        ///
+        /// The server needs, in zoo.cfg:
+        ///
+        /// ```text
+        /// authProvider.sasl=org.apache.zookeeper.server.auth.SASLAuthenticationProvider
+        /// ```
+        ///
+        /// and a JAAS file passed to its JVM with `-Djava.security.auth.login.config=/path/jaas.conf`
+        /// (e.g. in `SERVER_JVMFLAGS`), whose `Server` section names the users:
+        ///
+        /// ```text
+        /// Server {
+        ///   org.apache.zookeeper.server.auth.DigestLoginModule required
+        ///   user_scheduler="the-password";
+        /// };
+        /// ```
+        ///
+        /// Nodes we create then belong to `sasl:<user>` (default ACL
+        /// [`NodeAcl::CreatorAllOthersRead`]). A wrong password or an unknown user is refused
+        /// when the session connects (but see ZOOKEEPER-4839 in the crate docs on unknown users): `join` fails with
+        /// [`ErrorKind::PermissionDenied`](succession_core::ErrorKind::PermissionDenied), not
+        /// retryable, and the participant leaves the election (the password never appears in
+        /// errors or `Debug` output). A server without the SASL provider ignores the login and
+        /// the session stays unauthenticated: with a creator ACL `join` then fails with
+        /// [`ErrorKind::InvalidConfig`](succession_core::ErrorKind::InvalidConfig) naming the
+        /// server set-up; with [`NodeAcl::Open`] it runs unauthenticated.
+        ///
+        /// May be combined with [`digest_auth`](Self::digest_auth): the session then holds both
+        /// identities and our nodes name both. An empty `user` is refused by
+        /// [`build`](Self::build).
+        #[cfg(feature = "sasl")]
+        pub fn sasl_digest_md5(mut self, user: &str, password: &str) -> Self {
+            self$(.$f)?.cfg.sasl = Some(Box::new((user.to_owned(), password.to_owned())));
+            self
+        }
+    };
+}
+
+impl ZkSessionConfigBuilder {
+    session_setters!();
 
     /// Validate and build.
-    pub fn build(self) -> Result<ZkConfig> {
+    pub fn build(self) -> Result<ZkSessionConfig> {
         let mut c = self.cfg;
         let authenticated = c.auth.is_some() || c.sasl.is_some();
         c.acl = self.acl.unwrap_or(if authenticated {
@@ -248,14 +365,6 @@ impl ZkConfigBuilder {
         if let Some(chroot) = &c.chroot {
             validate::store_path(chroot, "chroot")?;
         }
-        validate::store_path(&c.path, "latch path")?;
-        if c.path == "/zookeeper" || c.path.starts_with("/zookeeper/") {
-            return Err(Error::invalid_config(format!(
-                "latch path {:?} is under /zookeeper, which ZooKeeper reserves; choose another path",
-                c.path
-            )));
-        }
-        validate::participant_id(&c.id)?;
         validate::duration(
             c.session_timeout,
             "session timeout",
@@ -274,14 +383,14 @@ impl ZkConfigBuilder {
                 c.acl
             )));
         }
-        if let Some((user, _)) = &c.sasl {
+        if let Some((user, _)) = c.sasl.as_deref() {
             if user.is_empty() {
                 return Err(Error::invalid_config(
                     "sasl_digest_md5 needs a non-empty user name; call sasl_digest_md5(\"user\", \"password\")",
                 ));
             }
         }
-        if let Some((_, cred)) = &c.auth {
+        if let Some((_, cred)) = c.auth.as_deref() {
             let text = String::from_utf8_lossy(cred);
             match text.split_once(':') {
                 Some((user, _)) if !user.is_empty() => {}
@@ -294,6 +403,27 @@ impl ZkConfigBuilder {
         }
         Ok(c)
     }
+}
+
+impl ZkConfigBuilder {
+    session_setters!(session);
+
+    /// Validate and build.
+    pub fn build(self) -> Result<ZkConfig> {
+        let session = self.session.build()?;
+        session.participant(&self.path, &self.id)
+    }
+}
+
+/// A latch path and a participant id.
+fn validate_latch(path: &str, id: &str) -> Result<()> {
+    validate::store_path(path, "latch path")?;
+    if path == "/zookeeper" || path.starts_with("/zookeeper/") {
+        return Err(Error::invalid_config(format!(
+            "latch path {path:?} is under /zookeeper, which ZooKeeper reserves; choose another path"
+        )));
+    }
+    validate::participant_id(id)
 }
 
 /// `host:port[,host:port...][/chroot]`.
@@ -404,6 +534,37 @@ mod tests {
             NodeAcl::CreatorAllOthersRead,
             "auth defaults to creator-all, others read"
         );
+    }
+
+    #[test]
+    fn session_config_shares_the_validation_and_participants_on_it_are_checked() {
+        let e = ZkSessionConfig::builder("127.0.0.1").build().unwrap_err();
+        assert!(e.to_string().contains("no port"), "{e}");
+        let e = ZkSessionConfig::builder("127.0.0.1:1")
+            .session_timeout(Duration::from_millis(100))
+            .build()
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 1s"), "{e}");
+        let s = ZkSessionConfig::builder("127.0.0.1:1/tenant")
+            .digest_auth("u", "s3cret")
+            .build()
+            .unwrap();
+        assert_eq!(s.chroot.as_deref(), Some("/tenant"));
+        assert_eq!(s.acl, NodeAcl::CreatorAllOthersRead);
+        assert!(!format!("{s:?}").contains("s3cret"));
+        for (path, id, hint) in [
+            ("a", "n", "relative"),
+            ("/zookeeper/x", "n", "reserves"),
+            ("/a", "", "non-empty"),
+        ] {
+            let e = s.participant(path, id).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidConfig);
+            assert!(e.to_string().contains(hint), "{e} should mention {hint}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+        let c = s.participant("/a/b", "n1").unwrap();
+        assert_eq!((c.path.as_str(), c.id.as_str()), ("/a/b", "n1"));
+        assert_eq!(c.session_config().connect_string(), "127.0.0.1:1/tenant");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! [`ZkElection`]: the latch participant, and the background driver that keeps it in the
-//! election whatever happens to its session, its node or the latch path.
+//! [`ZkElection`]: the latch participant, and the lean per-election driver that keeps it in
+//! the election whatever happens to its node or the latch path. The session (connection,
+//! contact probe, loss detection, session replacement) is [`crate::session`]'s.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
@@ -17,23 +19,36 @@ use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client as zk;
 
-use crate::config::{ConnectionPolicy, NodeAcl, ZkConfig};
+use crate::config::{NodeAcl, ZkConfig};
 use crate::error::{map, permanent, session_gone};
 use crate::names::{self, protected_prefix};
+use crate::session::{self, Conn, Core, View, ZkSession, CLOSE_LINGER};
+
+/// A status reason shared by every election (no allocation per status change: memory per
+/// election matters).
+macro_rules! reason {
+    ($s:literal) => {{
+        static REASON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        REASON.get_or_init(|| Arc::from($s)).clone()
+    }};
+}
 
 /// A participant in a ZooKeeper latch election (Curator LeaderLatch-compatible layout).
 ///
-/// Create with [`ZkElection::new`] (no I/O), then [`join`](Election::join). A background
-/// task owns the ZooKeeper session and keeps this participant in the election: it repairs
-/// the latch path and its own node after any loss (session expiry, a wiped ensemble, the
-/// path deleted under it), detects a wiped ensemble early with a probe session, and
-/// publishes every change on the [`status`](Election::status) stream.
+/// Create with [`ZkElection::new`] (a session of its own) or
+/// [`ZkSession::election`](crate::ZkSession::election) (many elections on one session; no
+/// I/O either way), then [`join`](Election::join). The session's task owns the ZooKeeper
+/// session (connection, contact probe, wipe/expiry detection with probe sessions, session
+/// replacement); a lean per-election task keeps this participant in the election: it
+/// repairs the latch path and its own node after any loss (session expiry, a wiped
+/// ensemble, the path deleted under it) and publishes every change on the
+/// [`status`](Election::status) stream.
 ///
 /// # Terms
 /// Each grant claims leadership with one atomic multi-operation: check that our node still
@@ -44,45 +59,114 @@ use crate::names::{self, protected_prefix};
 /// ZooKeeper servers' clocks do not step back across a wipe by more than the wipe took.
 ///
 /// # Dropping
-/// Dropping the handle stops the background task and closes the session: ZooKeeper deletes
-/// our node at once, like a process exit. [`close`](Election::close) does the same but
-/// publishes `Closed` first and confirms the deletion; it returns once our node is deleted,
-/// and the session is closed 20 ms later in the background (so that its teardown does not
-/// compete with the successor's claim).
+/// Dropping the handle stops this participant. With a session of its own
+/// ([`ZkElection::new`]) the session closes too: ZooKeeper deletes our node at once, like a
+/// process exit. On a shared session our node is deleted in the background (when the
+/// session is up). [`close`](Election::close) publishes `Closed` first and confirms the
+/// deletion; it returns once our node is deleted (a session of its own is closed 20 ms
+/// later in the background, so that its teardown does not compete with the successor's
+/// claim).
 pub struct ZkElection {
-    cfg: Arc<ZkConfig>,
-    cell: Arc<StatusCell>,
     inner: Arc<Inner>,
+    session: ZkSession,
+    /// Whether the session is this participant's own (made by [`ZkElection::new`]).
+    private: bool,
 }
 
 impl std::fmt::Debug for ZkElection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ZkElection")
-            .field("id", &self.cfg.id)
-            .field("path", &self.cfg.path)
-            .field("role", &self.cell.get().role)
+            .field("id", &self.inner.cfg.id)
+            .field("path", &self.inner.cfg.path)
+            .field("role", &self.inner.cell.get().role)
             .finish()
     }
 }
 
-#[derive(Default)]
-struct Inner {
+/// One election's shared state (the handle's, the driver's, and the session registry's).
+pub(crate) struct Inner {
+    pub(crate) cfg: ZkConfig,
+    pub(crate) cell: StatusCell,
+    /// Key in the session's registry.
+    pub(crate) key: u64,
     driver: Mutex<Option<Driver>>,
+    cmds: Commands,
     closed: AtomicBool,
-    fatal: Fatal,
-    /// The driver's current client, for reads from the handle.
-    client: Mutex<Option<zk::Client>>,
-    /// A client for reads when the driver has none (e.g. before `join`).
-    reader: Mutex<Option<zk::Client>>,
-    /// The path of our node, as far as the driver knows (for a prompt delete on close).
-    node: Mutex<Option<String>>,
+    /// Where the driver reports a permanent failure to the `join`s in progress; only
+    /// allocated while one is (a `join` clears earlier failures anyway), as memory per
+    /// election matters.
+    fatal: Mutex<Option<Fatal>>,
+    /// `join` calls in progress.
+    joining: std::sync::atomic::AtomicUsize,
+    /// The path of our node, as far as the driver knows (for a prompt delete on close, and
+    /// for the session's probe).
+    node: Mutex<Option<Arc<str>>>,
     /// A node `close` already deleted (the driver need not delete it again).
-    deleted: Mutex<Option<String>>,
+    deleted: Mutex<Option<Arc<str>>>,
+}
+
+impl Inner {
+    pub(crate) fn has_node(&self) -> bool {
+        lock(&self.node).is_some()
+    }
+
+    pub(crate) fn node(&self) -> Option<Arc<str>> {
+        lock(&self.node).clone()
+    }
+
+    fn closed_error(&self) -> Error {
+        Error::closed(&format!("ZooKeeper latch participant {}", self.cfg.id))
+    }
 }
 
 struct Driver {
-    tx: mpsc::UnboundedSender<Cmd>,
     task: JoinHandle<()>,
+}
+
+/// The driver's command queue: lighter than a tokio mpsc channel (which allocates a block
+/// of 32 slots and cache-padded state per channel); memory per election matters.
+#[derive(Default)]
+struct Commands {
+    queue: Mutex<VecDeque<Cmd>>,
+    notify: Notify,
+    /// No more commands (closing): `recv` returns None once the queue is drained.
+    closed: AtomicBool,
+}
+
+impl Commands {
+    fn send(&self, cmd: Cmd) -> std::result::Result<(), Cmd> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(cmd);
+        }
+        lock(&self.queue).push_back(cmd);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// The next command; None once closed and drained. Cancel-safe.
+    async fn recv(&self) -> Option<Cmd> {
+        loop {
+            {
+                let mut q = lock(&self.queue);
+                if let Some(cmd) = q.pop_front() {
+                    if q.is_empty() {
+                        // Commands are rare: keep no buffer while idle.
+                        *q = VecDeque::new();
+                    }
+                    return Some(cmd);
+                }
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
 }
 
 enum Cmd {
@@ -96,48 +180,76 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ZkElection {
-    /// A participant for `cfg` (already validated by [`ZkConfig`]'s builder). No I/O happens
-    /// until [`join`](Election::join) or a read.
+    /// A participant for `cfg` (already validated by [`ZkConfig`]'s builder) on a session
+    /// of its own. No I/O happens until [`join`](Election::join) or a read.
     pub fn new(cfg: ZkConfig) -> Result<ZkElection> {
+        let session = ZkSession::new(cfg.session_config())?;
+        Ok(ZkElection::on_session(session, cfg, true))
+    }
+
+    /// A participant for `cfg` on `session` (registered with it).
+    pub(crate) fn on_session(session: ZkSession, cfg: ZkConfig, private: bool) -> ZkElection {
         let cell = StatusCell::with_metrics(ElectionMetrics::new("zk", cfg.path.clone()));
         cell.set_contact_bound(cfg.session_timeout / 2);
-        Ok(ZkElection {
-            cfg: Arc::new(cfg),
-            cell: Arc::new(cell),
-            inner: Arc::new(Inner::default()),
-        })
+        let inner = Arc::new(Inner {
+            key: session.core().new_key(),
+            cfg,
+            cell,
+            driver: Mutex::new(None),
+            cmds: Commands::default(),
+            closed: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            joining: Default::default(),
+            node: Mutex::new(None),
+            deleted: Mutex::new(None),
+        });
+        session.core().register(inner.clone());
+        ZkElection {
+            inner,
+            session,
+            private,
+        }
     }
 
     /// The configuration.
     pub fn config(&self) -> &ZkConfig {
-        &self.cfg
+        &self.inner.cfg
+    }
+
+    /// The session this participant takes part through.
+    pub fn session(&self) -> &ZkSession {
+        &self.session
     }
 
     /// The id of the ZooKeeper session currently used to take part (None when not
     /// connected). Useful to match this participant in the server's `cons` output.
     pub fn session_id(&self) -> Option<i64> {
-        lock(&self.inner.client).as_ref().map(|c| c.session_id().0)
+        self.session.session_id()
     }
 
-    fn sender(&self) -> Result<mpsc::UnboundedSender<Cmd>> {
+    fn core(&self) -> &Arc<Core> {
+        self.session.core()
+    }
+
+    /// Make sure the driver runs (and the session task).
+    fn sender(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(self.closed_error());
+            return Err(self.inner.closed_error());
         }
+        let core = self.core();
+        core.start();
         let mut d = lock(&self.inner.driver);
         if let Some(d) = d.as_ref() {
             if !d.task.is_finished() {
-                return Ok(d.tx.clone());
+                return Ok(());
             }
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let state = DriverState {
-            cfg: self.cfg.clone(),
-            cell: self.cell.clone(),
+        let state = Box::new(DriverState {
+            core: core.clone(),
             inner: self.inner.clone(),
-            rx,
-            client: None,
-            states: None,
-            session_timeout: self.cfg.session_timeout,
+            view: core.subscribe(),
+            generation: 0,
+            session_timeout: self.inner.cfg.session_timeout,
             uuid: new_uuid(),
             stale: Vec::new(),
             node: None,
@@ -150,83 +262,20 @@ impl ZkElection {
             pending: None,
             failures: 0,
             failing_since: None,
-            connect_took: None,
-            led_in_session: false,
-        };
-        let span = tracing::info_span!("zk_latch", id = %self.cfg.id, path = %self.cfg.path);
-        let task = tokio::spawn(state.run().instrument(span));
-        *d = Some(Driver {
-            tx: tx.clone(),
-            task,
         });
-        Ok(tx)
-    }
-
-    /// Ask the driver to close (delete our node, drop the session) and wait for it, bounded
-    /// by 2 x the session timeout.
-    async fn stop_driver(&self, driver: Option<Driver>) -> Result<()> {
-        let mut result = Ok(());
-        if let Some(Driver { tx, task }) = driver {
-            let (ack, done) = oneshot::channel();
-            let sent = tx.send(Cmd::Close(ack)).is_ok();
-            // Without a sender the driver ends as soon as it has handled what it received.
-            drop(tx);
-            // Deleting our node is retried for at most 1.5 x the session timeout; never
-            // wait much longer than that, whatever the driver is doing.
-            let bound = self.cfg.session_timeout * 2;
-            let mut acked = false;
-            if sent {
-                result = match timeout(bound, done).await {
-                    Ok(Ok(r)) => {
-                        acked = true;
-                        r
-                    }
-                    Ok(Err(_)) => Ok(()),
-                    Err(_) => Err(Error::timeout(format!(
-                        "closing took longer than {}; the session was dropped, so ZooKeeper removes our node when it expires",
-                        Human(bound)
-                    ))),
-                };
-            }
-            // Acknowledged: the driver closes the session CLOSE_LINGER later and ends by itself.
-            if !acked {
-                let abort = task.abort_handle();
-                if timeout(bound, task).await.is_err() {
-                    abort.abort();
-                }
-            }
-        }
-        result
-    }
-
-    fn closed_error(&self) -> Error {
-        Error::closed(&format!("ZooKeeper latch participant {}", self.cfg.id))
-    }
-
-    /// A connected client for reads: the driver's, or a lazily connected reader.
-    async fn read_client(&self) -> Result<zk::Client> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            return Err(self.closed_error());
-        }
-        if let Some(c) = lock(&self.inner.client).clone() {
-            if !c.state().is_terminated() {
-                return Ok(c);
-            }
-        }
-        if let Some(c) = lock(&self.inner.reader).clone() {
-            if !c.state().is_terminated() {
-                return Ok(c);
-            }
-        }
-        let c = connect(&self.cfg, self.cfg.session_timeout).await?;
-        *lock(&self.inner.reader) = Some(c.clone());
-        Ok(c)
+        let span = tracing::info_span!(parent: core.span(), "zk_latch", id = %self.inner.cfg.id, path = %self.inner.cfg.path);
+        let task = tokio::spawn(state.run().instrument(span));
+        *d = Some(Driver { task });
+        Ok(())
     }
 
     async fn read_participants(&self) -> Result<Vec<Participant>> {
-        let client = self.read_client().await?;
-        let bound = self.cfg.session_timeout;
-        let path = self.cfg.path.clone();
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(self.inner.closed_error());
+        }
+        let client = self.core().read_client().await?;
+        let bound = self.inner.cfg.session_timeout;
+        let path = self.inner.cfg.path.clone();
         let read = async {
             let children = match client.list_children(&path).await {
                 Ok(c) => c,
@@ -279,70 +328,192 @@ impl ZkElection {
     }
 }
 
+/// Ask the driver to close (delete our node) and wait for it, bounded by 2 x the session
+/// timeout.
+async fn stop_driver(inner: &Inner, driver: Option<Driver>) -> Result<()> {
+    let mut result = Ok(());
+    if let Some(Driver { task }) = driver {
+        let (ack, done) = oneshot::channel();
+        let sent = inner.cmds.send(Cmd::Close(ack)).is_ok();
+        // Closed: the driver ends as soon as it has handled what it received.
+        inner.cmds.close();
+        // Deleting our node is retried for at most 1.5 x the session timeout; never wait
+        // much longer than that, whatever the driver is doing.
+        let bound = inner.cfg.session_timeout * 2;
+        let mut acked = false;
+        if sent {
+            result = match timeout(bound, done).await {
+                Ok(Ok(r)) => {
+                    acked = true;
+                    r
+                }
+                Ok(Err(_)) => Ok(()),
+                Err(_) => Err(Error::timeout(format!(
+                    "closing took longer than {}; ZooKeeper removes our node when the session ends",
+                    Human(bound)
+                ))),
+            };
+        }
+        if !acked {
+            let abort = task.abort_handle();
+            if timeout(bound, task).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+    result
+}
+
+/// Close one election: not leader from here on (`Closed` published first), its node
+/// deleted, its driver ended, and it leaves the session's registry.
+pub(crate) async fn close(core: &Arc<Core>, inner: &Arc<Inner>) -> Result<()> {
+    inner.closed.store(true, Ordering::SeqCst);
+    let driver = lock(&inner.driver).take();
+    // Not leader from here on, for good (a closed cell publishes nothing more): our node
+    // goes at once, before the driver winds down, so that the successor's claim does not
+    // queue behind more of our writes on the server.
+    inner.cell.close("closed");
+    let early = core
+        .client()
+        .filter(|c| c.state() == zk::SessionState::SyncConnected)
+        .zip(inner.node())
+        .filter(|(_, node)| lock(&inner.deleted).as_ref() != Some(node));
+    if let Some((client, node)) = early {
+        // Connected: this takes a round trip. Bounded so that close stays within about
+        // 2.5 x the session timeout however the connection fares meanwhile.
+        match timeout(inner.cfg.session_timeout / 2, client.delete(&node, None)).await {
+            Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => {
+                *lock(&inner.deleted) = Some(node);
+            }
+            Ok(Err(e)) => debug!(%e, %node, "early delete failed; the driver retries"),
+            Err(_) => debug!(%node, "early delete timed out; the driver retries"),
+        }
+    }
+    let result = stop_driver(inner, driver).await;
+    inner.cell.close("closed");
+    core.deregister(inner.key);
+    result
+}
+
+/// Nodes deleted by one multi-operation when a whole session closes.
+const DELETE_BATCH: usize = 128;
+
+/// Close many elections of one session: each publishes `Closed` first (none leads from
+/// here on), then their nodes are deleted in batches (one multi-operation per
+/// [`DELETE_BATCH`] nodes, so that closing thousands of elections does not queue thousands
+/// of writes), then every election closes as [`close`] does (deleting one by one the nodes
+/// of a batch that failed).
+pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()> {
+    for inner in all {
+        inner.closed.store(true, Ordering::SeqCst);
+        inner.cell.close("closed");
+    }
+    let client = core
+        .client()
+        .filter(|c| c.state() == zk::SessionState::SyncConnected);
+    if let Some(client) = client {
+        let nodes: Vec<(&Arc<Inner>, Arc<str>)> = all
+            .iter()
+            .filter_map(|i| i.node().map(|n| (i, n)))
+            .collect();
+        let bound = core.cfg.session_timeout / 2;
+        let batches = nodes.chunks(DELETE_BATCH).map(|chunk| {
+            let client = client.clone();
+            async move {
+                let mut w = client.new_multi_writer();
+                for (_, node) in chunk {
+                    if w.add_delete(node, None).is_err() {
+                        return;
+                    }
+                }
+                match timeout(bound, w.commit()).await {
+                    Ok(Ok(_)) => {
+                        for (inner, node) in chunk {
+                            *lock(&inner.deleted) = Some(node.clone());
+                        }
+                    }
+                    Ok(Err(e)) => debug!(%e, "batch delete failed; deleting one by one"),
+                    Err(_) => debug!("batch delete timed out; deleting one by one"),
+                }
+            }
+        });
+        futures::future::join_all(batches).await;
+    }
+    let results = futures::future::join_all(all.iter().map(|inner| close(core, inner))).await;
+    results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))
+}
+
 #[async_trait]
 impl Election for ZkElection {
     fn id(&self) -> &str {
-        &self.cfg.id
+        &self.inner.cfg.id
     }
 
     async fn join(&self) -> Result<()> {
-        let tx = self.sender()?;
-        self.inner.fatal.clear();
-        let rx = self.cell.subscribe();
-        if rx.borrow().role == Role::Idle {
-            self.cell.set_role(Role::Candidate, "joining");
+        self.sender()?;
+        let fatal = {
+            let mut slot = lock(&self.inner.fatal);
+            self.inner.joining.fetch_add(1, Ordering::SeqCst);
+            slot.get_or_insert_with(Fatal::new).clone()
+        };
+        // The slot is emptied when the last join in progress ends (cancelled too).
+        struct Joining<'a>(&'a Inner);
+        impl Drop for Joining<'_> {
+            fn drop(&mut self) {
+                let mut slot = lock(&self.0.fatal);
+                if self.0.joining.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    *slot = None;
+                }
+            }
         }
-        tx.send(Cmd::Join).map_err(|_| self.closed_error())?;
-        let what = format!("ZooKeeper latch participant {}", self.cfg.id);
-        participant::wait_joined(rx, Some(&self.inner.fatal), &self.cfg.id, &what, || None).await
+        let _joining = Joining(&self.inner);
+        fatal.clear();
+        let rx = self.inner.cell.subscribe();
+        if rx.borrow().role == Role::Idle {
+            self.inner
+                .cell
+                .set_role(Role::Candidate, reason!("joining"));
+        }
+        self.inner
+            .cmds
+            .send(Cmd::Join)
+            .map_err(|_| self.inner.closed_error())?;
+        let what = format!("ZooKeeper latch participant {}", self.inner.cfg.id);
+        participant::wait_joined(rx, Some(&fatal), &self.inner.cfg.id, &what, || None).await
     }
 
     async fn resign(&self) -> Result<()> {
-        let tx = {
+        {
             let d = lock(&self.inner.driver);
             match d.as_ref() {
-                Some(d) if !d.task.is_finished() => d.tx.clone(),
+                Some(d) if !d.task.is_finished() => {}
                 _ => return Ok(()),
             }
-        };
+        }
         let (ack, done) = oneshot::channel();
-        if tx.send(Cmd::Resign(ack)).is_err() {
+        if self.inner.cmds.send(Cmd::Resign(ack)).is_err() {
             return Ok(());
         }
         done.await.unwrap_or(Ok(()))
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        let driver = lock(&self.inner.driver).take();
-        // Not leader from here on, for good (a closed cell publishes nothing more): our node
-        // goes at once, before the driver winds down and closes the session, so that the
-        // successor's claim does not queue behind more of our writes on the server.
-        self.cell.close("closed");
-        let early = lock(&self.inner.client)
-            .clone()
-            .filter(|c| c.state() == zk::SessionState::SyncConnected)
-            .zip(lock(&self.inner.node).clone());
-        if let Some((client, node)) = early {
-            // Connected: this takes a round trip. Bounded so that close stays within about
-            // 2.5 x the session timeout however the connection fares meanwhile.
-            match timeout(self.cfg.session_timeout / 2, client.delete(&node, None)).await {
-                Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => {
-                    *lock(&self.inner.deleted) = Some(node);
-                }
-                Ok(Err(e)) => debug!(%e, %node, "early delete failed; the driver retries"),
-                Err(_) => debug!(%node, "early delete timed out; the driver retries"),
-            }
+        let result = close(self.core(), &self.inner).await;
+        if self.private {
+            // Our node is gone; the session closes a moment later, so that its teardown (a
+            // closeSession write on the server, the connection's end in our process) does
+            // not compete with our successor's claim.
+            let session = self.session.clone();
+            tokio::spawn(async move {
+                sleep(CLOSE_LINGER).await;
+                session.core().shutdown();
+            });
         }
-        let result = self.stop_driver(driver).await;
-        self.cell.close("closed");
-        *lock(&self.inner.client) = None;
-        *lock(&self.inner.reader) = None;
         result
     }
 
     fn status(&self) -> watch::Receiver<Status> {
-        self.cell.subscribe()
+        self.inner.cell.subscribe()
     }
 
     async fn leader(&self) -> Result<Option<Participant>> {
@@ -353,11 +524,11 @@ impl Election for ZkElection {
         self.read_participants().await
     }
 
-    /// Last contact: the send instant of the latest request the server answered (a probe
-    /// every T/6 while connected; the server heard it no sooner); safe for half the
-    /// negotiated session timeout.
+    /// Last contact: the send instant of the latest request the server answered on our
+    /// session (its probe every T/6 while connected, or any election's claim; the server
+    /// heard it no sooner); safe for half the negotiated session timeout.
     fn contact(&self) -> Contact {
-        self.cell.contact()
+        self.inner.cell.contact()
     }
 }
 
@@ -366,14 +537,31 @@ impl Drop for ZkElection {
         if let Some(d) = lock(&self.inner.driver).take() {
             d.task.abort();
         }
-        *lock(&self.inner.client) = None;
-        *lock(&self.inner.reader) = None;
-        self.cell.close("handle dropped");
+        self.inner.cell.close("handle dropped");
+        let core = self.core();
+        core.deregister(self.inner.key);
+        if self.private || self.inner.closed.load(Ordering::SeqCst) {
+            // A session of its own ends with this handle: ZooKeeper deletes our node.
+            return;
+        }
+        // On a shared session: delete our node in the background while the session is up.
+        let node = self.inner.node();
+        let client = core
+            .client()
+            .filter(|c| c.state() == zk::SessionState::SyncConnected);
+        if let (Some(node), Some(client), Ok(rt)) =
+            (node, client, tokio::runtime::Handle::try_current())
+        {
+            let bound = self.inner.cfg.session_timeout / 2;
+            rt.spawn(async move {
+                let _ = timeout(bound, client.delete(&node, None)).await;
+            });
+        }
     }
 }
 
-fn new_uuid() -> String {
-    uuid::Uuid::new_v4().to_string()
+fn new_uuid() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
 }
 
 static CREATOR_ALL_OTHERS_READ: [zk::Acl; 2] = [
@@ -389,110 +577,64 @@ fn acls(cfg: &ZkConfig) -> zk::Acls<'static> {
     }
 }
 
-/// Connect a new session (fails fast when no server answers).
-pub(crate) async fn connect(cfg: &ZkConfig, session_timeout: Duration) -> Result<zk::Client> {
-    let mut c = zk::Client::connector()
-        .with_session_timeout(session_timeout)
-        .with_connection_timeout(cfg.connection_timeout)
-        .with_fail_eagerly();
-    if let Some((scheme, cred)) = &cfg.auth {
-        c = c.with_auth(scheme, cred);
-    }
-    #[cfg(feature = "sasl")]
-    if let Some((user, password)) = &cfg.sasl {
-        c = c.with_sasl(zk::SaslOptions::digest_md5(user.clone(), password.clone()));
-    }
-    let hosts = cfg.connect.split(',').count() as u32;
-    let bound = cfg.connection_timeout * (hosts + 1);
-    match timeout(bound, c.connect(&cfg.connect_string())).await {
-        Ok(Ok(client)) => Ok(client),
-        Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
-        Err(_) => Err(Error::timeout(format!(
-            "connecting to ZooKeeper at {} took longer than {}; is it running?",
-            cfg.connect,
-            Human(bound)
-        ))),
-    }
+/// Connect a new session for `cfg` (fails fast when no server answers).
+pub(crate) async fn connect(cfg: &ZkConfig) -> Result<zk::Client> {
+    session::connect(&cfg.session_config()).await
 }
 
-/// `fut` bounded by `bound` when given (a timeout error after it).
-async fn timed<T>(bound: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
-    match bound {
-        None => fut.await,
-        Some(b) => timeout(b, fut).await.unwrap_or_else(|_| {
-            Err(Error::timeout(format!(
-                "no answer from ZooKeeper within {}; trying again",
-                Human(b)
-            )))
-        }),
-    }
-}
-
-/// While our connection is down: can a fresh session reach ZooKeeper, and does ZooKeeper
-/// still know our session (our `node`, owned by it)?
-async fn probe(cfg: Arc<ZkConfig>, client: zk::Client, node: Option<String>) -> Probe {
-    let Ok(fresh) = connect(&cfg, cfg.session_timeout).await else {
-        return Probe::Unanswered;
-    };
-    if client.state() != zk::SessionState::Disconnected {
-        return Probe::Unanswered;
-    }
-    let ours = client.session_id().0;
-    match node {
-        Some(n) => match timeout(cfg.connection_timeout, fresh.check_stat(&n)).await {
-            Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
-                debug!("probe: ZooKeeper still holds our node and session");
-                Probe::SessionAlive(fresh)
-            }
-            Ok(Ok(_)) => Probe::SessionLost(fresh),
-            _ => Probe::Unanswered,
-        },
-        // Nothing of ours to keep: a working session beats waiting.
-        None => Probe::SessionLost(fresh),
-    }
-}
-
-/// The pending `exists` watch on our own node.
+/// A pending one-shot watch (on our own node, or on our predecessor), boxed: it waits as
+/// long as the election is idle.
 type OwnWatch = Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send + Sync>>;
 
 /// Our node in the latch.
 #[derive(Debug, Clone)]
 struct OwnNode {
-    name: String,
-    path: String,
+    /// The node's full path (shared with [`Inner`]'s copy).
+    path: Arc<str>,
+    /// Where its name starts in `path`.
+    name_at: usize,
 }
 
-/// What a probe session found while our connection is down.
-enum Probe {
-    /// No server answered it (or ours reconnected meanwhile).
-    Unanswered,
-    /// ZooKeeper answers, and no longer knows our session (wiped, or expired it).
-    SessionLost(zk::Client),
-    /// ZooKeeper answers, and still holds our node under our session.
-    SessionAlive(zk::Client),
+impl OwnNode {
+    fn new(path: String, name_len: usize) -> OwnNode {
+        OwnNode {
+            name_at: path.len() - name_len,
+            path: path.into(),
+        }
+    }
+
+    /// The node's name (its last path segment).
+    fn name(&self) -> &str {
+        &self.path[self.name_at..]
+    }
 }
 
 /// What the driver does next.
 enum Next {
     /// Run another round (re-verify our node, re-evaluate the queue).
     Again,
+    /// The round is done: wait for the next event (with the predecessor's watch, and
+    /// whether its deletion makes us claim at once).
+    Wait(Option<(OwnWatch, bool)>),
     /// Stop the driver (closed or handle gone).
     Exit,
 }
 
+/// One election's driver: lean (no timers while idle, no session work); the session task
+/// does the connection, the contact probe and loss detection for all elections.
 struct DriverState {
-    cfg: Arc<ZkConfig>,
-    cell: Arc<StatusCell>,
+    core: Arc<Core>,
     inner: Arc<Inner>,
-    rx: mpsc::UnboundedReceiver<Cmd>,
-    client: Option<zk::Client>,
-    states: Option<zk::StateWatcher>,
+    /// The session's view (generation, client, state).
+    view: watch::Receiver<View>,
+    /// The session generation our node and uuid belong to.
+    generation: u64,
     /// The negotiated session timeout.
     session_timeout: Duration,
     /// The protected-name uuid of the current session's node.
-    uuid: String,
+    uuid: uuid::Uuid,
     /// uuids of nodes earlier sessions of ours may have left behind.
-    stale: Vec<String>,
+    stale: Vec<uuid::Uuid>,
     node: Option<OwnNode>,
     /// A pending watch on our node (registered by this session): while it has not fired,
     /// our node exists, so a round need not read it again.
@@ -516,28 +658,8 @@ struct DriverState {
     pending: Option<Cmd>,
     failures: u32,
     failing_since: Option<Instant>,
-    /// How long our latest successful connection took to establish (see `hedging`).
-    connect_took: Option<Duration>,
-    /// Whether we were granted leadership under the current session.
-    led_in_session: bool,
 }
 
-/// How long to wait after a lost connection before the first probe session (zookeeper-client
-/// retries at once and again after 100-200 ms: a short blip is left to it).
-const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
-/// While no server answers: the gap between two probe sessions of a suspended participant,
-/// and the longest pause between two connection attempts of one without a session. Fixed,
-/// not growing with the outage, so that a server that comes back (empty or with its data)
-/// is found within this gap whatever the outage length. What it costs a down server: one
-/// connection attempt per participant per gap (10 per second; a refused TCP connect), plus
-/// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
-const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
-/// How long after deleting our node on `close` the session is closed (in the background).
-const CLOSE_LINGER: Duration = Duration::from_millis(20);
-/// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
-const MAX_ATTEMPTS: usize = 5;
-/// The least time an attempt gets before it is abandoned (see `DriverState::hedging`).
-const MIN_ATTEMPT_BOUND: Duration = Duration::from_millis(250);
 /// At most this many nodes before our predecessor are asserted gone by the claim; with more,
 /// the successor reads the queue first.
 const MAX_AHEAD: usize = 8;
@@ -545,40 +667,33 @@ const MAX_AHEAD: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl DriverState {
-    async fn run(mut self) {
+    /// Boxed: an async fn's future holds its argument and the moved state apart.
+    async fn run(mut self: Box<Self>) {
         loop {
             let next = if let Some(cmd) = self.pending.take() {
-                self.command(cmd).await
+                Box::pin(self.command(cmd)).await
             } else if !self.want {
-                match self.rx.recv().await {
-                    Some(cmd) => self.command(cmd).await,
+                match self.inner.cmds.recv().await {
+                    Some(cmd) => Box::pin(self.command(cmd)).await,
                     None => Next::Exit,
                 }
             } else {
-                self.step().await
+                Box::pin(self.step()).await
             };
             if let Next::Exit = next {
-                self.set_client(None);
+                self.forget_node();
                 return;
             }
         }
     }
 
-    fn set_client(&mut self, client: Option<zk::Client>) {
-        if let Some(c) = &client {
-            self.session_timeout = c.session_timeout();
-            self.cell.set_contact_bound(self.session_timeout / 2);
-            // Contact comes from answered requests only (the probe, the claim): a session
-            // just connected says nothing about when the server last heard of an old one.
-            self.states = Some(c.state_watcher());
-        } else {
-            self.states = None;
-        }
+    /// Follow the session's generation `generation` (a new session, or none).
+    fn new_session(&mut self, generation: u64, client: Option<zk::Client>) {
         if let Some(n) = self.forget_node() {
-            debug!(node = %n.name, "forgetting the node of the session we drop");
+            debug!(node = %n.name(), "forgetting the node of the session we left");
         }
-        if self.client.is_some() {
-            // The session we drop may have left nodes under its uuid: remember it for
+        if self.generation != 0 || self.been_in_latch {
+            // The session we left may have left nodes under its uuid: remember it for
             // cleanup, and name the next session's node with a fresh uuid.
             self.stale
                 .push(std::mem::replace(&mut self.uuid, new_uuid()));
@@ -586,9 +701,20 @@ impl DriverState {
                 self.stale.remove(0);
             }
         }
-        *lock(&self.inner.client) = client.clone();
-        self.client = client;
-        self.led_in_session = false;
+        if let Some(c) = &client {
+            self.session_timeout = c.session_timeout();
+        }
+        self.generation = generation;
+    }
+
+    /// The client of the session our node and uuid belong to (None once it was replaced).
+    fn client(&self) -> Option<zk::Client> {
+        let v = self.view.borrow();
+        if v.generation == self.generation {
+            v.client.clone()
+        } else {
+            None
+        }
     }
 
     /// Forget our node and everything known about it.
@@ -620,83 +746,119 @@ impl DriverState {
         }
     }
 
-    /// One step while participating.
+    /// One step while participating. Only what an idle election waits on stays allocated
+    /// between events: the round's future (large: every store call of a round) is boxed
+    /// and freed before the wait for the next event.
     async fn step(&mut self) -> Next {
         if self.inner.closed.load(Ordering::SeqCst) {
             // close() is under way: it deletes our node itself and then sends Close. Never
             // repair (re-create the node) meanwhile; just wait for that command.
-            return match self.rx.recv().await {
-                Some(cmd) => self.command(cmd).await,
+            return match self.inner.cmds.recv().await {
+                Some(cmd) => Box::pin(self.command(cmd)).await,
                 None => Next::Exit,
             };
         }
-        let client = match self.client.clone() {
-            Some(c) if !c.state().is_terminated() => c,
-            Some(c) => {
-                let st = c.state();
-                info!(?st, "session ended; building a new session");
-                if st == zk::SessionState::AuthFailed {
-                    return self
-                        .fatal(
-                            ErrorKind::PermissionDenied,
-                            "ZooKeeper rejected the credentials (auth failed); fix digest_auth or sasl_digest_md5",
-                        )
-                        .await;
-                }
-                self.session_lost();
-                return Next::Again;
+        let state = {
+            let view = self.view.borrow_and_update().clone();
+            if view.generation != self.generation {
+                self.new_session(view.generation, view.client);
             }
-            None => return self.connect().await,
+            view.state
         };
-        if client.state() == zk::SessionState::Disconnected {
-            return self.suspended(&client).await;
+        match state {
+            Conn::Connected if self.client().is_some() => {}
+            Conn::Fatal(kind, msg) => return Box::pin(self.fatal(kind, &msg)).await,
+            Conn::Closed => {
+                self.inner.cell.close("the ZooKeeper session was closed");
+                return Next::Exit;
+            }
+            // The session task demoted us (per policy) and works on it: wait for news.
+            _ => return Box::pin(self.until_view_changes()).await,
         }
-        // A round's calls wait through a lost connection (up to 1.4 x the session timeout):
-        // abandon the round as soon as the connection is lost, so that suspension, probes
-        // and commands are handled at once.
-        let mut states = self
-            .states
-            .clone()
-            .unwrap_or_else(|| client.state_watcher());
-        let lost = async move { while states.changed().await != zk::SessionState::Disconnected {} };
-        let outcome = tokio::select! {
-            r = self.round(&client) => r,
-            _ = lost => Ok(Next::Again),
-        };
+        let outcome = Box::pin(self.round_or_lost()).await;
         match outcome {
             Ok(next) => {
                 self.failures = 0;
                 self.failing_since = None;
-                next
+                match next {
+                    Next::Wait(pred) => self.wait(pred).await,
+                    next => next,
+                }
             }
-            Err(e) => self.failed(&client, e).await,
+            Err(e) => Box::pin(self.failed(e)).await,
         }
     }
 
-    /// Our session ended for good: not leader, no node; a new session comes next.
-    fn session_lost(&mut self) {
-        self.cell.metrics().count(metrics::SESSION_EXPIRATIONS, &[]);
-        // Whatever we held may be someone else's now: no grace for work under it.
-        self.cell.forget_contact(std::time::Instant::now());
-        self.cell.set(
-            Role::Candidate,
-            HealthLevel::Degraded,
-            "ZooKeeper session expired; rejoining with a new session",
-        );
-        self.set_client(None);
+    /// A round, abandoned as soon as the session reports a change: a round's calls wait
+    /// through a lost connection (up to 1.4 x the session timeout), while suspension and
+    /// commands are to be handled at once.
+    async fn round_or_lost(&mut self) -> std::result::Result<Next, zk::Error> {
+        let Some(client) = self.client() else {
+            return Ok(Next::Again);
+        };
+        let mut view = self.view.clone();
+        let generation = self.generation;
+        let lost = async move {
+            loop {
+                if view.changed().await.is_err() {
+                    return;
+                }
+                let v = view.borrow();
+                if v.generation != generation || v.state != Conn::Connected {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = self.round(&client) => r,
+            _ = lost => Ok(Next::Again),
+        }
+    }
+
+    /// Wait for the session's view to change, obeying commands meanwhile.
+    async fn until_view_changes(&mut self) -> Next {
+        loop {
+            tokio::select! {
+                r = self.view.changed() => {
+                    if r.is_err() {
+                        return Next::Exit;
+                    }
+                    return Next::Again;
+                }
+                cmd = self.inner.cmds.recv() => match cmd {
+                    Some(cmd) => {
+                        let next = Box::pin(self.command(cmd)).await;
+                        if let Next::Exit = next { return Next::Exit; }
+                        if !self.want { return Next::Again; }
+                    }
+                    None => return Next::Exit,
+                },
+            }
+        }
     }
 
     /// A round failed with a ZooKeeper error: classify, report, back off.
-    async fn failed(&mut self, client: &zk::Client, e: zk::Error) -> Next {
+    async fn failed(&mut self, e: zk::Error) -> Next {
         if permanent(&e) {
-            let err = map(e, &format!("take part in latch {}", self.cfg.path));
+            let err = map(e, &format!("take part in latch {}", self.inner.cfg.path));
             return self.fatal(err.kind(), err.message()).await;
         }
         if session_gone(&e) {
-            self.session_lost();
-            return Next::Again;
+            // The session task notices it too (the client's state is final) and replaces
+            // the session; not leader meanwhile.
+            if self.inner.cell.get().role.is_leader() || self.inner.cell.get().role.is_joined() {
+                self.inner.cell.set(
+                    Role::Candidate,
+                    HealthLevel::Degraded,
+                    "ZooKeeper session expired; rejoining with a new session",
+                );
+            }
+            return self.until_view_changes().await;
         }
-        if client.state() == zk::SessionState::Disconnected {
+        if self
+            .client()
+            .is_none_or(|c| c.state() == zk::SessionState::Disconnected)
+        {
             return Next::Again;
         }
         self.failures += 1;
@@ -711,13 +873,13 @@ impl DriverState {
             self.failures
         );
         warn!(%reason);
-        let role = self.cell.get().role;
+        let role = self.inner.cell.get().role;
         let role = if role.is_leader() {
             Role::Candidate
         } else {
             role
         };
-        self.cell.set(role, level, reason);
+        self.inner.cell.set(role, level, reason);
         self.backoff().await
     }
 
@@ -740,7 +902,7 @@ impl DriverState {
         loop {
             tokio::select! {
                 _ = sleep_until(until) => return None,
-                cmd = self.rx.recv() => match cmd {
+                cmd = self.inner.cmds.recv() => match cmd {
                     Some(cmd) => {
                         if let Next::Exit = self.command(cmd).await { return Some(Next::Exit); }
                         if !self.want { return Some(Next::Again); }
@@ -755,94 +917,18 @@ impl DriverState {
         warn!(%msg, "permanent failure; leaving the election");
         // Health first (a `join` returning the failure finds it published), then the
         // failure, then `Idle` (a `join` woken by `Idle` must find the failure).
-        self.cell.set_health(HealthLevel::Unhealthy, msg.to_owned());
-        self.inner.fatal.report(kind, msg);
+        self.inner
+            .cell
+            .set_health(HealthLevel::Unhealthy, msg.to_owned());
+        if let Some(f) = lock(&self.inner.fatal).as_ref() {
+            f.report(kind, msg);
+        }
         self.want = false;
-        self.cell.set_role(Role::Idle, msg.to_owned());
-        if let (Some(c), Some(n)) = (self.client.clone(), self.forget_node()) {
+        self.inner.cell.set_role(Role::Idle, msg.to_owned());
+        if let (Some(c), Some(n)) = (self.client(), self.forget_node()) {
             let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
         }
         Next::Again
-    }
-
-    /// Connect a session, retrying with backoff; Candidate and Degraded/Unhealthy meanwhile.
-    async fn connect(&mut self) -> Next {
-        let started = Instant::now();
-        let mut failures: u32 = 0;
-        let (bound, most) = self.hedging();
-        let mut attempts = futures::stream::FuturesUnordered::new();
-        let mut next_start = Instant::now();
-        loop {
-            tokio::select! {
-                _ = sleep_until(next_start), if attempts.len() < most => {
-                    let cfg = self.cfg.clone();
-                    attempts.push(async move {
-                        let t = Instant::now();
-                        let r = timed(bound, connect(&cfg, cfg.session_timeout)).await;
-                        (r, t.elapsed())
-                    });
-                    // No growing backoff: a server that comes back is found within one gap.
-                    next_start = Instant::now()
-                        + RETRY_WHILE_DOWN.mul_f64(rand::thread_rng().gen_range(0.8..1.0));
-                }
-                Some((result, took)) = attempts.next(), if !attempts.is_empty() => match result {
-                    Ok(client) => {
-                        info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
-                        self.connect_took = Some(took);
-                        self.set_client(Some(client));
-                        return Next::Again;
-                    }
-                    Err(e) if e.kind() == ErrorKind::PermissionDenied => {
-                        return self.fatal(e.kind(), e.message()).await;
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        let level = if started.elapsed() > self.cfg.session_timeout {
-                            HealthLevel::Unhealthy
-                        } else {
-                            HealthLevel::Degraded
-                        };
-                        let reason = format!(
-                            "no connection to ZooKeeper for {:.1}s (attempt {failures}): {}",
-                            started.elapsed().as_secs_f64(),
-                            e.message()
-                        );
-                        let role = self.cell.get().role;
-                        let role = if role.is_joined() || role.is_leader() {
-                            Role::Candidate
-                        } else {
-                            role
-                        };
-                        self.cell.set(role, level, reason);
-                    }
-                },
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => {
-                        if let Next::Exit = self.command(cmd).await { return Next::Exit; }
-                        if !self.want { return Next::Again; }
-                    }
-                    None => return Next::Exit,
-                },
-            }
-        }
-    }
-
-    /// How long one connection attempt (or probe) may take before it is abandoned, and how
-    /// many may be in flight at once. A server that is starting up can accept a connection
-    /// and never answer it; overlapping attempts, each abandoned after a few times what our
-    /// last connection took, find it the moment it serves. Before any connection succeeded
-    /// (nothing known about the link): one at a time, each with the configured bound.
-    fn hedging(&self) -> (Option<Duration>, usize) {
-        match self.connect_took {
-            Some(t) => {
-                let configured = self.cfg.connection_timeout * 2;
-                (
-                    Some((t * 4).max(MIN_ATTEMPT_BOUND).min(configured)),
-                    MAX_ATTEMPTS,
-                )
-            }
-            None => (None, 1),
-        }
     }
 
     /// Make sure our node exists and belongs to our session; repair parents and node.
@@ -861,28 +947,29 @@ impl DriverState {
                     return Ok(n);
                 }
                 (Some(_), _) => {
-                    warn!(node = %n.name, "our node is owned by another session; re-creating");
+                    warn!(node = %n.name(), "our node is owned by another session; re-creating");
                     self.forget_node();
                 }
                 (None, _) => {
-                    info!(node = %n.name, "our latch node vanished; re-creating it");
-                    self.cell
+                    info!(node = %n.name(), "our latch node vanished; re-creating it");
+                    self.inner
+                        .cell
                         .metrics()
                         .count(metrics::REPAIRS, &[("cause", "node_missing")]);
                     self.forget_node();
                 }
             }
-            let role = self.cell.get().role;
+            let role = self.inner.cell.get().role;
             if role.is_leader() || role.is_joined() {
-                self.cell.set(
+                self.inner.cell.set(
                     Role::Candidate,
                     HealthLevel::Degraded,
                     "our latch node vanished; repairing",
                 );
             }
         }
-        let path = self.cfg.path.clone();
-        let prefix = protected_prefix(&self.uuid);
+        let path = self.inner.cfg.path.clone();
+        let prefix = protected_prefix(&self.uuid.to_string());
         // Look for a node of ours whose create reply was lost, and for leftovers of our
         // earlier sessions.
         let children = match client.list_children(&path).await {
@@ -896,10 +983,7 @@ impl DriverState {
                 if let Some(st) = client.check_stat(&full).await? {
                     if st.ephemeral_owner == session {
                         info!(node = %name, "adopting our node created before a connection loss");
-                        let n = OwnNode {
-                            name: name.clone(),
-                            path: full,
-                        };
+                        let n = OwnNode::new(full, name.len());
                         self.set_node(n.clone());
                         return Ok(n);
                     }
@@ -907,7 +991,7 @@ impl DriverState {
             } else if self
                 .stale
                 .iter()
-                .any(|u| name.starts_with(&protected_prefix(u)))
+                .any(|u| name.starts_with(&protected_prefix(&u.to_string())))
             {
                 info!(node = %name, "deleting a node left by an earlier session of ours");
                 match client.delete(&full, None).await {
@@ -916,8 +1000,8 @@ impl DriverState {
                 }
             }
         }
-        let data = self.cfg.id.as_bytes().to_vec();
-        let acl = acls(&self.cfg);
+        let data = self.inner.cfg.id.as_bytes().to_vec();
+        let acl = acls(&self.inner.cfg);
         let node_opts = zk::CreateMode::EphemeralSequential.with_acls(acl);
         let dir_opts = zk::CreateMode::Container.with_acls(acl);
         let base = format!("{path}/{prefix}{}", names::LOCK_NAME);
@@ -931,10 +1015,7 @@ impl DriverState {
                         warn!(node = %name, "created node reports another owner");
                     }
                     debug!(node = %name, "created our latch node");
-                    let n = OwnNode {
-                        path: format!("{path}/{name}"),
-                        name,
-                    };
+                    let n = OwnNode::new(format!("{path}/{name}"), name.len());
                     self.set_node(n.clone());
                     return Ok(n);
                 }
@@ -944,14 +1025,15 @@ impl DriverState {
                     info!(%path, "latch path missing; creating it");
                     if self.been_in_latch {
                         // Not the first creation: the path was there and is gone.
-                        self.cell
+                        self.inner
+                            .cell
                             .metrics()
                             .count(metrics::REPAIRS, &[("cause", "path_missing")]);
                     }
                     match client.mkdir(&path, &dir_opts).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
-                        Err(zk::Error::NoNode) if self.cfg.chroot.is_some() => {
-                            self.create_chroot().await?;
+                        Err(zk::Error::NoNode) if self.inner.cfg.chroot.is_some() => {
+                            Box::pin(self.create_chroot()).await?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -963,14 +1045,12 @@ impl DriverState {
 
     /// Create the chroot node (persistent) with a client outside the chroot.
     async fn create_chroot(&self) -> std::result::Result<(), zk::Error> {
-        let chroot = self.cfg.chroot.clone().unwrap_or_default();
+        let chroot = self.inner.cfg.chroot.clone().unwrap_or_default();
         info!(%chroot, "chroot missing; creating it");
-        let mut cfg = (*self.cfg).clone();
+        let mut cfg = self.inner.cfg.clone();
         cfg.chroot = None;
-        let outside = connect(&cfg, self.session_timeout)
-            .await
-            .map_err(|_| zk::Error::ConnectionLoss)?;
-        let opts = zk::CreateMode::Persistent.with_acls(acls(&self.cfg));
+        let outside = connect(&cfg).await.map_err(|_| zk::Error::ConnectionLoss)?;
+        let opts = zk::CreateMode::Persistent.with_acls(acls(&self.inner.cfg));
         match outside.mkdir(&chroot, &opts).await {
             Ok(()) | Err(zk::Error::NodeExists) => Ok(()),
             Err(e) => Err(e),
@@ -988,28 +1068,33 @@ impl DriverState {
     /// node's existence (which the pending own-node watch already vouches for) and the
     /// write of the term. When the assertion fails, we read the queue as usual.
     async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
-        let node = self.ensure_node(client).await?;
-        let path = self.cfg.path.clone();
+        // Rarely-used large futures are boxed (allocated only while they run), so that the
+        // round's future stays small while it waits: memory per election matters.
+        let node = Box::pin(self.ensure_node(client)).await?;
+        let path = self.inner.cfg.path.clone();
         let first_next = self.vacated.is_some() && self.own_watch.is_some();
         // Register the own-node watch (a node just created or adopted) and read the queue
         // in one round trip: both requests go out before either answer is awaited.
         let need_watch = self.own_watch.is_none();
-        let (watched, listed) = tokio::join!(
-            async {
-                if need_watch {
-                    Some(client.check_and_watch_stat(&node.path).await)
-                } else {
-                    None
+        let (watched, listed) = Box::pin(async {
+            tokio::join!(
+                async {
+                    if need_watch {
+                        Some(client.check_and_watch_stat(&node.path).await)
+                    } else {
+                        None
+                    }
+                },
+                async {
+                    if first_next {
+                        None
+                    } else {
+                        Some(client.list_children(&path).await)
+                    }
                 }
-            },
-            async {
-                if first_next {
-                    None
-                } else {
-                    Some(client.list_children(&path).await)
-                }
-            }
-        );
+            )
+        })
+        .await;
         if let Some(watched) = watched {
             match watched? {
                 (Some(_), w) => self.own_watch = Some(Box::pin(w.changed())),
@@ -1024,7 +1109,7 @@ impl DriverState {
             None => (0, Vec::new()),
             Some(Ok(c)) => {
                 let kids = names::sorted(c);
-                let Some(pos) = kids.iter().position(|k| k.name == node.name) else {
+                let Some(pos) = kids.iter().position(|k| k.name == node.name()) else {
                     debug!("our node is not among the children; repairing");
                     self.forget_node();
                     return Ok(Next::Again);
@@ -1035,13 +1120,14 @@ impl DriverState {
             Some(Err(e)) => return Err(e),
         };
         if pos == 0 {
-            if let Role::Leader { .. } = self.cell.get().role {
+            if let Role::Leader { .. } = self.inner.cell.get().role {
                 // Still first and never suspended since the claim (a suspension demotes, or
                 // under ConnectionPolicy::Session our node provably survived): the same
                 // grant continues.
-                self.cell
-                    .set_health(HealthLevel::Healthy, "first in the latch");
-                return Ok(self.wait(client, None).await);
+                self.inner
+                    .cell
+                    .set_health(HealthLevel::Healthy, reason!("first in the latch"));
+                return Ok(Next::Wait(None));
             }
             // Claim: atomically check our node still exists and write the latch path, whose
             // new mzxid is the term's sequence; its data names the claiming node, so a reader
@@ -1054,18 +1140,18 @@ impl DriverState {
                 Vec::new()
             };
             if !ahead.is_empty() {
-                let gone = zk::CreateMode::Persistent.with_acls(acls(&self.cfg));
+                let gone = zk::CreateMode::Persistent.with_acls(acls(&self.inner.cfg));
                 for name in &ahead {
                     let p = format!("{path}/{name}");
                     w.add_create(&p, &[], &gone)?;
                     w.add_delete(&p, None)?;
                 }
             }
-            w.add_set_data(&path, node.name.as_bytes(), None)?;
+            w.add_set_data(&path, node.name().as_bytes(), None)?;
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
             let sent = std::time::Instant::now();
-            let stat = match w.commit().await {
+            let stat = match Box::pin(w.commit()).await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
                     _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
@@ -1098,24 +1184,31 @@ impl DriverState {
                 Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
                 Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
             };
-            self.cell.touch(sent);
+            self.core.touch(sent);
             let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
-            if !self.cell.get().role.is_leader() {
+            if !self.inner.cell.get().role.is_leader() {
                 info!(%term, "elected");
             }
             let reason = if first_next {
-                "the leader before us left"
+                reason!("the leader before us left")
             } else {
-                "first in the latch"
+                reason!("first in the latch")
             };
             // Recorded before publishing, so whoever sees `Leader` also sees the sample.
             if let Some(vacated) = self.vacated.take() {
-                self.cell.metrics().handover(vacated.into_std());
+                self.inner.cell.metrics().handover(vacated.into_std());
             }
-            self.led_in_session = true;
-            self.cell
-                .set(Role::Leader { term }, HealthLevel::Healthy, reason);
-            return Ok(self.wait(client, None).await);
+            // Published only while the session we claimed on is current and connected,
+            // atomically with the session task's demotions (see `Core::publish_leader`).
+            let cell = &self.inner.cell;
+            let published = self.core.publish_leader(self.generation, || {
+                cell.set(Role::Leader { term }, HealthLevel::Healthy, reason);
+            });
+            if !published {
+                debug!("the session changed during our claim; not publishing it");
+                return Ok(Next::Again);
+            }
+            return Ok(Next::Wait(None));
         }
         self.vacated = None;
         self.ahead = kids[..pos - 1].iter().map(|k| k.name.clone()).collect();
@@ -1123,13 +1216,16 @@ impl DriverState {
         let pred_path = format!("{path}/{}", pred.name);
         let leader_path = format!("{path}/{}", kids[0].name);
         // Watch the predecessor and read the leader's id in one round trip.
-        let (pred_read, leader_read) = tokio::join!(client.get_and_watch_data(&pred_path), async {
-            if pos == 1 {
-                None
-            } else {
-                Some(client.get_data(&leader_path).await)
-            }
-        });
+        let (pred_read, leader_read) = Box::pin(async {
+            tokio::join!(client.get_and_watch_data(&pred_path), async {
+                if pos == 1 {
+                    None
+                } else {
+                    Some(client.get_data(&leader_path).await)
+                }
+            })
+        })
+        .await;
         let (pred_data, pred_watch) = match pred_read {
             Ok((data, _, w)) => (data, w),
             Err(zk::Error::NoNode) => return Ok(Next::Again),
@@ -1140,33 +1236,30 @@ impl DriverState {
             Some(Ok((data, _))) => Some(String::from_utf8_lossy(&data).into_owned()),
             Some(Err(_)) => None,
         };
-        let reason = if self.cell.get().role.is_leader() {
-            "lost first place in the latch"
+        let reason = if self.inner.cell.get().role.is_leader() {
+            reason!("lost first place in the latch")
         } else {
-            "waiting for predecessor"
+            reason!("waiting for predecessor")
         };
-        self.cell
+        self.inner
+            .cell
             .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
         let claim_next = pos == 1 || (self.assert_ahead && self.ahead.len() <= MAX_AHEAD);
-        Ok(self.wait(client, Some((pred_watch, claim_next))).await)
+        Ok(Next::Wait(Some((
+            Box::pin(pred_watch.changed()),
+            claim_next,
+        ))))
     }
 
     /// Wait for whatever can change our position: the predecessor or our own node changing,
-    /// the session state changing, or a command. `pred` is the predecessor's watch and
-    /// whether its deletion makes us claim at once (see [`round`](Self::round)).
-    async fn wait(
-        &mut self,
-        client: &zk::Client,
-        pred: Option<(zk::OneshotWatcher, bool)>,
-    ) -> Next {
-        let mut states = self
-            .states
-            .clone()
-            .unwrap_or_else(|| client.state_watcher());
+    /// the session's view changing, or a command. `pred` is the predecessor's watch and
+    /// whether its deletion makes us claim at once (see [`round`](Self::round)). No timer:
+    /// the session task probes for contact and reports losses.
+    async fn wait(&mut self, pred: Option<(OwnWatch, bool)>) -> Next {
         let claim_next = pred.as_ref().is_some_and(|(_, claim)| *claim);
         let pred_changed = async move {
             match pred {
-                Some((w, _)) => w.changed().await,
+                Some((w, _)) => w.await,
                 None => std::future::pending().await,
             }
         };
@@ -1180,36 +1273,9 @@ impl DriverState {
             }
         };
         tokio::pin!(own_changed);
-        // Contact is the SEND instant of the latest probe the server answered: the server
-        // heard that request at or after that instant, so it cannot expire our session
-        // before `sent + session timeout`. ("The driver says connected" is not contact: the
-        // driver notices silence only 2/5 of the timeout after its last receipt, and that
-        // receipt itself lags the server's last hearing of us by the link's delay, so a
-        // bound of half the timeout from it can fall after the server's expiry.)
-        let tick = (self.session_timeout / 6).max(Duration::from_millis(100));
-        type Probe =
-            Pin<Box<dyn Future<Output = std::result::Result<Option<zk::Stat>, zk::Error>> + Send>>;
-        let mut probe: Option<(std::time::Instant, Probe)> = None;
-        let mut last_probe: Option<Instant> = None;
+        let generation = self.generation;
         let next = loop {
-            let connected = client.state() == zk::SessionState::SyncConnected
-                || client.state() == zk::SessionState::ConnectedReadOnly;
-            if connected && probe.is_none() && last_probe.is_none_or(|t| t.elapsed() >= tick) {
-                last_probe = Some(Instant::now());
-                let sent = std::time::Instant::now();
-                probe = Some((sent, Box::pin(client.check_stat("/"))));
-            }
-            let probing = probe.is_some();
             break tokio::select! {
-            _ = sleep(tick) => continue,
-            r = async { probe.as_mut().expect("probing").1.as_mut().await }, if probing => {
-                if let Some((sent, _)) = probe.take() {
-                    if r.is_ok() {
-                        self.cell.touch(sent);
-                    }
-                }
-                continue;
-            }
             ev = &mut pred_changed => {
                 debug!(?ev.event_type, path = %ev.path, "predecessor changed");
                 if claim_next && ev.event_type == zk::EventType::NodeDeleted {
@@ -1221,18 +1287,25 @@ impl DriverState {
                 own_fired = true;
                 if ev.event_type == zk::EventType::NodeDeleted && !self.inner.closed.load(Ordering::SeqCst) {
                     info!("our latch node was deleted under us; repairing");
-                    self.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
-                    self.cell.metrics().count(metrics::REPAIRS, &[("cause", "node_deleted")]);
+                    self.inner.cell.set(Role::Candidate, HealthLevel::Degraded, "our latch node was deleted; repairing");
+                    self.inner.cell.metrics().count(metrics::REPAIRS, &[("cause", "node_deleted")]);
                     self.forget_node();
                 }
                 Next::Again
             }
-            st = states.changed() => {
-                self.states = Some(states);
-                debug!(?st, "session state changed");
-                Next::Again
+            r = self.view.changed() => {
+                if r.is_err() {
+                    Next::Exit
+                } else {
+                    let v = self.view.borrow();
+                    if v.generation == generation && v.state == Conn::Connected {
+                        continue;
+                    }
+                    debug!(state = ?v.state, "session changed");
+                    Next::Again
+                }
             }
-            cmd = self.rx.recv() => match cmd {
+            cmd = self.inner.cmds.recv() => match cmd {
                 Some(cmd) => {
                     self.pending = Some(cmd);
                     Next::Again
@@ -1247,154 +1320,6 @@ impl DriverState {
         next
     }
 
-    /// The connection is in doubt: not leader (per policy), probe for a wiped or expired
-    /// session, report health, obey commands, until reconnected or replaced.
-    async fn suspended(&mut self, client: &zk::Client) -> Next {
-        let t0 = Instant::now();
-        let was_leader = self.cell.get().role.is_leader();
-        let grace = match self.cfg.connection_policy {
-            ConnectionPolicy::Standard => Duration::ZERO,
-            ConnectionPolicy::Session => self.session_timeout / 4,
-        };
-        let demote = |cell: &StatusCell, node: bool| {
-            let role = if node {
-                Role::Suspended
-            } else {
-                Role::Candidate
-            };
-            cell.set(
-                role,
-                HealthLevel::Degraded,
-                "connection to ZooKeeper lost; reconnecting",
-            );
-        };
-        if grace.is_zero() || !was_leader {
-            if was_leader {
-                info!("connection lost: dropping leadership");
-            }
-            demote(&self.cell, self.node.is_some());
-        } else {
-            self.cell.set_health(
-                HealthLevel::Degraded,
-                "connection to ZooKeeper lost; keeping leadership for the grace period",
-            );
-        }
-        let mut states = self
-            .states
-            .clone()
-            .unwrap_or_else(|| client.state_watcher());
-        let mut next_probe = t0 + FIRST_PROBE_AFTER;
-        // Probes overlap (see `hedging`): one starts every RETRY_WHILE_DOWN while fewer than
-        // `most` are in flight, so a connection the starting server accepted but never
-        // answers cannot hide the moment it serves.
-        let (bound, most) = self.hedging();
-        let mut probes = futures::stream::FuturesUnordered::new();
-        // A grant's promise (`takeover_bound`): nobody else is elected before half the
-        // session timeout after our last contact, because the server holds our session at
-        // least that long. Leaving a session the server still holds deletes our node, which
-        // can elect our successor at once: a participant that led keeps its old session
-        // (waiting for the client to reconnect) until that bound has passed.
-        let keep_until = if self.led_in_session {
-            let c = self.cell.contact();
-            c.last.map(|last| Instant::from_std(last + c.safe_for))
-        } else {
-            None
-        };
-        let node = self.node.as_ref().map(|n| n.path.clone());
-        let unhealthy_at = t0 + self.session_timeout;
-        let mut marked_unhealthy = false;
-        let mut demoted = grace.is_zero() || !was_leader;
-        loop {
-            if client.state() != zk::SessionState::Disconnected {
-                self.states = Some(states);
-                return Next::Again;
-            }
-            tokio::select! {
-                st = states.changed() => {
-                    debug!(?st, "session state changed while suspended");
-                    if st != zk::SessionState::Disconnected {
-                        self.states = Some(states);
-                        return Next::Again;
-                    }
-                }
-                _ = sleep_until(t0 + grace), if !demoted => {
-                    demoted = true;
-                    info!("connection lost for the grace period: dropping leadership");
-                    demote(&self.cell, self.node.is_some());
-                }
-                _ = sleep_until(unhealthy_at), if !marked_unhealthy => {
-                    marked_unhealthy = true;
-                    demoted = true;
-                    let reason = format!("no connection to ZooKeeper for {} (the session timeout)", Human(self.session_timeout));
-                    self.cell.set_health(HealthLevel::Unhealthy, reason);
-                }
-                _ = sleep_until(next_probe) => {
-                    if probes.len() < most {
-                        let probe = probe(self.cfg.clone(), client.clone(), node.clone());
-                        probes.push(async move {
-                            match bound {
-                                Some(b) => timeout(b, probe).await.unwrap_or(Probe::Unanswered),
-                                None => probe.await,
-                            }
-                        });
-                    }
-                    next_probe = Instant::now() + RETRY_WHILE_DOWN;
-                }
-                Some(found) = probes.next(), if !probes.is_empty() => {
-                    let (fresh, why) = match found {
-                        Probe::Unanswered => (None, ""),
-                        Probe::SessionLost(fresh) => {
-                            info!(old = %client.session_id(), new = %fresh.session_id(),
-                                  "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
-                            self.cell.metrics().count(metrics::SESSION_EXPIRATIONS, &[]);
-                            (Some(fresh), "ZooKeeper lost our session (wiped or expired); rejoining")
-                        }
-                        // ZooKeeper serves, still with our session, but our client has not
-                        // reconnected: it waits out its own backoff (100 ms doubling, up to
-                        // seconds after a long outage). Under the grace of
-                        // ConnectionPolicy::Session, or before the takeover bound of a grant we
-                        // held, we keep waiting for it; otherwise we are not leader anyway, and
-                        // the fresh session rejoins now (its first round deletes our old node,
-                        // named by the old session's uuid).
-                        Probe::SessionAlive(fresh)
-                            if demoted && keep_until.is_none_or(|k| Instant::now() >= k) =>
-                        {
-                            info!(old = %client.session_id(), new = %fresh.session_id(),
-                                  "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
-                            (Some(fresh), "ZooKeeper answers again; rejoining with a new session")
-                        }
-                        Probe::SessionAlive(_) => {
-                            // Next look when the grace ends and our grant's takeover bound has
-                            // passed (no session churn meanwhile).
-                            next_probe = next_probe.max(t0 + grace).max(keep_until.unwrap_or(t0));
-                            (None, "")
-                        }
-                    };
-                    if let Some(fresh) = fresh {
-                        // Whatever we held may be someone else's by now: no grace for work
-                        // under our grant.
-                        self.cell.forget_contact(std::time::Instant::now());
-                        self.cell.metrics().count(metrics::REPAIRS, &[("cause", "session_replaced")]);
-                        if !demoted || self.cell.get().role.is_leader() {
-                            demote(&self.cell, false);
-                        }
-                        self.cell.set(Role::Candidate, HealthLevel::Degraded, why);
-                        self.set_client(Some(fresh));
-                        return Next::Again;
-                    }
-                }
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => {
-                        let next = self.command(cmd).await;
-                        if let Next::Exit = next { return Next::Exit; }
-                        if !self.want { return Next::Again; }
-                    }
-                    None => return Next::Exit,
-                },
-            }
-        }
-    }
-
     async fn command(&mut self, cmd: Cmd) -> Next {
         match cmd {
             Cmd::Join => {
@@ -1403,28 +1328,22 @@ impl DriverState {
             }
             Cmd::Resign(ack) => {
                 self.want = false;
-                if self.cell.get().role.is_leader() {
+                if self.inner.cell.get().role.is_leader() {
                     info!("resigning leadership");
                 }
                 // Stop leading BEFORE deleting the node.
-                self.cell.set(Role::Idle, HealthLevel::Healthy, "resigned");
+                self.inner
+                    .cell
+                    .set(Role::Idle, HealthLevel::Healthy, "resigned");
                 let r = self.delete_node().await;
                 let _ = ack.send(r);
                 Next::Again
             }
             Cmd::Close(ack) => {
                 self.want = false;
-                self.cell.close("closed");
+                self.inner.cell.close("closed");
                 let r = self.delete_node().await;
-                let deleted = r.is_ok() && self.client.is_some();
                 let _ = ack.send(r);
-                if deleted {
-                    // Our node is gone; the session closes a moment later, so that its
-                    // teardown (a closeSession write on the server, the connection's end in
-                    // our process) does not compete with our successor's claim.
-                    sleep(CLOSE_LINGER).await;
-                }
-                self.set_client(None);
                 Next::Exit
             }
         }
@@ -1432,10 +1351,10 @@ impl DriverState {
 
     /// Delete our node: retried until done or the session that owns it is gone.
     async fn delete_node(&mut self) -> Result<()> {
-        let (Some(client), Some(node)) = (self.client.clone(), self.forget_node()) else {
+        let (Some(client), Some(node)) = (self.client(), self.forget_node()) else {
             return Ok(());
         };
-        if lock(&self.inner.deleted).as_deref() == Some(node.path.as_str()) {
+        if lock(&self.inner.deleted).as_deref() == Some(&*node.path) {
             return Ok(());
         }
         let deadline = Instant::now() + self.session_timeout.mul_f64(1.5);

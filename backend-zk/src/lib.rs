@@ -7,10 +7,12 @@ mod error;
 mod latch;
 mod names;
 mod observe;
+mod session;
 
 pub use config::{
-    ConnectionPolicy, NodeAcl, ZkConfig, ZkConfigBuilder, DEFAULT_CONNECTION_TIMEOUT,
-    DEFAULT_SESSION_TIMEOUT, MAX_SESSION_TIMEOUT, MIN_SESSION_TIMEOUT,
+    ConnectionPolicy, NodeAcl, ZkConfig, ZkConfigBuilder, ZkSessionConfig, ZkSessionConfigBuilder,
+    DEFAULT_CONNECTION_TIMEOUT, DEFAULT_SESSION_TIMEOUT, MAX_SESSION_TIMEOUT, MIN_SESSION_TIMEOUT,
 };
 pub use latch::ZkElection;
 pub use observe::ZkLeaderWatch;
+pub use session::ZkSession;

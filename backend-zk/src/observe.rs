@@ -203,7 +203,7 @@ async fn follow(
     let mut seen = Seen::default();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let client = match connect(&cfg, cfg.session_timeout).await {
+        let client = match connect(&cfg).await {
             Ok(c) => c,
             Err(e) => {
                 let fatal = !e.is_retryable();

@@ -266,3 +266,58 @@ async fn zk_sasl_against_a_server_without_sasl_fails_with_a_hint() {
     assert_eq!(e.status().borrow().health.level, HealthLevel::Unhealthy);
     e.close().await.expect("close");
 }
+
+/// A refused login on a shared session is a fatal error of every election on it: each
+/// `join` fails with PermissionDenied, none holds a place; a session with the right
+/// password carries several elections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_sasl_wrong_password_on_a_shared_session_fails_every_election_join() {
+    use succession_zk::{ZkSession, ZkSessionConfig};
+    let zk = sasl_server().await;
+    let base = unique_path("sasl-shared");
+    let session = |password: &str| {
+        ZkSession::new(
+            ZkSessionConfig::builder(zk.addr())
+                .session_timeout(Duration::from_secs(4))
+                .connection_timeout(Duration::from_secs(2))
+                .sasl_digest_md5(USER, password)
+                .build()
+                .expect("config"),
+        )
+        .expect("session")
+    };
+    let good = session(PASSWORD);
+    let leaders: Vec<ZkElection> = (0..3)
+        .map(|i| {
+            good.election(&format!("{base}/e{i}"), "good")
+                .expect("election")
+        })
+        .collect();
+    for e in &leaders {
+        join_in_time(e).await.expect("join");
+        e.wait_for_leadership(BOUND).await.expect("leads");
+    }
+    let wrong = "pw-WRONG-sasl-43";
+    let bad = session(wrong);
+    let refused: Vec<ZkElection> = (0..3)
+        .map(|i| {
+            bad.election(&format!("{base}/e{i}"), "bad")
+                .expect("election")
+        })
+        .collect();
+    let joins = futures::future::join_all(refused.iter().map(join_in_time)).await;
+    for r in joins {
+        let err = r.expect_err("a wrong SASL password must be refused");
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(!err.to_string().contains(wrong), "no password in: {err}");
+    }
+    for e in &refused {
+        assert!(!e.is_leader());
+    }
+    for e in &leaders {
+        assert!(e.is_leader(), "the refused session disturbs nobody");
+        assert_eq!(e.participants().await.expect("read").len(), 1);
+    }
+    bad.close().await.expect("close");
+    good.close().await.expect("close");
+}

@@ -65,6 +65,10 @@ pub const FAILBACKS: &str = "succession_failbacks_total";
 pub const LAYER_ACTIVE: &str = "succession_layer_active";
 /// `succession_layer_health`
 pub const LAYER_HEALTH: &str = "succession_layer_health";
+/// `succession_session_elections`
+pub const SESSION_ELECTIONS: &str = "succession_session_elections";
+/// `succession_session_connected`
+pub const SESSION_CONNECTED: &str = "succession_session_connected";
 
 /// Register the help text and unit of every metric above with the installed recorder.
 pub fn describe() {
@@ -116,6 +120,14 @@ pub fn describe() {
     describe_gauge!(
         LAYER_HEALTH,
         "Supervisor: each layer's health as the supervisor sees it (2/1/0)"
+    );
+    describe_gauge!(
+        SESSION_ELECTIONS,
+        "ZooKeeper: open elections on a shared session (election label: the session)"
+    );
+    describe_gauge!(
+        SESSION_CONNECTED,
+        "ZooKeeper: a shared session's state: 1 connected, 0.5 suspended, 0 otherwise"
     );
 }
 

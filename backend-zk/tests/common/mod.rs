@@ -1,6 +1,8 @@
 //! Helpers shared by the ZooKeeper backend's test files.
 #![allow(dead_code)]
 
+pub mod curator;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,851 @@
+//! [`ZkSession`]: one ZooKeeper session carrying any number of latch elections (like one
+//! CuratorFramework carrying many LeaderLatches).
+//!
+//! One session task owns the `zk::Client`: it connects (hedged attempts), runs the contact
+//! probe (`check_stat("/")` every T/6, one stream whatever the number of elections), detects
+//! a lost connection, probes for a wiped or expired session, replaces the session, and turns
+//! AuthFailed into a fatal error of every election. It publishes what it knows as a [`View`]
+//! (generation, client, state) on a watch channel the elections follow.
+//!
+//! Loss is signalled once per session: the session task demotes every registered election's
+//! [`StatusCell`] itself, under the registry lock, BEFORE it publishes the view that reports
+//! the loss (or the new session). An election publishes `Leader` only under the same lock
+//! and only while the view it claimed under is still current and connected
+//! ([`Core::publish_leader`]), so no election can lead on a session known to be in doubt.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use succession_core::metrics::{self, ElectionMetrics};
+use succession_core::text::Human;
+use succession_core::{Error, ErrorKind, HealthLevel, Result, Role, StatusCell};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tracing::{debug, info, warn, Instrument};
+use zookeeper_client as zk;
+
+use crate::config::{ConnectionPolicy, ZkSessionConfig};
+use crate::error::map;
+use crate::latch::{self, Inner, ZkElection};
+
+/// How long to wait after a lost connection before the first probe session (zookeeper-client
+/// retries at once and again after 100-200 ms: a short blip is left to it).
+const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
+/// While no server answers: the gap between two probe sessions of a suspended session,
+/// and the longest pause between two connection attempts of one without a session. Fixed,
+/// not growing with the outage, so that a server that comes back (empty or with its data)
+/// is found within this gap whatever the outage length. What it costs a down server: one
+/// connection attempt per session per gap (10 per second; a refused TCP connect), plus
+/// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
+const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
+/// How long after closing an election's node a private session is closed.
+pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(20);
+/// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
+const MAX_ATTEMPTS: usize = 5;
+/// The least time an attempt gets before it is abandoned (see [`hedging`]).
+const MIN_ATTEMPT_BOUND: Duration = Duration::from_millis(250);
+
+/// Many latch elections on one ZooKeeper session.
+///
+/// Create with [`ZkSession::new`] (no I/O), then [`election`](ZkSession::election) for each
+/// latch path and participant id; the session connects when the first election joins. One
+/// background task owns the session: one connection, one contact probe stream, one
+/// wipe/expiry detection for all its elections. When the session is in doubt
+/// (disconnected), expired or wiped, every election on it stops leading at once (per the
+/// [`ConnectionPolicy`]); each rejoins when the session is back or replaced.
+///
+/// Several participants on the same path from one session work (each has its own node).
+/// Closing one election leaves the others untouched; [`close`](ZkSession::close) closes all
+/// of them and then the session. Dropping the last handle (the `ZkSession` clones and every
+/// election made from it) ends the session.
+#[derive(Clone)]
+pub struct ZkSession {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for ZkSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkSession")
+            .field("connect", &self.core().cfg.connect)
+            .field("session_id", &self.session_id())
+            .field("elections", &self.elections())
+            .finish()
+    }
+}
+
+/// Owned by every `ZkSession` clone and every election: the last one gone ends the task.
+struct Handle {
+    core: Arc<Core>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.core.shutdown();
+    }
+}
+
+/// What elections know of their session.
+#[derive(Clone)]
+pub(crate) struct View {
+    /// Increments with every new session (a replaced one too).
+    pub(crate) generation: u64,
+    pub(crate) client: Option<zk::Client>,
+    pub(crate) state: Conn,
+}
+
+/// The session's state as elections see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Conn {
+    /// Not connected (not started, connecting, or the session was lost): wait.
+    Connecting,
+    /// Connected: take part.
+    Connected,
+    /// The connection is in doubt: wait (the session task demoted everyone per policy).
+    Suspended,
+    /// A permanent failure (credentials refused): every election leaves with it.
+    Fatal(ErrorKind, Arc<str>),
+    /// Closed for good.
+    Closed,
+}
+
+/// A counter and its extra labels.
+type Counter = (&'static str, &'static [(&'static str, &'static str)]);
+
+const EXPIRED: Counter = (metrics::SESSION_EXPIRATIONS, &[]);
+const REPLACED: Counter = (metrics::REPAIRS, &[("cause", "session_replaced")]);
+
+/// The shared state of one session.
+pub(crate) struct Core {
+    pub(crate) cfg: ZkSessionConfig,
+    view: watch::Sender<View>,
+    registry: Mutex<HashMap<u64, Arc<Inner>>>,
+    next_key: std::sync::atomic::AtomicU64,
+    /// The session's contact (its probe stream and every answered claim); also given to
+    /// every election's cell.
+    contact: StatusCell,
+    /// Whether any election was granted leadership under the current session.
+    led: AtomicBool,
+    closed: AtomicBool,
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// Wakes a session that stopped on a fatal error (a new `join`).
+    kick: Notify,
+    /// A client for reads when the session has none.
+    reader: Mutex<Option<zk::Client>>,
+    metrics: ElectionMetrics,
+    span: tracing::Span,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ZkSession {
+    /// A session for `cfg` (already validated by [`ZkSessionConfig`]'s builder). No I/O
+    /// happens until an election joins (or reads).
+    pub fn new(cfg: ZkSessionConfig) -> Result<ZkSession> {
+        let (view, _) = watch::channel(View {
+            generation: 0,
+            client: None,
+            state: Conn::Connecting,
+        });
+        let metrics = ElectionMetrics::new("zk", format!("session {}", cfg.connect_string()));
+        let contact = StatusCell::new();
+        contact.set_contact_bound(cfg.session_timeout / 2);
+        let span = tracing::info_span!("zk_session", connect = %cfg.connect_string(), session = tracing::field::Empty);
+        let core = Arc::new(Core {
+            cfg,
+            view,
+            registry: Mutex::new(HashMap::new()),
+            next_key: Default::default(),
+            contact,
+            led: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            task: Mutex::new(None),
+            kick: Notify::new(),
+            reader: Mutex::new(None),
+            metrics,
+            span,
+        });
+        core.gauges();
+        Ok(ZkSession {
+            handle: Arc::new(Handle { core }),
+        })
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core> {
+        &self.handle.core
+    }
+
+    /// A participant in the latch at `path` with id `id` on this session (validated like
+    /// [`ZkConfig`](crate::ZkConfig)). No I/O until it joins.
+    pub fn election(&self, path: &str, id: &str) -> Result<ZkElection> {
+        if self.core().closed.load(Ordering::SeqCst) {
+            return Err(Error::closed("ZooKeeper session"));
+        }
+        let cfg = self.core().cfg.participant(path, id)?;
+        Ok(ZkElection::on_session(self.clone(), cfg, false))
+    }
+
+    /// The number of open elections on this session.
+    pub fn elections(&self) -> usize {
+        lock(&self.core().registry).len()
+    }
+
+    /// The id of the current ZooKeeper session (None when not connected).
+    pub fn session_id(&self) -> Option<i64> {
+        self.core().client().map(|c| c.session_id().0)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ZkSessionConfig {
+        &self.core().cfg
+    }
+
+    /// Close every election on this session (each publishes `Closed` and deletes its node),
+    /// then the ZooKeeper session. Later [`election`](Self::election) calls are refused.
+    pub async fn close(&self) -> Result<()> {
+        let core = self.core();
+        core.closed.store(true, Ordering::SeqCst);
+        let all: Vec<Arc<Inner>> = lock(&core.registry).values().cloned().collect();
+        let result = latch::close_all(core, &all).await;
+        // The last node deletions must not compete with the session's teardown.
+        sleep(CLOSE_LINGER).await;
+        core.shutdown();
+        result
+    }
+}
+
+impl Core {
+    /// Register an election (its cell is demoted with the others on loss).
+    pub(crate) fn register(&self, inner: Arc<Inner>) {
+        inner
+            .cell
+            .set_contact_bound(self.contact.contact().safe_for);
+        lock(&self.registry).insert(inner.key, inner);
+        self.gauges();
+    }
+
+    pub(crate) fn new_key(&self) -> u64 {
+        self.next_key.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn deregister(&self, key: u64) {
+        lock(&self.registry).remove(&key);
+        self.gauges();
+    }
+
+    fn gauges(&self) {
+        let n = lock(&self.registry).len();
+        self.metrics
+            .gauge(metrics::SESSION_ELECTIONS, &[], n as f64);
+    }
+
+    fn state_gauge(&self, state: &Conn) {
+        let v = match state {
+            Conn::Connected => 1.0,
+            Conn::Suspended => 0.5,
+            _ => 0.0,
+        };
+        self.metrics.gauge(metrics::SESSION_CONNECTED, &[], v);
+    }
+
+    /// Follow the session's view.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<View> {
+        self.view.subscribe()
+    }
+
+    /// The current client, when it is not terminated.
+    pub(crate) fn client(&self) -> Option<zk::Client> {
+        self.view
+            .borrow()
+            .client
+            .clone()
+            .filter(|c| !c.state().is_terminated())
+    }
+
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Start the session task (a join needs it); wake it after a fatal error.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let mut task = lock(&self.task);
+        let running = task.as_ref().is_some_and(|t| !t.is_finished());
+        if running {
+            self.view.send_if_modified(|v| {
+                if matches!(v.state, Conn::Fatal(..)) {
+                    v.state = Conn::Connecting;
+                    true
+                } else {
+                    false
+                }
+            });
+            self.kick.notify_one();
+            return;
+        }
+        if self.closed.load(Ordering::SeqCst) && self.view.borrow().state == Conn::Closed {
+            return;
+        }
+        self.view.send_modify(|v| {
+            if matches!(v.state, Conn::Fatal(..)) {
+                v.state = Conn::Connecting;
+            }
+        });
+        let core = Arc::downgrade(self);
+        let span = self.span.clone();
+        *task = Some(tokio::spawn(run(core).instrument(span)));
+    }
+
+    /// End the session: no client, no task.
+    pub(crate) fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+        self.view.send_modify(|v| {
+            v.client = None;
+            v.state = Conn::Closed;
+        });
+        *lock(&self.reader) = None;
+        self.state_gauge(&Conn::Closed);
+    }
+
+    /// Record contact at `at` (the send instant of an answered request).
+    pub(crate) fn touch(&self, at: std::time::Instant) {
+        self.contact.touch(at);
+        for inner in lock(&self.registry).values() {
+            inner.cell.touch(at);
+        }
+    }
+
+    /// Publish `Leader` (through `publish`) only if the session view `generation` is still
+    /// current and connected; atomically with the session task's demotions.
+    pub(crate) fn publish_leader(&self, generation: u64, publish: impl FnOnce()) -> bool {
+        let _registry = lock(&self.registry);
+        let ok = {
+            let v = self.view.borrow();
+            v.generation == generation && v.state == Conn::Connected
+        };
+        if ok {
+            self.led.store(true, Ordering::SeqCst);
+            publish();
+        }
+        ok
+    }
+
+    /// A client for reads: the session's, or a lazily connected reader.
+    pub(crate) async fn read_client(&self) -> Result<zk::Client> {
+        if let Some(c) = self.client() {
+            return Ok(c);
+        }
+        if let Some(c) = lock(&self.reader).clone() {
+            if !c.state().is_terminated() {
+                return Ok(c);
+            }
+        }
+        let c = connect(&self.cfg).await?;
+        *lock(&self.reader) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Demote every participating election (under the registry lock), then publish `view`.
+    /// `leaders_too`: demote leaders as well (false only during the grace of
+    /// [`ConnectionPolicy::Session`]). `suspended`: an election with a node becomes
+    /// `Suspended` (its node may survive), otherwise `Candidate` (session gone).
+    fn demote_then(
+        &self,
+        leaders_too: bool,
+        suspended: bool,
+        reason: &str,
+        forget: bool,
+        counters: &[Counter],
+        update: impl FnOnce(&mut View),
+    ) {
+        let registry = lock(&self.registry);
+        // One allocation for every election's status.
+        let reason: Arc<str> = reason.into();
+        let now = std::time::Instant::now();
+        if forget {
+            self.contact.forget_contact(now);
+        }
+        for (name, labels) in counters {
+            self.metrics.count(name, labels);
+        }
+        for inner in registry.values() {
+            if forget {
+                inner.cell.forget_contact(now);
+            }
+            let role = inner.cell.get().role;
+            if matches!(role, Role::Idle | Role::Closed) {
+                continue;
+            }
+            // Every participating election counts what happened to its session.
+            for (name, labels) in counters {
+                inner.cell.metrics().count(name, labels);
+            }
+            if role.is_leader() && !leaders_too {
+                inner.cell.set_health(
+                    HealthLevel::Degraded,
+                    "connection to ZooKeeper lost; keeping leadership for the grace period",
+                );
+                continue;
+            }
+            if role.is_leader() {
+                info!(id = %inner.cfg.id, path = %inner.cfg.path, "dropping leadership: {reason}");
+            }
+            let role = if suspended && inner.has_node() {
+                Role::Suspended
+            } else {
+                Role::Candidate
+            };
+            inner.cell.set(role, HealthLevel::Degraded, reason.clone());
+        }
+        self.view.send_modify(update);
+        let state = self.view.borrow().state.clone();
+        self.state_gauge(&state);
+        drop(registry);
+    }
+
+    /// Set the health (and demote non-idle roles to Candidate when `demote`) of every
+    /// participating election.
+    fn health_all(&self, level: HealthLevel, reason: &str, demote: bool) {
+        let reason: Arc<str> = reason.into();
+        for inner in lock(&self.registry).values() {
+            let role = inner.cell.get().role;
+            if matches!(role, Role::Idle | Role::Closed) {
+                continue;
+            }
+            if demote && (role.is_joined() || role.is_leader()) {
+                inner.cell.set(Role::Candidate, level, reason.clone());
+            } else {
+                inner.cell.set_health(level, reason.clone());
+            }
+        }
+    }
+
+    /// A node of one of our elections (for the probe: does ZooKeeper still hold our session?).
+    fn any_node(&self) -> Option<String> {
+        lock(&self.registry)
+            .values()
+            .find_map(|i| i.node())
+            .map(|n| n.to_string())
+    }
+
+    fn set_bound(&self, session_timeout: Duration) {
+        let safe = session_timeout / 2;
+        self.contact.set_contact_bound(safe);
+        for inner in lock(&self.registry).values() {
+            inner.cell.set_contact_bound(safe);
+        }
+    }
+}
+
+/// Connect a new session (fails fast when no server answers).
+pub(crate) async fn connect(cfg: &ZkSessionConfig) -> Result<zk::Client> {
+    let mut c = zk::Client::connector()
+        .with_session_timeout(cfg.session_timeout)
+        .with_connection_timeout(cfg.connection_timeout)
+        .with_fail_eagerly();
+    if let Some((scheme, cred)) = cfg.auth.as_deref() {
+        c = c.with_auth(scheme, cred);
+    }
+    #[cfg(feature = "sasl")]
+    if let Some((user, password)) = cfg.sasl.as_deref() {
+        c = c.with_sasl(zk::SaslOptions::digest_md5(user.clone(), password.clone()));
+    }
+    let hosts = cfg.connect.split(',').count() as u32;
+    let bound = cfg.connection_timeout * (hosts + 1);
+    match timeout(bound, c.connect(&cfg.connect_string())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
+        Err(_) => Err(Error::timeout(format!(
+            "connecting to ZooKeeper at {} took longer than {}; is it running?",
+            cfg.connect,
+            Human(bound)
+        ))),
+    }
+}
+
+/// `fut` bounded by `bound` when given (a timeout error after it).
+async fn timed<T>(bound: Option<Duration>, fut: impl Future<Output = Result<T>>) -> Result<T> {
+    match bound {
+        None => fut.await,
+        Some(b) => timeout(b, fut).await.unwrap_or_else(|_| {
+            Err(Error::timeout(format!(
+                "no answer from ZooKeeper within {}; trying again",
+                Human(b)
+            )))
+        }),
+    }
+}
+
+/// What a probe session found while our connection is down.
+enum Probe {
+    /// No server answered it (or ours reconnected meanwhile).
+    Unanswered,
+    /// ZooKeeper answers, and no longer knows our session (wiped, or expired it).
+    SessionLost(zk::Client),
+    /// ZooKeeper answers, and still holds our node under our session.
+    SessionAlive(zk::Client),
+}
+
+/// While our connection is down: can a fresh session reach ZooKeeper, and does ZooKeeper
+/// still know our session (a `node` of ours, owned by it)?
+async fn probe(cfg: ZkSessionConfig, client: zk::Client, node: Option<String>) -> Probe {
+    let Ok(fresh) = connect(&cfg).await else {
+        return Probe::Unanswered;
+    };
+    if client.state() != zk::SessionState::Disconnected {
+        return Probe::Unanswered;
+    }
+    let ours = client.session_id().0;
+    match node {
+        Some(n) => match timeout(cfg.connection_timeout, fresh.check_stat(&n)).await {
+            Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
+                debug!("probe: ZooKeeper still holds our node and session");
+                Probe::SessionAlive(fresh)
+            }
+            Ok(Ok(_)) => Probe::SessionLost(fresh),
+            _ => Probe::Unanswered,
+        },
+        // Nothing of ours to keep: a working session beats waiting.
+        None => Probe::SessionLost(fresh),
+    }
+}
+
+/// How one connected session ended.
+enum Ended {
+    /// Replaced by a fresh session (a probe's); `why` for the statuses; whether ZooKeeper
+    /// no longer knew our session (expired or wiped).
+    Replaced(zk::Client, &'static str, bool),
+    /// Expired or closed: connect anew.
+    Lost,
+    /// Permanent failure.
+    Fatal(ErrorKind, String),
+}
+
+/// How long one connection attempt (or probe) may take before it is abandoned, and how
+/// many may be in flight at once. A server that is starting up can accept a connection
+/// and never answer it; overlapping attempts, each abandoned after a few times what our
+/// last connection took, find it the moment it serves. Before any connection succeeded
+/// (nothing known about the link): one at a time, each with the configured bound.
+fn hedging(cfg: &ZkSessionConfig, connect_took: Option<Duration>) -> (Option<Duration>, usize) {
+    match connect_took {
+        Some(t) => {
+            let configured = cfg.connection_timeout * 2;
+            (
+                Some((t * 4).max(MIN_ATTEMPT_BOUND).min(configured)),
+                MAX_ATTEMPTS,
+            )
+        }
+        None => (None, 1),
+    }
+}
+
+/// The session task. Holds the core weakly between steps so that dropping every handle
+/// ends it (the handle's drop aborts it too).
+async fn run(weak: std::sync::Weak<Core>) {
+    let mut connect_took: Option<Duration> = None;
+    let mut generation = 0u64;
+    let mut next: Option<zk::Client> = None;
+    loop {
+        let Some(core) = weak.upgrade() else { return };
+        let client = match next.take() {
+            Some(c) => c,
+            None => match connect_hedged(&core, &mut connect_took).await {
+                Ok(c) => c,
+                Err((kind, msg)) => {
+                    warn!(%msg, "permanent failure of the session");
+                    core.view.send_modify(|v| {
+                        v.client = None;
+                        v.state = Conn::Fatal(kind, msg.clone().into());
+                    });
+                    // Held meanwhile: the last handle's drop aborts this task anyway.
+                    core.kick.notified().await;
+                    continue;
+                }
+            },
+        };
+        generation += 1;
+        let session_timeout = client.session_timeout();
+        core.span.record("session", client.session_id().0);
+        info!(session = %client.session_id(), timeout = ?session_timeout, generation, "session ready");
+        core.set_bound(session_timeout);
+        core.led.store(false, Ordering::SeqCst);
+        core.view.send_modify(|v| {
+            v.generation = generation;
+            v.client = Some(client.clone());
+            v.state = Conn::Connected;
+        });
+        core.state_gauge(&Conn::Connected);
+        drop(core);
+        match connected(&weak, &client, connect_took).await {
+            None => return,
+            Some(Ended::Replaced(fresh, why, expired)) => {
+                let Some(core) = weak.upgrade() else { return };
+                let counters: &[Counter] = if expired {
+                    &[EXPIRED, REPLACED]
+                } else {
+                    &[REPLACED]
+                };
+                // Whatever we held may be someone else's by now: no grace for work under
+                // our grants. Everyone is demoted BEFORE the new session is published.
+                core.demote_then(true, false, why, true, counters, |v| {
+                    v.client = None;
+                    v.state = Conn::Connecting;
+                });
+                next = Some(fresh);
+            }
+            Some(Ended::Lost) => {
+                let Some(core) = weak.upgrade() else { return };
+                info!(session = %client.session_id(), "session ended; building a new session");
+                core.demote_then(
+                    true,
+                    false,
+                    "ZooKeeper session expired; rejoining with a new session",
+                    true,
+                    &[EXPIRED],
+                    |v| {
+                        v.client = None;
+                        v.state = Conn::Connecting;
+                    },
+                );
+            }
+            Some(Ended::Fatal(kind, msg)) => {
+                let Some(core) = weak.upgrade() else { return };
+                warn!(%msg, "permanent failure of the session");
+                core.demote_then(true, false, &msg, true, &[], |v| {
+                    v.client = None;
+                    v.state = Conn::Fatal(kind, msg.clone().into());
+                });
+                core.kick.notified().await;
+            }
+        }
+        drop(client);
+    }
+}
+
+/// Connect, retrying with hedged attempts; every election's health follows meanwhile.
+async fn connect_hedged(
+    core: &Arc<Core>,
+    connect_took: &mut Option<Duration>,
+) -> std::result::Result<zk::Client, (ErrorKind, String)> {
+    let started = Instant::now();
+    let mut failures: u32 = 0;
+    let (bound, most) = hedging(&core.cfg, *connect_took);
+    let mut attempts = futures::stream::FuturesUnordered::new();
+    let mut next_start = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sleep_until(next_start), if attempts.len() < most => {
+                let cfg = core.cfg.clone();
+                attempts.push(async move {
+                    let t = Instant::now();
+                    let r = timed(bound, connect(&cfg)).await;
+                    (r, t.elapsed())
+                });
+                // No growing backoff: a server that comes back is found within one gap.
+                next_start = Instant::now()
+                    + RETRY_WHILE_DOWN.mul_f64(rand::thread_rng().gen_range(0.8..1.0));
+            }
+            Some((result, took)) = attempts.next(), if !attempts.is_empty() => match result {
+                Ok(client) => {
+                    info!(session = %client.session_id(), timeout = ?client.session_timeout(), "connected to ZooKeeper");
+                    *connect_took = Some(took);
+                    return Ok(client);
+                }
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                    return Err((e.kind(), e.message().to_owned()));
+                }
+                Err(e) => {
+                    failures += 1;
+                    let level = if started.elapsed() > core.cfg.session_timeout {
+                        HealthLevel::Unhealthy
+                    } else {
+                        HealthLevel::Degraded
+                    };
+                    let reason = format!(
+                        "no connection to ZooKeeper for {:.1}s (attempt {failures}): {}",
+                        started.elapsed().as_secs_f64(),
+                        e.message()
+                    );
+                    core.health_all(level, &reason, true);
+                }
+            },
+        }
+    }
+}
+
+/// While the session lives: the contact probe, and suspension when the connection is lost.
+/// None when every handle is gone.
+async fn connected(
+    weak: &std::sync::Weak<Core>,
+    client: &zk::Client,
+    connect_took: Option<Duration>,
+) -> Option<Ended> {
+    let mut states = client.state_watcher();
+    let timeout_agreed = client.session_timeout();
+    // Contact is the SEND instant of the latest probe the server answered: the server
+    // heard that request at or after that instant, so it cannot expire our session before
+    // `sent + session timeout`. ("The driver says connected" is not contact: the driver
+    // notices silence only 2/5 of the timeout after its last receipt.)
+    let tick = (timeout_agreed / 6).max(Duration::from_millis(100));
+    let mut last_probe: Option<Instant> = None;
+    loop {
+        match client.state() {
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
+            zk::SessionState::Disconnected => {
+                let core = weak.upgrade()?;
+                if let Some(ended) = suspended(&core, client, &mut states, connect_took).await {
+                    return Some(ended);
+                }
+                core.view.send_modify(|v| v.state = Conn::Connected);
+                core.state_gauge(&Conn::Connected);
+                continue;
+            }
+            zk::SessionState::AuthFailed => {
+                return Some(Ended::Fatal(
+                    ErrorKind::PermissionDenied,
+                    "ZooKeeper rejected the credentials (auth failed); fix digest_auth or sasl_digest_md5".into(),
+                ))
+            }
+            st => {
+                debug!(?st, "session terminated");
+                return Some(Ended::Lost);
+            }
+        }
+        let wait = last_probe.map_or(Duration::ZERO, |t| tick.saturating_sub(t.elapsed()));
+        tokio::select! {
+            st = states.changed() => {
+                debug!(?st, "session state changed");
+            }
+            _ = sleep(wait) => {
+                last_probe = Some(Instant::now());
+                let sent = std::time::Instant::now();
+                let probe = client.check_stat("/");
+                let answered = tokio::select! {
+                    r = probe => r.is_ok(),
+                    st = states.changed() => {
+                        debug!(?st, "session state changed during the contact probe");
+                        false
+                    }
+                };
+                if answered {
+                    weak.upgrade()?.touch(sent);
+                }
+            }
+        }
+    }
+}
+
+/// The connection is in doubt: demote (per policy), probe for a wiped or expired session,
+/// report health, until reconnected (None) or replaced.
+async fn suspended(
+    core: &Arc<Core>,
+    client: &zk::Client,
+    states: &mut zk::StateWatcher,
+    connect_took: Option<Duration>,
+) -> Option<Ended> {
+    let t0 = Instant::now();
+    let session_timeout = client.session_timeout();
+    let grace = match core.cfg.connection_policy {
+        ConnectionPolicy::Standard => Duration::ZERO,
+        ConnectionPolicy::Session => session_timeout / 4,
+    };
+    let lost = "connection to ZooKeeper lost; reconnecting";
+    info!(session = %client.session_id(), "connection lost: suspending every election on the session");
+    core.demote_then(grace.is_zero(), true, lost, false, &[], |v| {
+        v.state = Conn::Suspended;
+    });
+    let mut next_probe = t0 + FIRST_PROBE_AFTER;
+    // Probes overlap (see `hedging`): one starts every RETRY_WHILE_DOWN while fewer than
+    // `most` are in flight, so a connection the starting server accepted but never answers
+    // cannot hide the moment it serves.
+    let (bound, most) = hedging(&core.cfg, connect_took);
+    let mut probes = futures::stream::FuturesUnordered::new();
+    // A grant's promise (`takeover_bound`): nobody else is elected before half the session
+    // timeout after our last contact, because the server holds our session at least that
+    // long. Leaving a session the server still holds deletes our nodes, which can elect a
+    // successor at once: a session on which any election led keeps the old session
+    // (waiting for the client to reconnect) until that bound has passed.
+    let keep_until = if core.led.load(Ordering::SeqCst) {
+        let c = core.contact.contact();
+        c.last.map(|last| Instant::from_std(last + c.safe_for))
+    } else {
+        None
+    };
+    let unhealthy_at = t0 + session_timeout;
+    let mut marked_unhealthy = false;
+    let mut demoted = grace.is_zero();
+    loop {
+        if client.state() != zk::SessionState::Disconnected {
+            return None;
+        }
+        tokio::select! {
+            st = states.changed() => {
+                debug!(?st, "session state changed while suspended");
+                if st != zk::SessionState::Disconnected {
+                    return None;
+                }
+            }
+            _ = sleep_until(t0 + grace), if !demoted => {
+                demoted = true;
+                info!("connection lost for the grace period: dropping leadership");
+                core.demote_then(true, true, lost, false, &[], |_| {});
+            }
+            _ = sleep_until(unhealthy_at), if !marked_unhealthy => {
+                marked_unhealthy = true;
+                if !demoted {
+                    demoted = true;
+                    core.demote_then(true, true, lost, false, &[], |_| {});
+                }
+                let reason = format!("no connection to ZooKeeper for {} (the session timeout)", Human(session_timeout));
+                core.health_all(HealthLevel::Unhealthy, &reason, false);
+            }
+            _ = sleep_until(next_probe) => {
+                if probes.len() < most {
+                    let probe = probe(core.cfg.clone(), client.clone(), core.any_node());
+                    probes.push(async move {
+                        match bound {
+                            Some(b) => timeout(b, probe).await.unwrap_or(Probe::Unanswered),
+                            None => probe.await,
+                        }
+                    });
+                }
+                next_probe = Instant::now() + RETRY_WHILE_DOWN;
+            }
+            Some(found) = probes.next(), if !probes.is_empty() => match found {
+                Probe::Unanswered => {}
+                Probe::SessionLost(fresh) => {
+                    info!(old = %client.session_id(), new = %fresh.session_id(),
+                          "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
+                    return Some(Ended::Replaced(fresh, "ZooKeeper lost our session (wiped or expired); rejoining", true));
+                }
+                // ZooKeeper serves, still with our session, but our client has not
+                // reconnected: it waits out its own backoff (100 ms doubling, up to seconds
+                // after a long outage). Under the grace of ConnectionPolicy::Session, or
+                // before the takeover bound of a grant held on this session, we keep waiting
+                // for it; otherwise nobody leads on it anyway, and the fresh session rejoins
+                // now (each election's first round deletes its old node, named by the old
+                // session's uuid).
+                Probe::SessionAlive(fresh)
+                    if demoted && keep_until.is_none_or(|k| Instant::now() >= k) =>
+                {
+                    info!(old = %client.session_id(), new = %fresh.session_id(),
+                          "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
+                    return Some(Ended::Replaced(fresh, "ZooKeeper answers again; rejoining with a new session", false));
+                }
+                Probe::SessionAlive(_) => {
+                    // Next look when the grace ends and the takeover bound has passed.
+                    next_probe = next_probe.max(t0 + grace).max(keep_until.unwrap_or(t0));
+                }
+            },
+        }
+    }
+}
