@@ -8,7 +8,7 @@ use rand::Rng;
 use succession_core::{Error, Result};
 use tokio::sync::Mutex;
 
-use crate::config::EtcdConfig;
+use crate::config::EtcdSessionConfig;
 use crate::error;
 
 /// HTTP/2 keep-alive ping interval. etcd drops streams of clients that ping more often
@@ -21,7 +21,7 @@ const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// shared by every task of one election or record. The client reconnects by itself after
 /// an etcd restart; streams opened on it do not survive one and are reopened by their users.
 pub(crate) struct Connection {
-    pub(crate) config: EtcdConfig,
+    pub(crate) config: EtcdSessionConfig,
     client: Mutex<Option<Client>>,
 }
 
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(config: EtcdConfig) -> Self {
+    pub(crate) fn new(config: EtcdSessionConfig) -> Self {
         Connection {
             config,
             client: Mutex::new(None),
@@ -134,8 +134,8 @@ impl Backoff {
 
     /// The backoff for the participation loops of one election: 50 ms doubling up to
     /// `clamp(TTL / 4, 250 ms, 2 s)`, so retries stay well inside one lease period.
-    pub(crate) fn for_config(config: &EtcdConfig) -> Self {
-        let max = (config.ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
+    pub(crate) fn for_ttl(ttl: Duration) -> Self {
+        let max = (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
         Backoff::new(Duration::from_millis(50), max)
     }
 
@@ -176,6 +176,18 @@ impl Layout {
     /// as Go formats it (`fmt.Sprintf("%s%x", prefix+"/", leaseID)`).
     pub(crate) fn candidate_key(&self, lease: i64) -> String {
         format!("{}{:x}", self.range, lease)
+    }
+
+    /// The candidate key of participant `slot` of one session on this prefix: slot 0 is
+    /// [`candidate_key`](Self::candidate_key); further participants of the same session on
+    /// the same prefix use `<prefix>/<lease hex>_<slot>` (Go's readers order keys by create
+    /// revision and read only the value, so they see these like any other candidate).
+    pub(crate) fn slot_key(&self, lease: i64, slot: u32) -> String {
+        if slot == 0 {
+            self.candidate_key(lease)
+        } else {
+            format!("{}{:x}_{slot}", self.range, lease)
+        }
     }
 }
 
