@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use std::future::Future;
+use std::pin::Pin;
+
+use etcd_client::{Client, ConnectOptions, Txn, TxnResponse};
 use rand::Rng;
 use succession_core::{Error, Result};
 use tokio::sync::Mutex;
@@ -68,7 +71,7 @@ impl Connection {
         let client = error::request_in(
             "connect",
             c.connect_timeout + c.request_timeout,
-            Client::connect(c.endpoints.clone(), Some(opts)),
+            Box::pin(Client::connect(c.endpoints.clone(), Some(opts))),
             c.tls.as_ref(),
         )
         .await?;
@@ -76,23 +79,43 @@ impl Connection {
         Ok(client)
     }
 
-    /// [`client`](Self::client) as an owned future (it borrows nothing).
-    pub(crate) async fn client_owned(self: std::sync::Arc<Self>) -> Result<Client> {
-        self.client().await
-    }
-
-    /// Run one unary request with the configured request timeout.
-    pub(crate) async fn request<T, F>(&self, op: &str, fut: F) -> Result<T>
+    /// Run one unary request with the configured request timeout. The request is boxed at
+    /// once, so that the (large) etcd-client future never sits in the state of the caller's
+    /// future: a campaign task stays small while it waits.
+    pub(crate) fn request<'a, T, F>(
+        &'a self,
+        op: &'a str,
+        fut: F,
+    ) -> Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>
     where
-        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        T: Send + 'a,
+        F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'a,
     {
-        error::request_in(
+        Box::pin(error::request_in(
             op,
             self.config.request_timeout,
             fut,
             self.config.tls.as_ref(),
-        )
-        .await
+        ))
+    }
+
+    /// One txn (connecting first if needed) as a boxed request that owns its client clone,
+    /// so that the caller's future holds neither a `Client` (3.5 KiB) nor its futures.
+    pub(crate) fn txn<'a>(
+        &'a self,
+        op: &'a str,
+        txn: Txn,
+    ) -> Pin<Box<dyn Future<Output = Result<TxnResponse>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            error::request_in(
+                op,
+                self.config.request_timeout,
+                c.txn(txn),
+                self.config.tls.as_ref(),
+            )
+            .await
+        })
     }
 }
 

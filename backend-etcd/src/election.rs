@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
+    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
@@ -19,7 +19,7 @@ use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
 };
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -30,6 +30,7 @@ use crate::error;
 use crate::lease::{Lease, LeaseState};
 use crate::record::EtcdRecord;
 use crate::session::{Core, LeaseView, Shared};
+use crate::watch_hub::{Route, WatchHub, WatchMsg};
 
 /// A snapshot of the lease an [`EtcdElection`] currently holds (see [`EtcdElection::lease`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,14 @@ impl Inner {
 
     fn conn(&self) -> &Arc<Connection> {
         &self.shared.core.conn
+    }
+
+    /// The session's watch stream this election's watchers go on.
+    fn hub(&self) -> WatchHub {
+        self.shared
+            .core
+            .hubs
+            .for_election(&self.shared.core.conn, self.reg_id)
     }
 
     /// Close for good: publish `Closed` first, then ask the task to stop (returned, to be
@@ -279,14 +288,10 @@ impl Drop for EtcdElection {
 
 /// Delete `key` if it is still held by lease `lease`.
 async fn delete_key(conn: &Connection, key: &str, lease: i64) -> Result<()> {
-    let client = conn.client().await?;
     let txn = Txn::new()
         .when(vec![Compare::lease(key, CompareOp::Equal, lease)])
         .and_then(vec![TxnOp::delete(key, None)]);
-    let mut c = client.clone();
-    conn.request("delete our candidate key", c.txn(txn))
-        .await
-        .map(|_| ())
+    conn.txn("delete our candidate key", txn).await.map(|_| ())
 }
 
 #[async_trait]
@@ -400,7 +405,6 @@ impl Election for EtcdElection {
 /// Read the queue (every key of the election range by create revision) and the epoch
 /// record in one consistent txn.
 async fn read_queue(inner: &Inner, limit: Option<i64>) -> Result<Vec<Participant>> {
-    let client = inner.conn().client().await?;
     let mut opts = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend);
@@ -411,11 +415,7 @@ async fn read_queue(inner: &Inner, limit: Option<i64>) -> Result<Vec<Participant
         TxnOp::get(inner.layout.range.clone(), Some(opts)),
         TxnOp::get(inner.layout.epoch_key.clone(), None),
     ]);
-    let mut c = client.clone();
-    let resp = inner
-        .conn()
-        .request("read the election", c.txn(txn))
-        .await?;
+    let resp = inner.conn().txn("read the election", txn).await?;
     let gets = gets(&resp);
     let epoch = match first_kv(&gets, 1) {
         Some(kv) => Some(parse_epoch(kv.value())?),
@@ -663,7 +663,6 @@ impl Task {
     /// One round: connect, take the session's lease, campaign, wait in the queue. Returns
     /// only by leaving with a [`Flow`].
     async fn session(&mut self) -> Step<std::convert::Infallible> {
-        let client = self.call(self.inner.conn().clone().client_owned()).await?;
         let usable = self.lease.as_ref().is_some_and(|l| !l.is_lost());
         if !usable {
             self.acquire_lease().await?;
@@ -672,9 +671,9 @@ impl Task {
             self.delete_own_key().await?;
         }
         loop {
-            self.ensure_epoch(&client).await?;
-            if let Some(my_rev) = self.campaign(&client).await? {
-                match self.queue(&client, my_rev).await? {
+            self.ensure_epoch().await?;
+            if let Some(my_rev) = self.campaign().await? {
+                match self.queue(my_rev).await? {
                     QueueExit::KeyGone | QueueExit::EpochGone => {}
                 }
             }
@@ -726,18 +725,15 @@ impl Task {
 
     /// Read the epoch record, creating it if absent with
     /// `max(now_ms, highest epoch seen + 1)`.
-    async fn ensure_epoch(&mut self, client: &Client) -> Step<()> {
+    async fn ensure_epoch(&mut self) -> Step<()> {
         let key = self.inner.layout.epoch_key.clone();
         let value = now_ms().max(self.core().epoch_seen.load(Ordering::Relaxed) + 1);
         let txn = Txn::new()
             .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then(vec![TxnOp::put(key.clone(), value.to_string(), None)])
             .or_else(vec![TxnOp::get(key, None)]);
-        let mut c = client.clone();
         let conn = self.inner.conn().clone();
-        let resp = self
-            .call(conn.request("create the epoch record", c.txn(txn)))
-            .await?;
+        let resp = self.call(conn.txn("create the epoch record", txn)).await?;
         let epoch = if resp.succeeded() {
             tracing::info!(epoch = value, "created the epoch record");
             value
@@ -772,7 +768,7 @@ impl Task {
     /// Put our key if absent (Go's campaign txn), requiring the epoch record to exist.
     /// Returns our key's create revision, or None when the epoch record is gone (recreate
     /// it first).
-    async fn campaign(&mut self, client: &Client) -> Step<Option<i64>> {
+    async fn campaign(&mut self) -> Step<Option<i64>> {
         let (lease, key) = self.our_key()?;
         let ekey = self.inner.layout.epoch_key.clone();
         let id = self.config().id.clone();
@@ -786,9 +782,8 @@ impl Task {
                 TxnOp::get(ekey.clone(), None),
             ])
             .or_else(vec![TxnOp::get(key, None), TxnOp::get(ekey, None)]);
-        let mut c = client.clone();
         let conn = self.inner.conn().clone();
-        let resp = self.call(conn.request("campaign", c.txn(txn))).await?;
+        let resp = self.call(conn.txn("campaign", txn)).await?;
         let gets = gets(&resp);
         if resp.succeeded() {
             tracing::debug!(rev = header_revision(&resp), "campaign: key created");
@@ -811,7 +806,7 @@ impl Task {
     /// predecessor was the leader at that read and its deletion arrives with nothing before it
     /// on our key or the epoch record, we lead at once, without reading again: see
     /// [`QueueWatch`] for why that is the same fact a fresh read would give.
-    async fn queue(&mut self, client: &Client, my_rev: i64) -> Step<QueueExit> {
+    async fn queue(&mut self, my_rev: i64) -> Step<QueueExit> {
         let (lease, key) = self.our_key()?;
         let range = self.inner.layout.range.clone();
         let epoch_key = self.inner.layout.epoch_key.clone();
@@ -819,8 +814,9 @@ impl Task {
         let mut vacated: Option<std::time::Instant> = None;
         loop {
             let conn = self.inner.conn().clone();
+            let hub = self.inner.hub();
             let mut watch = self
-                .call(QueueWatch::open(conn, client, &key, &epoch_key))
+                .call(QueueWatch::open(&conn, hub, &key, &epoch_key))
                 .await?;
             let txn = Txn::new().and_then(vec![
                 // The leader: the first key by create revision.
@@ -848,11 +844,8 @@ impl Task {
                 TxnOp::get(key.clone(), None),
                 TxnOp::get(epoch_key.clone(), None),
             ]);
-            let mut c = client.clone();
             let conn = self.inner.conn().clone();
-            let resp = self
-                .call(conn.request("read the queue", c.txn(txn)))
-                .await?;
+            let resp = self.call(conn.txn("read the queue", txn)).await?;
             let rev = header_revision(&resp);
             let gets = gets(&resp);
             // Our key: created at our campaign's revision AND under our lease (a revision alone
@@ -898,8 +891,7 @@ impl Task {
                         (kv.key().to_vec(), leads)
                     })
                     .collect();
-                let conn = self.inner.conn().clone();
-                self.call(watch.add_ahead(&conn, keys, rev + 1)).await?;
+                watch.add_ahead(keys, rev + 1);
                 self.cell().set(
                     Role::Follower { leader },
                     HealthLevel::Healthy,
@@ -1113,8 +1105,10 @@ enum Vacated {
     Reread { leader_left: bool },
 }
 
-/// One watch stream of one round in the queue: watchers on our key and the epoch record,
-/// created from "now" BEFORE the queue is read, and on the (up to [`AHEAD_WATCHED`]) keys
+/// The watchers of one round in the queue, on the session's shared watch stream (see
+/// `watch_hub.rs`; their responses reach us in stream order): watchers on our key and the
+/// epoch record, created from "now" BEFORE the queue is read, and on the (up to
+/// [`AHEAD_WATCHED`]) keys
 /// nearest ahead of ours, added after the read from the read's revision + 1.
 ///
 /// The read also says how many keys are ahead of ours (exactly, when there are no more than
@@ -1139,7 +1133,8 @@ enum Vacated {
 /// epoch record's watchers are synced while we wait. etcd leaves or moves a watcher out of
 /// the synced group when a write is applied between its reading the store revision and
 /// registering the watcher (microseconds; etcd's sync loop catches it up within 100 ms),
-/// when the stream's channel is full (1024 responses in 3.4; this stream carries a handful),
+/// when the stream's channel is full (1024 responses in 3.4; a stream carries the watchers of
+/// at most 256 elections of one session, a few responses each per handover),
 /// or when the member restores a snapshot from the raft leader (a member that fell far
 /// behind). Only if that coincides with someone else deleting our key or the epoch record
 /// during the handover could we lead on a stale view; the watcher then reports the change
@@ -1147,7 +1142,12 @@ enum Vacated {
 ///
 /// A broken stream (etcd restarted or wiped) is an error: the caller backs off and re-reads.
 struct QueueWatch {
-    stream: WatchStream,
+    /// The session's shared watch stream this election's watchers are on.
+    hub: WatchHub,
+    /// Responses of our watchers, in stream order.
+    rx: mpsc::UnboundedReceiver<WatchMsg>,
+    /// Where the hub sends them (for watchers added later).
+    to: Route,
     /// Watchers etcd acknowledged, with their ids.
     ids: Vec<(i64, Watched)>,
     /// Watched keys ahead of ours not deleted yet.
@@ -1159,6 +1159,16 @@ struct QueueWatch {
     changed: bool,
     /// Our key was deleted since the stream opened.
     own_deleted: bool,
+}
+
+impl Drop for QueueWatch {
+    fn drop(&mut self) {
+        // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
+        // finds this receiver gone.
+        for (id, _) in &self.ids {
+            self.hub.cancel(*id);
+        }
+    }
 }
 
 /// What one watch response said.
@@ -1175,25 +1185,16 @@ enum Note {
 }
 
 impl QueueWatch {
-    /// Open the stream with watchers on `own` and `epoch` and wait until etcd acknowledged
-    /// both.
-    async fn open(
-        conn: Arc<Connection>,
-        client: &Client,
-        own: &str,
-        epoch: &str,
-    ) -> Result<QueueWatch> {
-        let mut c = client.clone();
-        let mut stream = conn
-            .request("watch our candidate key", c.watch(own, None))
-            .await?;
-        conn.request(
-            "watch the epoch record",
-            stream.watch(epoch.to_owned(), None),
-        )
-        .await?;
+    /// Add watchers on `own` and `epoch` to the session's stream and wait until etcd
+    /// acknowledged both.
+    async fn open(conn: &Connection, hub: WatchHub, own: &str, epoch: &str) -> Result<QueueWatch> {
+        let (to, rx) = mpsc::unbounded_channel();
+        hub.create(own, None, &to);
+        hub.create(epoch, None, &to);
         let mut w = QueueWatch {
-            stream,
+            hub,
+            rx,
+            to,
             ids: Vec::with_capacity(3),
             pending: [Watched::Own, Watched::Epoch].into(),
             ahead_alive: 0,
@@ -1221,24 +1222,17 @@ impl QueueWatch {
     }
 
     /// Add watchers on `keys` (each with whether it leads) from revision `from`.
-    async fn add_ahead(
-        &mut self,
-        conn: &Connection,
-        keys: Vec<(Vec<u8>, bool)>,
-        from: i64,
-    ) -> Result<()> {
+    fn add_ahead(&mut self, keys: Vec<(Vec<u8>, bool)>, from: i64) {
         for (key, leads) in keys {
             self.pending
                 .push_back(Watched::Ahead { leads, gone: false });
             self.ahead_alive += 1;
-            conn.request(
-                "watch a key ahead of ours",
-                self.stream
-                    .watch(key, Some(WatchOptions::new().with_start_revision(from))),
-            )
-            .await?;
+            self.hub.create(
+                key,
+                Some(WatchOptions::new().with_start_revision(from)),
+                &self.to,
+            );
         }
-        Ok(())
     }
 
     /// Wait until the `count` keys that were ahead of ours are all deleted (or for a reason
@@ -1280,15 +1274,16 @@ impl QueueWatch {
 
     /// Read one response from the stream.
     async fn next(&mut self) -> Result<Note> {
-        let resp =
-            match self.stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Err(Error::new(
+        let resp = match self.rx.recv().await {
+            Some(WatchMsg::Resp(resp)) => resp,
+            Some(WatchMsg::Ended(e)) => return Err(e),
+            None => {
+                return Err(Error::new(
                     ErrorKind::Connection,
-                    "the watch stream ended (etcd restarted or the member went away); re-reading",
-                )),
-                Err(e) => return Err(error::map("watch the queue", e)),
-            };
+                    "the session's watch stream is gone; re-reading",
+                ))
+            }
+        };
         if resp.created() {
             if let Some(w) = self.pending.pop_front() {
                 self.ids.push((resp.watch_id(), w));
@@ -1334,5 +1329,28 @@ impl QueueWatch {
             // created again (it is no longer ahead of ours): keep waiting.
             Some(Watched::Ahead { .. }) => Ok(Note::Nothing),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EtcdSessionConfig;
+
+    /// Each joined election keeps one campaign task: its future must stay small (requests
+    /// are boxed and own their client clone, so neither a `Client` nor an etcd-client
+    /// future sits in it while it waits).
+    #[test]
+    fn campaign_task_future_stays_small() {
+        let cfg = EtcdSessionConfig::builder()
+            .endpoint("127.0.0.1:2379")
+            .build()
+            .unwrap();
+        let shared = Shared::new(cfg.clone(), false);
+        let e = EtcdElection::on_session(shared, cfg.election_config("/a", "x").unwrap());
+        let (_stop, stop_rx) = watch::channel(None);
+        let fut = Task::new(e.inner.clone(), stop_rx).run();
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 4096, "campaign task future is {size} bytes");
     }
 }

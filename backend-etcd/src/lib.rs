@@ -10,6 +10,7 @@ mod lease;
 mod observe;
 mod record;
 mod session;
+mod watch_hub;
 
 pub use config::{
     EtcdConfig, EtcdConfigBuilder, EtcdSessionConfig, EtcdSessionConfigBuilder,

@@ -35,6 +35,7 @@ use crate::config::EtcdSessionConfig;
 use crate::conn::{random_lease_id, Backoff, Connection};
 use crate::election::{EtcdElection, Inner};
 use crate::lease::{self, Lease};
+use crate::watch_hub::Hubs;
 
 /// The elections of one session, for the keeper's demotion and the leaders' check.
 #[derive(Default)]
@@ -117,6 +118,8 @@ pub(crate) struct Core {
     orphans: StdMutex<Vec<(i64, Instant)>>,
     /// Grant failures so far (numbers the published failures).
     pub(crate) failures: AtomicU64,
+    /// The session's shared watch streams.
+    pub(crate) hubs: Hubs,
 }
 
 impl Core {
@@ -188,6 +191,7 @@ impl Shared {
                 epoch_seen: AtomicU64::new(0),
                 orphans: StdMutex::new(Vec::new()),
                 failures: AtomicU64::new(0),
+                hubs: Hubs::default(),
             }),
             config,
             private,
