@@ -1150,6 +1150,8 @@ struct QueueWatch {
     to: Route,
     /// Watchers etcd acknowledged, with their ids.
     ids: Vec<(i64, Watched)>,
+    /// The generation of the shared stream our watchers are on (for cancelling them).
+    generation: u32,
     /// Watched keys ahead of ours not deleted yet.
     ahead_alive: i64,
     /// Watchers requested but not yet acknowledged, in request order (etcd acknowledges
@@ -1166,7 +1168,7 @@ impl Drop for QueueWatch {
         // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
         // finds this receiver gone.
         for (id, _) in &self.ids {
-            self.hub.cancel(*id);
+            self.hub.cancel(self.generation, *id);
         }
     }
 }
@@ -1196,6 +1198,7 @@ impl QueueWatch {
             rx,
             to,
             ids: Vec::with_capacity(3),
+            generation: 0,
             pending: [Watched::Own, Watched::Epoch].into(),
             ahead_alive: 0,
             changed: false,
@@ -1275,8 +1278,11 @@ impl QueueWatch {
     /// Read one response from the stream.
     async fn next(&mut self) -> Result<Note> {
         let resp = match self.rx.recv().await {
-            Some(WatchMsg::Resp(resp)) => resp,
-            Some(WatchMsg::Ended(e)) => return Err(e),
+            Some(WatchMsg::Resp(resp, generation)) => {
+                self.generation = generation;
+                *resp
+            }
+            Some(WatchMsg::Ended(e)) => return Err(*e),
             None => {
                 return Err(Error::new(
                     ErrorKind::Connection,
@@ -1352,5 +1358,12 @@ mod tests {
         let fut = Task::new(e.inner.clone(), stop_rx).run();
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 4096, "campaign task future is {size} bytes");
+        eprintln!(
+            "task future {size} B, WatchMsg {} B, Status {} B, EtcdConfig {} B, Inner {} B",
+            std::mem::size_of::<WatchMsg>(),
+            std::mem::size_of::<Status>(),
+            std::mem::size_of::<EtcdConfig>(),
+            std::mem::size_of::<Inner>()
+        );
     }
 }

@@ -30,10 +30,12 @@ pub(crate) const ELECTIONS_PER_STREAM: u64 = 256;
 
 /// What an election's watchers receive.
 pub(crate) enum WatchMsg {
-    /// A response for one of its watchers (including the `created` acknowledgement).
-    Resp(WatchResponse),
+    /// A response for one of its watchers (including the `created` acknowledgement), with
+    /// the generation of the stream it came on (watch ids are per stream). Boxed: every
+    /// election has a channel of these, whose first block holds 32 of them.
+    Resp(Box<WatchResponse>, u32),
     /// The stream ended or failed: every watcher on it is gone.
-    Ended(Error),
+    Ended(Box<Error>),
 }
 
 /// Where the responses of one election's watchers go.
@@ -45,7 +47,7 @@ enum Cmd {
         opts: Option<WatchOptions>,
         to: Route,
     },
-    Cancel(i64),
+    Cancel(u32, i64),
 }
 
 enum Req {
@@ -76,16 +78,17 @@ impl WatchHub {
             to: to.clone(),
         };
         if let Err(mpsc::error::SendError(Cmd::Create { to, .. })) = self.cmds.send(cmd) {
-            let _ = to.send(WatchMsg::Ended(Error::new(
+            let _ = to.send(WatchMsg::Ended(Box::new(Error::new(
                 ErrorKind::Connection,
                 "the session's watch stream is gone",
-            )));
+            ))));
         }
     }
 
-    /// Cancel watcher `id` (its responses are no longer routed).
-    pub(crate) fn cancel(&self, id: i64) {
-        let _ = self.cmds.send(Cmd::Cancel(id));
+    /// Cancel watcher `id` of stream generation `generation` (its responses are no longer
+    /// routed; nothing happens if that stream is gone).
+    pub(crate) fn cancel(&self, generation: u32, id: i64) {
+        let _ = self.cmds.send(Cmd::Cancel(generation, id));
     }
 }
 
@@ -149,6 +152,8 @@ async fn open(
 
 async fn run(conn: Arc<Connection>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
     let mut stream: Option<Stream> = None;
+    // Generation of the current stream (watch ids restart with every stream).
+    let mut generation: u32 = 0;
     let mut pending: VecDeque<Route> = VecDeque::new();
     let mut routes: HashMap<i64, Route> = HashMap::new();
     loop {
@@ -167,14 +172,15 @@ async fn run(conn: Arc<Connection>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                             Ok(s) => {
                                 pending.push_back(to);
                                 stream = Some(s);
+                                generation = generation.wrapping_add(1);
                             }
                             Err(e) => {
-                                let _ = to.send(WatchMsg::Ended(e));
+                                let _ = to.send(WatchMsg::Ended(Box::new(e)));
                             }
                         },
                     },
-                    Cmd::Cancel(id) => {
-                        if routes.remove(&id).is_some() {
+                    Cmd::Cancel(g, id) => {
+                        if g == generation && routes.remove(&id).is_some() {
                             if let Some(s) = stream.as_ref() {
                                 let _ = s.requests.send(Req::Cancel(id));
                             }
@@ -186,7 +192,7 @@ async fn run(conn: Arc<Connection>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
             m = async { stream.as_mut().expect("guarded").responses.message().await }, if stream.is_some() => m,
         };
         match msg {
-            Ok(Some(resp)) => route(&mut stream, &mut pending, &mut routes, resp),
+            Ok(Some(resp)) => route(&mut stream, &mut pending, &mut routes, resp, generation),
             Ok(None) => end(
                 &mut stream,
                 &mut pending,
@@ -206,6 +212,7 @@ fn route(
     pending: &mut VecDeque<Route>,
     routes: &mut HashMap<i64, Route>,
     resp: WatchResponse,
+    generation: u32,
 ) {
     let id = resp.watch_id();
     let cancel = |stream: &Option<Stream>| {
@@ -227,7 +234,7 @@ fn route(
         if !resp.canceled() {
             routes.insert(id, to.clone());
         }
-        let _ = to.send(WatchMsg::Resp(resp));
+        let _ = to.send(WatchMsg::Resp(Box::new(resp), generation));
         return;
     }
     let to = if resp.canceled() {
@@ -236,7 +243,7 @@ fn route(
         routes.get(&id).cloned()
     };
     if let Some(to) = to {
-        if to.send(WatchMsg::Resp(resp)).is_err() {
+        if to.send(WatchMsg::Resp(Box::new(resp), generation)).is_err() {
             routes.remove(&id);
             cancel(stream);
         }
@@ -253,9 +260,9 @@ fn end(
     // An election with several watchers hears it more than once; it acts on the first.
     for to in pending.drain(..).chain(routes.drain().map(|(_, r)| r)) {
         if !to.is_closed() {
-            let _ = to.send(WatchMsg::Ended(
+            let _ = to.send(WatchMsg::Ended(Box::new(
                 Error::new(ErrorKind::Connection, why.to_owned()).with_retryable(true),
-            ));
+            )));
         }
     }
 }

@@ -471,6 +471,60 @@ async fn several_participants_of_one_session_on_one_prefix_take_turns_with_disti
     checker.assert_ok();
 }
 
+/// Live heap bytes of this test binary (a counting wrapper of the system allocator), so
+/// that the measurement below can tell retained memory from allocator fragmentation.
+struct Counting;
+
+static LIVE_HEAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Live allocations by size class (log2 of the size).
+static LIVE_BY_CLASS: [std::sync::atomic::AtomicIsize; 40] =
+    [const { std::sync::atomic::AtomicIsize::new(0) }; 40];
+
+fn class(size: usize) -> usize {
+    (usize::BITS - size.max(1).leading_zeros()) as usize
+}
+
+fn classes() -> Vec<isize> {
+    LIVE_BY_CLASS
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .collect()
+}
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts bytes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = std::alloc::System.alloc(layout);
+        if !p.is_null() {
+            LIVE_HEAP.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            LIVE_BY_CLASS[class(layout.size())].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout);
+        LIVE_HEAP.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        LIVE_BY_CLASS[class(layout.size())].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = std::alloc::System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            LIVE_HEAP.fetch_add(new_size, std::sync::atomic::Ordering::Relaxed);
+            LIVE_HEAP.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            LIVE_BY_CLASS[class(new_size)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            LIVE_BY_CLASS[class(layout.size())].fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_heap_kib() -> f64 {
+    LIVE_HEAP.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+}
+
 /// Resident memory of this process in KiB (`VmRSS` of /proc/self/status).
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
@@ -495,9 +549,12 @@ async fn memory_per_election_with_ten_thousand_elections_on_one_session() {
     warm.wait_for_leadership(BOUND).await.unwrap();
     let ps = prefixes("memory", N);
     let before = rss_kib();
+    let heap_before = live_heap_kib();
+    let classes_before = classes();
     let started = Instant::now();
     let es: Vec<EtcdElection> = ps.iter().map(|p| s.election(p, "m").unwrap()).collect();
     let made = rss_kib();
+    let heap_made = live_heap_kib();
     for chunk in es.chunks(500) {
         futures::future::try_join_all(chunk.iter().map(|e| e.join()))
             .await
@@ -512,9 +569,34 @@ async fn memory_per_election_with_ten_thousand_elections_on_one_session() {
     // Let transient buffers go.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib();
+    // What stays once the allocator returns the free memory of the join burst.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    let trimmed = rss_kib();
+    let heap_after = live_heap_kib();
     eprintln!(
-        "{N} elections on one session: all leading after {joined_in:?}; VmRSS {before} KiB -> {made} KiB made -> {after} KiB joined: {:.2} KiB per election ({:.2} KiB made, unjoined)",
+        "{N} elections on one session: live heap {heap_before:.0} KiB -> {heap_made:.0} KiB made -> {heap_after:.0} KiB joined: {:.2} KiB per election ({:.2} KiB made, unjoined)",
+        (heap_after - heap_before) / N as f64,
+        (heap_made - heap_before) / N as f64
+    );
+    let per_class: Vec<String> = classes()
+        .iter()
+        .zip(&classes_before)
+        .enumerate()
+        .filter(|(_, (a, b))| (**a - **b) as f64 / N as f64 >= 0.5)
+        .map(|(c, (a, b))| {
+            format!(
+                "<={} B: {:.1}/election",
+                1usize << c,
+                (a - b) as f64 / N as f64
+            )
+        })
+        .collect();
+    eprintln!("live allocations per election by size: {per_class:?}");
+    eprintln!(
+        "{N} elections on one session: all leading after {joined_in:?}; VmRSS {before} KiB -> {made} KiB made -> {after} KiB joined ({trimmed} KiB after malloc_trim): {:.2} KiB per election ({:.2} KiB after malloc_trim; {:.2} KiB made, unjoined)",
         (after - before) as f64 / N as f64,
+        (trimmed - before) as f64 / N as f64,
         (made - before) as f64 / N as f64
     );
     s.close().await.unwrap();
