@@ -42,7 +42,7 @@ use tracing::Instrument;
 
 use crate::conn::{Backoff, Connection};
 use crate::error;
-use crate::session::Registry;
+use crate::session::{Registry, LEASE_VALID};
 use succession_core::{HealthLevel, Role};
 
 /// What the keeper knows about the lease right now.
@@ -209,7 +209,7 @@ impl Keeper {
     fn answered(&self, sent: Instant, ttl: Duration) {
         let ttl = ttl.min(self.ttl);
         let now = Instant::now();
-        self.tx.send_if_modified(|s| {
+        let recovered = self.tx.send_if_modified(|s| {
             let recovering = !s.stream_ok || s.trouble.is_some() || now >= s.drop_at;
             let expires = sent + ttl;
             if expires > s.expires {
@@ -224,6 +224,9 @@ impl Keeper {
             // timer fires); a recovery from doubt wakes them.
             recovering
         });
+        if recovered {
+            self.registry.lease_state(LEASE_VALID);
+        }
     }
 
     fn trouble(&self, why: String, stream_ok: bool) {

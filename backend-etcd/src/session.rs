@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, Weak};
 
+use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::text::Human;
 use succession_core::{Error, ErrorKind, HealthLevel, Result, Role};
 use tokio::sync::watch;
@@ -37,13 +38,40 @@ use crate::election::{EtcdElection, Inner};
 use crate::lease::{self, Lease};
 use crate::watch_hub::Hubs;
 
-/// The elections of one session, for the keeper's demotion and the leaders' check.
-#[derive(Default)]
+/// The elections of one session, for the keeper's demotion and the leaders' check; also
+/// the session's metrics (labels `backend="etcd"`, `election="session-<n>"`).
 pub(crate) struct Registry {
     elections: StdMutex<HashMap<u64, Weak<Inner>>>,
+    metrics: ElectionMetrics,
 }
 
+/// Numbers the sessions of this process (for their metric label).
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Values of [`metrics::SESSION_LEASE`].
+pub(crate) const LEASE_VALID: f64 = 2.0;
+pub(crate) const LEASE_IN_DOUBT: f64 = 1.0;
+pub(crate) const LEASE_NONE: f64 = 0.0;
+
 impl Registry {
+    fn new() -> Registry {
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        Registry {
+            elections: StdMutex::new(HashMap::new()),
+            metrics: ElectionMetrics::new("etcd", format!("session-{n}")),
+        }
+    }
+
+    /// Publish the session's lease state ([`LEASE_VALID`], [`LEASE_IN_DOUBT`], [`LEASE_NONE`]).
+    pub(crate) fn lease_state(&self, value: f64) {
+        self.metrics.gauge(metrics::SESSION_LEASE, &[], value);
+    }
+
+    fn count_elections(&self, n: usize) {
+        self.metrics
+            .gauge(metrics::SESSION_ELECTIONS, &[], n as f64);
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Weak<Inner>>> {
         self.elections.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -73,6 +101,11 @@ impl Registry {
             tracing::warn!(demoted, %reason, "lease in doubt: every leader of the session stepped down");
         }
         let out = publish();
+        self.lease_state(if role == Role::Candidate {
+            LEASE_NONE
+        } else {
+            LEASE_IN_DOUBT
+        });
         drop(guard);
         drop(live);
         out
@@ -186,7 +219,7 @@ impl Shared {
         Arc::new(Shared {
             core: Arc::new(Core {
                 conn: Arc::new(Connection::new(config.clone())),
-                registry: Arc::new(Registry::default()),
+                registry: Arc::new(Registry::new()),
                 view,
                 epoch_seen: AtomicU64::new(0),
                 orphans: StdMutex::new(Vec::new()),
@@ -218,14 +251,25 @@ impl Shared {
     }
 
     pub(crate) fn register(&self, id: u64, inner: &Arc<Inner>) {
-        self.core.registry.lock().insert(id, Arc::downgrade(inner));
+        let registry = &self.core.registry;
+        let n = {
+            let mut r = registry.lock();
+            r.insert(id, Arc::downgrade(inner));
+            r.len()
+        };
+        registry.count_elections(n);
     }
 
     /// Forget election `id` (idempotent) and free its key slot.
     pub(crate) fn unregister(&self, id: u64, prefix: &str, slot: u32) {
-        if self.core.registry.lock().remove(&id).is_none() {
-            return;
-        }
+        let n = {
+            let mut r = self.core.registry.lock();
+            if r.remove(&id).is_none() {
+                return;
+            }
+            r.len()
+        };
+        self.core.registry.count_elections(n);
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(used) = slots.get_mut(prefix) {
             used.retain(|s| *s != slot);
@@ -274,6 +318,7 @@ impl Shared {
             }
         }
         let view = self.core.view.send_replace(LeaseView::None);
+        self.core.registry.lease_state(LEASE_NONE);
         let conn = self.core.conn.clone();
         let orphans =
             std::mem::take(&mut *self.core.orphans.lock().unwrap_or_else(|p| p.into_inner()));
@@ -380,10 +425,12 @@ async fn drive(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         tracing::info!(lease = %format_args!("{:x}", lease.id), elections = core.registry.len(), "session lease granted");
         let mut state = lease.state.clone();
         core.view.send_replace(LeaseView::Granted(lease));
+        core.registry.lease_state(LEASE_VALID);
         tokio::select! {
             _ = state.wait_for(|s| s.lost.is_some()) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        core.registry.lease_state(LEASE_NONE);
         tracing::info!("session lease lost; granting a new one");
     }
 }
