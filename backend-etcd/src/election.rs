@@ -602,6 +602,9 @@ impl Task {
     fn lease_lost(&mut self, why: String) {
         tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
         self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
+        if let Some(l) = &self.lease {
+            l.declare_lost(why.clone());
+        }
         self.set_lease(None);
         // We are not leader: the lease was in doubt before it could be lost, or it was
         // revoked/wiped under us. Our key is gone with the lease.

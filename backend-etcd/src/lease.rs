@@ -97,6 +97,9 @@ pub(crate) struct Lease {
     pub(crate) id: i64,
     pub(crate) ttl: Duration,
     pub(crate) state: watch::Receiver<LeaseState>,
+    /// The keeper's sender, for [`declare_lost`](Self::declare_lost).
+    tx: Arc<watch::Sender<LeaseState>>,
+    registry: Arc<Registry>,
     keeper: JoinHandle<()>,
 }
 
@@ -151,14 +154,15 @@ impl Lease {
             lost: None,
             overdue: false,
         });
+        let tx = Arc::new(tx);
         let keeper = Keeper {
-            registry,
+            registry: registry.clone(),
             conn: conn.clone(),
             client: client.clone(),
             id,
             ttl,
             margin,
-            tx,
+            tx: tx.clone(),
         };
         let span = tracing::debug_span!("lease_keeper", lease = %format_args!("{id:x}"));
         let keeper = tokio::spawn(keeper.run().instrument(span));
@@ -167,6 +171,8 @@ impl Lease {
             id,
             ttl,
             state: rx,
+            tx,
+            registry,
             keeper,
         })
     }
@@ -174,6 +180,14 @@ impl Lease {
     /// Whether the server said this lease is gone.
     pub(crate) fn is_lost(&self) -> bool {
         self.state.borrow().lost.is_some()
+    }
+
+    /// An election's request was refused because the lease does not exist (e.g. revoked by
+    /// someone else) before the keeper's next renewal noticed: mark it lost for the whole
+    /// session now (leaders demoted first), so that the session grants a new one and no
+    /// election campaigns again on the dead lease.
+    pub(crate) fn declare_lost(&self, why: String) {
+        mark_lost(&self.registry, &self.tx, self.id, why);
     }
 }
 
@@ -194,7 +208,23 @@ struct Keeper {
     id: i64,
     ttl: Duration,
     margin: Duration,
-    tx: watch::Sender<LeaseState>,
+    tx: Arc<watch::Sender<LeaseState>>,
+}
+
+/// Mark lease `id` lost (final): every leader of the session is demoted first, then the
+/// state says lost. Nothing happens if it already is.
+fn mark_lost(registry: &Registry, tx: &watch::Sender<LeaseState>, id: i64, why: String) {
+    if tx.borrow().lost.is_some() {
+        return;
+    }
+    tracing::info!(lease = %format_args!("{id:x}"), %why, "lease lost");
+    let reason = format!("lease lost: {why}; campaigning again with a new lease");
+    registry.demote_then(Role::Candidate, HealthLevel::Unhealthy, &reason, || {
+        tx.send_modify(|s| {
+            s.stream_ok = false;
+            s.lost = Some(why.into());
+        });
+    });
 }
 
 enum Step {
@@ -258,15 +288,7 @@ impl Keeper {
     }
 
     fn lost(&self, why: String) {
-        tracing::info!(lease = %format_args!("{:x}", self.id), %why, "lease lost");
-        let reason = format!("lease lost: {why}; campaigning again with a new lease");
-        self.registry
-            .demote_then(Role::Candidate, HealthLevel::Unhealthy, &reason, || {
-                self.tx.send_modify(|s| {
-                    s.stream_ok = false;
-                    s.lost = Some(why.into());
-                });
-            });
+        mark_lost(&self.registry, &self.tx, self.id, why);
     }
 
     /// When the keeper must declare the lease overdue (None: already did).

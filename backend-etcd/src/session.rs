@@ -45,6 +45,14 @@ pub(crate) struct Registry {
     metrics: ElectionMetrics,
 }
 
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("elections", &self.len())
+            .finish()
+    }
+}
+
 /// Numbers the sessions of this process (for their metric label).
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
 

@@ -346,6 +346,48 @@ async fn partitioned_session_demotes_every_election_at_once_before_its_lease_can
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoked_by_another_client_moves_every_election_to_one_new_lease_with_one_grant() {
+    // A server of its own: the LeaseGrant count must not see other tests' grants.
+    let etcd = EtcdServer::start().await.unwrap();
+    let s = session(&etcd.endpoint(), 3);
+    let g = Grid::join(std::slice::from_ref(&s), prefixes("revoked", 50)).await;
+    g.until(BOUND, "every election led", |g| g.all_led_by(&[0]))
+        .await;
+    let old = s.lease_id().unwrap();
+    let terms: Vec<_> = g
+        .grid
+        .iter()
+        .map(|row| row[0].leadership().unwrap().term())
+        .collect();
+    let grants = grpc_calls_handled(&etcd.endpoint(), "LeaseGrant").await;
+    let txns = grpc_calls_handled(&etcd.endpoint(), "Txn").await;
+    let mut c = raw_client(&etcd.endpoint()).await;
+    c.lease_revoke(old).await.unwrap();
+    g.until(BOUND, "every election led again on a new lease", |g| {
+        g.all_led_by(&[0])
+            && g.grid
+                .iter()
+                .all(|row| row[0].lease().is_some_and(|l| l.id != old))
+    })
+    .await;
+    let new = s.lease_id().unwrap();
+    for (p, row) in g.grid.iter().enumerate() {
+        assert!(row[0].leadership().unwrap().term() > terms[p], "a new term");
+        assert_eq!(row[0].lease().unwrap().id, new);
+    }
+    assert_eq!(
+        grpc_calls_handled(&etcd.endpoint(), "LeaseGrant").await - grants,
+        1,
+        "one new lease for the whole session"
+    );
+    // No election spins on the dead lease: a handful of txns each (campaign, reads).
+    let txns = grpc_calls_handled(&etcd.endpoint(), "Txn").await - txns;
+    assert!(txns <= 50 * 8, "{txns} txns to recover 50 elections");
+    s.close().await.unwrap();
+    g.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_wiped_and_restarted_empty_every_election_of_every_session_is_led_again() {
     let mut etcd = EtcdServer::start().await.unwrap();
     let sessions = [session(&etcd.endpoint(), 3), session(&etcd.endpoint(), 3)];
