@@ -849,13 +849,36 @@ impl Task {
             ]);
             let conn = self.inner.conn().clone();
             let resp = self.call(conn.txn("read the queue", txn)).await?;
-            let rev = header_revision(&resp);
-            let gets = gets(&resp);
-            // Our key: created at our campaign's revision AND under our lease (a revision alone
-            // could be reused after a wipe, which restarts revisions).
-            let mine = first_kv(&gets, 2)
-                .filter(|kv| kv.lease() == lease)
-                .map(|kv| kv.create_revision());
+            // Take what the round needs out of the response and drop it before waiting: an
+            // idle participant must not keep a txn response alive.
+            let (rev, mine, epoch, keys, count, leader) = {
+                let rev = header_revision(&resp);
+                let gets = gets(&resp);
+                // Our key: created at our campaign's revision AND under our lease (a revision
+                // alone could be reused after a wipe, which restarts revisions).
+                let mine = first_kv(&gets, 2)
+                    .filter(|kv| kv.lease() == lease)
+                    .map(|kv| kv.create_revision());
+                let epoch = first_kv(&gets, 3).map(|kv| parse_epoch(kv.value()));
+                let ahead = gets.get(1).map(|g| g.kvs()).unwrap_or_default();
+                let first = first_kv(&gets, 0);
+                let leader = first.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                // How many keys were created before ours, at this read: exact when etcd says
+                // there are no more than it returned (its `count` ignores the create-revision
+                // filter), else "more than we watch". No key can be created before ours any
+                // more (revisions only grow; a wipe ends the watch stream).
+                let more = gets.get(1).is_some_and(|g| g.more());
+                let count = ahead.len() as i64 + i64::from(more);
+                let keys: Vec<(Vec<u8>, bool)> = ahead
+                    .iter()
+                    .map(|kv| {
+                        let leads = first.is_some_and(|f| f.key() == kv.key());
+                        (kv.key().to_vec(), leads)
+                    })
+                    .collect();
+                (rev, mine, epoch, keys, count, leader)
+            };
+            drop(resp);
             if mine != Some(my_rev) {
                 let was_leader = self.cell().get().role.is_leader();
                 self.cell().set(
@@ -866,8 +889,8 @@ impl Task {
                 tracing::info!(was_leader, "candidate key deleted under us");
                 return Ok(QueueExit::KeyGone);
             }
-            let epoch = match first_kv(&gets, 3) {
-                Some(kv) => parse_epoch(kv.value()).map_err(Flow::Fail)?,
+            let epoch = match epoch {
+                Some(e) => e.map_err(Flow::Fail)?,
                 None => return Ok(QueueExit::EpochGone),
             };
             self.core().saw_epoch(epoch);
@@ -875,25 +898,10 @@ impl Task {
             // Progress: an earlier refusal (e.g. permission denied) no longer holds.
             self.inner.refusal.clear();
             let term = Term::new(epoch, my_rev as u64);
-            let ahead = gets.get(1).map(|g| g.kvs()).unwrap_or_default();
-            if ahead.is_empty() {
+            if keys.is_empty() {
+                drop(leader);
                 self.lead(term, vacated.take(), "first in the queue")?;
             } else {
-                let first = first_kv(&gets, 0);
-                let leader = first.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                // How many keys were created before ours, at this read: exact when etcd says
-                // there are no more than it returned (its `count` ignores the create-revision
-                // filter), else "more than we watch". No key can be created before ours any
-                // more (revisions only grow; a wipe ends the watch stream).
-                let more = gets.get(1).is_some_and(|g| g.more());
-                let count = ahead.len() as i64 + i64::from(more);
-                let keys = ahead
-                    .iter()
-                    .map(|kv| {
-                        let leads = first.is_some_and(|f| f.key() == kv.key());
-                        (kv.key().to_vec(), leads)
-                    })
-                    .collect();
                 watch.add_ahead(keys, rev + 1);
                 self.cell().set(
                     Role::Follower { leader },
