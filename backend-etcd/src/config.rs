@@ -93,6 +93,105 @@ macro_rules! debug_hiding_password {
 
 debug_hiding_password!(EtcdConfig);
 
+/// `Debug` with the password hidden, for the session config and its builder.
+macro_rules! debug_session_hiding_password {
+    ($t:ident) => {
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($t))
+                    .field("endpoints", &self.endpoints)
+                    .field("ttl", &self.ttl)
+                    .field("connect_timeout", &self.connect_timeout)
+                    .field("request_timeout", &self.request_timeout)
+                    .field("user", &self.user)
+                    .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+                    .field("tls", &self.tls)
+                    .finish()
+            }
+        }
+    };
+}
+
+/// What an [`EtcdSession`](crate::EtcdSession) needs: an [`EtcdConfig`] without prefix and
+/// id (endpoints, lease TTL, timeouts, credentials, TLS). Build it with
+/// [`EtcdSessionConfig::builder`]; the values are checked exactly as for [`EtcdConfig`].
+///
+/// `Debug` never shows the password or TLS key material.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EtcdSessionConfig {
+    pub(crate) endpoints: Vec<String>,
+    pub(crate) ttl: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) tls: Option<TlsSettings>,
+}
+
+debug_session_hiding_password!(EtcdSessionConfig);
+
+impl EtcdSessionConfig {
+    /// A builder with the defaults: no endpoint (required), TTL [`DEFAULT_TTL`], connect
+    /// timeout [`DEFAULT_CONNECT_TIMEOUT`], request timeout [`DEFAULT_REQUEST_TIMEOUT`], no
+    /// credentials.
+    pub fn builder() -> EtcdSessionConfigBuilder {
+        EtcdSessionConfigBuilder::default()
+    }
+
+    /// The etcd client endpoints, normalized as in [`EtcdConfig::endpoints`].
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// The lease TTL (whole seconds, at least [`MIN_TTL`]).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The timeout for establishing a connection to one endpoint.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The timeout of one unary request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The user name, when authentication is configured.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// True when the connection to etcd uses TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// How often the lease is renewed: TTL / 3.
+    pub fn renew_interval(&self) -> Duration {
+        self.ttl / 3
+    }
+
+    /// The safety margin by which leadership is dropped BEFORE the server could expire the
+    /// lease: `max(TTL / 6, 300 ms)`.
+    pub fn safety_margin(&self) -> Duration {
+        (self.ttl / 6).max(Duration::from_millis(300))
+    }
+
+    /// The configuration of one election on this session: `prefix` and `id` checked as by
+    /// [`EtcdConfigBuilder::build`].
+    pub(crate) fn election_config(&self, prefix: &str, id: &str) -> Result<EtcdConfig> {
+        check_prefix_and_id(prefix, id)?;
+        Ok(EtcdConfig::from_parts(
+            self.clone(),
+            prefix.to_owned(),
+            id.to_owned(),
+        ))
+    }
+}
+
 impl EtcdConfig {
     /// A builder with the defaults: no endpoint, no prefix, no id (all three required),
     /// TTL [`DEFAULT_TTL`], connect timeout [`DEFAULT_CONNECT_TIMEOUT`], request timeout
@@ -160,14 +259,45 @@ impl EtcdConfig {
     pub fn safety_margin(&self) -> Duration {
         (self.ttl / 6).max(Duration::from_millis(300))
     }
+
+    /// The session part (everything but prefix and id).
+    pub(crate) fn session(&self) -> EtcdSessionConfig {
+        EtcdSessionConfig {
+            endpoints: self.endpoints.clone(),
+            ttl: self.ttl,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    pub(crate) fn from_parts(s: EtcdSessionConfig, prefix: String, id: String) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: s.endpoints,
+            prefix,
+            id,
+            ttl: s.ttl,
+            connect_timeout: s.connect_timeout,
+            request_timeout: s.request_timeout,
+            user: s.user,
+            password: s.password,
+            tls: s.tls,
+        }
+    }
 }
 
-/// Builds an [`EtcdConfig`]; [`build`](EtcdConfigBuilder::build) checks every value.
+fn check_prefix_and_id(prefix: &str, id: &str) -> Result<()> {
+    validate::store_path(prefix, "etcd prefix")?;
+    validate::participant_id(id)
+}
+
+/// Builds an [`EtcdSessionConfig`]; [`build`](EtcdSessionConfigBuilder::build) checks every
+/// value (the same checks as [`EtcdConfigBuilder::build`], which uses this builder).
 #[derive(Clone, Default)]
-pub struct EtcdConfigBuilder {
+pub struct EtcdSessionConfigBuilder {
     endpoints: Vec<String>,
-    prefix: Option<String>,
-    id: Option<String>,
     ttl: Option<Duration>,
     connect_timeout: Option<Duration>,
     request_timeout: Option<Duration>,
@@ -176,7 +306,7 @@ pub struct EtcdConfigBuilder {
     tls: TlsSettings,
 }
 
-debug_hiding_password!(EtcdConfigBuilder);
+debug_session_hiding_password!(EtcdSessionConfigBuilder);
 
 /// Whether this build can talk TLS to etcd (cargo feature `tls`).
 const TLS_BUILT_IN: bool = cfg!(feature = "tls");
@@ -184,7 +314,7 @@ const TLS_BUILT_IN: bool = cfg!(feature = "tls");
 const ENABLE_TLS: &str = "enable the `tls` feature of succession-etcd (or of succession), e.g. \
      succession-etcd = { version = \"0.1\", features = [\"tls\"] }";
 
-impl EtcdConfigBuilder {
+impl EtcdSessionConfigBuilder {
     /// Add one endpoint (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Required: at least one.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoints.push(endpoint.into());
@@ -198,20 +328,6 @@ impl EtcdConfigBuilder {
         S: Into<String>,
     {
         self.endpoints.extend(endpoints.into_iter().map(Into::into));
-        self
-    }
-
-    /// The election prefix: absolute, no trailing slash (e.g. `/services/scheduler/leader`).
-    /// Required. Do not nest elections (`/a` and `/a/b`): as in Go's `concurrency.Election`,
-    /// an election's range `<prefix>/` would contain the other one's keys.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Some(prefix.into());
-        self
-    }
-
-    /// This participant's id, shown to others as the leader's id. Required, not blank.
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
         self
     }
 
@@ -276,11 +392,11 @@ impl EtcdConfigBuilder {
     /// Check every value and build the configuration.
     ///
     /// Errors ([`InvalidConfig`](succession_core::ErrorKind::InvalidConfig)): no endpoint or
-    /// a malformed one, a missing, relative or trailing-slash prefix, a blank id, a TTL that
+    /// a malformed one, a TTL that
     /// is zero, below 2 s or not whole seconds, zero timeouts, an empty user name; TLS
     /// settings or `https://` endpoints without the `tls` feature, `https://` without a CA,
     /// `http://` and `https://` endpoints mixed, PEM data that is not PEM.
-    pub fn build(self) -> Result<EtcdConfig> {
+    pub fn build(self) -> Result<EtcdSessionConfig> {
         if self.endpoints.is_empty() {
             return Err(Error::invalid_config(
                 "no etcd endpoint given; add one with .endpoint(\"http://127.0.0.1:2379\")",
@@ -296,18 +412,6 @@ impl EtcdConfigBuilder {
             .iter()
             .map(|(_, host_port)| format!("{scheme}://{host_port}"))
             .collect();
-        let prefix = self.prefix.ok_or_else(|| {
-            Error::invalid_config(
-                "no etcd prefix given; set one with .prefix(\"/services/my-app/leader\")",
-            )
-        })?;
-        validate::store_path(&prefix, "etcd prefix")?;
-        let id = self.id.ok_or_else(|| {
-            Error::invalid_config(
-                "no participant id given; set one with .id(\"hostname-pid\") (non-empty)",
-            )
-        })?;
-        validate::participant_id(&id)?;
         let ttl = self.ttl.unwrap_or(DEFAULT_TTL);
         validate::duration(ttl, "etcd lease TTL", Some(MIN_TTL), Some(MAX_TTL))?;
         if ttl.subsec_nanos() != 0 {
@@ -328,10 +432,8 @@ impl EtcdConfigBuilder {
                 ));
             }
         }
-        Ok(EtcdConfig {
+        Ok(EtcdSessionConfig {
             endpoints,
-            prefix,
-            id,
             ttl,
             connect_timeout,
             request_timeout,
@@ -339,6 +441,134 @@ impl EtcdConfigBuilder {
             password: self.password,
             tls,
         })
+    }
+}
+
+/// Builds an [`EtcdConfig`]; [`build`](EtcdConfigBuilder::build) checks every value.
+#[derive(Clone, Default)]
+pub struct EtcdConfigBuilder {
+    session: EtcdSessionConfigBuilder,
+    prefix: Option<String>,
+    id: Option<String>,
+}
+
+impl fmt::Debug for EtcdConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfigBuilder")
+            .field("prefix", &self.prefix)
+            .field("id", &self.id)
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+impl EtcdConfigBuilder {
+    /// Add one endpoint (`http://127.0.0.1:2379` or `127.0.0.1:2379`). Required: at least one.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.session = self.session.endpoint(endpoint);
+        self
+    }
+
+    /// Add several endpoints (members of one cluster; requests are balanced over them).
+    pub fn endpoints<I, S>(mut self, endpoints: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.session = self.session.endpoints(endpoints);
+        self
+    }
+
+    /// The lease TTL: whole seconds, at least 2 s. Default 10 s. Leadership is dropped at
+    /// the latest `TTL - max(TTL/6, 300 ms)` after the last answered renewal was sent;
+    /// a crashed leader is replaced within about TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.session = self.session.ttl(ttl);
+        self
+    }
+
+    /// The connect timeout per endpoint. Default 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.session = self.session.connect_timeout(timeout);
+        self
+    }
+
+    /// The timeout of one unary request. Default 5 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.session = self.session.request_timeout(timeout);
+        self
+    }
+
+    /// Authenticate as `user` with `password` (etcd auth). Default: no authentication.
+    pub fn credentials(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.session = self.session.credentials(user, password);
+        self
+    }
+
+    /// TLS: the PEM of the CA certificate(s) that signed the etcd server's certificate
+    /// (e.g. the contents of etcd's `--trusted-ca-file`, or `ca.pem`). Required for
+    /// `https://` endpoints; endpoints given as `host:port` then become `https://`.
+    /// Needs the cargo feature `tls` (without it, [`build`](Self::build) refuses TLS
+    /// settings and says so).
+    pub fn tls_ca_pem(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.session = self.session.tls_ca_pem(ca_pem);
+        self
+    }
+
+    /// TLS client certificate authentication (etcd's `--client-cert-auth`): the client
+    /// certificate (chain) and its private key, both PEM. Optional; needs
+    /// [`tls_ca_pem`](Self::tls_ca_pem) and the cargo feature `tls`.
+    pub fn tls_identity_pem(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.session = self.session.tls_identity_pem(cert_pem, key_pem);
+        self
+    }
+
+    /// TLS: the name to check in the server certificate instead of each endpoint's host
+    /// (e.g. `etcd.internal` when connecting by IP to a server whose certificate names only
+    /// its DNS name). Optional; needs [`tls_ca_pem`](Self::tls_ca_pem) and the cargo
+    /// feature `tls`.
+    pub fn tls_domain_name(mut self, name: impl Into<String>) -> Self {
+        self.session = self.session.tls_domain_name(name);
+        self
+    }
+
+    /// The election prefix: absolute, no trailing slash (e.g. `/services/scheduler/leader`).
+    /// Required. Do not nest elections (`/a` and `/a/b`): as in Go's `concurrency.Election`,
+    /// an election's range `<prefix>/` would contain the other one's keys.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// This participant's id, shown to others as the leader's id. Required, not blank.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Check every value and build the configuration.
+    ///
+    /// Errors ([`InvalidConfig`](succession_core::ErrorKind::InvalidConfig)): those of
+    /// [`EtcdSessionConfigBuilder::build`], and a missing, relative or trailing-slash prefix,
+    /// a blank id.
+    pub fn build(self) -> Result<EtcdConfig> {
+        let session = self.session.build()?;
+        let prefix = self.prefix.ok_or_else(|| {
+            Error::invalid_config(
+                "no etcd prefix given; set one with .prefix(\"/services/my-app/leader\")",
+            )
+        })?;
+        let id = self.id.ok_or_else(|| {
+            Error::invalid_config(
+                "no participant id given; set one with .id(\"hostname-pid\") (non-empty)",
+            )
+        })?;
+        check_prefix_and_id(&prefix, &id)?;
+        Ok(EtcdConfig::from_parts(session, prefix, id))
     }
 }
 

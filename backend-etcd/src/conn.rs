@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use std::future::Future;
+use std::pin::Pin;
+
+use etcd_client::{Client, ConnectOptions, Txn, TxnResponse};
 use rand::Rng;
 use succession_core::{Error, Result};
 use tokio::sync::Mutex;
 
-use crate::config::EtcdConfig;
+use crate::config::EtcdSessionConfig;
 use crate::error;
 
 /// HTTP/2 keep-alive ping interval. etcd drops streams of clients that ping more often
@@ -21,7 +24,7 @@ const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// shared by every task of one election or record. The client reconnects by itself after
 /// an etcd restart; streams opened on it do not survive one and are reopened by their users.
 pub(crate) struct Connection {
-    pub(crate) config: EtcdConfig,
+    pub(crate) config: EtcdSessionConfig,
     client: Mutex<Option<Client>>,
 }
 
@@ -34,7 +37,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    pub(crate) fn new(config: EtcdConfig) -> Self {
+    pub(crate) fn new(config: EtcdSessionConfig) -> Self {
         Connection {
             config,
             client: Mutex::new(None),
@@ -68,7 +71,7 @@ impl Connection {
         let client = error::request_in(
             "connect",
             c.connect_timeout + c.request_timeout,
-            Client::connect(c.endpoints.clone(), Some(opts)),
+            Box::pin(Client::connect(c.endpoints.clone(), Some(opts))),
             c.tls.as_ref(),
         )
         .await?;
@@ -76,23 +79,43 @@ impl Connection {
         Ok(client)
     }
 
-    /// [`client`](Self::client) as an owned future (it borrows nothing).
-    pub(crate) async fn client_owned(self: std::sync::Arc<Self>) -> Result<Client> {
-        self.client().await
-    }
-
-    /// Run one unary request with the configured request timeout.
-    pub(crate) async fn request<T, F>(&self, op: &str, fut: F) -> Result<T>
+    /// Run one unary request with the configured request timeout. The request is boxed at
+    /// once, so that the (large) etcd-client future never sits in the state of the caller's
+    /// future: a campaign task stays small while it waits.
+    pub(crate) fn request<'a, T, F>(
+        &'a self,
+        op: &'a str,
+        fut: F,
+    ) -> Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>
     where
-        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+        T: Send + 'a,
+        F: Future<Output = std::result::Result<T, etcd_client::Error>> + Send + 'a,
     {
-        error::request_in(
+        Box::pin(error::request_in(
             op,
             self.config.request_timeout,
             fut,
             self.config.tls.as_ref(),
-        )
-        .await
+        ))
+    }
+
+    /// One txn (connecting first if needed) as a boxed request that owns its client clone,
+    /// so that the caller's future holds neither a `Client` (3.5 KiB) nor its futures.
+    pub(crate) fn txn<'a>(
+        &'a self,
+        op: &'a str,
+        txn: Txn,
+    ) -> Pin<Box<dyn Future<Output = Result<TxnResponse>> + Send + 'a>> {
+        Box::pin(async move {
+            let mut c = self.client().await?;
+            error::request_in(
+                op,
+                self.config.request_timeout,
+                c.txn(txn),
+                self.config.tls.as_ref(),
+            )
+            .await
+        })
     }
 }
 
@@ -134,8 +157,8 @@ impl Backoff {
 
     /// The backoff for the participation loops of one election: 50 ms doubling up to
     /// `clamp(TTL / 4, 250 ms, 2 s)`, so retries stay well inside one lease period.
-    pub(crate) fn for_config(config: &EtcdConfig) -> Self {
-        let max = (config.ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
+    pub(crate) fn for_ttl(ttl: Duration) -> Self {
+        let max = (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
         Backoff::new(Duration::from_millis(50), max)
     }
 
@@ -176,6 +199,18 @@ impl Layout {
     /// as Go formats it (`fmt.Sprintf("%s%x", prefix+"/", leaseID)`).
     pub(crate) fn candidate_key(&self, lease: i64) -> String {
         format!("{}{:x}", self.range, lease)
+    }
+
+    /// The candidate key of participant `slot` of one session on this prefix: slot 0 is
+    /// [`candidate_key`](Self::candidate_key); further participants of the same session on
+    /// the same prefix use `<prefix>/<lease hex>_<slot>` (Go's readers order keys by create
+    /// revision and read only the value, so they see these like any other candidate).
+    pub(crate) fn slot_key(&self, lease: i64, slot: u32) -> String {
+        if slot == 0 {
+            self.candidate_key(lease)
+        } else {
+            format!("{}{:x}_{slot}", self.range, lease)
+        }
     }
 }
 

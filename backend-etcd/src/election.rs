@@ -1,16 +1,16 @@
 //! [`EtcdElection`]: the Go-compatible campaign on KV txn + Watch, driven by one background
-//! task per joined handle.
+//! task per joined handle, on the lease of its [`EtcdSession`](crate::EtcdSession).
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions, WatchStream,
+    Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use succession_core::metrics::{self, ElectionMetrics};
 use succession_core::participant::{self, Fatal};
@@ -19,24 +19,18 @@ use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
 };
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::EtcdConfig;
-use crate::conn::{now_ms, parse_epoch, random_lease_id, Backoff, Connection, Layout};
+use crate::conn::{now_ms, parse_epoch, Backoff, Connection, Layout};
 use crate::error;
-use crate::lease::{self, Lease, LeaseState};
+use crate::lease::{Lease, LeaseState};
 use crate::record::EtcdRecord;
-
-/// The highest epoch this process has seen in any epoch record: a recreated record gets at
-/// least this plus one, so terms keep growing even if the wall clock lags.
-static EPOCH_SEEN: AtomicU64 = AtomicU64::new(0);
-
-fn saw_epoch(epoch: u64) {
-    EPOCH_SEEN.fetch_max(epoch, Ordering::Relaxed);
-}
+use crate::session::{Core, LeaseView, Shared};
+use crate::watch_hub::{Route, WatchHub, WatchMsg};
 
 /// A snapshot of the lease an [`EtcdElection`] currently holds (see [`EtcdElection::lease`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,22 +53,119 @@ pub struct LeaseInfo {
 /// What a stop request says: why we stop (published as the Idle reason).
 type StopSignal = Option<&'static str>;
 
-struct Inner {
-    conn: Arc<Connection>,
+/// One election of a session: what its handle, its task and the session share.
+pub(crate) struct Inner {
+    pub(crate) shared: Arc<Shared>,
+    config: EtcdConfig,
     layout: Layout,
-    cell: StatusCell,
+    /// This election's id in the session's registry.
+    reg_id: u64,
+    /// Its key slot among the session's participants on the same prefix.
+    slot: u32,
+    pub(crate) cell: StatusCell,
     closed: AtomicBool,
     /// The current lease, for [`EtcdElection::lease`].
     lease: StdMutex<Option<(i64, Duration, watch::Receiver<LeaseState>)>>,
     /// A permanent refusal met by the background task (e.g. permission denied), for `join`.
     refusal: Fatal,
-    /// The lease [`close`](Election::close) is revoking itself, with the outcome (None while
-    /// the request is in flight, then whether etcd confirmed it): the participation task
-    /// waits for that outcome instead of sending a second LeaseRevoke of the same lease.
-    closing_revoke: StdMutex<Option<(i64, watch::Receiver<Option<bool>>)>>,
+    run: Mutex<Option<Run>>,
 }
 
-struct Run {
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+impl Inner {
+    pub(crate) fn unregister(&self) {
+        self.shared
+            .unregister(self.reg_id, &self.config.prefix, self.slot);
+    }
+
+    fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    fn conn(&self) -> &Arc<Connection> {
+        &self.shared.core.conn
+    }
+
+    /// The session's watch stream this election's watchers go on.
+    fn hub(&self) -> WatchHub {
+        self.shared
+            .core
+            .hubs
+            .for_election(&self.shared.core.conn, self.reg_id)
+    }
+
+    /// Close for good: publish `Closed` first, then ask the task to stop (returned, to be
+    /// awaited with [`finish_stop`](Self::finish_stop)).
+    pub(crate) async fn begin_close(&self, reason: &'static str) -> Option<Run> {
+        let mut run = self.run.lock().await;
+        self.closed.store(true, Ordering::SeqCst);
+        self.cell.close(reason);
+        let r = run.take();
+        if let Some(r) = &r {
+            let _ = r.stop.send(Some(reason));
+        }
+        r
+    }
+
+    /// Stop `run` (if any) and wait for its task, bounded.
+    pub(crate) async fn finish_stop(&self, run: Option<Run>, reason: &'static str) -> Result<()> {
+        let Some(r) = run else {
+            return Ok(());
+        };
+        let _ = r.stop.send(Some(reason));
+        // The task obeys `stop` at every wait; its longest uninterruptible step is one
+        // request. Never wait much longer than that.
+        let bound = self.config.request_timeout() * 3 + self.config.ttl();
+        let abort = r.task.abort_handle();
+        let joined = match tokio::time::timeout(bound, r.task).await {
+            Ok(j) => j,
+            Err(_) => {
+                abort.abort();
+                self.cell.set(
+                    Role::Idle,
+                    HealthLevel::Degraded,
+                    "stopping took too long; the key is left to its lease",
+                );
+                return Err(Error::timeout(format!(
+                    "stopping the etcd participation of {} took longer than {}; its key goes with its lease",
+                    self.config.id,
+                    Human(bound)
+                )));
+            }
+        };
+        match joined {
+            Ok(res) => res,
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => {
+                // The task panicked: a bug. Say not-leader anyway.
+                self.cell.set(
+                    Role::Idle,
+                    HealthLevel::Unhealthy,
+                    "participation task failed",
+                );
+                Err(Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "the etcd participation task of {} failed: {e}",
+                        self.config.id
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The candidate key under lease `lease`.
+    fn key(&self, lease: i64) -> String {
+        self.layout.slot_key(lease, self.slot)
+    }
+}
+
+pub(crate) struct Run {
     stop: watch::Sender<StopSignal>,
     task: JoinHandle<Result<()>>,
 }
@@ -82,50 +173,61 @@ struct Run {
 /// One participant of an etcd election, laid out like Go's `concurrency.Election` so that
 /// `etcdctl elect` participants share the election with it. See the crate docs.
 ///
-/// [`EtcdElection::new`] does no I/O; [`join`](Election::join) starts a background task that
-/// grants a lease, campaigns, keeps the lease alive and publishes the [`Status`].
-/// [`resign`](Election::resign) and [`close`](Election::close) publish that we no longer
-/// lead BEFORE revoking the lease (which deletes our key). Dropping the handle aborts the
-/// task and leaves the lease to expire, like a crash.
+/// [`EtcdElection::new`] makes a private [`EtcdSession`](crate::EtcdSession) for this one
+/// election; [`EtcdSession::election`](crate::EtcdSession::election) puts many on one lease.
+/// Neither does I/O; [`join`](Election::join) starts a background task that campaigns on the
+/// session's lease and publishes the [`Status`]. [`resign`](Election::resign) and
+/// [`close`](Election::close) publish that we no longer lead BEFORE removing our key (a
+/// private session revokes its lease, which deletes the key). Dropping the handle aborts the
+/// task; a private session's lease is left to expire, like a crash, while on a shared
+/// session the key is deleted in the background.
 pub struct EtcdElection {
     inner: Arc<Inner>,
-    run: Mutex<Option<Run>>,
 }
 
 impl fmt::Debug for EtcdElection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdElection")
-            .field("prefix", &self.inner.conn.config.prefix)
-            .field("id", &self.inner.conn.config.id)
+            .field("prefix", &self.inner.config.prefix)
+            .field("id", &self.inner.config.id)
             .field("role", &self.inner.cell.get().role)
             .finish()
     }
 }
 
 impl EtcdElection {
-    /// A participant for `config`. No I/O happens until [`join`](Election::join),
-    /// [`leader`](Election::leader) or [`participants`](Election::participants).
+    /// A participant for `config`, on a private session (its own connection and lease). No
+    /// I/O happens until [`join`](Election::join), [`leader`](Election::leader) or
+    /// [`participants`](Election::participants).
     pub fn new(config: EtcdConfig) -> Result<EtcdElection> {
+        let shared = Shared::new(config.session(), true);
+        Ok(Self::on_session(shared, config))
+    }
+
+    pub(crate) fn on_session(shared: Arc<Shared>, config: EtcdConfig) -> EtcdElection {
         let layout = Layout::new(&config.prefix);
         let cell = StatusCell::with_metrics(ElectionMetrics::new("etcd", config.prefix.clone()));
         cell.set_contact_bound(config.ttl());
-        Ok(EtcdElection {
-            inner: Arc::new(Inner {
-                conn: Arc::new(Connection::new(config)),
-                layout,
-                cell,
-                closed: AtomicBool::new(false),
-                lease: StdMutex::new(None),
-                refusal: Fatal::new(),
-                closing_revoke: StdMutex::new(None),
-            }),
+        let (reg_id, slot) = shared.reserve(&config.prefix);
+        let inner = Arc::new(Inner {
+            shared: shared.clone(),
+            config,
+            layout,
+            reg_id,
+            slot,
+            cell,
+            closed: AtomicBool::new(false),
+            lease: StdMutex::new(None),
+            refusal: Fatal::new(),
             run: Mutex::new(None),
-        })
+        });
+        shared.register(reg_id, &inner);
+        EtcdElection { inner }
     }
 
     /// The configuration.
     pub fn config(&self) -> &EtcdConfig {
-        &self.inner.conn.config
+        &self.inner.config
     }
 
     /// The lease currently held (None when not joined or between leases): its id and the
@@ -147,76 +249,62 @@ impl EtcdElection {
     }
 
     /// A compare-and-swap record at `key` (an absolute key, e.g.
-    /// `/services/my-app/mode`) sharing this election's connection.
+    /// `/services/my-app/mode`) sharing this election's (session's) connection.
     pub fn record(&self, key: &str) -> Result<EtcdRecord> {
-        EtcdRecord::with_connection(self.inner.conn.clone(), key)
-    }
-
-    async fn stop(&self, run: &mut Option<Run>, reason: &'static str) -> Result<()> {
-        let Some(r) = run.take() else {
-            return Ok(());
-        };
-        let _ = r.stop.send(Some(reason));
-        // The task obeys `stop` at every wait; its longest uninterruptible step is one
-        // request. Never wait much longer than that.
-        let bound = self.config().request_timeout() * 3 + self.config().ttl();
-        let abort = r.task.abort_handle();
-        let joined = match tokio::time::timeout(bound, r.task).await {
-            Ok(j) => j,
-            Err(_) => {
-                abort.abort();
-                self.inner.cell.set(
-                    Role::Idle,
-                    HealthLevel::Degraded,
-                    "stopping took too long; the lease is left to expire",
-                );
-                return Err(Error::timeout(format!(
-                    "stopping the etcd participation of {} took longer than {}; its lease expires on its own",
-                    self.id(),
-                    Human(bound)
-                )));
-            }
-        };
-        match joined {
-            Ok(res) => res,
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => {
-                // The task panicked: a bug. Say not-leader anyway.
-                self.inner.cell.set(
-                    Role::Idle,
-                    HealthLevel::Unhealthy,
-                    "participation task failed",
-                );
-                Err(Error::new(
-                    ErrorKind::Backend,
-                    format!("the etcd participation task of {} failed: {e}", self.id()),
-                ))
-            }
-        }
+        EtcdRecord::with_connection(self.inner.conn().clone(), key)
     }
 }
 
 impl Drop for EtcdElection {
     fn drop(&mut self) {
-        // Like a process exit: stop at once, leave the lease to expire on the server.
+        // Like a process exit: stop at once.
         self.inner.cell.close("handle dropped");
-        if let Some(r) = self.run.get_mut().take() {
-            r.task.abort();
+        if let Ok(mut run) = self.inner.run.try_lock() {
+            if let Some(r) = run.take() {
+                r.task.abort();
+            }
         }
+        self.inner.unregister();
+        let shared = &self.inner.shared;
+        if shared.private || shared.closing.load(Ordering::SeqCst) {
+            // A private session's lease expires on its own (or is revoked by close).
+            return;
+        }
+        // The session lives on: our key would stay with its lease, so delete it.
+        let Some(id) = self.lease().map(|l| l.id) else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let key = self.inner.key(id);
+        let conn = self.inner.conn().clone();
+        rt.spawn(async move {
+            let res = delete_key(&conn, &key, id).await;
+            tracing::debug!(%key, ok = res.is_ok(), "election dropped: key deleted in the background");
+        });
     }
+}
+
+/// Delete `key` if it is still held by lease `lease`.
+async fn delete_key(conn: &Connection, key: &str, lease: i64) -> Result<()> {
+    let txn = Txn::new()
+        .when(vec![Compare::lease(key, CompareOp::Equal, lease)])
+        .and_then(vec![TxnOp::delete(key, None)]);
+    conn.txn("delete our candidate key", txn).await.map(|_| ())
 }
 
 #[async_trait]
 impl Election for EtcdElection {
     fn id(&self) -> &str {
-        &self.inner.conn.config.id
+        &self.inner.config.id
     }
 
     async fn join(&self) -> Result<()> {
         let rx = self.inner.cell.subscribe();
         {
-            let mut run = self.run.lock().await;
-            if self.inner.closed.load(Ordering::SeqCst) {
+            let mut run = self.inner.run.lock().await;
+            if self.inner.closed.load(Ordering::SeqCst) || self.inner.shared.is_closed() {
                 return Err(Error::closed(&format!("etcd election of {}", self.id())));
             }
             let running = run.as_ref().is_some_and(|r| !r.task.is_finished());
@@ -225,11 +313,12 @@ impl Election for EtcdElection {
                 self.inner
                     .cell
                     .set(Role::Candidate, HealthLevel::Healthy, "joining");
+                self.inner.shared.ensure_driver();
                 let (stop_tx, stop_rx) = watch::channel(None);
                 let span = tracing::info_span!(
                     "etcd_election",
-                    prefix = %self.inner.conn.config.prefix,
-                    id = %self.inner.conn.config.id
+                    prefix = %self.inner.config.prefix,
+                    id = %self.inner.config.id
                 );
                 let task = Task::new(self.inner.clone(), stop_rx);
                 let task = tokio::spawn(task.run().instrument(span));
@@ -244,41 +333,37 @@ impl Election for EtcdElection {
     }
 
     async fn resign(&self) -> Result<()> {
-        let mut run = self.run.lock().await;
-        self.stop(&mut run, "resigned").await
+        let mut run = self.inner.run.lock().await;
+        let r = run.take();
+        let stopped = self.inner.finish_stop(r, "resigned").await;
+        if self.inner.shared.private {
+            // A private session holds no lease while its election is not joined.
+            let revoked = self.inner.shared.shutdown().await;
+            return stopped.and(revoked);
+        }
+        stopped
     }
 
     async fn close(&self) -> Result<()> {
-        let mut run = self.run.lock().await;
+        let mut run = self.inner.run.lock().await;
         self.inner.closed.store(true, Ordering::SeqCst);
         // Not leader from here on, for good: a closed cell publishes nothing more, so the
         // lease (and our key with it) can be revoked right away, while the participation
-        // task winds down (it revokes again; a revoked lease counts as released).
+        // task winds down.
         self.inner.cell.close("closed");
-        let lease = self.lease().map(|l| l.id);
-        let conn = self.inner.conn.clone();
-        // One LeaseRevoke, not two: the task waits for this one's outcome (a second revoke
-        // of the same lease is another raft write that close() would wait for).
-        let (outcome, outcome_rx) = watch::channel(None);
-        if let Some(id) = lease {
-            *self
-                .inner
-                .closing_revoke
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some((id, outcome_rx));
-        }
-        let revoke_now = async move {
-            let Some(id) = lease else { return };
-            let revoked = match conn.client().await {
-                Ok(client) => lease::revoke(&conn, &client, id).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &revoked {
-                tracing::debug!(error = %e, "early revoke failed; the task retries");
-            }
-            let _ = outcome.send(Some(revoked.is_ok()));
+        let r = run.take();
+        let res = if self.inner.shared.private {
+            // One LeaseRevoke (which deletes our key), concurrently with the task's end.
+            let (revoked, stopped) = tokio::join!(
+                self.inner.shared.shutdown(),
+                self.inner.finish_stop(r, "closed")
+            );
+            stopped.and(revoked)
+        } else {
+            // The task deletes our key; the session's lease lives on.
+            self.inner.finish_stop(r, "closed").await
         };
-        let ((), res) = tokio::join!(revoke_now, self.stop(&mut run, "closed"));
+        self.inner.unregister();
         res
     }
 
@@ -320,7 +405,6 @@ impl Election for EtcdElection {
 /// Read the queue (every key of the election range by create revision) and the epoch
 /// record in one consistent txn.
 async fn read_queue(inner: &Inner, limit: Option<i64>) -> Result<Vec<Participant>> {
-    let client = inner.conn.client().await?;
     let mut opts = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend);
@@ -331,8 +415,7 @@ async fn read_queue(inner: &Inner, limit: Option<i64>) -> Result<Vec<Participant
         TxnOp::get(inner.layout.range.clone(), Some(opts)),
         TxnOp::get(inner.layout.epoch_key.clone(), None),
     ]);
-    let mut c = client.clone();
-    let resp = inner.conn.request("read the election", c.txn(txn)).await?;
+    let resp = inner.conn().txn("read the election", txn).await?;
     let gets = gets(&resp);
     let epoch = match first_kv(&gets, 1) {
         Some(kv) => Some(parse_epoch(kv.value())?),
@@ -407,27 +490,28 @@ struct Task {
     inner: Arc<Inner>,
     stop: watch::Receiver<StopSignal>,
     backoff: Backoff,
-    lease: Option<Lease>,
-    /// Whether the current lease's key has led: such a key never leads again after a
-    /// loss (a new grant must carry a new, higher term), so its lease is given up.
+    /// The session's lease this task campaigns with.
+    lease: Option<Arc<Lease>>,
+    /// Whether our key on the current lease has led: such a key never leads again after the
+    /// lease was in doubt (a new key must carry a new, higher term), so it is deleted.
     led_with_lease: bool,
-    /// Leases that may exist on the server and must be revoked (grant outcome unknown,
-    /// or given up while the server was unreachable).
-    /// Each is revoked best effort; a failure is not fatal: such a lease has no renewals,
-    /// so it expires on its own within its TTL (and is forgotten after that).
-    orphans: Vec<(i64, Instant)>,
+    /// Our key led before the lease fell into doubt: delete it before campaigning again.
+    drop_key: bool,
+    /// The newest lease grant failure of the session this task reported.
+    seen_failure: u64,
 }
 
 impl Task {
     fn new(inner: Arc<Inner>, stop: watch::Receiver<StopSignal>) -> Self {
-        let backoff = Backoff::for_config(&inner.conn.config);
+        let backoff = Backoff::for_ttl(inner.config.ttl);
         Task {
             inner,
             stop,
             backoff,
             lease: None,
             led_with_lease: false,
-            orphans: Vec::new(),
+            drop_key: false,
+            seen_failure: 0,
         }
     }
 
@@ -436,7 +520,11 @@ impl Task {
     }
 
     fn config(&self) -> &EtcdConfig {
-        &self.inner.conn.config
+        &self.inner.config
+    }
+
+    fn core(&self) -> &Core {
+        self.inner.core()
     }
 
     async fn run(mut self) -> Result<()> {
@@ -514,6 +602,9 @@ impl Task {
     fn lease_lost(&mut self, why: String) {
         tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
         self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
+        if let Some(l) = &self.lease {
+            l.declare_lost(why.clone());
+        }
         self.set_lease(None);
         // We are not leader: the lease was in doubt before it could be lost, or it was
         // revoked/wiped under us. Our key is gone with the lease.
@@ -524,17 +615,12 @@ impl Task {
         );
     }
 
-    fn set_lease(&mut self, lease: Option<Lease>) {
+    fn set_lease(&mut self, lease: Option<Arc<Lease>>) {
         let view = lease.as_ref().map(|l| (l.id, l.ttl, l.state.clone()));
         *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) = view;
         self.lease = lease;
         self.led_with_lease = false;
-    }
-
-    fn lease_safe(&self) -> bool {
-        self.lease
-            .as_ref()
-            .is_some_and(|l| l.state.borrow().safe_at(Instant::now()))
+        self.drop_key = false;
     }
 
     /// Await `fut` unless stop is requested or the lease falls into doubt or is lost.
@@ -545,19 +631,16 @@ impl Task {
             if self.stop.borrow_and_update().is_some() {
                 return Err(Flow::Stop);
             }
-            let drop_at = match lease_rx.as_mut() {
-                Some(rx) => {
-                    let s = rx.borrow_and_update();
-                    if let Some(l) = &s.lost {
-                        return Err(Flow::LeaseLost(l.to_string()));
-                    }
-                    if !s.safe_at(Instant::now()) {
-                        return Err(Flow::Doubt);
-                    }
-                    Some(s.drop_at)
+            // No timer of our own: the keeper publishes a change when `drop_at` passes.
+            if let Some(rx) = lease_rx.as_mut() {
+                let s = rx.borrow_and_update();
+                if let Some(l) = &s.lost {
+                    return Err(Flow::LeaseLost(l.to_string()));
                 }
-                None => None,
-            };
+                if !s.safe_at(Instant::now()) {
+                    return Err(Flow::Doubt);
+                }
+            }
             tokio::select! {
                 biased;
                 r = self.stop.changed() => {
@@ -570,7 +653,6 @@ impl Task {
                         return Err(Flow::LeaseLost("the lease keeper stopped".into()));
                     }
                 }
-                _ = tokio::time::sleep_until(drop_at.unwrap_or_else(Instant::now)), if drop_at.is_some() => {}
                 out = &mut fut => return Ok(out),
             }
         }
@@ -581,19 +663,20 @@ impl Task {
         Ok(self.wait(fut).await??)
     }
 
-    /// One session: connect, hold a lease, campaign, wait in the queue. Returns only by
-    /// leaving with a [`Flow`].
+    /// One round: connect, take the session's lease, campaign, wait in the queue. Returns
+    /// only by leaving with a [`Flow`].
     async fn session(&mut self) -> Step<std::convert::Infallible> {
-        let client = self.call(self.inner.conn.clone().client_owned()).await?;
-        self.revoke_orphans(&client).await?;
         let usable = self.lease.as_ref().is_some_and(|l| !l.is_lost());
         if !usable {
-            self.grant(&client).await?;
+            self.acquire_lease().await?;
+        }
+        if self.drop_key {
+            self.delete_own_key().await?;
         }
         loop {
-            self.ensure_epoch(&client).await?;
-            if let Some(my_rev) = self.campaign(&client).await? {
-                match self.queue(&client, my_rev).await? {
+            self.ensure_epoch().await?;
+            if let Some(my_rev) = self.campaign().await? {
+                match self.queue(my_rev).await? {
                     QueueExit::KeyGone | QueueExit::EpochGone => {}
                 }
             }
@@ -604,70 +687,56 @@ impl Task {
         }
     }
 
-    /// Grant a new lease. Not interruptible by stop (bounded by the request timeout), so
-    /// that we always know which leases may exist.
-    async fn grant(&mut self, client: &Client) -> Step<()> {
-        if self.stop.borrow().is_some() {
-            return Err(Flow::Stop);
-        }
-        let id = random_lease_id();
-        match Lease::grant(&self.inner.conn, client, id).await {
-            Ok(lease) => {
-                self.set_lease(Some(lease));
-                Ok(())
+    /// Wait for the session's current lease (the session grants it); a grant failure not
+    /// reported yet is returned as this task's failure.
+    async fn acquire_lease(&mut self) -> Step<()> {
+        self.inner.shared.ensure_driver();
+        let mut rx = self.core().view.subscribe();
+        loop {
+            if self.stop.borrow_and_update().is_some() {
+                return Err(Flow::Stop);
             }
-            Err(e) => {
-                if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) {
-                    // The grant may have been applied without us hearing of it.
-                    self.orphans.push((id, Instant::now()));
+            let view = rx.borrow_and_update().clone();
+            match view {
+                LeaseView::Granted(l) if !l.is_lost() => {
+                    self.set_lease(Some(l));
+                    return Ok(());
                 }
-                Err(Flow::Fail(e))
+                LeaseView::Failed(n, kind, msg) if n > self.seen_failure => {
+                    self.seen_failure = n;
+                    return Err(Flow::Fail(Error::new(kind, msg.to_string())));
+                }
+                _ => {}
+            }
+            tokio::select! {
+                biased;
+                r = self.stop.changed() => if r.is_err() { return Err(Flow::Stop) },
+                r = rx.changed() => if r.is_err() { return Err(Flow::Stop) },
             }
         }
     }
 
-    async fn revoke_orphans(&mut self, client: &Client) -> Step<()> {
-        let cfg = self.config();
-        let forget_after = cfg.ttl + cfg.request_timeout * 2;
-        let now = Instant::now();
-        self.orphans
-            .retain(|(_, since)| now.saturating_duration_since(*since) < forget_after);
-        let mut kept = Vec::new();
-        for (id, since) in std::mem::take(&mut self.orphans) {
-            let conn = self.inner.conn.clone();
-            match self.wait(lease::revoke(&conn, client, id)).await {
-                Ok(Ok(())) => {
-                    tracing::debug!(lease = %format_args!("{id:x}"), "revoked a given-up lease")
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(lease = %format_args!("{id:x}"), error = %e, "could not revoke a given-up lease");
-                    kept.push((id, since));
-                }
-                Err(flow) => {
-                    kept.push((id, since));
-                    self.orphans.extend(kept);
-                    return Err(flow);
-                }
-            }
-        }
-        self.orphans.extend(kept);
+    /// Delete our key (it led before the lease fell into doubt), so that we campaign again
+    /// with a new key and a new, higher term.
+    async fn delete_own_key(&mut self) -> Step<()> {
+        let (lease, key) = self.our_key()?;
+        let conn = self.inner.conn().clone();
+        self.call(delete_key(&conn, &key, lease)).await?;
+        self.drop_key = false;
         Ok(())
     }
 
     /// Read the epoch record, creating it if absent with
     /// `max(now_ms, highest epoch seen + 1)`.
-    async fn ensure_epoch(&mut self, client: &Client) -> Step<()> {
+    async fn ensure_epoch(&mut self) -> Step<()> {
         let key = self.inner.layout.epoch_key.clone();
-        let value = now_ms().max(EPOCH_SEEN.load(Ordering::Relaxed) + 1);
+        let value = now_ms().max(self.core().epoch_seen.load(Ordering::Relaxed) + 1);
         let txn = Txn::new()
             .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
             .and_then(vec![TxnOp::put(key.clone(), value.to_string(), None)])
             .or_else(vec![TxnOp::get(key, None)]);
-        let mut c = client.clone();
-        let conn = self.inner.conn.clone();
-        let resp = self
-            .call(conn.request("create the epoch record", c.txn(txn)))
-            .await?;
+        let conn = self.inner.conn().clone();
+        let resp = self.call(conn.txn("create the epoch record", txn)).await?;
         let epoch = if resp.succeeded() {
             tracing::info!(epoch = value, "created the epoch record");
             value
@@ -685,7 +754,7 @@ impl Task {
                 }
             }
         };
-        saw_epoch(epoch);
+        self.core().saw_epoch(epoch);
         Ok(())
     }
 
@@ -696,13 +765,13 @@ impl Task {
             .as_ref()
             .map(|l| l.id)
             .ok_or_else(|| Flow::LeaseLost("no lease".into()))?;
-        Ok((lease, self.inner.layout.candidate_key(lease)))
+        Ok((lease, self.inner.key(lease)))
     }
 
     /// Put our key if absent (Go's campaign txn), requiring the epoch record to exist.
     /// Returns our key's create revision, or None when the epoch record is gone (recreate
     /// it first).
-    async fn campaign(&mut self, client: &Client) -> Step<Option<i64>> {
+    async fn campaign(&mut self) -> Step<Option<i64>> {
         let (lease, key) = self.our_key()?;
         let ekey = self.inner.layout.epoch_key.clone();
         let id = self.config().id.clone();
@@ -716,9 +785,8 @@ impl Task {
                 TxnOp::get(ekey.clone(), None),
             ])
             .or_else(vec![TxnOp::get(key, None), TxnOp::get(ekey, None)]);
-        let mut c = client.clone();
-        let conn = self.inner.conn.clone();
-        let resp = self.call(conn.request("campaign", c.txn(txn))).await?;
+        let conn = self.inner.conn().clone();
+        let resp = self.call(conn.txn("campaign", txn)).await?;
         let gets = gets(&resp);
         if resp.succeeded() {
             tracing::debug!(rev = header_revision(&resp), "campaign: key created");
@@ -741,16 +809,17 @@ impl Task {
     /// predecessor was the leader at that read and its deletion arrives with nothing before it
     /// on our key or the epoch record, we lead at once, without reading again: see
     /// [`QueueWatch`] for why that is the same fact a fresh read would give.
-    async fn queue(&mut self, client: &Client, my_rev: i64) -> Step<QueueExit> {
+    async fn queue(&mut self, my_rev: i64) -> Step<QueueExit> {
         let (lease, key) = self.our_key()?;
         let range = self.inner.layout.range.clone();
         let epoch_key = self.inner.layout.epoch_key.clone();
         // When we saw the leader before us leave (for the handover metric).
         let mut vacated: Option<std::time::Instant> = None;
         loop {
-            let conn = self.inner.conn.clone();
+            let conn = self.inner.conn().clone();
+            let hub = self.inner.hub();
             let mut watch = self
-                .call(QueueWatch::open(conn, client, &key, &epoch_key))
+                .call(QueueWatch::open(&conn, hub, &key, &epoch_key))
                 .await?;
             let txn = Txn::new().and_then(vec![
                 // The leader: the first key by create revision.
@@ -778,18 +847,38 @@ impl Task {
                 TxnOp::get(key.clone(), None),
                 TxnOp::get(epoch_key.clone(), None),
             ]);
-            let mut c = client.clone();
-            let conn = self.inner.conn.clone();
-            let resp = self
-                .call(conn.request("read the queue", c.txn(txn)))
-                .await?;
-            let rev = header_revision(&resp);
-            let gets = gets(&resp);
-            // Our key: created at our campaign's revision AND under our lease (a revision alone
-            // could be reused after a wipe, which restarts revisions).
-            let mine = first_kv(&gets, 2)
-                .filter(|kv| kv.lease() == lease)
-                .map(|kv| kv.create_revision());
+            let conn = self.inner.conn().clone();
+            let resp = self.call(conn.txn("read the queue", txn)).await?;
+            // Take what the round needs out of the response and drop it before waiting: an
+            // idle participant must not keep a txn response alive.
+            let (rev, mine, epoch, keys, count, leader) = {
+                let rev = header_revision(&resp);
+                let gets = gets(&resp);
+                // Our key: created at our campaign's revision AND under our lease (a revision
+                // alone could be reused after a wipe, which restarts revisions).
+                let mine = first_kv(&gets, 2)
+                    .filter(|kv| kv.lease() == lease)
+                    .map(|kv| kv.create_revision());
+                let epoch = first_kv(&gets, 3).map(|kv| parse_epoch(kv.value()));
+                let ahead = gets.get(1).map(|g| g.kvs()).unwrap_or_default();
+                let first = first_kv(&gets, 0);
+                let leader = first.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
+                // How many keys were created before ours, at this read: exact when etcd says
+                // there are no more than it returned (its `count` ignores the create-revision
+                // filter), else "more than we watch". No key can be created before ours any
+                // more (revisions only grow; a wipe ends the watch stream).
+                let more = gets.get(1).is_some_and(|g| g.more());
+                let count = ahead.len() as i64 + i64::from(more);
+                let keys: Vec<(Vec<u8>, bool)> = ahead
+                    .iter()
+                    .map(|kv| {
+                        let leads = first.is_some_and(|f| f.key() == kv.key());
+                        (kv.key().to_vec(), leads)
+                    })
+                    .collect();
+                (rev, mine, epoch, keys, count, leader)
+            };
+            drop(resp);
             if mine != Some(my_rev) {
                 let was_leader = self.cell().get().role.is_leader();
                 self.cell().set(
@@ -800,36 +889,20 @@ impl Task {
                 tracing::info!(was_leader, "candidate key deleted under us");
                 return Ok(QueueExit::KeyGone);
             }
-            let epoch = match first_kv(&gets, 3) {
-                Some(kv) => parse_epoch(kv.value()).map_err(Flow::Fail)?,
+            let epoch = match epoch {
+                Some(e) => e.map_err(Flow::Fail)?,
                 None => return Ok(QueueExit::EpochGone),
             };
-            saw_epoch(epoch);
+            self.core().saw_epoch(epoch);
             self.backoff.reset();
             // Progress: an earlier refusal (e.g. permission denied) no longer holds.
             self.inner.refusal.clear();
             let term = Term::new(epoch, my_rev as u64);
-            let ahead = gets.get(1).map(|g| g.kvs()).unwrap_or_default();
-            if ahead.is_empty() {
+            if keys.is_empty() {
+                drop(leader);
                 self.lead(term, vacated.take(), "first in the queue")?;
             } else {
-                let first = first_kv(&gets, 0);
-                let leader = first.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                // How many keys were created before ours, at this read: exact when etcd says
-                // there are no more than it returned (its `count` ignores the create-revision
-                // filter), else "more than we watch". No key can be created before ours any
-                // more (revisions only grow; a wipe ends the watch stream).
-                let more = gets.get(1).is_some_and(|g| g.more());
-                let count = ahead.len() as i64 + i64::from(more);
-                let keys = ahead
-                    .iter()
-                    .map(|kv| {
-                        let leads = first.is_some_and(|f| f.key() == kv.key());
-                        (kv.key().to_vec(), leads)
-                    })
-                    .collect();
-                let conn = self.inner.conn.clone();
-                self.call(watch.add_ahead(&conn, keys, rev + 1)).await?;
+                watch.add_ahead(keys, rev + 1);
                 self.cell().set(
                     Role::Follower { leader },
                     HealthLevel::Healthy,
@@ -866,21 +939,33 @@ impl Task {
         vacated: Option<std::time::Instant>,
         reason: &'static str,
     ) -> Step<()> {
-        if !self.lease_safe() {
+        let Some(lease) = self.lease.clone() else {
             return Err(Flow::Doubt);
+        };
+        let cell = &self.inner.cell;
+        // Under the registry lock: the keeper demotes every leader of the session under the
+        // same lock before it publishes a lease in doubt, so we either see the doubt here or
+        // are demoted by the keeper after publishing.
+        let published = self.core().registry.locked(|| {
+            if !lease.state.borrow().safe_at(Instant::now()) {
+                return None;
+            }
+            // Recorded before publishing, so whoever sees `Leader` also sees it.
+            if let Some(at) = vacated {
+                cell.metrics().handover(at);
+            }
+            Some(cell.set(Role::Leader { term }, HealthLevel::Healthy, reason))
+        });
+        match published {
+            None => Err(Flow::Doubt),
+            Some(changed) => {
+                self.led_with_lease = true;
+                if changed {
+                    tracing::info!(%term, "leading");
+                }
+                Ok(())
+            }
         }
-        self.led_with_lease = true;
-        // Recorded before publishing, so whoever sees `Leader` also sees it.
-        if let Some(at) = vacated {
-            self.cell().metrics().handover(at);
-        }
-        if self
-            .cell()
-            .set(Role::Leader { term }, HealthLevel::Healthy, reason)
-        {
-            tracing::info!(%term, "leading");
-        }
-        Ok(())
     }
 
     /// The lease is in doubt: step down (Suspended) and wait until renewals are answered
@@ -942,90 +1027,50 @@ impl Task {
         // Renewals are answered again: the lease lives and our key (if any) with it.
         if self.led_with_lease {
             // Our key led and lost leadership: it must not lead again with the same term.
-            // Give the lease up (deleting the key) and campaign with a new one.
-            tracing::info!("lease recovered after stepping down; re-joining with a new lease");
-            self.abandon_lease().await?;
+            // Delete it and campaign with a new key (the lease, shared, stays).
+            tracing::info!("lease recovered after stepping down; replacing our key");
+            self.led_with_lease = false;
+            self.drop_key = true;
+            self.cell().set(
+                Role::Candidate,
+                HealthLevel::Degraded,
+                "our key led before the lease fell into doubt; campaigning again with a new key",
+            );
         }
         Ok(())
     }
 
-    /// Revoke the current lease (bounded) and forget it; on failure it becomes an orphan.
-    async fn abandon_lease(&mut self) -> Step<()> {
-        let Some(l) = self.lease.take() else {
-            return Ok(());
-        };
-        let id = l.id;
-        self.set_lease(None);
-        drop(l);
-        self.cell().set(
-            Role::Candidate,
-            HealthLevel::Degraded,
-            "gave up the lease our key led with; campaigning again with a new lease",
-        );
-        self.orphans.push((id, Instant::now()));
-        Ok(())
-    }
-
-    /// Whether `close()` revoked lease `id` itself (waiting for its answer, bounded by the
-    /// request timeout). False when it did not try, failed, or did not answer in time: the
-    /// caller then revokes on its own.
-    async fn closing_revoked(&self, id: i64) -> bool {
-        let pending = self
-            .inner
-            .closing_revoke
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let Some((lease, mut rx)) = pending.filter(|(lease, _)| *lease == id) else {
-            return false;
-        };
-        debug_assert_eq!(lease, id);
-        let wait = async { rx.wait_for(Option::is_some).await.map(|o| *o == Some(true)) };
-        matches!(
-            tokio::time::timeout(self.config().request_timeout, wait).await,
-            Ok(Ok(true))
-        )
-    }
-
-    /// After stop: revoke every lease that may exist, bounded in time. Orphans get one
-    /// attempt each (they expire on their own); the current lease, which holds our key, is
-    /// retried until it could have expired by itself, and a failure is reported.
+    /// After stop: remove our key, bounded in time. A private or closing session revokes
+    /// its lease instead (one request for every key); otherwise the key is deleted, retried
+    /// until the lease could have expired by itself, and a failure is reported.
     async fn release(&mut self) -> Result<()> {
-        let conn = self.inner.conn.clone();
-        for (id, _) in std::mem::take(&mut self.orphans) {
-            let attempt = async {
-                let client = conn.client().await?;
-                lease::revoke(&conn, &client, id).await
-            };
-            if let Err(e) = attempt.await {
-                tracing::debug!(lease = %format_args!("{id:x}"), error = %e, "could not revoke a given-up lease");
-            }
+        let lease = self.lease.take();
+        self.set_lease(None);
+        let shared = self.inner.shared.clone();
+        if shared.private || shared.closing.load(Ordering::SeqCst) {
+            return Ok(());
         }
-        let Some(l) = self.lease.as_ref() else {
+        let Some(lease) = lease else {
             return Ok(());
         };
-        let id = l.id;
-        // Until the lease could expire by itself, keep trying.
-        let deadline =
-            (Instant::now() + self.config().request_timeout).max(l.state.borrow().expires);
-        self.set_lease(None);
-        if self.closing_revoked(id).await {
-            tracing::debug!(lease = %format_args!("{id:x}"), "lease revoked by close()");
+        if lease.is_lost() {
             return Ok(());
         }
-        let mut backoff = Backoff::for_config(self.config());
+        let id = lease.id;
+        let key = self.inner.key(id);
+        let deadline =
+            (Instant::now() + self.config().request_timeout).max(lease.state.borrow().expires);
+        drop(lease);
+        let conn = self.inner.conn().clone();
+        let mut backoff = Backoff::for_ttl(self.config().ttl);
         loop {
-            let attempt = async {
-                let client = conn.client().await?;
-                lease::revoke(&conn, &client, id).await
-            };
-            match attempt.await {
+            match delete_key(&conn, &key, id).await {
                 Ok(()) => {
-                    tracing::debug!(lease = %format_args!("{id:x}"), "lease revoked");
+                    tracing::debug!(%key, "candidate key deleted");
                     return Ok(());
                 }
                 Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "revoke failed; retrying");
+                    tracing::debug!(error = %e, "deleting our key failed; retrying");
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep(backoff.next_delay().min(left)).await;
                 }
@@ -1033,8 +1078,7 @@ impl Task {
                     return Err(Error::new(
                         e.kind(),
                         format!(
-                            "could not revoke lease {id:x} ({e}); it expires on its own within {}",
-                            Human(self.config().ttl)
+                            "could not delete our key {key} ({e}); it goes with the session's lease"
                         ),
                     ))
                 }
@@ -1072,8 +1116,10 @@ enum Vacated {
     Reread { leader_left: bool },
 }
 
-/// One watch stream of one round in the queue: watchers on our key and the epoch record,
-/// created from "now" BEFORE the queue is read, and on the (up to [`AHEAD_WATCHED`]) keys
+/// The watchers of one round in the queue, on the session's shared watch stream (see
+/// `watch_hub.rs`; their responses reach us in stream order): watchers on our key and the
+/// epoch record, created from "now" BEFORE the queue is read, and on the (up to
+/// [`AHEAD_WATCHED`]) keys
 /// nearest ahead of ours, added after the read from the read's revision + 1.
 ///
 /// The read also says how many keys are ahead of ours (exactly, when there are no more than
@@ -1098,7 +1144,8 @@ enum Vacated {
 /// epoch record's watchers are synced while we wait. etcd leaves or moves a watcher out of
 /// the synced group when a write is applied between its reading the store revision and
 /// registering the watcher (microseconds; etcd's sync loop catches it up within 100 ms),
-/// when the stream's channel is full (1024 responses in 3.4; this stream carries a handful),
+/// when the stream's channel is full (1024 responses in 3.4; a stream carries the watchers of
+/// at most 256 elections of one session, a few responses each per handover),
 /// or when the member restores a snapshot from the raft leader (a member that fell far
 /// behind). Only if that coincides with someone else deleting our key or the epoch record
 /// during the handover could we lead on a stale view; the watcher then reports the change
@@ -1106,9 +1153,16 @@ enum Vacated {
 ///
 /// A broken stream (etcd restarted or wiped) is an error: the caller backs off and re-reads.
 struct QueueWatch {
-    stream: WatchStream,
+    /// The session's shared watch stream this election's watchers are on.
+    hub: WatchHub,
+    /// Responses of our watchers, in stream order.
+    rx: mpsc::UnboundedReceiver<WatchMsg>,
+    /// Where the hub sends them (for watchers added later).
+    to: Route,
     /// Watchers etcd acknowledged, with their ids.
     ids: Vec<(i64, Watched)>,
+    /// The generation of the shared stream our watchers are on (for cancelling them).
+    generation: u32,
     /// Watched keys ahead of ours not deleted yet.
     ahead_alive: i64,
     /// Watchers requested but not yet acknowledged, in request order (etcd acknowledges
@@ -1118,6 +1172,16 @@ struct QueueWatch {
     changed: bool,
     /// Our key was deleted since the stream opened.
     own_deleted: bool,
+}
+
+impl Drop for QueueWatch {
+    fn drop(&mut self) {
+        // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
+        // finds this receiver gone.
+        for (id, _) in &self.ids {
+            self.hub.cancel(self.generation, *id);
+        }
+    }
 }
 
 /// What one watch response said.
@@ -1134,26 +1198,18 @@ enum Note {
 }
 
 impl QueueWatch {
-    /// Open the stream with watchers on `own` and `epoch` and wait until etcd acknowledged
-    /// both.
-    async fn open(
-        conn: Arc<Connection>,
-        client: &Client,
-        own: &str,
-        epoch: &str,
-    ) -> Result<QueueWatch> {
-        let mut c = client.clone();
-        let mut stream = conn
-            .request("watch our candidate key", c.watch(own, None))
-            .await?;
-        conn.request(
-            "watch the epoch record",
-            stream.watch(epoch.to_owned(), None),
-        )
-        .await?;
+    /// Add watchers on `own` and `epoch` to the session's stream and wait until etcd
+    /// acknowledged both.
+    async fn open(conn: &Connection, hub: WatchHub, own: &str, epoch: &str) -> Result<QueueWatch> {
+        let (to, rx) = mpsc::unbounded_channel();
+        hub.create(own, None, &to);
+        hub.create(epoch, None, &to);
         let mut w = QueueWatch {
-            stream,
+            hub,
+            rx,
+            to,
             ids: Vec::with_capacity(3),
+            generation: 0,
             pending: [Watched::Own, Watched::Epoch].into(),
             ahead_alive: 0,
             changed: false,
@@ -1180,24 +1236,17 @@ impl QueueWatch {
     }
 
     /// Add watchers on `keys` (each with whether it leads) from revision `from`.
-    async fn add_ahead(
-        &mut self,
-        conn: &Connection,
-        keys: Vec<(Vec<u8>, bool)>,
-        from: i64,
-    ) -> Result<()> {
+    fn add_ahead(&mut self, keys: Vec<(Vec<u8>, bool)>, from: i64) {
         for (key, leads) in keys {
             self.pending
                 .push_back(Watched::Ahead { leads, gone: false });
             self.ahead_alive += 1;
-            conn.request(
-                "watch a key ahead of ours",
-                self.stream
-                    .watch(key, Some(WatchOptions::new().with_start_revision(from))),
-            )
-            .await?;
+            self.hub.create(
+                key,
+                Some(WatchOptions::new().with_start_revision(from)),
+                &self.to,
+            );
         }
-        Ok(())
     }
 
     /// Wait until the `count` keys that were ahead of ours are all deleted (or for a reason
@@ -1239,15 +1288,19 @@ impl QueueWatch {
 
     /// Read one response from the stream.
     async fn next(&mut self) -> Result<Note> {
-        let resp =
-            match self.stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) => return Err(Error::new(
+        let resp = match self.rx.recv().await {
+            Some(WatchMsg::Resp(resp, generation)) => {
+                self.generation = generation;
+                *resp
+            }
+            Some(WatchMsg::Ended(e)) => return Err(*e),
+            None => {
+                return Err(Error::new(
                     ErrorKind::Connection,
-                    "the watch stream ended (etcd restarted or the member went away); re-reading",
-                )),
-                Err(e) => return Err(error::map("watch the queue", e)),
-            };
+                    "the session's watch stream is gone; re-reading",
+                ))
+            }
+        };
         if resp.created() {
             if let Some(w) = self.pending.pop_front() {
                 self.ids.push((resp.watch_id(), w));
@@ -1293,5 +1346,35 @@ impl QueueWatch {
             // created again (it is no longer ahead of ours): keep waiting.
             Some(Watched::Ahead { .. }) => Ok(Note::Nothing),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EtcdSessionConfig;
+
+    /// Each joined election keeps one campaign task: its future must stay small (requests
+    /// are boxed and own their client clone, so neither a `Client` nor an etcd-client
+    /// future sits in it while it waits).
+    #[test]
+    fn campaign_task_future_stays_small() {
+        let cfg = EtcdSessionConfig::builder()
+            .endpoint("127.0.0.1:2379")
+            .build()
+            .unwrap();
+        let shared = Shared::new(cfg.clone(), false);
+        let e = EtcdElection::on_session(shared, cfg.election_config("/a", "x").unwrap());
+        let (_stop, stop_rx) = watch::channel(None);
+        let fut = Task::new(e.inner.clone(), stop_rx).run();
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 4096, "campaign task future is {size} bytes");
+        eprintln!(
+            "task future {size} B, WatchMsg {} B, Status {} B, EtcdConfig {} B, Inner {} B",
+            std::mem::size_of::<WatchMsg>(),
+            std::mem::size_of::<Status>(),
+            std::mem::size_of::<EtcdConfig>(),
+            std::mem::size_of::<Inner>()
+        );
     }
 }

@@ -17,6 +17,16 @@
 //! A broken keep-alive stream (etcd restarted, member gone, connection reset) also marks
 //! the lease "in doubt" at once: after a WIPE every lease is gone instantly, whatever the
 //! deadline said, so a leader must not wait for `drop_at` to step down.
+//!
+//! # One loss signal per session
+//!
+//! A lease backs every election of its [`EtcdSession`](crate::EtcdSession). The keeper is
+//! the only timer on it: when `drop_at` passes without a newer answer, when the stream
+//! breaks, or when the server says the lease is gone, the keeper takes the session's
+//! [`Registry`] lock, demotes every election on it that leads (publishing its status), and
+//! only then publishes the new lease state (which wakes the elections' tasks). An election
+//! publishes `Leader` only under the same lock after checking the lease state, so no
+//! election can lead on a lease the keeper has given up on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -32,6 +42,8 @@ use tracing::Instrument;
 
 use crate::conn::{Backoff, Connection};
 use crate::error;
+use crate::session::{Registry, LEASE_VALID};
+use succession_core::{HealthLevel, Role};
 
 /// What the keeper knows about the lease right now.
 #[derive(Debug, Clone)]
@@ -48,6 +60,9 @@ pub(crate) struct LeaseState {
     pub(crate) trouble: Option<Arc<str>>,
     /// Set when the server said the lease does not exist (final).
     pub(crate) lost: Option<Arc<str>>,
+    /// Set by the keeper when `drop_at` passed without a newer answer (wakes the elections;
+    /// cleared by the next answer).
+    pub(crate) overdue: bool,
 }
 
 impl LeaseState {
@@ -82,6 +97,9 @@ pub(crate) struct Lease {
     pub(crate) id: i64,
     pub(crate) ttl: Duration,
     pub(crate) state: watch::Receiver<LeaseState>,
+    /// The keeper's sender, for [`declare_lost`](Self::declare_lost).
+    tx: Arc<watch::Sender<LeaseState>>,
+    registry: Arc<Registry>,
     keeper: JoinHandle<()>,
 }
 
@@ -94,7 +112,12 @@ impl Drop for Lease {
 impl Lease {
     /// Grant lease `id` (chosen by us, so that a grant whose answer was lost can still be
     /// revoked) with the configured TTL and start its keeper.
-    pub(crate) async fn grant(conn: &Arc<Connection>, client: &Client, id: i64) -> Result<Lease> {
+    pub(crate) async fn grant(
+        conn: &Arc<Connection>,
+        client: &Client,
+        id: i64,
+        registry: Arc<Registry>,
+    ) -> Result<Lease> {
         let cfg = &conn.config;
         let mut c = client.clone();
         let sent = Instant::now();
@@ -129,14 +152,17 @@ impl Lease {
             stream_ok: true,
             trouble: None,
             lost: None,
+            overdue: false,
         });
+        let tx = Arc::new(tx);
         let keeper = Keeper {
+            registry: registry.clone(),
             conn: conn.clone(),
             client: client.clone(),
             id,
             ttl,
             margin,
-            tx,
+            tx: tx.clone(),
         };
         let span = tracing::debug_span!("lease_keeper", lease = %format_args!("{id:x}"));
         let keeper = tokio::spawn(keeper.run().instrument(span));
@@ -145,6 +171,8 @@ impl Lease {
             id,
             ttl,
             state: rx,
+            tx,
+            registry,
             keeper,
         })
     }
@@ -152,6 +180,14 @@ impl Lease {
     /// Whether the server said this lease is gone.
     pub(crate) fn is_lost(&self) -> bool {
         self.state.borrow().lost.is_some()
+    }
+
+    /// An election's request was refused because the lease does not exist (e.g. revoked by
+    /// someone else) before the keeper's next renewal noticed: mark it lost for the whole
+    /// session now (leaders demoted first), so that the session grants a new one and no
+    /// election campaigns again on the dead lease.
+    pub(crate) fn declare_lost(&self, why: String) {
+        mark_lost(&self.registry, &self.tx, self.id, why);
     }
 }
 
@@ -166,17 +202,35 @@ pub(crate) async fn revoke(conn: &Connection, client: &Client, id: i64) -> Resul
 }
 
 struct Keeper {
+    registry: Arc<Registry>,
     conn: Arc<Connection>,
     client: Client,
     id: i64,
     ttl: Duration,
     margin: Duration,
-    tx: watch::Sender<LeaseState>,
+    tx: Arc<watch::Sender<LeaseState>>,
+}
+
+/// Mark lease `id` lost (final): every leader of the session is demoted first, then the
+/// state says lost. Nothing happens if it already is.
+fn mark_lost(registry: &Registry, tx: &watch::Sender<LeaseState>, id: i64, why: String) {
+    if tx.borrow().lost.is_some() {
+        return;
+    }
+    tracing::info!(lease = %format_args!("{id:x}"), %why, "lease lost");
+    let reason = format!("lease lost: {why}; campaigning again with a new lease");
+    registry.demote_then(Role::Candidate, HealthLevel::Unhealthy, &reason, || {
+        tx.send_modify(|s| {
+            s.stream_ok = false;
+            s.lost = Some(why.into());
+        });
+    });
 }
 
 enum Step {
     Send,
     Stuck,
+    Overdue,
     Message(std::result::Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>),
 }
 
@@ -185,7 +239,7 @@ impl Keeper {
     fn answered(&self, sent: Instant, ttl: Duration) {
         let ttl = ttl.min(self.ttl);
         let now = Instant::now();
-        self.tx.send_if_modified(|s| {
+        let recovered = self.tx.send_if_modified(|s| {
             let recovering = !s.stream_ok || s.trouble.is_some() || now >= s.drop_at;
             let expires = sent + ttl;
             if expires > s.expires {
@@ -195,29 +249,52 @@ impl Keeper {
             }
             s.stream_ok = true;
             s.trouble = None;
+            s.overdue = false;
             // Plain renewals change the deadline silently (readers re-read it when their
             // timer fires); a recovery from doubt wakes them.
             recovering
         });
+        if recovered {
+            self.registry.lease_state(LEASE_VALID);
+        }
     }
 
     fn trouble(&self, why: String, stream_ok: bool) {
         tracing::debug!(lease = %format_args!("{:x}", self.id), %why, "lease renewal trouble");
         let why: Arc<str> = why.into();
-        self.tx.send_if_modified(|s| {
-            let changed = s.stream_ok != stream_ok || s.trouble.as_deref() != Some(&*why);
-            s.stream_ok = stream_ok;
-            s.trouble = Some(why.clone());
-            changed
-        });
+        let reason = format!("lease keep-alive trouble ({why}); stepped down");
+        self.registry
+            .demote_then(Role::Suspended, HealthLevel::Degraded, &reason, || {
+                self.tx.send_if_modified(|s| {
+                    let changed = s.stream_ok != stream_ok || s.trouble.as_deref() != Some(&*why);
+                    s.stream_ok = stream_ok;
+                    s.trouble = Some(why.clone());
+                    changed
+                });
+            });
+    }
+
+    /// `drop_at` passed without a newer answer: step every leader down now.
+    fn overdue(&self) {
+        let since = Human(Instant::now().saturating_duration_since(self.tx.borrow().last_renewal));
+        let reason = format!(
+            "no lease renewal answered for {since}; stepped down before the lease can expire"
+        );
+        tracing::debug!(lease = %format_args!("{:x}", self.id), %reason, "lease overdue");
+        self.registry
+            .demote_then(Role::Suspended, HealthLevel::Degraded, &reason, || {
+                self.tx.send_modify(|s| s.overdue = true);
+            });
     }
 
     fn lost(&self, why: String) {
-        tracing::info!(lease = %format_args!("{:x}", self.id), %why, "lease lost");
-        self.tx.send_modify(|s| {
-            s.stream_ok = false;
-            s.lost = Some(why.into());
-        });
+        mark_lost(&self.registry, &self.tx, self.id, why);
+    }
+
+    /// When the keeper must declare the lease overdue (None: already did).
+    fn overdue_at(&self) -> Option<Instant> {
+        let s = self.tx.borrow();
+        (!s.overdue && s.lost.is_none()).then_some(s.drop_at)
     }
 
     async fn open(&self) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
@@ -233,7 +310,7 @@ impl Keeper {
     async fn run(self) {
         let interval = self.ttl / 3;
         let stuck_after = self.conn.config.request_timeout.min(self.ttl);
-        let mut backoff = Backoff::for_config(&self.conn.config);
+        let mut backoff = Backoff::for_ttl(self.conn.config.ttl);
         let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
         let mut pending: VecDeque<Instant> = VecDeque::new();
         let mut next_send = Instant::now() + interval;
@@ -242,7 +319,16 @@ impl Keeper {
                 // (Re)open: etcd-client does not reopen a keep-alive stream after a restart
                 // or failover. Opening sends one renewal and waits for its answer.
                 let sent = Instant::now();
-                match self.open().await {
+                let overdue_at = self.overdue_at();
+                let opened = tokio::select! {
+                    r = self.open() => Some(r),
+                    _ = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)), if overdue_at.is_some() => None,
+                };
+                let Some(opened) = opened else {
+                    self.overdue();
+                    continue;
+                };
+                match opened {
                     Ok(s) => {
                         self.answered(sent, self.ttl);
                         stream = Some(s);
@@ -256,19 +342,26 @@ impl Keeper {
                     }
                     Err(e) => {
                         self.trouble(e.to_string(), false);
-                        tokio::time::sleep(backoff.next_delay()).await;
+                        let overdue_at = self.overdue_at();
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                            _ = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)), if overdue_at.is_some() => self.overdue(),
+                        }
                     }
                 }
                 continue;
             };
             let stuck_at = pending.front().map(|s| *s + stuck_after);
+            let overdue_at = self.overdue_at();
             let step = tokio::select! {
                 biased;
                 m = responses.message() => Step::Message(m),
+                _ = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)), if overdue_at.is_some() => Step::Overdue,
                 _ = tokio::time::sleep_until(stuck_at.unwrap_or(next_send)), if stuck_at.is_some() => Step::Stuck,
                 _ = tokio::time::sleep_until(next_send) => Step::Send,
             };
             match step {
+                Step::Overdue => self.overdue(),
                 Step::Send => {
                     let now = Instant::now();
                     next_send = now + interval;

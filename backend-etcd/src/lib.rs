@@ -9,14 +9,17 @@ mod error;
 mod lease;
 mod observe;
 mod record;
+mod session;
+mod watch_hub;
 
 pub use config::{
-    EtcdConfig, EtcdConfigBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL,
-    MAX_TTL, MIN_TTL,
+    EtcdConfig, EtcdConfigBuilder, EtcdSessionConfig, EtcdSessionConfigBuilder,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TTL, MAX_TTL, MIN_TTL,
 };
 pub use election::{EtcdElection, LeaseInfo};
 pub use observe::EtcdLeaderWatch;
 pub use record::EtcdRecord;
+pub use session::EtcdSession;
 
 /// Compile-time proof that the public types can be shared across tasks.
 #[allow(dead_code)]
@@ -25,6 +28,8 @@ fn _assert_send_sync() {
     is::<EtcdElection>();
     is::<EtcdRecord>();
     is::<EtcdConfig>();
+    is::<EtcdSession>();
+    is::<EtcdSessionConfig>();
     let _: Option<Box<dyn succession_core::Election>> = None::<Box<EtcdElection>>.map(|e| e as _);
     let _: Option<Box<dyn succession_core::CasRecord>> = None::<Box<EtcdRecord>>.map(|e| e as _);
 }

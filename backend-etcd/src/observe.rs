@@ -101,9 +101,9 @@ fn report(tx: &Tx, last: &mut Option<Option<Participant>>, p: Option<Participant
 
 async fn follow(cfg: EtcdConfig, refresh: Duration, tx: Tx) {
     let layout = Layout::new(&cfg.prefix);
-    let conn = Connection::new(cfg.clone());
+    let conn = Connection::new(cfg.session());
     let mut last: Option<Option<Participant>> = None;
-    let mut backoff = crate::conn::Backoff::for_config(&cfg);
+    let mut backoff = crate::conn::Backoff::for_ttl(cfg.ttl);
     loop {
         let attempt = watch_once(&conn, &layout, refresh, &tx, &mut last).await;
         match attempt {

@@ -49,7 +49,7 @@ impl EtcdRecord {
     /// until the first call. Prefer [`EtcdElection::record`](crate::EtcdElection::record)
     /// to share an election's connection.
     pub fn new(config: &EtcdConfig, key: &str) -> Result<EtcdRecord> {
-        Self::with_connection(Arc::new(Connection::new(config.clone())), key)
+        Self::with_connection(Arc::new(Connection::new(config.session())), key)
     }
 
     pub(crate) fn with_connection(conn: Arc<Connection>, key: &str) -> Result<EtcdRecord> {
@@ -173,7 +173,7 @@ impl CasRecord for EtcdRecord {
     }
 
     async fn changed(&self, seen: Option<u64>) -> Result<Option<Versioned>> {
-        let mut backoff = Backoff::for_config(&self.conn.config);
+        let mut backoff = Backoff::for_ttl(self.conn.config.ttl);
         // The value at `seen` as this handle knew it before reading again.
         let known = seen.and_then(|s| self.value_at(s));
         loop {

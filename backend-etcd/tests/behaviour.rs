@@ -6,94 +6,19 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{close_all, config, grpc_calls_handled, joined, lease_ids, leftovers, raw_client};
+use common::{
+    close_all, config, grpc_calls_handled, joined, lease_ids, leftovers, raw_client, Ctl,
+};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn};
 use succession_core::conformance::LeadershipChecker;
 use succession_core::{CasOutcome, CasRecord, Election, ElectionExt, ErrorKind, HealthLevel, Role};
 use succession_etcd::{EtcdConfig, EtcdElection, EtcdRecord};
-use succession_testkit::{etcdctl_bin, shared_etcd, unique_path, EtcdServer};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use succession_testkit::{shared_etcd, unique_path, EtcdServer};
 
 const BOUND: Duration = Duration::from_secs(10);
-
-/// A running `etcdctl` with its stdout lines.
-struct Ctl {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Ctl {
-    fn spawn(endpoint: &str, args: &[&str]) -> Ctl {
-        let bin = etcdctl_bin().unwrap_or_else(|e| panic!("{e}"));
-        let mut child = Command::new(bin)
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn etcdctl");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut r = BufReader::new(stdout).lines();
-            while let Ok(Some(l)) = r.next_line().await {
-                if tx.send(l).is_err() {
-                    return;
-                }
-            }
-        });
-        Ctl {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits until etcdctl prints a line equal to `want`.
-    async fn expect_line(&mut self, want: &str) {
-        let deadline = tokio::time::Instant::now() + BOUND;
-        loop {
-            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
-                Ok(Some(l)) => {
-                    let hit = l == want;
-                    self.seen.push(l);
-                    if hit {
-                        return;
-                    }
-                }
-                Ok(None) => panic!(
-                    "etcdctl exited before printing {want:?}; printed {:?}",
-                    self.seen
-                ),
-                Err(_) => panic!(
-                    "etcdctl did not print {want:?} within {BOUND:?}; printed {:?}",
-                    self.seen
-                ),
-            }
-        }
-    }
-
-    /// SIGINT (etcdctl elect then resigns and closes its session) and wait for the exit.
-    async fn interrupt(&mut self) {
-        let pid = self.child.id().expect("etcdctl still running") as libc::pid_t;
-        // SAFETY: signals our own child, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-        tokio::time::timeout(BOUND, self.child.wait())
-            .await
-            .expect("etcdctl exits after SIGINT")
-            .expect("wait etcdctl");
-    }
-}
 
 async fn election(prefix: &str, id: &str) -> Arc<EtcdElection> {
     let etcd = shared_etcd().await;

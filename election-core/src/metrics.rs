@@ -57,6 +57,10 @@ pub const REPAIRS: &str = "succession_repairs_total";
 pub const SESSION_EXPIRATIONS: &str = "succession_session_expirations_total";
 /// `succession_lease_losses_total`
 pub const LEASE_LOSSES: &str = "succession_lease_losses_total";
+/// `succession_session_elections`
+pub const SESSION_ELECTIONS: &str = "succession_session_elections";
+/// `succession_session_lease`
+pub const SESSION_LEASE: &str = "succession_session_lease";
 /// `succession_failovers_total`
 pub const FAILOVERS: &str = "succession_failovers_total";
 /// `succession_failbacks_total`
@@ -108,6 +112,14 @@ pub fn describe() {
         "ZooKeeper: sessions found expired or lost (e.g. a wiped ensemble)"
     );
     describe_counter!(LEASE_LOSSES, "etcd: leases lost");
+    describe_gauge!(
+        SESSION_ELECTIONS,
+        "etcd: elections on a session (one lease backing them all)"
+    );
+    describe_gauge!(
+        SESSION_LEASE,
+        "etcd: a session's lease: 2 valid, 1 in doubt (its leaders stepped down), 0 none or lost"
+    );
     describe_counter!(FAILOVERS, "Supervisor: mode moved to the fallback layer");
     describe_counter!(
         FAILBACKS,

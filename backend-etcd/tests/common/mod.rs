@@ -11,6 +11,15 @@ use succession_core::{async_trait, Election, ElectionExt, Result};
 use succession_etcd::{EtcdConfig, EtcdElection};
 use tokio::time::Instant;
 
+use std::process::Stdio;
+use succession_testkit::etcdctl_bin;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+/// How long [`Ctl`] waits for etcdctl.
+pub const CTL_BOUND: Duration = Duration::from_secs(10);
+
 /// A configuration for tests: `endpoints`, `prefix`, `id`, TTL in seconds, short timeouts.
 pub fn config(endpoints: &[String], prefix: &str, id: &str, ttl_secs: u64) -> EtcdConfig {
     EtcdConfig::builder()
@@ -252,4 +261,77 @@ pub async fn grpc_calls_handled(endpoint: &str, method: &str) -> u64 {
         .iter()
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// A running `etcdctl` with its stdout lines.
+pub struct Ctl {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Ctl {
+    pub fn spawn(endpoint: &str, args: &[&str]) -> Ctl {
+        let bin = etcdctl_bin().unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new(bin)
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn etcdctl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(l)) = r.next_line().await {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Ctl {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until etcdctl prints a line equal to `want`.
+    pub async fn expect_line(&mut self, want: &str) {
+        let deadline = tokio::time::Instant::now() + CTL_BOUND;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => {
+                    let hit = l == want;
+                    self.seen.push(l);
+                    if hit {
+                        return;
+                    }
+                }
+                Ok(None) => panic!(
+                    "etcdctl exited before printing {want:?}; printed {:?}",
+                    self.seen
+                ),
+                Err(_) => panic!(
+                    "etcdctl did not print {want:?} within {CTL_BOUND:?}; printed {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// SIGINT (etcdctl elect then resigns and closes its session) and wait for the exit.
+    pub async fn interrupt(&mut self) {
+        let pid = self.child.id().expect("etcdctl still running") as libc::pid_t;
+        // SAFETY: signals our own child, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+        tokio::time::timeout(CTL_BOUND, self.child.wait())
+            .await
+            .expect("etcdctl exits after SIGINT")
+            .expect("wait etcdctl");
+    }
 }
