@@ -34,6 +34,9 @@ use crate::config::{ConnectionPolicy, ZkSessionConfig};
 use crate::error::map;
 use crate::latch::{self, Inner, ZkElection};
 
+/// Sessions created in this process (their metrics label, `session-<n>`).
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How long to wait after a lost connection before the first probe session (zookeeper-client
 /// retries at once and again after 100-200 ms: a short blip is left to it).
 const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
@@ -154,7 +157,10 @@ impl ZkSession {
             client: None,
             state: Conn::Connecting,
         });
-        let metrics = ElectionMetrics::new("zk", format!("session {}", cfg.connect_string()));
+        // Numbered per process, like the etcd backend's sessions (two sessions to one
+        // ensemble must not share a series).
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let metrics = ElectionMetrics::new("zk", format!("session-{n}"));
         let contact = StatusCell::new();
         contact.set_contact_bound(cfg.session_timeout / 2);
         let span = tracing::info_span!("zk_session", connect = %cfg.connect_string(), session = tracing::field::Empty);

@@ -69,8 +69,6 @@ pub const FAILBACKS: &str = "succession_failbacks_total";
 pub const LAYER_ACTIVE: &str = "succession_layer_active";
 /// `succession_layer_health`
 pub const LAYER_HEALTH: &str = "succession_layer_health";
-/// `succession_session_elections`
-pub const SESSION_ELECTIONS: &str = "succession_session_elections";
 /// `succession_session_connected`
 pub const SESSION_CONNECTED: &str = "succession_session_connected";
 
@@ -114,7 +112,7 @@ pub fn describe() {
     describe_counter!(LEASE_LOSSES, "etcd: leases lost");
     describe_gauge!(
         SESSION_ELECTIONS,
-        "etcd: elections on a session (one lease backing them all)"
+        "Elections on a shared session (one ZooKeeper session or one etcd lease backing them all)"
     );
     describe_gauge!(
         SESSION_LEASE,
@@ -132,10 +130,6 @@ pub fn describe() {
     describe_gauge!(
         LAYER_HEALTH,
         "Supervisor: each layer's health as the supervisor sees it (2/1/0)"
-    );
-    describe_gauge!(
-        SESSION_ELECTIONS,
-        "ZooKeeper: open elections on a shared session (election label: the session)"
     );
     describe_gauge!(
         SESSION_CONNECTED,
