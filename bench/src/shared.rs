@@ -12,7 +12,7 @@
 //! 3. ZooKeeper killed, wiped and restarted empty -> every election led again (Curator:
 //!    bounded wait, CURATOR-724).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use succession_testkit::four_letter_word;
@@ -31,6 +31,9 @@ pub const PROCS: usize = 3;
 /// While our adapter still opens a private session per election (no `ZkSession` yet), our
 /// side runs only up to this E (3 × E sessions).
 pub const OURS_PRIVATE_MAX: usize = 200;
+
+/// How long the bench waits, after a part, for the server to be back to its state before.
+const SETTLE: Duration = Duration::from_secs(40);
 
 /// Election paths sampled for the store cross-check (children + the lowest node's data).
 const STORE_SAMPLE: usize = 25;
@@ -70,6 +73,9 @@ pub struct SharedRow {
     pub wipe: Option<Option<f64>>,
     /// Wipe: distinct elections led at the end / E.
     pub wipe_led_end: Option<usize>,
+    /// Wipe: the server's `zk_num_alive_connections` and `zk_global_sessions` at the end of
+    /// the wait.
+    pub wipe_server: Option<(f64, f64)>,
     /// Failures of single steps (the rest of the row is still measured).
     pub notes: Vec<String>,
 }
@@ -316,18 +322,25 @@ async fn store_owners(addr: &str, prefix: &str, e: usize) -> Res<Vec<(usize, Opt
     Ok(out)
 }
 
-/// Wait (bounded) until the server holds no more ephemerals than `base`.
-async fn drain(ctx: &Ctx, base: f64, bound: Duration) {
+/// Wait (bounded) until the server is back to `base`: no more ephemeral nodes and no more
+/// sessions (sessions abandoned by killed or quit processes expire), so that the next part
+/// does not meet the leftovers of this one.
+async fn settle(ctx: &Ctx, base: &HashMap<String, f64>, bound: Duration) {
+    let key = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
     let deadline = tokio::time::Instant::now() + bound;
     while tokio::time::Instant::now() < deadline {
-        match mntr(ctx.zk.port()).await {
-            Ok(m) if m.get("zk_ephemerals_count").copied().unwrap_or(0.0) <= base => return,
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        if let Ok(m) = mntr(ctx.zk.port()).await {
+            if key(&m, "zk_ephemerals_count") <= key(base, "zk_ephemerals_count")
+                && key(&m, "zk_global_sessions") <= key(base, "zk_global_sessions")
+            {
+                return;
+            }
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-fn ephemerals(m: &std::collections::HashMap<String, f64>) -> f64 {
+fn ephemerals(m: &HashMap<String, f64>) -> f64 {
     m.get("zk_ephemerals_count").copied().unwrap_or(0.0)
 }
 
@@ -449,7 +462,7 @@ async fn start_and_close(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRo
         })
         .await;
     f.quit().await;
-    drain(ctx, ephemerals(&before), ctx.p.session * 3).await;
+    settle(ctx, &before, SETTLE).await;
     Ok(())
 }
 
@@ -478,13 +491,14 @@ async fn crash(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRow) -> Res<
         )),
     }
     f.quit().await;
-    drain(ctx, ephemerals(&before), ctx.p.crash_session * 3).await;
+    settle(ctx, &before, SETTLE).await;
     Ok(())
 }
 
 /// ZooKeeper killed, wiped, restarted empty: answers -> every election led again.
 async fn wipe(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRow) -> Res<()> {
     let port = ctx.zk.port();
+    let before = mntr(port).await?;
     let mut f = start(ctx, side, e, ctx.p.session, "wipe").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t_kill = now_ns();
@@ -503,6 +517,12 @@ async fn wipe(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRow) -> Res<(
     let all: Vec<usize> = (0..e).collect();
     let got = f.wait_led(&[0, 1, 2], &all, t_kill, deadline).await;
     row.wipe = Some(got.map(|t| ms_between(t_ans, t)));
+    if let Ok(m) = mntr(port).await {
+        row.wipe_server = Some((
+            m.get("zk_num_alive_connections").copied().unwrap_or(0.0),
+            m.get("zk_global_sessions").copied().unwrap_or(0.0),
+        ));
+    }
     let mut led = BTreeSet::new();
     for p in &mut f.procs {
         if let Ok(Msg::LeaderSet(set)) = p.ask("leaders", |m| matches!(m, Msg::LeaderSet(_))).await
@@ -512,7 +532,7 @@ async fn wipe(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRow) -> Res<(
     }
     row.wipe_led_end = Some(led.len());
     ctx.progress(&format!(
-        "  wipe: {}; {} of {e} elections led at the end",
+        "  wipe: {}; {} of {e} elections led at the end; server connections / sessions then: {:?}",
         match got {
             Some(t) => format!(
                 "all re-led {:.0} ms after the server answered",
@@ -520,9 +540,11 @@ async fn wipe(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRow) -> Res<(
             ),
             None => format!("not all re-led within {bound:?}"),
         },
-        led.len()
+        led.len(),
+        row.wipe_server
     ));
     f.quit().await;
+    settle(ctx, &before, SETTLE).await;
     Ok(())
 }
 
@@ -635,9 +657,13 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
          once every election is led again (each led since the kill). Curator gets {} after \
          the server answers (5.4.0 never re-creates the latch nodes after a wipe, \
          CURATOR-724); the table then says how many elections were led at the end (the \
-         union of the processes' `leaders` answers).",
+         union of the processes' `leaders` answers), and the server's alive connections and \
+         sessions (`mntr` `zk_num_alive_connections`, `zk_global_sessions`) at the end of the \
+         wait. After each part the processes exit and the bench waits (up to {}) until the \
+         server holds no more sessions or ephemeral nodes than before the part.",
         crate::fmt_s(p.crash_session),
-        crate::fmt_s(p.shared_curator_wipe_bound)
+        crate::fmt_s(p.shared_curator_wipe_bound),
+        crate::fmt_s(SETTLE)
     ));
     if !crate::shared_driver::SHARES_ONE_SESSION {
         s.before.push(format!(
@@ -717,6 +743,7 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
         "kill -9: elections it led -> all re-led (ms)",
         "wipe: answers -> all re-led (ms)",
         "wipe: elections led at the end",
+        "wipe: server connections / sessions at the end",
     ]);
     for row in r.shared.iter().filter(|x| x.skipped.is_none()) {
         let pair = |x: Option<(usize, f64)>| {
@@ -740,6 +767,9 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
             wipe,
             row.wipe_led_end
                 .map(|n| format!("{n} of {}", row.e))
+                .unwrap_or("–".into()),
+            row.wipe_server
+                .map(|(c, n)| format!("{c:.0} / {n:.0}"))
                 .unwrap_or("–".into()),
         ]);
     }
