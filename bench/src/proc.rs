@@ -768,3 +768,29 @@ impl Ctl {
         now_ns()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_lines() {
+        assert_eq!(
+            parse("b l 123 4,5,6"),
+            Msg::Batch {
+                kind: 'l',
+                t: 123,
+                idx: vec![4, 5, 6]
+            }
+        );
+        assert_eq!(parse("leaderset 2 1,9"), Msg::LeaderSet(vec![1, 9]));
+        assert_eq!(parse("leaderset 0 -"), Msg::LeaderSet(vec![]));
+        assert_eq!(
+            parse("sessions 2 1A,2b"),
+            Msg::Sessions(vec!["1a".into(), "2b".into()])
+        );
+        assert_eq!(parse("sessions 0 -"), Msg::Sessions(vec![]));
+        assert!(matches!(parse("b l 1 x"), Msg::Other(_)));
+        assert_eq!(parse("closing 7 0"), Msg::Closing { t: 7, idx: 0 });
+    }
+}

@@ -945,3 +945,16 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
     });
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_list() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[]), None);
+        assert_eq!(list(&[1, 200, 3]), "1 / 200 / 3");
+        assert_eq!(list::<usize>(&[]), "–");
+    }
+}
