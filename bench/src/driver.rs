@@ -62,7 +62,7 @@ impl Part {
 
 type Parts = Arc<Mutex<Vec<Option<Part>>>>;
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let out = std::io::stdout();
     let mut out = out.lock();
     let _ = writeln!(out, "{line}");

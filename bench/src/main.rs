@@ -8,7 +8,9 @@
 //!   handover, recovery after an ensemble wipe, recovery after a restart with data;
 //! * etcd: our election vs `etcdctl elect`: graceful and crash handover;
 //! * the supervisor: failover to etcd and failback to ZooKeeper;
-//! * scale: 100 and 1000 participants on one latch path.
+//! * scale: 100 and 1000 participants on one latch path;
+//! * shared: 3 processes x E elections (E latch paths), one ZooKeeper session per process,
+//!   vs 3 JVMs each hosting E Curator latches on one `CuratorFramework`.
 //!
 //! ```text
 //! cargo run --release -p succession-bench -- [--quick] [--out docs/BENCHMARKS.md]
@@ -25,6 +27,8 @@ mod etcd;
 mod proc;
 mod report;
 mod scale;
+mod shared;
+mod shared_driver;
 mod stats;
 mod sup;
 mod zk;
@@ -52,16 +56,33 @@ OPTIONS:
     --quick          fewer repetitions (about 2-3 minutes instead of about 6-10)
     --out FILE       where to write the report (default: docs/BENCHMARKS.md of the
                      workspace; `-` = stdout only). Written only when every group ran.
-    --only GROUPS    run only these comma-separated groups: zk, etcd, scale, outage, sup
-                     (for development; the report then goes to stdout only unless --out
-                     is given)
+    --only GROUPS    run only these comma-separated groups: zk, etcd, scale, outage, sup,
+                     shared (for development; the report then goes to stdout only unless
+                     --out is given)
+    --shared-sizes E,E
+                     elections per process in the `shared` group (default 1000,10000; a
+                     quick check: --shared-sizes 200)
+
+GROUPS:
+    zk       cold start, graceful handover (and its raw floor), crash handover
+    etcd     graceful and crash handover vs etcdctl elect
+    scale    100 and 1000 participants on one latch path
+    outage   ZooKeeper restarted with data, wiped, long outages
+    sup      supervisor failover to etcd and failback
+    shared   3 processes x E elections on E latch paths, one ZooKeeper session per process
+             (ours: `__shared`; Curator: 3 JVMs, E LeaderLatches on one CuratorFramework):
+             start -> every election led exactly once, RSS per election, sessions and
+             connections per process (`cons`, `mntr`), graceful close and kill -9 of the
+             process leading the most -> all re-led, ZooKeeper wiped -> all re-led (Curator
+             bounded at 20 s: CURATOR-724). Until ZkSession lands, our side opens a private
+             session per election and runs only at E <= 200.
     -h, --help       this text
 
 Needs ZooKeeper 3.8, etcd 3.4, etcdctl, a JDK (javac) and Debian's Curator jars:
 run scripts/install-deps once.";
 
 /// Groups of scenarios.
-const GROUPS: &[&str] = &["zk", "etcd", "scale", "outage", "sup"];
+const GROUPS: &[&str] = &["zk", "etcd", "scale", "outage", "sup", "shared"];
 
 /// Parsed command line.
 #[derive(Debug, Clone)]
@@ -70,6 +91,7 @@ struct Opts {
     out: Option<PathBuf>,
     out_given: bool,
     only: Vec<String>,
+    shared_sizes: Option<Vec<usize>>,
     argv: Vec<String>,
 }
 
@@ -85,6 +107,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
         ),
         out_given: false,
         only: GROUPS.iter().map(|s| s.to_string()).collect(),
+        shared_sizes: None,
         argv: args.to_vec(),
     };
     let mut only_given = false;
@@ -120,6 +143,17 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
                 o.only = groups;
                 only_given = true;
             }
+            "--shared-sizes" => {
+                let v = it
+                    .next()
+                    .ok_or("--shared-sizes needs a comma-separated list of sizes")?;
+                let sizes = v
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>().ok().filter(|&n| n > 0))
+                    .collect::<Option<Vec<usize>>>()
+                    .ok_or_else(|| format!("--shared-sizes: not a list of sizes: {v:?}"))?;
+                o.shared_sizes = Some(sizes);
+            }
             other if other.starts_with("--out=") => {
                 let v = &other["--out=".len()..];
                 o.out = if v == "-" {
@@ -131,7 +165,7 @@ fn parse_args(args: &[String]) -> Result<Option<Opts>, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; see --help (valid: --quick, --out FILE, --only GROUPS)"
+                    "unknown argument {other:?}; see --help (valid: --quick, --out FILE, --only GROUPS, --shared-sizes E,E)"
                 ))
             }
         }
@@ -179,6 +213,10 @@ pub struct Params {
     pub scale_handovers: usize,
     /// Participant counts of the scale group.
     pub scale_sizes: Vec<usize>,
+    /// Elections per process of the shared-session group.
+    pub shared_sizes: Vec<usize>,
+    /// How long Curator gets to recover from a wipe in the shared-session group.
+    pub shared_curator_wipe_bound: Duration,
     /// Also measure scale on etcd (ours only).
     pub etcd_scale: bool,
     /// Participants in the latency scenarios.
@@ -214,6 +252,8 @@ impl Params {
             sup: pick(3, 1),
             scale_handovers: pick(12, 6),
             scale_sizes: vec![100, 1000],
+            shared_sizes: vec![1000, 10_000],
+            shared_curator_wipe_bound: Duration::from_secs(20),
             etcd_scale: !quick,
             group: 5,
             session: Duration::from_secs(6),
@@ -312,6 +352,8 @@ pub struct Results {
     pub scale: Vec<ScaleRow>,
     /// etcd scale rows (ours only).
     pub etcd_scale: Vec<ScaleRow>,
+    /// Shared-session rows.
+    pub shared: Vec<shared::SharedRow>,
     /// RSS of a process with one participant [ours, Curator] (bytes).
     pub standalone_rss: [Samples; 2],
 }
@@ -371,6 +413,9 @@ fn main() {
     if args.first().map(String::as_str) == Some("__driver") {
         std::process::exit(driver::main());
     }
+    if args.first().map(String::as_str) == Some("__shared") {
+        std::process::exit(shared_driver::main());
+    }
     let opts = match parse_args(&args) {
         Ok(Some(o)) => o,
         Ok(None) => {
@@ -407,7 +452,10 @@ fn loadavg() -> String {
 async fn run(opts: Opts) -> Res<()> {
     let started = Instant::now();
     let load_start = loadavg();
-    let p = Params::new(opts.quick);
+    let mut p = Params::new(opts.quick);
+    if let Some(sizes) = &opts.shared_sizes {
+        p.shared_sizes = sizes.clone();
+    }
     eprintln!(
         "succession-bench: {} run; starting ZooKeeper and etcd (testkit), compiling the Curator driver ...",
         if p.quick { "quick" } else { "full" }
@@ -460,6 +508,9 @@ async fn run(opts: Opts) -> Res<()> {
     }
     if has("sup") {
         sup::run(&mut ctx).await?;
+    }
+    if has("shared") {
+        shared::run(&mut ctx).await?;
     }
     if let Some(h) = etcdctl_crash {
         ctx.progress("etcd: waiting for the etcdctl crash handover (60 s session TTL) ...");
@@ -537,7 +588,7 @@ async fn versions(ctx: &Ctx) -> Vec<(String, String)> {
     v
 }
 
-fn fmt_s(d: Duration) -> String {
+pub(crate) fn fmt_s(d: Duration) -> String {
     let ms = d.as_millis();
     if ms % 1000 == 0 {
         format!("{} s", ms / 1000)
@@ -655,6 +706,19 @@ fn document(
             ),
         ),
         ("supervisor cycles", p.sup.to_string()),
+        (
+            "shared session: processes x elections per process (E) / Curator wipe bound",
+            format!(
+                "{} x {} / {}",
+                shared::PROCS,
+                p.shared_sizes
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                fmt_s(p.shared_curator_wipe_bound)
+            ),
+        ),
         (
             "scale sizes / handovers per size",
             format!(
@@ -839,6 +903,7 @@ fn reading(r: &Results, p: &Params) -> Vec<Verdict> {
     });
     v.extend(scale::verdicts(r, p.session));
     v.extend(sup::verdicts(r));
+    v.extend(shared::verdicts(r));
     v
 }
 
@@ -869,5 +934,10 @@ mod tests {
         let o = parse_args(&args(&["--only", "zk"])).unwrap().unwrap();
         assert_eq!(o.only, vec!["zk".to_string()]);
         assert_eq!(o.out, None, "--only alone writes no file");
+        let o = parse_args(&args(&["--only", "shared", "--shared-sizes", "200,1000"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.shared_sizes, Some(vec![200, 1000]));
+        assert!(parse_args(&args(&["--shared-sizes", "x"])).is_err());
     }
 }

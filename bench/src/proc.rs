@@ -18,6 +18,9 @@ use crate::Res;
 /// The Curator driver's source, compiled at startup.
 const BENCH_LATCH_JAVA: &str = include_str!("../java/BenchLatch.java");
 
+/// The Curator driver of the `shared` group (E latches on one client), compiled with it.
+const BENCH_SHARED_JAVA: &str = include_str!("../java/BenchShared.java");
+
 /// Where things are: binaries, classpath, the run's temp dir (children's logs).
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -44,6 +47,8 @@ impl Env {
         let exe = std::env::current_exe()?;
         let src = tmp.join("BenchLatch.java");
         std::fs::write(&src, BENCH_LATCH_JAVA)?;
+        let src_shared = tmp.join("BenchShared.java");
+        std::fs::write(&src_shared, BENCH_SHARED_JAVA)?;
         let classes = tmp.join("classes");
         std::fs::create_dir_all(&classes)?;
         let javac = java.with_file_name("javac");
@@ -53,6 +58,7 @@ impl Env {
             .arg("-d")
             .arg(&classes)
             .arg(&src)
+            .arg(&src_shared)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
@@ -196,6 +202,20 @@ pub enum Msg {
     },
     /// A named sample (ns).
     Sample(String, u64),
+    /// A batch of `shared`-mode events of one kind (`j` joined, `l` leader, `n` not
+    /// leader): the latest stamp of the batch (ns) and the election indices, in order.
+    Batch {
+        /// `j`, `l` or `n`.
+        kind: char,
+        /// Latest stamp (ns).
+        t: u64,
+        /// Election indices.
+        idx: Vec<usize>,
+    },
+    /// `shared` mode: the elections the process leads now.
+    LeaderSet(Vec<usize>),
+    /// `shared` mode: the distinct ZooKeeper session ids (hex) the process's elections use.
+    Sessions(Vec<String>),
     /// A failure the driver reported.
     Err(String),
     /// Anything else.
@@ -251,10 +271,31 @@ fn parse(line: &str) -> Msg {
             (Some(name), Some(ns)) => Some(Msg::Sample(name.to_string(), ns)),
             _ => None,
         },
+        Some("b") => match (w.get(1).and_then(|k| k.chars().next()), n(2), w.get(3)) {
+            (Some(kind), Some(t), Some(list)) => {
+                list_of(list).map(|idx| Msg::Batch { kind, t, idx })
+            }
+            _ => None,
+        },
+        Some("leaderset") => w.get(2).and_then(|l| list_of(l)).map(Msg::LeaderSet),
+        Some("sessions") => Some(Msg::Sessions(
+            w.get(2)
+                .filter(|l| **l != "-")
+                .map(|l| l.split(',').map(|s| s.to_lowercase()).collect())
+                .unwrap_or_default(),
+        )),
         Some("err") => Some(Msg::Err(line.to_string())),
         _ => None,
     };
     parsed.unwrap_or_else(|| Msg::Other(line.to_string()))
+}
+
+/// A comma-separated list of indices (`-` = none).
+fn list_of(s: &str) -> Option<Vec<usize>> {
+    if s == "-" {
+        return Some(Vec::new());
+    }
+    s.split(',').map(|x| x.parse::<usize>().ok()).collect()
 }
 
 /// A group of participants added by one `add` command.
@@ -287,11 +328,21 @@ pub struct Driver {
 impl Driver {
     /// Start a driver of `side`; `name` names its stderr log in the run's temp dir.
     pub async fn spawn(env: &Env, side: Side, name: &str) -> Res<Driver> {
+        Driver::spawn_mode(env, side, name, false).await
+    }
+
+    /// Start a `shared`-group driver of `side` (E elections on one session: ours
+    /// `__shared`, Curator `BenchShared`).
+    pub async fn spawn_shared(env: &Env, side: Side, name: &str) -> Res<Driver> {
+        Driver::spawn_mode(env, side, name, true).await
+    }
+
+    async fn spawn_mode(env: &Env, side: Side, name: &str, shared: bool) -> Res<Driver> {
         let log = std::fs::File::create(env.tmp.join(format!("{name}.stderr")))?;
         let mut cmd = match side {
             Side::Ours => {
                 let mut c = command(&env.exe);
-                c.arg("__driver");
+                c.arg(if shared { "__shared" } else { "__driver" });
                 c
             }
             Side::Curator => {
@@ -299,7 +350,7 @@ impl Driver {
                 c.arg(succession_testkit::JVM_QUIET_LOGGING)
                     .arg("-cp")
                     .arg(&env.classpath)
-                    .arg("BenchLatch");
+                    .arg(if shared { "BenchShared" } else { "BenchLatch" });
                 c
             }
         };
@@ -715,5 +766,31 @@ impl Ctl {
             let _ = self.child.wait().await;
         }
         now_ns()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_lines() {
+        assert_eq!(
+            parse("b l 123 4,5,6"),
+            Msg::Batch {
+                kind: 'l',
+                t: 123,
+                idx: vec![4, 5, 6]
+            }
+        );
+        assert_eq!(parse("leaderset 2 1,9"), Msg::LeaderSet(vec![1, 9]));
+        assert_eq!(parse("leaderset 0 -"), Msg::LeaderSet(vec![]));
+        assert_eq!(
+            parse("sessions 2 1A,2b"),
+            Msg::Sessions(vec!["1a".into(), "2b".into()])
+        );
+        assert_eq!(parse("sessions 0 -"), Msg::Sessions(vec![]));
+        assert!(matches!(parse("b l 1 x"), Msg::Other(_)));
+        assert_eq!(parse("closing 7 0"), Msg::Closing { t: 7, idx: 0 });
     }
 }

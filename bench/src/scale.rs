@@ -14,7 +14,7 @@ use crate::{Ctx, Res, Results, ScaleRow};
 const LONG: Duration = Duration::from_secs(30);
 
 /// `mntr` as name -> value.
-async fn mntr(port: u16) -> Res<HashMap<String, f64>> {
+pub(crate) async fn mntr(port: u16) -> Res<HashMap<String, f64>> {
     let text = four_letter_word(port, "mntr", Duration::from_secs(10)).await?;
     Ok(text
         .lines()

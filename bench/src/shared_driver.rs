@@ -1,0 +1,261 @@
+//! `succession-bench __shared`: the process that hosts OUR side of the `shared` group — E
+//! elections in one process, on the latch paths `<prefix>/e<i>`, meant to share one
+//! ZooKeeper session (see [`shared_elections`], the swap point for `ZkSession`).
+//!
+//! It speaks the same line protocol as the Curator driver of the group
+//! (`bench/java/BenchShared.java`):
+//!
+//! | command | answer |
+//! |---|---|
+//! | `ping` | `pong <ns>` |
+//! | `shared <tag> <E> <connect> <prefix> <session ms>` | `added <ns at receipt> 0 <E>` once every election is created and joining, then batched events |
+//! | `leaders` | `leaderset <count> <i,i,...>` (`-` for none): the elections whose status says `Leader` now |
+//! | `sessions` | `sessions <count> <sid hex,...>`: the distinct ZooKeeper session ids of the elections |
+//! | `close` | `closing <ns> 0` just before closing every election (and the session), `closed <ns> 0` after |
+//! | `quit` | exits |
+//!
+//! Events, batched to keep 10,000 elections' output small: `b <kind> <ns> <i,i,...>`, kind `j`
+//! (joined: our place is held), `l` (leader) or `n` (no longer leader); `<ns>` is the latest
+//! stamp in the batch (each stamp is the `since` instant of the status, as in `__driver`);
+//! batches keep the order of the events. Failures: `err <index> <message>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use succession_core::{Election, Role};
+use succession_zk::{ZkConfig, ZkElection};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::clock::{instant_ns, now_ns};
+use crate::driver::say;
+
+/// Whether [`shared_elections`] puts every election of a process on ONE ZooKeeper session.
+/// False until `ZkSession` (backend-zk) lands: the adapter then opens a private session per
+/// election, and the bench runs our side only at small E (see `shared::OURS_PRIVATE_MAX`).
+pub const SHARES_ONE_SESSION: bool = false;
+
+/// What keeps the elections' session(s) alive and closes them.
+///
+/// ZkSession swap: becomes `struct Handle(succession::zk::ZkSession);` with `close` calling
+/// `self.0.close().await` (which closes every election, each publishing `Closed`).
+pub struct Handle;
+
+impl Handle {
+    /// Close every election and the session(s).
+    async fn close(self, elections: &[Arc<ZkElection>]) {
+        // ZkSession swap: replace the body with `self.0.close().await` (log an error).
+        let closes = elections.iter().enumerate().map(|(i, e)| async move {
+            if let Err(err) = e.close().await {
+                say(&format!("err {i} close: {err}"));
+            }
+        });
+        futures::future::join_all(closes).await;
+    }
+}
+
+/// E elections of one process, election `i` on `paths[i]` with the id `<tag>-e<i>`.
+///
+/// ZkSession swap point — today one private session per election (correct, but heavy:
+/// run it only with small E). With `succession::zk::ZkSession` the body becomes:
+///
+/// ```ignore
+/// let session = ZkSession::new(ZkSessionConfig::builder(connect).session_timeout(session).build()?)?;
+/// let es = paths.iter().enumerate()
+///     .map(|(i, p)| session.election(p.as_str(), format!("{tag}-e{i}")))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// Ok((Handle(session), es))
+/// ```
+/// and [`SHARES_ONE_SESSION`] becomes true.
+pub fn shared_elections(
+    connect: &str,
+    paths: &[String],
+    tag: &str,
+    session: Duration,
+) -> succession_core::Result<(Handle, Vec<ZkElection>)> {
+    let es = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            ZkConfig::builder(connect, p.as_str(), format!("{tag}-e{i}"))
+                .session_timeout(session)
+                .build()
+                .and_then(ZkElection::new)
+        })
+        .collect::<succession_core::Result<Vec<_>>>()?;
+    Ok((Handle, es))
+}
+
+/// Run the driver until `quit` or the end of stdin.
+pub fn main() -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("succession-bench shared driver: cannot build a tokio runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(serve());
+    0
+}
+
+/// One status event: kind (`j`, `l`, `n`), index, stamp (ns).
+type Ev = (char, usize, u64);
+
+async fn serve() {
+    let (tx, rx) = mpsc::unbounded_channel::<Ev>();
+    let printer = tokio::spawn(print_batches(rx));
+    let mut held: Option<(Handle, Vec<Arc<ZkElection>>)> = None;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["ping"] => say(&format!("pong {}", now_ns())),
+            ["shared", tag, n, connect, prefix, ms] => {
+                let t0 = now_ns();
+                let (Ok(n), Ok(ms)) = (n.parse::<usize>(), ms.parse::<u64>()) else {
+                    say(&format!("err -1 bad shared line: {line}"));
+                    continue;
+                };
+                if held.is_some() {
+                    say("err -1 shared: elections already created");
+                    continue;
+                }
+                let paths: Vec<String> = (0..n).map(|i| format!("{prefix}/e{i}")).collect();
+                match shared_elections(connect, &paths, tag, Duration::from_millis(ms)) {
+                    Ok((handle, es)) => {
+                        let es: Vec<Arc<ZkElection>> = es.into_iter().map(Arc::new).collect();
+                        for (i, e) in es.iter().enumerate() {
+                            tokio::spawn(follow(i, e.status(), tx.clone()));
+                            let e = e.clone();
+                            tokio::spawn(async move {
+                                if let Err(err) = e.join().await {
+                                    say(&format!("err {i} join: {err}"));
+                                }
+                            });
+                        }
+                        held = Some((handle, es));
+                        say(&format!("added {t0} 0 {n}"));
+                    }
+                    Err(e) => say(&format!("err -1 shared: {e}")),
+                }
+            }
+            ["leaders"] => {
+                let led: Vec<String> = held
+                    .as_ref()
+                    .map(|(_, es)| {
+                        es.iter()
+                            .enumerate()
+                            .filter(|(_, e)| e.status().borrow().role.is_leader())
+                            .map(|(i, _)| i.to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let list = if led.is_empty() {
+                    "-".to_string()
+                } else {
+                    led.join(",")
+                };
+                say(&format!("leaderset {} {list}", led.len()));
+            }
+            ["sessions"] => {
+                let mut sids: Vec<String> = held
+                    .as_ref()
+                    .map(|(_, es)| {
+                        es.iter()
+                            .filter_map(|e| e.session_id())
+                            .map(|s| format!("{s:x}"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sids.sort();
+                sids.dedup();
+                let list = if sids.is_empty() {
+                    "-".to_string()
+                } else {
+                    sids.join(",")
+                };
+                say(&format!("sessions {} {list}", sids.len()));
+            }
+            ["close"] => {
+                say(&format!("closing {} 0", now_ns()));
+                if let Some((handle, es)) = held.take() {
+                    handle.close(&es).await;
+                }
+                say(&format!("closed {} 0", now_ns()));
+            }
+            ["quit"] => break,
+            _ => say(&format!("err -1 unknown command: {line}")),
+        }
+    }
+    drop(tx);
+    printer.abort();
+}
+
+/// Report one election's `j`, `l` and `n` events; a new term without a visible gap counts as
+/// `n` then `l`.
+async fn follow(
+    idx: usize,
+    mut rx: tokio::sync::watch::Receiver<succession_core::Status>,
+    tx: mpsc::UnboundedSender<Ev>,
+) {
+    let (mut joined, mut term) = (false, None);
+    loop {
+        let (role, since) = {
+            let s = rx.borrow_and_update();
+            (s.role.clone(), s.since)
+        };
+        let t = instant_ns(since);
+        if !joined && role.is_joined() {
+            joined = true;
+            let _ = tx.send(('j', idx, t));
+        }
+        match (role.term(), term) {
+            (Some(now), Some(was)) if now != was => {
+                let _ = tx.send(('n', idx, t));
+                let _ = tx.send(('l', idx, t));
+            }
+            (Some(_), None) => {
+                let _ = tx.send(('l', idx, t));
+            }
+            (None, Some(_)) => {
+                let _ = tx.send(('n', idx, t));
+            }
+            _ => {}
+        }
+        term = role.term();
+        if role == Role::Closed || rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Print events as `b` lines: every few milliseconds, runs of one kind, at most 2000 each.
+async fn print_batches(mut rx: mpsc::UnboundedReceiver<Ev>) {
+    let mut buf: Vec<Ev> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        buf.push(first);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        while let Ok(e) = rx.try_recv() {
+            buf.push(e);
+        }
+        let mut start = 0;
+        while start < buf.len() {
+            let kind = buf[start].0;
+            let mut end = start;
+            while end < buf.len() && buf[end].0 == kind && end - start < 2000 {
+                end += 1;
+            }
+            let run = &buf[start..end];
+            let tmax = run.iter().map(|e| e.2).max().unwrap_or(0);
+            let list: Vec<String> = run.iter().map(|e| e.1.to_string()).collect();
+            say(&format!("b {kind} {tmax} {}", list.join(",")));
+            start = end;
+        }
+        buf.clear();
+    }
+}
