@@ -19,7 +19,7 @@ use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
 };
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -1156,9 +1156,7 @@ struct QueueWatch {
     /// The session's shared watch stream this election's watchers are on.
     hub: WatchHub,
     /// Responses of our watchers, in stream order.
-    rx: mpsc::UnboundedReceiver<WatchMsg>,
-    /// Where the hub sends them (for watchers added later).
-    to: Route,
+    inbox: Route,
     /// Watchers etcd acknowledged, with their ids.
     ids: Vec<(i64, Watched)>,
     /// The generation of the shared stream our watchers are on (for cancelling them).
@@ -1177,7 +1175,8 @@ struct QueueWatch {
 impl Drop for QueueWatch {
     fn drop(&mut self) {
         // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
-        // finds this receiver gone.
+        // finds this inbox closed.
+        self.inbox.close();
         for (id, _) in &self.ids {
             self.hub.cancel(self.generation, *id);
         }
@@ -1201,13 +1200,12 @@ impl QueueWatch {
     /// Add watchers on `own` and `epoch` to the session's stream and wait until etcd
     /// acknowledged both.
     async fn open(conn: &Connection, hub: WatchHub, own: &str, epoch: &str) -> Result<QueueWatch> {
-        let (to, rx) = mpsc::unbounded_channel();
-        hub.create(own, None, &to);
-        hub.create(epoch, None, &to);
+        let inbox = Route::default();
+        hub.create(own, None, &inbox);
+        hub.create(epoch, None, &inbox);
         let mut w = QueueWatch {
             hub,
-            rx,
-            to,
+            inbox,
             ids: Vec::with_capacity(3),
             generation: 0,
             pending: [Watched::Own, Watched::Epoch].into(),
@@ -1244,7 +1242,7 @@ impl QueueWatch {
             self.hub.create(
                 key,
                 Some(WatchOptions::new().with_start_revision(from)),
-                &self.to,
+                &self.inbox,
             );
         }
     }
@@ -1288,18 +1286,12 @@ impl QueueWatch {
 
     /// Read one response from the stream.
     async fn next(&mut self) -> Result<Note> {
-        let resp = match self.rx.recv().await {
-            Some(WatchMsg::Resp(resp, generation)) => {
+        let resp = match self.inbox.recv().await {
+            WatchMsg::Resp(resp, generation) => {
                 self.generation = generation;
                 *resp
             }
-            Some(WatchMsg::Ended(e)) => return Err(*e),
-            None => {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    "the session's watch stream is gone; re-reading",
-                ))
-            }
+            WatchMsg::Ended(e) => return Err(*e),
         };
         if resp.created() {
             if let Some(w) = self.pending.pop_front() {

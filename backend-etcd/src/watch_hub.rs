@@ -15,11 +15,12 @@
 //! what etcd buffers for one stream.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use etcd_client::{WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream};
 use succession_core::{Error, ErrorKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use crate::conn::Connection;
@@ -38,8 +39,58 @@ pub(crate) enum WatchMsg {
     Ended(Box<Error>),
 }
 
+/// Where the responses of one election's watchers go: a small queue with one consumer (an
+/// unbounded channel would cost about 1 KiB per election).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    queue: StdMutex<VecDeque<WatchMsg>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Inbox {
+    /// Queue `m`; false when the consumer is gone.
+    fn send(&self, m: WatchMsg) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(m);
+        // Stores a permit when the consumer is not waiting: no wake-up is lost.
+        self.notify.notify_one();
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The consumer is gone: refuse and drop everything from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The next message (one consumer).
+    pub(crate) async fn recv(&self) -> WatchMsg {
+        loop {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            if let Some(m) = next {
+                return m;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// Where the responses of one election's watchers go.
-pub(crate) type Route = mpsc::UnboundedSender<WatchMsg>;
+pub(crate) type Route = Arc<Inbox>;
 
 enum Cmd {
     Create {
@@ -78,7 +129,7 @@ impl WatchHub {
             to: to.clone(),
         };
         if let Err(mpsc::error::SendError(Cmd::Create { to, .. })) = self.cmds.send(cmd) {
-            let _ = to.send(WatchMsg::Ended(Box::new(Error::new(
+            to.send(WatchMsg::Ended(Box::new(Error::new(
                 ErrorKind::Connection,
                 "the session's watch stream is gone",
             ))));
@@ -175,7 +226,7 @@ async fn run(conn: Arc<Connection>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                                 generation = generation.wrapping_add(1);
                             }
                             Err(e) => {
-                                let _ = to.send(WatchMsg::Ended(Box::new(e)));
+                                to.send(WatchMsg::Ended(Box::new(e)));
                             }
                         },
                     },
@@ -234,7 +285,7 @@ fn route(
         if !resp.canceled() {
             routes.insert(id, to.clone());
         }
-        let _ = to.send(WatchMsg::Resp(Box::new(resp), generation));
+        to.send(WatchMsg::Resp(Box::new(resp), generation));
         return;
     }
     let to = if resp.canceled() {
@@ -243,7 +294,7 @@ fn route(
         routes.get(&id).cloned()
     };
     if let Some(to) = to {
-        if to.send(WatchMsg::Resp(Box::new(resp), generation)).is_err() {
+        if !to.send(WatchMsg::Resp(Box::new(resp), generation)) {
             routes.remove(&id);
             cancel(stream);
         }
@@ -259,10 +310,8 @@ fn end(
     *stream = None;
     // An election with several watchers hears it more than once; it acts on the first.
     for to in pending.drain(..).chain(routes.drain().map(|(_, r)| r)) {
-        if !to.is_closed() {
-            let _ = to.send(WatchMsg::Ended(Box::new(
-                Error::new(ErrorKind::Connection, why.to_owned()).with_retryable(true),
-            )));
-        }
+        to.send(WatchMsg::Ended(Box::new(
+            Error::new(ErrorKind::Connection, why.to_owned()).with_retryable(true),
+        )));
     }
 }
