@@ -658,9 +658,15 @@ impl Task {
         }
     }
 
-    /// Like [`wait`](Self::wait) for a fallible etcd call.
-    async fn call<T, F: Future<Output = Result<T>>>(&mut self, fut: F) -> Step<T> {
-        Ok(self.wait(fut).await??)
+    /// Like [`wait`](Self::wait) for a fallible etcd call. `fut` is boxed before anything
+    /// else, so that the caller's future holds a pointer, not the step itself (each
+    /// election's task stays small while it waits).
+    fn call<'a, T: 'a, F>(&'a mut self, fut: F) -> impl Future<Output = Step<T>> + 'a
+    where
+        F: Future<Output = Result<T>> + 'a,
+    {
+        let fut = Box::pin(fut);
+        async move { Ok(self.wait(fut).await??) }
     }
 
     /// One round: connect, take the session's lease, campaign, wait in the queue. Returns
@@ -1347,8 +1353,8 @@ mod tests {
     use crate::config::EtcdSessionConfig;
 
     /// Each joined election keeps one campaign task: its future must stay small (requests
-    /// are boxed and own their client clone, so neither a `Client` nor an etcd-client
-    /// future sits in it while it waits).
+    /// and steps are boxed, and requests own their client clone, so neither a `Client` nor
+    /// an etcd-client future sits in it while it waits). About 1.1 KiB in a debug build.
     #[test]
     fn campaign_task_future_stays_small() {
         let cfg = EtcdSessionConfig::builder()
@@ -1360,13 +1366,6 @@ mod tests {
         let (_stop, stop_rx) = watch::channel(None);
         let fut = Task::new(e.inner.clone(), stop_rx).run();
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 4096, "campaign task future is {size} bytes");
-        eprintln!(
-            "task future {size} B, WatchMsg {} B, Status {} B, EtcdConfig {} B, Inner {} B",
-            std::mem::size_of::<WatchMsg>(),
-            std::mem::size_of::<Status>(),
-            std::mem::size_of::<EtcdConfig>(),
-            std::mem::size_of::<Inner>()
-        );
+        assert!(size <= 2048, "campaign task future is {size} bytes");
     }
 }
