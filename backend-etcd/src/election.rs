@@ -50,8 +50,40 @@ pub struct LeaseInfo {
     pub drop_leadership_at: std::time::Instant,
 }
 
-/// What a stop request says: why we stop (published as the Idle reason).
-type StopSignal = Option<&'static str>;
+/// A stop request for one participation run, with why we stop (published as the Idle
+/// reason). One per joined election, so smaller than a watch channel.
+#[derive(Default)]
+pub(crate) struct Stop {
+    reason: StdMutex<Option<&'static str>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn request(&self, reason: &'static str) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.notify.notify_waiters();
+    }
+
+    fn reason(&self) -> Option<&'static str> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until a stop is requested.
+    async fn requested(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reason().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// One election of a session: what its handle, its task and the session share.
 pub(crate) struct Inner {
@@ -107,7 +139,7 @@ impl Inner {
         self.cell.close(reason);
         let r = run.take();
         if let Some(r) = &r {
-            let _ = r.stop.send(Some(reason));
+            r.stop.request(reason);
         }
         r
     }
@@ -117,7 +149,7 @@ impl Inner {
         let Some(r) = run else {
             return Ok(());
         };
-        let _ = r.stop.send(Some(reason));
+        r.stop.request(reason);
         // The task obeys `stop` at every wait; its longest uninterruptible step is one
         // request. Never wait much longer than that.
         let bound = self.config.request_timeout() * 3 + self.config.ttl();
@@ -166,7 +198,7 @@ impl Inner {
 }
 
 pub(crate) struct Run {
-    stop: watch::Sender<StopSignal>,
+    stop: Arc<Stop>,
     task: JoinHandle<Result<()>>,
 }
 
@@ -314,18 +346,15 @@ impl Election for EtcdElection {
                     .cell
                     .set(Role::Candidate, HealthLevel::Healthy, "joining");
                 self.inner.shared.ensure_driver();
-                let (stop_tx, stop_rx) = watch::channel(None);
+                let stop = Arc::new(Stop::default());
                 let span = tracing::info_span!(
                     "etcd_election",
                     prefix = %self.inner.config.prefix,
                     id = %self.inner.config.id
                 );
-                let task = Task::new(self.inner.clone(), stop_rx);
+                let task = Task::new(self.inner.clone(), stop.clone());
                 let task = tokio::spawn(task.run().instrument(span));
-                *run = Some(Run {
-                    stop: stop_tx,
-                    task,
-                });
+                *run = Some(Run { stop, task });
             }
         }
         let what = format!("etcd election of {}", self.id());
@@ -488,7 +517,7 @@ enum QueueExit {
 /// The background participation task of one joined handle.
 struct Task {
     inner: Arc<Inner>,
-    stop: watch::Receiver<StopSignal>,
+    stop: Arc<Stop>,
     backoff: Backoff,
     /// The session's lease this task campaigns with.
     lease: Option<Arc<Lease>>,
@@ -502,7 +531,7 @@ struct Task {
 }
 
 impl Task {
-    fn new(inner: Arc<Inner>, stop: watch::Receiver<StopSignal>) -> Self {
+    fn new(inner: Arc<Inner>, stop: Arc<Stop>) -> Self {
         let backoff = Backoff::for_ttl(inner.config.ttl);
         Task {
             inner,
@@ -530,7 +559,7 @@ impl Task {
     async fn run(mut self) -> Result<()> {
         self.participate().await;
         // Stopped: publish that we no longer lead FIRST, then remove our place.
-        let reason = self.stop.borrow().unwrap_or("stopped");
+        let reason = self.stop.reason().unwrap_or("stopped");
         self.cell().set(Role::Idle, HealthLevel::Healthy, reason);
         let res = self.release().await;
         if let Err(e) = &res {
@@ -628,7 +657,7 @@ impl Task {
         tokio::pin!(fut);
         let mut lease_rx = self.lease.as_ref().map(|l| l.state.clone());
         loop {
-            if self.stop.borrow_and_update().is_some() {
+            if self.stop.reason().is_some() {
                 return Err(Flow::Stop);
             }
             // No timer of our own: the keeper publishes a change when `drop_at` passes.
@@ -643,11 +672,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                r = self.stop.changed() => {
-                    if r.is_err() {
-                        return Err(Flow::Stop);
-                    }
-                }
+                _ = self.stop.requested() => return Err(Flow::Stop),
                 r = async { lease_rx.as_mut().expect("guarded").changed().await }, if lease_rx.is_some() => {
                     if r.is_err() {
                         return Err(Flow::LeaseLost("the lease keeper stopped".into()));
@@ -699,7 +724,7 @@ impl Task {
         self.inner.shared.ensure_driver();
         let mut rx = self.core().view.subscribe();
         loop {
-            if self.stop.borrow_and_update().is_some() {
+            if self.stop.reason().is_some() {
                 return Err(Flow::Stop);
             }
             let view = rx.borrow_and_update().clone();
@@ -716,7 +741,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                r = self.stop.changed() => if r.is_err() { return Err(Flow::Stop) },
+                _ = self.stop.requested() => return Err(Flow::Stop),
                 r = rx.changed() => if r.is_err() { return Err(Flow::Stop) },
             }
         }
@@ -986,7 +1011,7 @@ impl Task {
             role.is_joined() || role == Role::Suspended
         };
         loop {
-            if self.stop.borrow_and_update().is_some() {
+            if self.stop.reason().is_some() {
                 return Err(Flow::Stop);
             }
             let s = rx.borrow_and_update().clone();
@@ -1023,7 +1048,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                r = self.stop.changed() => if r.is_err() { return Err(Flow::Stop) },
+                _ = self.stop.requested() => return Err(Flow::Stop),
                 r = rx.changed() => if r.is_err() {
                     return Err(Flow::LeaseLost("the lease keeper stopped".into()));
                 },
@@ -1363,8 +1388,7 @@ mod tests {
             .unwrap();
         let shared = Shared::new(cfg.clone(), false);
         let e = EtcdElection::on_session(shared, cfg.election_config("/a", "x").unwrap());
-        let (_stop, stop_rx) = watch::channel(None);
-        let fut = Task::new(e.inner.clone(), stop_rx).run();
+        let fut = Task::new(e.inner.clone(), Arc::default()).run();
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2048, "campaign task future is {size} bytes");
     }
