@@ -125,10 +125,9 @@ impl Inner {
 
     /// The session's watch stream this election's watchers go on.
     fn hub(&self) -> WatchHub {
-        self.shared
-            .core
-            .hubs
-            .for_election(&self.shared.core.conn, self.reg_id)
+        let core = &self.shared.core;
+        core.hubs
+            .for_election(&core.conn, self.reg_id, core.registry.len())
     }
 
     /// Close for good: publish `Closed` first, then ask the task to stop (returned, to be

@@ -150,9 +150,18 @@ pub(crate) struct Hubs {
 }
 
 impl Hubs {
-    /// The hub of election `reg_id` (one per [`ELECTIONS_PER_STREAM`] registration ids).
-    pub(crate) fn for_election(&self, conn: &Arc<Connection>, reg_id: u64) -> WatchHub {
-        let index = (reg_id / ELECTIONS_PER_STREAM) as usize;
+    /// The hub for one round of election `reg_id` when the session has `elections`: one
+    /// stream per [`ELECTIONS_PER_STREAM`] elections, so the number of streams follows the
+    /// largest number of elections the session had, not how many came and went. (All
+    /// watchers of one round go to one hub; the next round may use another.)
+    pub(crate) fn for_election(
+        &self,
+        conn: &Arc<Connection>,
+        reg_id: u64,
+        elections: usize,
+    ) -> WatchHub {
+        let streams = (elections as u64).div_ceil(ELECTIONS_PER_STREAM).max(1);
+        let index = (reg_id % streams) as usize;
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         while hubs.len() <= index {
             let i = hubs.len();
