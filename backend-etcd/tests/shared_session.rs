@@ -288,11 +288,10 @@ async fn partitioned_session_demotes_every_election_at_once_before_its_lease_can
     let old_lease = sessions[0].lease_id().unwrap();
 
     proxy.blackhole();
-    g.until(
-        TTL + Duration::from_secs(1),
-        "session 0 stepped down everywhere",
-        |g| (0..g.grid.len()).all(|p| !g.grid[p][0].is_leader()),
-    )
+    // (Loose for a loaded machine; the safety claim is the expiry check below.)
+    g.until(TTL * 3, "session 0 stepped down everywhere", |g| {
+        (0..g.grid.len()).all(|p| !g.grid[p][0].is_leader())
+    })
     .await;
     // All at once (one signal for the session), before the server could expire the lease.
     let downs: Vec<std::time::Instant> = g
