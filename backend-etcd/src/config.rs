@@ -1,6 +1,7 @@
 //! [`EtcdConfig`] and its builder: every value is checked before anything is contacted.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use succession_core::text::Human;
@@ -34,7 +35,8 @@ pub struct EtcdConfig {
     pub(crate) user: Option<String>,
     pub(crate) password: Option<String>,
     /// `Some` exactly when the endpoints are `https://` (only possible with feature `tls`).
-    pub(crate) tls: Option<TlsSettings>,
+    /// Shared: every election of a session holds a copy of its configuration.
+    pub(crate) tls: Option<Arc<TlsSettings>>,
 }
 
 /// The TLS settings of a configuration. `Debug` shows sizes and presence, never PEM data.
@@ -126,7 +128,7 @@ pub struct EtcdSessionConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) user: Option<String>,
     pub(crate) password: Option<String>,
-    pub(crate) tls: Option<TlsSettings>,
+    pub(crate) tls: Option<Arc<TlsSettings>>,
 }
 
 debug_session_hiding_password!(EtcdSessionConfig);
@@ -406,7 +408,7 @@ impl EtcdSessionConfigBuilder {
         for e in &self.endpoints {
             parsed.push(parse_endpoint(e)?);
         }
-        let tls = check_tls(&self.endpoints, &parsed, self.tls)?;
+        let tls = check_tls(&self.endpoints, &parsed, self.tls)?.map(Arc::new);
         let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoints = parsed
             .iter()

@@ -65,14 +65,14 @@ impl Connection {
                 .with_auto_token_refresh(true);
         }
         #[cfg(feature = "tls")]
-        if let Some(tls) = &c.tls {
+        if let Some(tls) = c.tls.as_deref() {
             opts = opts.with_tls(tls_options(tls));
         }
         let client = error::request_in(
             "connect",
             c.connect_timeout + c.request_timeout,
             Box::pin(Client::connect(c.endpoints.clone(), Some(opts))),
-            c.tls.as_ref(),
+            c.tls.as_deref(),
         )
         .await?;
         *slot = Some(client.clone());
@@ -95,7 +95,7 @@ impl Connection {
             op,
             self.config.request_timeout,
             fut,
-            self.config.tls.as_ref(),
+            self.config.tls.as_deref(),
         ))
     }
 
@@ -112,7 +112,7 @@ impl Connection {
                 op,
                 self.config.request_timeout,
                 c.txn(txn),
-                self.config.tls.as_ref(),
+                self.config.tls.as_deref(),
             )
             .await
         })

@@ -19,7 +19,7 @@ use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
     StatusCell, Term,
 };
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -50,8 +50,40 @@ pub struct LeaseInfo {
     pub drop_leadership_at: std::time::Instant,
 }
 
-/// What a stop request says: why we stop (published as the Idle reason).
-type StopSignal = Option<&'static str>;
+/// A stop request for one participation run, with why we stop (published as the Idle
+/// reason). One per joined election, so smaller than a watch channel.
+#[derive(Default)]
+pub(crate) struct Stop {
+    reason: StdMutex<Option<&'static str>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn request(&self, reason: &'static str) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        self.notify.notify_waiters();
+    }
+
+    fn reason(&self) -> Option<&'static str> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until a stop is requested.
+    async fn requested(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.reason().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// One election of a session: what its handle, its task and the session share.
 pub(crate) struct Inner {
@@ -93,10 +125,9 @@ impl Inner {
 
     /// The session's watch stream this election's watchers go on.
     fn hub(&self) -> WatchHub {
-        self.shared
-            .core
-            .hubs
-            .for_election(&self.shared.core.conn, self.reg_id)
+        let core = &self.shared.core;
+        core.hubs
+            .for_election(&core.conn, self.reg_id, core.registry.len())
     }
 
     /// Close for good: publish `Closed` first, then ask the task to stop (returned, to be
@@ -107,7 +138,7 @@ impl Inner {
         self.cell.close(reason);
         let r = run.take();
         if let Some(r) = &r {
-            let _ = r.stop.send(Some(reason));
+            r.stop.request(reason);
         }
         r
     }
@@ -117,7 +148,7 @@ impl Inner {
         let Some(r) = run else {
             return Ok(());
         };
-        let _ = r.stop.send(Some(reason));
+        r.stop.request(reason);
         // The task obeys `stop` at every wait; its longest uninterruptible step is one
         // request. Never wait much longer than that.
         let bound = self.config.request_timeout() * 3 + self.config.ttl();
@@ -166,7 +197,7 @@ impl Inner {
 }
 
 pub(crate) struct Run {
-    stop: watch::Sender<StopSignal>,
+    stop: Arc<Stop>,
     task: JoinHandle<Result<()>>,
 }
 
@@ -314,18 +345,15 @@ impl Election for EtcdElection {
                     .cell
                     .set(Role::Candidate, HealthLevel::Healthy, "joining");
                 self.inner.shared.ensure_driver();
-                let (stop_tx, stop_rx) = watch::channel(None);
+                let stop = Arc::new(Stop::default());
                 let span = tracing::info_span!(
                     "etcd_election",
                     prefix = %self.inner.config.prefix,
                     id = %self.inner.config.id
                 );
-                let task = Task::new(self.inner.clone(), stop_rx);
+                let task = Task::new(self.inner.clone(), stop.clone());
                 let task = tokio::spawn(task.run().instrument(span));
-                *run = Some(Run {
-                    stop: stop_tx,
-                    task,
-                });
+                *run = Some(Run { stop, task });
             }
         }
         let what = format!("etcd election of {}", self.id());
@@ -488,7 +516,7 @@ enum QueueExit {
 /// The background participation task of one joined handle.
 struct Task {
     inner: Arc<Inner>,
-    stop: watch::Receiver<StopSignal>,
+    stop: Arc<Stop>,
     backoff: Backoff,
     /// The session's lease this task campaigns with.
     lease: Option<Arc<Lease>>,
@@ -502,7 +530,7 @@ struct Task {
 }
 
 impl Task {
-    fn new(inner: Arc<Inner>, stop: watch::Receiver<StopSignal>) -> Self {
+    fn new(inner: Arc<Inner>, stop: Arc<Stop>) -> Self {
         let backoff = Backoff::for_ttl(inner.config.ttl);
         Task {
             inner,
@@ -530,7 +558,7 @@ impl Task {
     async fn run(mut self) -> Result<()> {
         self.participate().await;
         // Stopped: publish that we no longer lead FIRST, then remove our place.
-        let reason = self.stop.borrow().unwrap_or("stopped");
+        let reason = self.stop.reason().unwrap_or("stopped");
         self.cell().set(Role::Idle, HealthLevel::Healthy, reason);
         let res = self.release().await;
         if let Err(e) = &res {
@@ -628,7 +656,7 @@ impl Task {
         tokio::pin!(fut);
         let mut lease_rx = self.lease.as_ref().map(|l| l.state.clone());
         loop {
-            if self.stop.borrow_and_update().is_some() {
+            if self.stop.reason().is_some() {
                 return Err(Flow::Stop);
             }
             // No timer of our own: the keeper publishes a change when `drop_at` passes.
@@ -643,11 +671,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                r = self.stop.changed() => {
-                    if r.is_err() {
-                        return Err(Flow::Stop);
-                    }
-                }
+                _ = self.stop.requested() => return Err(Flow::Stop),
                 r = async { lease_rx.as_mut().expect("guarded").changed().await }, if lease_rx.is_some() => {
                     if r.is_err() {
                         return Err(Flow::LeaseLost("the lease keeper stopped".into()));
@@ -658,9 +682,15 @@ impl Task {
         }
     }
 
-    /// Like [`wait`](Self::wait) for a fallible etcd call.
-    async fn call<T, F: Future<Output = Result<T>>>(&mut self, fut: F) -> Step<T> {
-        Ok(self.wait(fut).await??)
+    /// Like [`wait`](Self::wait) for a fallible etcd call. `fut` is boxed before anything
+    /// else, so that the caller's future holds a pointer, not the step itself (each
+    /// election's task stays small while it waits).
+    fn call<'a, T: 'a, F>(&'a mut self, fut: F) -> impl Future<Output = Step<T>> + 'a
+    where
+        F: Future<Output = Result<T>> + 'a,
+    {
+        let fut = Box::pin(fut);
+        async move { Ok(self.wait(fut).await??) }
     }
 
     /// One round: connect, take the session's lease, campaign, wait in the queue. Returns
@@ -693,7 +723,7 @@ impl Task {
         self.inner.shared.ensure_driver();
         let mut rx = self.core().view.subscribe();
         loop {
-            if self.stop.borrow_and_update().is_some() {
+            if self.stop.reason().is_some() {
                 return Err(Flow::Stop);
             }
             let view = rx.borrow_and_update().clone();
@@ -710,7 +740,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                r = self.stop.changed() => if r.is_err() { return Err(Flow::Stop) },
+                _ = self.stop.requested() => return Err(Flow::Stop),
                 r = rx.changed() => if r.is_err() { return Err(Flow::Stop) },
             }
         }
@@ -980,7 +1010,7 @@ impl Task {
             role.is_joined() || role == Role::Suspended
         };
         loop {
-            if self.stop.borrow_and_update().is_some() {
+            if self.stop.reason().is_some() {
                 return Err(Flow::Stop);
             }
             let s = rx.borrow_and_update().clone();
@@ -1017,7 +1047,7 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                r = self.stop.changed() => if r.is_err() { return Err(Flow::Stop) },
+                _ = self.stop.requested() => return Err(Flow::Stop),
                 r = rx.changed() => if r.is_err() {
                     return Err(Flow::LeaseLost("the lease keeper stopped".into()));
                 },
@@ -1156,9 +1186,7 @@ struct QueueWatch {
     /// The session's shared watch stream this election's watchers are on.
     hub: WatchHub,
     /// Responses of our watchers, in stream order.
-    rx: mpsc::UnboundedReceiver<WatchMsg>,
-    /// Where the hub sends them (for watchers added later).
-    to: Route,
+    inbox: Route,
     /// Watchers etcd acknowledged, with their ids.
     ids: Vec<(i64, Watched)>,
     /// The generation of the shared stream our watchers are on (for cancelling them).
@@ -1177,7 +1205,8 @@ struct QueueWatch {
 impl Drop for QueueWatch {
     fn drop(&mut self) {
         // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
-        // finds this receiver gone.
+        // finds this inbox closed.
+        self.inbox.close();
         for (id, _) in &self.ids {
             self.hub.cancel(self.generation, *id);
         }
@@ -1201,13 +1230,12 @@ impl QueueWatch {
     /// Add watchers on `own` and `epoch` to the session's stream and wait until etcd
     /// acknowledged both.
     async fn open(conn: &Connection, hub: WatchHub, own: &str, epoch: &str) -> Result<QueueWatch> {
-        let (to, rx) = mpsc::unbounded_channel();
-        hub.create(own, None, &to);
-        hub.create(epoch, None, &to);
+        let inbox = Route::default();
+        hub.create(own, None, &inbox);
+        hub.create(epoch, None, &inbox);
         let mut w = QueueWatch {
             hub,
-            rx,
-            to,
+            inbox,
             ids: Vec::with_capacity(3),
             generation: 0,
             pending: [Watched::Own, Watched::Epoch].into(),
@@ -1244,7 +1272,7 @@ impl QueueWatch {
             self.hub.create(
                 key,
                 Some(WatchOptions::new().with_start_revision(from)),
-                &self.to,
+                &self.inbox,
             );
         }
     }
@@ -1288,18 +1316,12 @@ impl QueueWatch {
 
     /// Read one response from the stream.
     async fn next(&mut self) -> Result<Note> {
-        let resp = match self.rx.recv().await {
-            Some(WatchMsg::Resp(resp, generation)) => {
+        let resp = match self.inbox.recv().await {
+            WatchMsg::Resp(resp, generation) => {
                 self.generation = generation;
                 *resp
             }
-            Some(WatchMsg::Ended(e)) => return Err(*e),
-            None => {
-                return Err(Error::new(
-                    ErrorKind::Connection,
-                    "the session's watch stream is gone; re-reading",
-                ))
-            }
+            WatchMsg::Ended(e) => return Err(*e),
         };
         if resp.created() {
             if let Some(w) = self.pending.pop_front() {
@@ -1355,8 +1377,8 @@ mod tests {
     use crate::config::EtcdSessionConfig;
 
     /// Each joined election keeps one campaign task: its future must stay small (requests
-    /// are boxed and own their client clone, so neither a `Client` nor an etcd-client
-    /// future sits in it while it waits).
+    /// and steps are boxed, and requests own their client clone, so neither a `Client` nor
+    /// an etcd-client future sits in it while it waits). About 1.1 KiB in a debug build.
     #[test]
     fn campaign_task_future_stays_small() {
         let cfg = EtcdSessionConfig::builder()
@@ -1365,16 +1387,8 @@ mod tests {
             .unwrap();
         let shared = Shared::new(cfg.clone(), false);
         let e = EtcdElection::on_session(shared, cfg.election_config("/a", "x").unwrap());
-        let (_stop, stop_rx) = watch::channel(None);
-        let fut = Task::new(e.inner.clone(), stop_rx).run();
+        let fut = Task::new(e.inner.clone(), Arc::default()).run();
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 4096, "campaign task future is {size} bytes");
-        eprintln!(
-            "task future {size} B, WatchMsg {} B, Status {} B, EtcdConfig {} B, Inner {} B",
-            std::mem::size_of::<WatchMsg>(),
-            std::mem::size_of::<Status>(),
-            std::mem::size_of::<EtcdConfig>(),
-            std::mem::size_of::<Inner>()
-        );
+        assert!(size <= 2048, "campaign task future is {size} bytes");
     }
 }

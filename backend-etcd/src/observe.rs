@@ -193,7 +193,7 @@ async fn watch_once(
                 return Err(error::map_in(
                     "watch the election",
                     e,
-                    conn.config.tls.as_ref(),
+                    conn.config.tls.as_deref(),
                 ))
             }
         };

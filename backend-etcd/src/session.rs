@@ -126,7 +126,7 @@ impl Registry {
         f()
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 

@@ -15,11 +15,12 @@
 //! what etcd buffers for one stream.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 
 use etcd_client::{WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream};
 use succession_core::{Error, ErrorKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::Instrument;
 
 use crate::conn::Connection;
@@ -38,8 +39,58 @@ pub(crate) enum WatchMsg {
     Ended(Box<Error>),
 }
 
+/// Where the responses of one election's watchers go: a small queue with one consumer (an
+/// unbounded channel would cost about 1 KiB per election).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    queue: StdMutex<VecDeque<WatchMsg>>,
+    notify: Notify,
+    closed: AtomicBool,
+}
+
+impl Inbox {
+    /// Queue `m`; false when the consumer is gone.
+    fn send(&self, m: WatchMsg) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(m);
+        // Stores a permit when the consumer is not waiting: no wake-up is lost.
+        self.notify.notify_one();
+        true
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The consumer is gone: refuse and drop everything from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The next message (one consumer).
+    pub(crate) async fn recv(&self) -> WatchMsg {
+        loop {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            if let Some(m) = next {
+                return m;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// Where the responses of one election's watchers go.
-pub(crate) type Route = mpsc::UnboundedSender<WatchMsg>;
+pub(crate) type Route = Arc<Inbox>;
 
 enum Cmd {
     Create {
@@ -78,7 +129,7 @@ impl WatchHub {
             to: to.clone(),
         };
         if let Err(mpsc::error::SendError(Cmd::Create { to, .. })) = self.cmds.send(cmd) {
-            let _ = to.send(WatchMsg::Ended(Box::new(Error::new(
+            to.send(WatchMsg::Ended(Box::new(Error::new(
                 ErrorKind::Connection,
                 "the session's watch stream is gone",
             ))));
@@ -99,9 +150,18 @@ pub(crate) struct Hubs {
 }
 
 impl Hubs {
-    /// The hub of election `reg_id` (one per [`ELECTIONS_PER_STREAM`] registration ids).
-    pub(crate) fn for_election(&self, conn: &Arc<Connection>, reg_id: u64) -> WatchHub {
-        let index = (reg_id / ELECTIONS_PER_STREAM) as usize;
+    /// The hub for one round of election `reg_id` when the session has `elections`: one
+    /// stream per [`ELECTIONS_PER_STREAM`] elections, so the number of streams follows the
+    /// largest number of elections the session had, not how many came and went. (All
+    /// watchers of one round go to one hub; the next round may use another.)
+    pub(crate) fn for_election(
+        &self,
+        conn: &Arc<Connection>,
+        reg_id: u64,
+        elections: usize,
+    ) -> WatchHub {
+        let streams = (elections as u64).div_ceil(ELECTIONS_PER_STREAM).max(1);
+        let index = (reg_id % streams) as usize;
         let mut hubs = self.hubs.lock().unwrap_or_else(|p| p.into_inner());
         while hubs.len() <= index {
             let i = hubs.len();
@@ -175,7 +235,7 @@ async fn run(conn: Arc<Connection>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
                                 generation = generation.wrapping_add(1);
                             }
                             Err(e) => {
-                                let _ = to.send(WatchMsg::Ended(Box::new(e)));
+                                to.send(WatchMsg::Ended(Box::new(e)));
                             }
                         },
                     },
@@ -234,7 +294,7 @@ fn route(
         if !resp.canceled() {
             routes.insert(id, to.clone());
         }
-        let _ = to.send(WatchMsg::Resp(Box::new(resp), generation));
+        to.send(WatchMsg::Resp(Box::new(resp), generation));
         return;
     }
     let to = if resp.canceled() {
@@ -243,7 +303,7 @@ fn route(
         routes.get(&id).cloned()
     };
     if let Some(to) = to {
-        if to.send(WatchMsg::Resp(Box::new(resp), generation)).is_err() {
+        if !to.send(WatchMsg::Resp(Box::new(resp), generation)) {
             routes.remove(&id);
             cancel(stream);
         }
@@ -259,10 +319,8 @@ fn end(
     *stream = None;
     // An election with several watchers hears it more than once; it acts on the first.
     for to in pending.drain(..).chain(routes.drain().map(|(_, r)| r)) {
-        if !to.is_closed() {
-            let _ = to.send(WatchMsg::Ended(Box::new(
-                Error::new(ErrorKind::Connection, why.to_owned()).with_retryable(true),
-            )));
-        }
+        to.send(WatchMsg::Ended(Box::new(
+            Error::new(ErrorKind::Connection, why.to_owned()).with_retryable(true),
+        )));
     }
 }

@@ -288,11 +288,10 @@ async fn partitioned_session_demotes_every_election_at_once_before_its_lease_can
     let old_lease = sessions[0].lease_id().unwrap();
 
     proxy.blackhole();
-    g.until(
-        TTL + Duration::from_secs(1),
-        "session 0 stepped down everywhere",
-        |g| (0..g.grid.len()).all(|p| !g.grid[p][0].is_leader()),
-    )
+    // (Loose for a loaded machine; the safety claim is the expiry check below.)
+    g.until(TTL * 3, "session 0 stepped down everywhere", |g| {
+        (0..g.grid.len()).all(|p| !g.grid[p][0].is_leader())
+    })
     .await;
     // All at once (one signal for the session), before the server could expire the lease.
     let downs: Vec<std::time::Instant> = g
@@ -511,6 +510,55 @@ async fn several_participants_of_one_session_on_one_prefix_take_turns_with_disti
     assert!(!es[1].is_leader());
     s.close().await.unwrap();
     checker.assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_of_a_session_revokes_its_lease_and_dropping_one_election_deletes_its_key(
+) {
+    let etcd = shared_etcd().await;
+    let ps = prefixes("drop", 2);
+    let s = session(&etcd.endpoint(), 3);
+    let a = s.election(&ps[0], "a").unwrap();
+    let b = s.election(&ps[1], "b").unwrap();
+    a.join().await.unwrap();
+    b.join().await.unwrap();
+    a.wait_for_leadership(BOUND).await.unwrap();
+    b.wait_for_leadership(BOUND).await.unwrap();
+    let lease = s.lease_id().unwrap();
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let keys = |c: &mut etcd_client::Client, p: String| {
+        let mut c = c.clone();
+        async move {
+            c.get(format!("{p}/"), Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap()
+                .kvs()
+                .len()
+        }
+    };
+    // One election dropped: its key goes (in the background), the session lives on.
+    drop(a);
+    let deadline = Instant::now() + BOUND;
+    while keys(&mut c, ps[0].clone()).await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped election's key stays"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(b.is_leader());
+    assert_eq!(s.elections(), 1);
+    // The last handles dropped: the lease is revoked (in the background).
+    drop(s);
+    drop(b);
+    while common::lease_ids(&c).await.contains(&lease) {
+        assert!(
+            Instant::now() < deadline,
+            "the lease of a dropped session stays"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(keys(&mut c, ps[1].clone()).await, 0);
 }
 
 /// Live heap bytes of this test binary (a counting wrapper of the system allocator), so
