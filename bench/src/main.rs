@@ -74,8 +74,7 @@ GROUPS:
              start -> every election led exactly once, RSS per election, sessions and
              connections per process (`cons`, `mntr`), graceful close and kill -9 of the
              process leading the most -> all re-led, ZooKeeper wiped -> all re-led (Curator
-             bounded at 20 s: CURATOR-724). Until ZkSession lands, our side opens a private
-             session per election and runs only at E <= 200.
+             bounded at 20 s: CURATOR-724).
     -h, --help       this text
 
 Needs ZooKeeper 3.8, etcd 3.4, etcdctl, a JDK (javac) and Debian's Curator jars:

@@ -28,10 +28,6 @@ use crate::{Ctx, Res, Results};
 /// Participant processes per side.
 pub const PROCS: usize = 3;
 
-/// While our adapter still opens a private session per election (no `ZkSession` yet), our
-/// side runs only up to this E (3 × E sessions).
-pub const OURS_PRIVATE_MAX: usize = 200;
-
 /// How long the bench waits, after a part, for the server to be back to its state before.
 const SETTLE: Duration = Duration::from_secs(40);
 
@@ -554,13 +550,6 @@ async fn measure(ctx: &mut Ctx, side: Side, e: usize) -> SharedRow {
         e,
         ..SharedRow::default()
     };
-    if side == Side::Ours && !crate::shared_driver::SHARES_ONE_SESSION && e > OURS_PRIVATE_MAX {
-        row.skipped = Some(format!(
-            "not run: our adapter still opens one session per election (no `ZkSession` yet), \
-             only E ≤ {OURS_PRIVATE_MAX} is run"
-        ));
-        return row;
-    }
     ctx.progress(&format!(
         "shared: {} — {PROCS} processes × {e} elections: start, graceful close ...",
         side.name()
@@ -665,15 +654,6 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
         crate::fmt_s(p.shared_curator_wipe_bound),
         crate::fmt_s(SETTLE)
     ));
-    if !crate::shared_driver::SHARES_ONE_SESSION {
-        s.before.push(format!(
-            "**Our side is a stand-in in this run**: `ZkSession` (one ZooKeeper session for \
-             many elections) is not in this build, so our driver opens a private session per \
-             election (`shared_driver::shared_elections`) and runs only up to E = \
-             {OURS_PRIVATE_MAX}. Its RSS and connection figures are those of E sessions, not \
-             of a shared one."
-        ));
-    }
     let r = &ctx.res;
     let mut t = Table::new(&[
         "implementation",
@@ -801,14 +781,6 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
             measured(Side::Curator).find(|x| x.e == e)?,
         ))
     });
-    let stand_in = if crate::shared_driver::SHARES_ONE_SESSION {
-        String::new()
-    } else {
-        format!(
-            " Our figures here are of the stand-in (a private session per election, E ≤ \
-             {OURS_PRIVATE_MAX}) until `ZkSession` lands."
-        )
-    };
     let mut v = Vec::new();
     let (o, c) = (
         pair.and_then(|(o, _)| median(&o.rss_per)),
@@ -827,7 +799,7 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         met: rt.map(|x| x <= 0.1),
         why: format!(
             "Marginal VmRSS of E elections in one process, divided by E, median of the three \
-             processes, at the largest E both sides ran.{stand_in}"
+             processes, at the largest E both sides ran."
         ),
     });
     for (target, get) in [
@@ -855,7 +827,7 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
                 fmt_ratio(rt)
             ),
             met: rt.map(|x| x <= 0.5),
-            why: format!("Same run, same server, at the largest E both sides ran.{stand_in}"),
+            why: format!("Same run, same server, at the largest E both sides ran."),
         });
     }
     let w10k = measured(Side::Ours)
@@ -912,7 +884,7 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         why: format!(
             "Measured from the moment the restarted, empty server answers `srvr` as serving \
              to the last election led again (three processes, each election led since the \
-             kill).{stand_in}"
+             kill)."
         ),
     });
     let conns: Vec<(usize, usize)> = measured(Side::Ours)
@@ -940,7 +912,7 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         },
         why: format!(
             "Server connections (`cons`) carrying the session ids each process reports; \
-             one connection means one ping stream per process.{stand_in}"
+             one connection means one ping stream per process."
         ),
     });
     v

@@ -1,6 +1,6 @@
 //! `succession-bench __shared`: the process that hosts OUR side of the `shared` group — E
-//! elections in one process, on the latch paths `<prefix>/e<i>`, meant to share one
-//! ZooKeeper session (see [`shared_elections`], the swap point for `ZkSession`).
+//! elections in one process, on the latch paths `<prefix>/e<i>`, all on ONE ZooKeeper
+//! session (`ZkSession`, see [`shared_elections`]).
 //!
 //! It speaks the same line protocol as the Curator driver of the group
 //! (`bench/java/BenchShared.java`):
@@ -23,67 +23,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use succession_core::{Election, Role};
-use succession_zk::{ZkConfig, ZkElection};
+use succession_zk::{ZkElection, ZkSession, ZkSessionConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::clock::{instant_ns, now_ns};
 use crate::driver::say;
 
-/// Whether [`shared_elections`] puts every election of a process on ONE ZooKeeper session.
-/// False until `ZkSession` (backend-zk) lands: the adapter then opens a private session per
-/// election, and the bench runs our side only at small E (see `shared::OURS_PRIVATE_MAX`).
-pub const SHARES_ONE_SESSION: bool = false;
-
-/// What keeps the elections' session(s) alive and closes them.
-///
-/// ZkSession swap: becomes `struct Handle(succession::zk::ZkSession);` with `close` calling
-/// `self.0.close().await` (which closes every election, each publishing `Closed`).
-pub struct Handle;
+/// What keeps the elections' session alive and closes it.
+pub struct Handle(ZkSession);
 
 impl Handle {
-    /// Close every election and the session(s).
-    async fn close(self, elections: &[Arc<ZkElection>]) {
-        // ZkSession swap: replace the body with `self.0.close().await` (log an error).
-        let closes = elections.iter().enumerate().map(|(i, e)| async move {
-            if let Err(err) = e.close().await {
-                say(&format!("err {i} close: {err}"));
-            }
-        });
-        futures::future::join_all(closes).await;
+    /// Close every election (each publishes `Closed`, its node deleted) and the session.
+    async fn close(self, _elections: &[Arc<ZkElection>]) {
+        if let Err(err) = self.0.close().await {
+            say(&format!("err close: {err}"));
+        }
     }
 }
 
-/// E elections of one process, election `i` on `paths[i]` with the id `<tag>-e<i>`.
-///
-/// ZkSession swap point — today one private session per election (correct, but heavy:
-/// run it only with small E). With `succession::zk::ZkSession` the body becomes:
-///
-/// ```ignore
-/// let session = ZkSession::new(ZkSessionConfig::builder(connect).session_timeout(session).build()?)?;
-/// let es = paths.iter().enumerate()
-///     .map(|(i, p)| session.election(p.as_str(), format!("{tag}-e{i}")))
-///     .collect::<Result<Vec<_>, _>>()?;
-/// Ok((Handle(session), es))
-/// ```
-/// and [`SHARES_ONE_SESSION`] becomes true.
+/// E elections of one process on ONE ZooKeeper session, election `i` on `paths[i]` with the
+/// id `<tag>-e<i>`.
 pub fn shared_elections(
     connect: &str,
     paths: &[String],
     tag: &str,
     session: Duration,
 ) -> succession_core::Result<(Handle, Vec<ZkElection>)> {
+    let s = ZkSession::new(
+        ZkSessionConfig::builder(connect)
+            .session_timeout(session)
+            .build()?,
+    )?;
     let es = paths
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            ZkConfig::builder(connect, p.as_str(), format!("{tag}-e{i}"))
-                .session_timeout(session)
-                .build()
-                .and_then(ZkElection::new)
-        })
+        .map(|(i, p)| s.election(p.as_str(), &format!("{tag}-e{i}")))
         .collect::<succession_core::Result<Vec<_>>>()?;
-    Ok((Handle, es))
+    Ok((Handle(s), es))
 }
 
 /// Run the driver until `quit` or the end of stdin.
