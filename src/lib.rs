@@ -37,13 +37,61 @@ pub mod etcd {
 ///     .build()?;
 /// # Ok(()) }
 /// ```
+///
+/// Many supervised elections (a leader per shard) share one ZooKeeper session and one etcd
+/// lease with [`on_sessions`](supervised::on_sessions):
+///
+/// ```no_run
+/// # async fn f() -> succession::Result<()> {
+/// use std::{sync::Arc, time::Duration};
+/// use succession::etcd::{EtcdSession, EtcdSessionConfig};
+/// use succession::zk::{ZkSession, ZkSessionConfig};
+/// use succession::Election;
+///
+/// let zk = ZkSession::new(ZkSessionConfig::builder("127.0.0.1:2181").build()?)?;
+/// let etcd = EtcdSession::new(EtcdSessionConfig::builder().endpoint("http://127.0.0.1:2379").build()?)?;
+/// let mut shards = Vec::new();
+/// for i in 0..1000 {
+///     let path = format!("/app/shards/{i}");
+///     let sup = succession::supervised::on_sessions(&zk, &etcd, &path, &path, "node-1")?.build()?;
+///     sup.join().await?;
+///     shards.push(sup);
+/// }
+/// // ... later: every supervisor closes its two elections, then the sessions close.
+/// for s in &shards {
+///     s.close().await?;
+/// }
+/// zk.close().await?;
+/// etcd.close().await?;
+/// # Ok(()) }
+/// ```
 #[cfg(all(feature = "zk", feature = "etcd"))]
 pub mod supervised {
     use std::sync::Arc;
 
-    use crate::etcd::EtcdElection;
-    use crate::zk::ZkElection;
+    use crate::etcd::{EtcdElection, EtcdSession};
+    use crate::zk::{ZkElection, ZkSession};
     use crate::{Result, Supervisor, SupervisorBuilder};
+
+    /// [`builder`] for one supervised election over shared sessions: a latch at
+    /// `latch_path` on the ZooKeeper session `zk`, an etcd election under `etcd_prefix` on the
+    /// etcd session `etcd` (whose connection also serves this election's mode and heartbeat
+    /// records, next to the prefix), participant `id`. Call it once per election: any number
+    /// of supervised elections then share one ZooKeeper session and one etcd lease, and a
+    /// loss of either session reaches all of them at once. Each election keeps its own mode
+    /// record, so each fails over and back on its own.
+    pub fn on_sessions(
+        zk: &ZkSession,
+        etcd: &EtcdSession,
+        latch_path: &str,
+        etcd_prefix: &str,
+        id: &str,
+    ) -> Result<SupervisorBuilder> {
+        builder(
+            Arc::new(zk.election(latch_path, id)?),
+            Arc::new(etcd.election(etcd_prefix, id)?),
+        )
+    }
 
     /// The keys of the mode and heartbeat records for an etcd election `prefix`: next to
     /// it, outside its candidate range `<prefix>/` (`<prefix>.succession-mode`,

@@ -393,7 +393,9 @@ pub async fn ready(dir: &Path, id: &str) -> (i32, i32) {
 /// Several CLI processes whose event lines are merged into one channel.
 pub struct Fleet {
     children: Vec<Option<Child>>,
+    stdins: Vec<Option<tokio::process::ChildStdin>>,
     rx: tokio::sync::mpsc::UnboundedReceiver<(usize, String)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(usize, String)>,
     /// Every line read so far: (process index, line).
     pub seen: Vec<(usize, String)>,
 }
@@ -401,32 +403,88 @@ pub struct Fleet {
 impl Fleet {
     /// Start one `succession` per argument list.
     pub fn start(args: Vec<Vec<String>>) -> Fleet {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut children = Vec::new();
-        for (i, a) in args.into_iter().enumerate() {
-            let mut child = Command::new(BIN)
-                .args(&a)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start succession");
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(l)) = lines.next_line().await {
-                    if tx.send((i, l)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(Some(child));
+        let mut fleet = Fleet::empty();
+        for a in args {
+            fleet.add(Path::new(BIN), &a, false);
         }
+        fleet
+    }
+
+    /// No process yet; [`add`](Self::add) some.
+    pub fn empty() -> Fleet {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Fleet {
-            children,
+            children: Vec::new(),
+            stdins: Vec::new(),
             rx,
+            tx,
             seen: Vec::new(),
+        }
+    }
+
+    /// Start `program` with `args` (its stdin piped when `stdin`, for [`send`](Self::send));
+    /// returns its index.
+    pub fn add(&mut self, program: &Path, args: &[String], stdin: bool) -> usize {
+        let i = self.children.len();
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if tx.send((i, l)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.stdins.push(child.stdin.take());
+        self.children.push(Some(child));
+        i
+    }
+
+    /// Write `line` to process `i`'s stdin.
+    pub async fn send(&mut self, i: usize, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdins[i].as_mut().expect("started with a piped stdin");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to the process's stdin");
+        stdin.flush().await.expect("flush the process's stdin");
+    }
+
+    /// Wait until process `i` exits (within `within`); its exit code.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<i32> {
+        let child = self.children[i].as_mut().expect("running");
+        let st = tokio::time::timeout(within, child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("process {i} did not exit within {within:?}"))
+            .expect("wait");
+        self.children[i] = None;
+        st.code()
+    }
+
+    /// Every line still buffered (without waiting).
+    pub fn drain(&mut self) {
+        while let Ok(l) = self.rx.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
+    /// The next line from any process within `within` (None at the deadline).
+    pub async fn next_line(&mut self, within: Duration) -> Option<(usize, String)> {
+        match tokio::time::timeout(within, self.rx.recv()).await {
+            Ok(Some(l)) => {
+                self.seen.push(l.clone());
+                Some(l)
+            }
+            _ => None,
         }
     }
 

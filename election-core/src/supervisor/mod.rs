@@ -336,11 +336,18 @@ impl Supervisor {
 
     /// Subscribe to this supervisor's events (those sent after this call). Ends after close.
     pub fn events(&self) -> broadcast::Receiver<SupervisorEvent> {
-        let st = self.inner.lock();
-        match &st.sinks.events {
-            Some(tx) => tx.subscribe(),
-            None => broadcast::channel(1).1,
+        let mut st = self.inner.lock();
+        if st.closed {
+            return broadcast::channel(1).1;
         }
+        // Made on first use: its `event_capacity` slots are allocated up front (about
+        // 200 KiB at the default), which thousands of supervised elections in one process
+        // that never read events should not pay.
+        let capacity = st.sinks.event_capacity;
+        st.sinks
+            .events
+            .get_or_insert_with(|| broadcast::channel(capacity).0)
+            .subscribe()
     }
 
     /// The mode this participant follows (the last one it could read), if it read one yet.
@@ -875,7 +882,6 @@ impl SupervisorBuilder {
         let metrics = ElectionMetrics::new("supervisor", name.clone());
         let span = tracing::info_span!("supervisor", participant = %id, election = %name);
         let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
-        let (events_tx, _) = broadcast::channel(capacity);
         let callbacks = {
             let _enter = span.enter();
             event::spawn_callbacks(self.callbacks, id.clone())
@@ -904,7 +910,8 @@ impl SupervisorBuilder {
             machine,
             [primary.status(), fallback.status()],
             Sinks {
-                events: Some(events_tx),
+                events: None,
+                event_capacity: capacity,
                 callbacks,
                 metrics: metrics.clone(),
                 vacated: None,
