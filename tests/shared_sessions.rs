@@ -30,10 +30,15 @@ use common::Fleet;
 use succession_testkit::{four_letter_word, unique_path, EtcdServer, TcpProxy, ZkServer};
 
 const SHARDS: usize = 1000;
-/// Supervised shards per process in CI (`SHARED_SESSIONS_SUPERVISED=1000` for the full
-/// figure; each supervised shard is two elections plus two records polled every
-/// `check_interval`).
+/// Supervised shards per process (`SHARED_SESSIONS_SUPERVISED=N` for more). Each supervised
+/// shard is two elections, plus two records read every `check_interval` and a heartbeat
+/// written by its primary leader as often: etcd's write rate, not the sessions, bounds how
+/// many one process can run (see the README's "Many elections in one process").
 const SUPERVISED_SHARDS: usize = 200;
+
+/// The scenarios run one at a time: each loads the machine's two cores and one disk with
+/// thousands of elections, and the bounds below are about the code, not about contention.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// ZooKeeper session timeout and etcd lease TTL of the processes.
 const SESSION_SECS: &str = "2";
 /// How long any one step may take (1000 elections per process on two loaded cores).
@@ -49,7 +54,7 @@ fn example() -> PathBuf {
     let bin = dir.join("examples").join("shard_leaders");
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo test --features cli` (examples are built with the tests)",
+        "{} is missing: `cargo test` builds it with the tests; when running this file alone, first `cargo build --features cli --example shard_leaders`",
         bin.display()
     );
     bin
@@ -402,6 +407,7 @@ async fn scenario(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_zookeeper_elections_per_session_survive_partition_kill_wipe_and_close_with_one_leader_each(
 ) {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut zk = ZkServer::start()
         .await
         .expect("start ZooKeeper (scripts/install-deps)");
@@ -429,6 +435,7 @@ async fn thousand_zookeeper_elections_per_session_survive_partition_kill_wipe_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_etcd_elections_per_lease_survive_partition_kill_wipe_and_close_with_one_leader_each(
 ) {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut etcd = EtcdServer::start()
         .await
         .expect("start etcd (scripts/install-deps)");
@@ -487,15 +494,16 @@ async fn zk_ephemerals(port: u16) -> usize {
         .expect("zk_ephemerals_count in mntr")
 }
 
-/// "A process with 1000 supervised elections fails all of them over and back": two
-/// `shard_leaders --backend supervised` processes, each with 1000 supervised elections over
+/// Supervised elections fail over and back on shared sessions: two
+/// `shard_leaders --backend supervised` processes, each with [`SUPERVISED_SHARDS`]
+/// supervised elections over
 /// ONE ZooKeeper session and ONE etcd lease (`succession::supervised::on_sessions`). ZooKeeper
 /// is killed: every shard is led again through the fallback layer; ZooKeeper restarts
 /// (with its data): every shard is led again through the primary. No shard ever has two
 /// leaders (the same checker as above), and after both close nothing is left in either store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_supervised_elections_per_process_on_shared_sessions_fail_over_and_back_with_one_leader_each(
-) {
+async fn supervised_elections_on_shared_sessions_fail_over_and_back_with_one_leader_each() {
+    let _one_at_a_time = SERIAL.lock().await;
     let mut zk = ZkServer::start()
         .await
         .expect("start ZooKeeper (scripts/install-deps)");

@@ -282,7 +282,7 @@ impl EtcdElection {
     /// A compare-and-swap record at `key` (an absolute key, e.g.
     /// `/services/my-app/mode`) sharing this election's (session's) connection.
     pub fn record(&self, key: &str) -> Result<EtcdRecord> {
-        EtcdRecord::on_session(self.inner.shared.core.clone(), self.inner.reg_id, key)
+        EtcdRecord::with_connection(self.inner.conn().clone(), key)
     }
 }
 

@@ -11,8 +11,6 @@ use succession_core::{validate, CasOutcome, CasRecord, Error, ErrorKind, Result,
 use crate::config::EtcdConfig;
 use crate::conn::{Backoff, Connection};
 use crate::error;
-use crate::session::Core;
-use crate::watch_hub::{Inbox, Route, WatchHub, WatchMsg};
 
 /// A versioned record at one etcd key, written only by compare-and-swap.
 ///
@@ -28,10 +26,6 @@ use crate::watch_hub::{Inbox, Route, WatchHub, WatchMsg};
 /// the same revision after it.
 pub struct EtcdRecord {
     conn: Arc<Connection>,
-    /// The session whose shared watch streams [`changed`](CasRecord::changed) uses, and the
-    /// registration id that picks one of them (records of an election on a shared session);
-    /// None: a watch stream of its own per call.
-    hub: Option<(Arc<Core>, u64)>,
     key: String,
     /// (version, value) pairs this handle read or wrote, newest last, at most [`SEEN`].
     seen: Mutex<VecDeque<(u64, Vec<u8>)>>,
@@ -62,101 +56,9 @@ impl EtcdRecord {
         validate::store_path(key, "etcd record key")?;
         Ok(EtcdRecord {
             conn,
-            hub: None,
             key: key.to_owned(),
             seen: Mutex::new(VecDeque::with_capacity(SEEN)),
         })
-    }
-
-    /// A record at `key` on session `core`'s connection whose change watches ride the
-    /// session's shared watch streams (thousands of supervised elections on one session
-    /// then need a few streams, not one per record).
-    pub(crate) fn on_session(core: Arc<Core>, reg_id: u64, key: &str) -> Result<EtcdRecord> {
-        let mut r = Self::with_connection(core.conn.clone(), key)?;
-        r.hub = Some((core, reg_id));
-        Ok(r)
-    }
-
-    /// Wait on the session's shared watch stream until the record differs from what
-    /// `seen`/`known` name (the same contract as the per-call stream in `changed`).
-    async fn changed_on_hub(
-        &self,
-        core: &Arc<Core>,
-        reg_id: u64,
-        seen: Option<u64>,
-        known: Option<&[u8]>,
-    ) -> Result<Option<Versioned>> {
-        /// Drops the watcher (routes closed, the watcher cancelled) however the wait ends.
-        struct Watcher {
-            route: Route,
-            hub: WatchHub,
-            id: Option<(u32, i64)>,
-        }
-        impl Drop for Watcher {
-            fn drop(&mut self) {
-                self.route.close();
-                if let Some((generation, id)) = self.id {
-                    self.hub.cancel(generation, id);
-                }
-            }
-        }
-        let mut backoff = Backoff::for_ttl(self.conn.config.ttl);
-        loop {
-            let (current, rev) = self.read_at().await?;
-            if !Self::unchanged(current.as_ref(), seen, known) {
-                return Ok(current);
-            }
-            let hub = core
-                .hubs
-                .for_election(&core.conn, reg_id, core.registry.len());
-            let mut w = Watcher {
-                route: Arc::new(Inbox::default()),
-                hub,
-                id: None,
-            };
-            // Watch from just after the read: nothing between the read and the watch is missed.
-            w.hub.create(
-                self.key.clone(),
-                Some(WatchOptions::new().with_start_revision(rev + 1)),
-                &w.route,
-            );
-            let broke = loop {
-                match w.route.recv().await {
-                    WatchMsg::Resp(resp, generation) => {
-                        if resp.created() {
-                            if resp.canceled() {
-                                break true;
-                            }
-                            w.id = Some((generation, resp.watch_id()));
-                        } else if resp.canceled() {
-                            w.id = None;
-                            break resp.compact_revision() == 0;
-                        }
-                        if let Some(ev) = resp.events().last() {
-                            let now = match ev.event_type() {
-                                EventType::Delete => None,
-                                EventType::Put => ev.kv().map(|kv| self.versioned(kv)),
-                            };
-                            if !Self::unchanged(now.as_ref(), seen, known) {
-                                return Ok(now);
-                            }
-                        }
-                    }
-                    WatchMsg::Ended(e) => {
-                        w.id = None;
-                        if e.kind() == ErrorKind::PermissionDenied || !e.is_retryable() {
-                            return Err(*e);
-                        }
-                        break true;
-                    }
-                }
-            };
-            drop(w);
-            if broke {
-                // The stream broke (e.g. etcd restarted): re-read and watch again.
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
     }
 
     /// Remember that the record held `value` at `version`.
@@ -274,11 +176,6 @@ impl CasRecord for EtcdRecord {
         let mut backoff = Backoff::for_ttl(self.conn.config.ttl);
         // The value at `seen` as this handle knew it before reading again.
         let known = seen.and_then(|s| self.value_at(s));
-        if let Some((core, reg_id)) = &self.hub {
-            return self
-                .changed_on_hub(core, *reg_id, seen, known.as_deref())
-                .await;
-        }
         loop {
             let (current, rev) = self.read_at().await?;
             if !Self::unchanged(current.as_ref(), seen, known.as_deref()) {

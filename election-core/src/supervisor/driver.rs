@@ -247,15 +247,8 @@ pub(crate) async fn drive(inner: Arc<Inner>, mut inputs: mpsc::UnboundedReceiver
     }
 }
 
-/// Reads `record` every `check_interval` (and, for the mode record, as soon as it changes or
-/// when poked), reporting every outcome.
-///
-/// The change watch (`CasRecord::changed`) outlives the periodic reads: it is restarted only
-/// when a read shows a version other than the one it waits on, so a quiet record costs one
-/// read per `check_interval` and one standing watch, not a new watch per read (which, with
-/// thousands of supervised elections on one etcd connection, was most of the load). The
-/// heartbeat record is only read periodically: it changes every `check_interval` while a
-/// primary leader lives, and every rule that uses it counts on the periodic reads alone.
+/// Reads `record` every `interval` (and as soon as it changes, or when poked), reporting
+/// every outcome.
 pub(crate) async fn watch_record(
     record: Arc<dyn CasRecord>,
     heartbeat: bool,
@@ -263,10 +256,7 @@ pub(crate) async fn watch_record(
     poke: Option<Arc<Notify>>,
     tx: mpsc::UnboundedSender<Input>,
 ) {
-    type Changed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
     let what = if heartbeat { "heartbeat" } else { "mode" };
-    // The version the standing watch waits to see replaced, and the watch.
-    let mut watching: Option<(Option<u64>, Changed)> = None;
     loop {
         let sent = Instant::now();
         let result = match tokio::time::timeout(timings.record_timeout, record.read()).await {
@@ -288,27 +278,13 @@ pub(crate) async fn watch_record(
         if tx.send(input).is_err() {
             return;
         }
-        if heartbeat {
-            tokio::time::sleep_until(sent + timings.check_interval).await;
-            continue;
-        }
-        match seen {
-            // Unreadable: keep whatever watch stands (it re-reads on its own once it can).
-            None => {}
-            Some(v) if watching.as_ref().is_some_and(|(w, _)| *w == v) => {}
-            Some(v) => {
-                let record = record.clone();
-                let fut: Changed = Box::pin(async move {
-                    if record.changed(v).await.is_err() {
+        let changed = async {
+            match seen {
+                Some(seen) => {
+                    if record.changed(seen).await.is_err() {
                         std::future::pending::<()>().await;
                     }
-                });
-                watching = Some((v, fut));
-            }
-        }
-        let changed = async {
-            match watching.as_mut() {
-                Some((_, w)) => w.as_mut().await,
+                }
                 None => std::future::pending::<()>().await,
             }
         };
@@ -318,14 +294,10 @@ pub(crate) async fn watch_record(
                 None => std::future::pending::<()>().await,
             }
         };
-        let fired = tokio::select! {
-            _ = tokio::time::sleep_until(sent + timings.check_interval) => false,
-            _ = changed => true,
-            _ = poked => false,
-        };
-        if fired {
-            // Spent: the next read starts a watch from what it sees.
-            watching = None;
+        tokio::select! {
+            _ = tokio::time::sleep_until(sent + timings.check_interval) => {}
+            _ = changed => {}
+            _ = poked => {}
         }
     }
 }
