@@ -797,10 +797,9 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
             fmt_ratio(rt)
         ),
         met: rt.map(|x| x <= 0.1),
-        why: format!(
-            "Marginal VmRSS of E elections in one process, divided by E, median of the three \
+        why: "Marginal VmRSS of E elections in one process, divided by E, median of the three \
              processes, at the largest E both sides ran."
-        ),
+            .to_string(),
     });
     for (target, get) in [
         (
@@ -827,7 +826,7 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
                 fmt_ratio(rt)
             ),
             met: rt.map(|x| x <= 0.5),
-            why: format!("Same run, same server, at the largest E both sides ran."),
+            why: "Same run, same server, at the largest E both sides ran.".to_string(),
         });
     }
     let w10k = measured(Side::Ours)
@@ -881,11 +880,9 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
             }
         ),
         met: w10k.map(|w| w.is_some_and(|ms| ms <= 2000.0)),
-        why: format!(
-            "Measured from the moment the restarted, empty server answers `srvr` as serving \
+        why: "Measured from the moment the restarted, empty server answers `srvr` as serving \
              to the last election led again (three processes, each election led since the \
-             kill)."
-        ),
+             kill).".to_string(),
     });
     let conns: Vec<(usize, usize)> = measured(Side::Ours)
         .filter(|x| !x.conns.is_empty())
@@ -910,10 +907,9 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         } else {
             Some(conns.iter().all(|(_, n)| *n == 1))
         },
-        why: format!(
-            "Server connections (`cons`) carrying the session ids each process reports; \
+        why: "Server connections (`cons`) carrying the session ids each process reports; \
              one connection means one ping stream per process."
-        ),
+            .to_string(),
     });
     v
 }
