@@ -313,7 +313,7 @@ impl Shards {
         );
     }
 
-    /// Wait until process `i` printed `ready` and every shard is led by one of `among`;
+    /// Wait until every shard is led by one of `among`;
     /// the time it took.
     async fn all_led(&mut self, among: &[usize], what: &str) -> Duration {
         let t0 = Instant::now();
@@ -454,33 +454,34 @@ async fn thousand_etcd_elections_per_lease_survive_partition_kill_wipe_and_close
             etcd_ref.wipe().expect("wipe");
             etcd_ref.restart().await.expect("restart etcd");
         },
-        async move |path: &str| {
-            let mut c = etcd_client::Client::connect([endpoint.as_str()], None)
-                .await
-                .expect("connect to etcd");
-            // Candidate keys are `<path>/s<i>/<lease>`; `<path>/s<i>` itself is the
-            // election's epoch record, which stays by design (terms survive a wipe).
-            let r = c
-                .get(
-                    format!("{path}/"),
-                    Some(
-                        etcd_client::GetOptions::new()
-                            .with_prefix()
-                            .with_keys_only(),
-                    ),
-                )
-                .await
-                .expect("list keys");
-            r.kvs()
-                .iter()
-                .filter(|kv| {
-                    let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    key[path.len() + 1..].contains('/')
-                })
-                .count()
-        },
+        async move |path: &str| etcd_candidates(&endpoint, path).await.len(),
     )
     .await;
+}
+
+/// The etcd candidate keys left under the shards of `path`: `<path>/s<i>/<lease>`.
+/// `<path>/s<i>` itself is an election's epoch record, and `<path>/s<i>.succession-*` are a
+/// supervised election's records; both stay by design (terms survive a wipe).
+async fn etcd_candidates(endpoint: &str, path: &str) -> Vec<String> {
+    let mut c = etcd_client::Client::connect([endpoint], None)
+        .await
+        .expect("connect to etcd");
+    let r = c
+        .get(
+            format!("{path}/"),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .expect("list keys");
+    r.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .filter(|k| k[path.len() + 1..].contains('/'))
+        .collect()
 }
 
 /// ZooKeeper's ephemeral nodes (every latch participant's node is one).
@@ -571,26 +572,7 @@ async fn supervised_elections_on_shared_sessions_fail_over_and_back_with_one_lea
         0,
         "latch nodes left in ZooKeeper"
     );
-    let mut c = etcd_client::Client::connect([etcd.endpoint().as_str()], None)
-        .await
-        .expect("connect to etcd");
-    let left = c
-        .get(
-            format!("{path}/"),
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
-        .await
-        .expect("list keys");
-    let candidates: Vec<String> = left
-        .kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-        .filter(|k| k[path.len() + 1..].contains('/'))
-        .collect();
+    let candidates = etcd_candidates(&etcd.endpoint(), &path).await;
     assert!(
         candidates.is_empty(),
         "etcd candidate keys left: {candidates:?}"

@@ -75,20 +75,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Run the driver until `quit` or the end of stdin.
 pub fn main() -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // Participants still open are dropped with the runtime, like a process exit.
+    run_driver("driver", serve())
+}
+
+/// Run a driver process's `serve` future on a 2-worker runtime; the exit code.
+pub fn run_driver(name: &str, serve: impl std::future::Future<Output = ()>) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("succession-bench driver: cannot build a tokio runtime: {e}");
-            return 1;
+        Ok(rt) => {
+            rt.block_on(serve);
+            0
         }
-    };
-    rt.block_on(serve());
-    // Participants still open are dropped with the runtime, like a process exit.
-    0
+        Err(e) => {
+            eprintln!("succession-bench {name}: cannot build a tokio runtime: {e}");
+            1
+        }
+    }
 }
 
 async fn serve() {

@@ -41,8 +41,6 @@ pub struct SharedRow {
     pub side: &'static str,
     /// Elections per process.
     pub e: usize,
-    /// Why this row was not measured.
-    pub skipped: Option<String>,
     /// Start command -> the last election led (ms).
     pub start_all_led: Option<f64>,
     /// Elections led by more than one process once all were led (from the reports).
@@ -667,20 +665,6 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
         "alive connections before -> after",
     ]);
     for row in &r.shared {
-        if let Some(why) = &row.skipped {
-            t.row(vec![
-                row.side.to_string(),
-                row.e.to_string(),
-                why.clone(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
-            continue;
-        }
         t.row(vec![
             row.side.to_string(),
             row.e.to_string(),
@@ -725,7 +709,7 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
         "wipe: elections led at the end",
         "wipe: server connections / sessions at the end",
     ]);
-    for row in r.shared.iter().filter(|x| x.skipped.is_none()) {
+    for row in &r.shared {
         let pair = |x: Option<(usize, f64)>| {
             x.map(|(n, ms)| format!("{n} -> {}", fmt_ms(Some(ms))))
                 .unwrap_or("–".into())
@@ -765,11 +749,7 @@ pub async fn run(ctx: &mut Ctx) -> Res<()> {
 
 /// The shared-session targets.
 pub fn verdicts(r: &Results) -> Vec<Verdict> {
-    let measured = |side: Side| {
-        r.shared
-            .iter()
-            .filter(move |x| x.side == side.name() && x.skipped.is_none())
-    };
+    let measured = |side: Side| r.shared.iter().filter(move |x| x.side == side.name());
     // The largest E both sides measured.
     let both = measured(Side::Ours)
         .filter(|o| measured(Side::Curator).any(|c| c.e == o.e))

@@ -35,7 +35,7 @@ pub struct Handle(ZkSession);
 
 impl Handle {
     /// Close every election (each publishes `Closed`, its node deleted) and the session.
-    async fn close(self, _elections: &[Arc<ZkElection>]) {
+    async fn close(self) {
         if let Err(err) = self.0.close().await {
             say(&format!("err close: {err}"));
         }
@@ -65,19 +65,7 @@ pub fn shared_elections(
 
 /// Run the driver until `quit` or the end of stdin.
 pub fn main() -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("succession-bench shared driver: cannot build a tokio runtime: {e}");
-            return 1;
-        }
-    };
-    rt.block_on(serve());
-    0
+    crate::driver::run_driver("shared driver", serve())
 }
 
 /// One status event: kind (`j`, `l`, `n`), index, stamp (ns).
@@ -160,8 +148,8 @@ async fn serve() {
             }
             ["close"] => {
                 say(&format!("closing {} 0", now_ns()));
-                if let Some((handle, es)) = held.take() {
-                    handle.close(&es).await;
+                if let Some((handle, _)) = held.take() {
+                    handle.close().await;
                 }
                 say(&format!("closed {} 0", now_ns()));
             }
