@@ -514,13 +514,18 @@ impl Election for Supervisor {
     }
 
     /// The leader of the active layer (its term with the mode generation); `Ok(None)` when
-    /// nobody leads or no mode record exists yet.
+    /// nobody leads or no mode record exists yet. A layer's first participant that has not
+    /// been granted its term yet (a ZooKeeper node at the head of the queue before its
+    /// claim) is not the supervised leader yet: `Ok(None)` too, so a reader never sees the
+    /// supervised leader without the term that leader itself reports.
     async fn leader(&self) -> Result<Option<Participant>> {
         let Some(mode) = self.answering_mode().await? else {
             return Ok(None);
         };
         let leader = self.inner.layers[mode.layer.index()].leader().await?;
-        Ok(leader.map(|p| Self::map_term(p, mode.generation)))
+        Ok(leader
+            .filter(|p| p.term.is_some())
+            .map(|p| Self::map_term(p, mode.generation)))
     }
 
     /// The participants of the active layer in queue order (terms with the mode generation);
