@@ -809,8 +809,13 @@ impl DriverState {
                 }
             }
         };
+        let core = self.core.clone();
         tokio::select! {
-            r = self.round(&client) => r,
+            r = async {
+                // Closed only when the session is dropped, and then this task ends too.
+                let _permit = core.rounds.acquire().await;
+                self.round(&client).await
+            } => r,
             _ = lost => Ok(Next::Again),
         }
     }

@@ -47,6 +47,13 @@ const FIRST_PROBE_AFTER: Duration = Duration::from_millis(250);
 /// connection attempt per session per gap (10 per second; a refused TCP connect), plus
 /// zookeeper-client's own reconnect attempts of the old session (100 ms, doubling).
 const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
+/// Election rounds (each a few requests, no waits) in flight at once on one session. When
+/// thousands of elections on a session act together (joining, rejoining after a wipe or an
+/// expiry, a mass handover), the rest queue for a permit instead of each holding a round's
+/// futures and buffers at once: the burst's memory high-water mark (which the allocator
+/// keeps as RSS) stays that of this many rounds, and the server sees a steady pipeline
+/// rather than every request of every election at once. One election alone never waits.
+pub(crate) const ROUNDS_IN_FLIGHT: usize = 64;
 /// How long after closing an election's node a private session is closed.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(20);
 /// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
@@ -62,6 +69,11 @@ const MIN_ATTEMPT_BOUND: Duration = Duration::from_millis(250);
 /// wipe/expiry detection for all its elections. When the session is in doubt
 /// (disconnected), expired or wiped, every election on it stops leading at once (per the
 /// [`ConnectionPolicy`]); each rejoins when the session is back or replaced.
+///
+/// When many elections act at once (joining together, rejoining after a wipe or an expiry,
+/// a mass handover), at most 64 of their rounds (a few requests each) are in flight on the
+/// session; the others queue for their turn. That bounds the burst's memory and keeps the
+/// server's pipeline steady; an election acting alone never waits.
 ///
 /// Several participants on the same path from one session work (each has its own node).
 /// Closing one election leaves the others untouched; [`close`](ZkSession::close) closes all
@@ -140,6 +152,8 @@ pub(crate) struct Core {
     kick: Notify,
     /// A client for reads when the session has none.
     reader: Mutex<Option<zk::Client>>,
+    /// Election rounds in flight at once on this session (see [`ROUNDS_IN_FLIGHT`]).
+    pub(crate) rounds: tokio::sync::Semaphore,
     metrics: ElectionMetrics,
     span: tracing::Span,
 }
@@ -175,6 +189,7 @@ impl ZkSession {
             task: Mutex::new(None),
             kick: Notify::new(),
             reader: Mutex::new(None),
+            rounds: tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT),
             metrics,
             span,
         });
