@@ -812,7 +812,7 @@ impl DriverState {
         let core = self.core.clone();
         tokio::select! {
             r = async {
-                // Closed only when the session is dropped, and then this task ends too.
+                // The semaphore is never closed, so this waits for a permit, never fails.
                 let _permit = core.rounds.acquire().await;
                 self.round(&client).await
             } => r,
