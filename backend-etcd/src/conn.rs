@@ -178,6 +178,34 @@ impl Backoff {
     }
 }
 
+/// Run `op` until it succeeds, retrying with the participation backoff for `ttl` while
+/// `deadline` has not passed (`what` names it in the debug log); the last error after it.
+/// For clean-ups that are worth doing until the store would do them itself (a lease
+/// expiring on its own).
+pub(crate) async fn retry_until<F, Fut>(
+    deadline: tokio::time::Instant,
+    ttl: Duration,
+    what: &str,
+    mut op: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut backoff = Backoff::for_ttl(ttl);
+    loop {
+        match op().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "{what} failed; retrying");
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(backoff.next_delay().min(left)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The Go `concurrency.Election` layout under one prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {

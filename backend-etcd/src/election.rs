@@ -1092,27 +1092,18 @@ impl Task {
             (Instant::now() + self.config().request_timeout).max(lease.state.borrow().expires);
         drop(lease);
         let conn = self.inner.conn().clone();
-        let mut backoff = Backoff::for_ttl(self.config().ttl);
-        loop {
-            match delete_key(&conn, &key, id).await {
-                Ok(()) => {
-                    tracing::debug!(%key, "candidate key deleted");
-                    return Ok(());
-                }
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "deleting our key failed; retrying");
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::sleep(backoff.next_delay().min(left)).await;
-                }
-                Err(e) => {
-                    return Err(Error::new(
-                        e.kind(),
-                        format!(
-                            "could not delete our key {key} ({e}); it goes with the session's lease"
-                        ),
-                    ))
-                }
+        let delete = || delete_key(&conn, &key, id);
+        match crate::conn::retry_until(deadline, self.config().ttl, "deleting our key", delete)
+            .await
+        {
+            Ok(()) => {
+                tracing::debug!(%key, "candidate key deleted");
+                Ok(())
             }
+            Err(e) => Err(Error::new(
+                e.kind(),
+                format!("could not delete our key {key} ({e}); it goes with the session's lease"),
+            )),
         }
     }
 }

@@ -350,32 +350,22 @@ impl Shared {
         let deadline =
             (Instant::now() + self.config.request_timeout).max(lease.state.borrow().expires);
         drop(lease);
-        let mut backoff = Backoff::for_ttl(self.config.ttl);
-        loop {
-            let attempt = async {
-                let client = conn.client().await?;
-                lease::revoke(&conn, &client, id).await
-            };
-            match attempt.await {
-                Ok(()) => {
-                    tracing::debug!(lease = %format_args!("{id:x}"), "session lease revoked");
-                    return Ok(());
-                }
-                Err(e) if Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "revoke failed; retrying");
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::sleep(backoff.next_delay().min(left)).await;
-                }
-                Err(e) => {
-                    return Err(Error::new(
-                        e.kind(),
-                        format!(
-                            "could not revoke lease {id:x} ({e}); it expires on its own within {}",
-                            Human(self.config.ttl)
-                        ),
-                    ))
-                }
+        let revoke = || async {
+            let client = conn.client().await?;
+            lease::revoke(&conn, &client, id).await
+        };
+        match crate::conn::retry_until(deadline, self.config.ttl, "revoke", revoke).await {
+            Ok(()) => {
+                tracing::debug!(lease = %format_args!("{id:x}"), "session lease revoked");
+                Ok(())
             }
+            Err(e) => Err(Error::new(
+                e.kind(),
+                format!(
+                    "could not revoke lease {id:x} ({e}); it expires on its own within {}",
+                    Human(self.config.ttl)
+                ),
+            )),
         }
     }
 }

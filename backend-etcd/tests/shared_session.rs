@@ -656,8 +656,6 @@ async fn memory_per_election_with_ten_thousand_elections_on_one_session() {
             .unwrap();
     }
     let joined_in = started.elapsed();
-    // Let transient buffers go.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib();
     // What stays once the allocator returns the free memory of the join burst.
     // SAFETY: malloc_trim only releases free heap memory.

@@ -60,6 +60,8 @@ struct Grid {
     /// `by_session[s][e]`.
     by_session: Vec<Vec<Arc<ZkElection>>>,
     checkers: Vec<LeadershipChecker>,
+    /// Woken by every status change of every election.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Grid {
@@ -76,9 +78,17 @@ impl Grid {
                     .collect()
             })
             .collect();
+        let changed = Arc::new(tokio::sync::Notify::new());
         for es in &by_session {
             for (e, el) in es.iter().enumerate() {
                 checkers[e].watch(el.as_ref());
+                let mut rx = el.status();
+                let wake = changed.clone();
+                tokio::spawn(async move {
+                    while rx.changed().await.is_ok() {
+                        wake.notify_one();
+                    }
+                });
             }
         }
         let n = sessions.len();
@@ -99,6 +109,7 @@ impl Grid {
             paths,
             by_session,
             checkers,
+            changed,
         }
     }
 
@@ -118,7 +129,8 @@ impl Grid {
             .collect()
     }
 
-    /// Wait until every election is led by one of `allowed` sessions.
+    /// Wait (woken by status changes, at most `bound`) until every election is led by one
+    /// of `allowed` sessions.
     async fn all_led_by(&self, allowed: &[usize], bound: Duration) -> Vec<usize> {
         let deadline = Instant::now() + bound;
         loop {
@@ -138,7 +150,7 @@ impl Grid {
                 "{missing} of {} elections not led by sessions {allowed:?} after {bound:?}",
                 leaders.len()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tokio::time::timeout_at(deadline, self.changed.notified()).await;
         }
     }
 
@@ -149,20 +161,30 @@ impl Grid {
     }
 }
 
-/// Wait until `f` holds for every election of `es`.
-async fn all_of(es: &[Arc<ZkElection>], bound: Duration, what: &str, f: impl Fn(&Role) -> bool) {
-    let deadline = Instant::now() + bound;
+/// Wait (on each election's status stream, at most `bound`) until `f` holds for every
+/// election of `es` at once.
+async fn all_of<E: std::borrow::Borrow<ZkElection>>(
+    es: &[E],
+    bound: Duration,
+    what: &str,
+    f: impl Fn(&Role) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let bad = es.iter().filter(|e| !f(&e.status().borrow().role)).count();
-        if bad == 0 {
+        for e in es {
+            let mut rx = e.borrow().status();
+            let held = tokio::time::timeout_at(deadline, rx.wait_for(|s| f(&s.role))).await;
+            if held.is_err() {
+                let bad = es
+                    .iter()
+                    .filter(|e| !f(&e.borrow().status().borrow().role))
+                    .count();
+                panic!("{bad} of {} elections not {what} after {bound:?}", es.len());
+            }
+        }
+        if es.iter().all(|e| f(&e.borrow().status().borrow().role)) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{bad} of {} elections not {what} after {bound:?}",
-            es.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -499,23 +521,7 @@ async fn zk_memory_per_election_at_ten_thousand_elections_on_one_session() {
             .for_each(|r| r.expect("join"));
     }
     // Wait until every election leads (each is alone on its path).
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut report = Instant::now();
-    loop {
-        let leading = es.iter().filter(|e| e.is_leader()).count();
-        if leading == E {
-            break;
-        }
-        if report.elapsed() > Duration::from_secs(5) {
-            report = Instant::now();
-            eprintln!("{leading} of {E} lead after {:?}", t.elapsed());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {leading} of {E} lead in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_of(&es, Duration::from_secs(300), "leading", Role::is_leader).await;
     let took = t.elapsed();
     let after = rss_kib();
     // What stays resident once the allocator returns the free pages the join burst left
@@ -551,14 +557,10 @@ async fn zk_memory_per_election_at_ten_thousand_elections_on_one_session() {
             .into_iter()
             .for_each(|r| r.expect("join"));
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while followers
-        .iter()
-        .any(|e| !matches!(e.status().borrow().role, Role::Follower { .. }))
-    {
-        assert!(Instant::now() < deadline, "all follow in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    all_of(&followers, Duration::from_secs(300), "following", |r| {
+        matches!(r, Role::Follower { .. })
+    })
+    .await;
     eprintln!(
         "{E} following elections on the same session: {:.2} KiB RSS, {} live heap bytes per election",
         (rss_kib().saturating_sub(rss0)) as f64 / E as f64,
