@@ -154,6 +154,8 @@ pub(crate) struct Core {
     reader: Mutex<Option<zk::Client>>,
     /// Election rounds in flight at once on this session (see [`ROUNDS_IN_FLIGHT`]).
     pub(crate) rounds: tokio::sync::Semaphore,
+    /// Claims of this session's elections, committed together when they coincide.
+    pub(crate) claims: Arc<crate::claims::Claims>,
     metrics: ElectionMetrics,
     span: tracing::Span,
 }
@@ -190,6 +192,7 @@ impl ZkSession {
             kick: Notify::new(),
             reader: Mutex::new(None),
             rounds: tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT),
+            claims: Default::default(),
             metrics,
             span,
         });
