@@ -16,7 +16,7 @@
 //! if they did not, the whole batch fails and the culprit is split off. A claim that is
 //! alone is sent alone, exactly as before: nothing waits for a batch to fill.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
@@ -74,8 +74,11 @@ pub(crate) struct Claims {
 #[derive(Default)]
 struct State {
     pending: VecDeque<Request>,
-    /// Whether a task is committing batches (it takes everything pending, then stops).
-    committing: bool,
+    /// The ZooKeeper sessions a task is committing batches for (each takes everything
+    /// pending on its session, then stops). One per session: a commit waiting on a lost
+    /// session (until its client reconnects or learns it expired) never holds up the
+    /// claims made on the session that replaced it.
+    committing: HashSet<i64>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -87,6 +90,7 @@ impl Claims {
     /// the session that wait at the same time.
     pub(crate) async fn claim(self: &Arc<Self>, client: &zk::Client, ops: Vec<Op>) -> Claimed {
         let (reply, answer) = oneshot::channel();
+        let session = client.session_id().0;
         let start = {
             let mut st = lock(&self.state);
             st.pending.push_back(Request {
@@ -94,12 +98,12 @@ impl Claims {
                 ops,
                 reply,
             });
-            !std::mem::replace(&mut st.committing, true)
+            st.committing.insert(session)
         };
         if start {
             // A task of its own: the claimant's round may be abandoned at any moment, and
             // the others' claims must not go with it.
-            tokio::spawn(self.clone().commit_all());
+            tokio::spawn(self.clone().commit_all(session));
         }
         answer
             .await
@@ -108,14 +112,14 @@ impl Claims {
             }))
     }
 
-    /// Commit batches until nothing is pending.
-    async fn commit_all(self: Arc<Self>) {
+    /// Commit batches of `session`'s claims until none is pending.
+    async fn commit_all(self: Arc<Self>, session: i64) {
         loop {
             let batch = {
                 let mut st = lock(&self.state);
-                let batch = take_batch(&mut st.pending);
+                let batch = take_batch(&mut st.pending, session);
                 if batch.is_empty() {
-                    st.committing = false;
+                    st.committing.remove(&session);
                     return;
                 }
                 batch
@@ -131,31 +135,25 @@ impl Claims {
     }
 }
 
-/// The next batch: pending claims on the first one's session, in order, up to [`MAX_OPS`]
-/// operations (a single larger claim goes alone). Claims nobody waits for are dropped.
-fn take_batch(pending: &mut VecDeque<Request>) -> Vec<Request> {
+/// The next batch: pending claims on `session`, in order, up to [`MAX_OPS`] operations (a
+/// single larger claim goes alone). Claims nobody waits for any more are dropped.
+fn take_batch(pending: &mut VecDeque<Request>, session: i64) -> Vec<Request> {
     pending.retain(|r| !r.reply.is_closed());
-    let Some(first) = pending.front() else {
-        return Vec::new();
-    };
-    let session = first.client.session_id();
     let mut batch = Vec::new();
     let mut ops = 0;
-    let mut rest = VecDeque::new();
-    while let Some(r) = pending.pop_front() {
-        let fits = batch.is_empty() || ops + r.width() <= MAX_OPS;
-        if r.client.session_id() == session && fits {
-            ops += r.width();
-            batch.push(r);
-        } else {
-            rest.push_back(r);
-            if !fits {
-                break;
-            }
+    let mut i = 0;
+    while i < pending.len() {
+        let r = &pending[i];
+        if r.client.session_id().0 != session {
+            i += 1;
+            continue;
         }
+        if !batch.is_empty() && ops + r.width() > MAX_OPS {
+            break;
+        }
+        ops += r.width();
+        batch.extend(pending.remove(i));
     }
-    rest.extend(pending.drain(..));
-    *pending = rest;
     batch
 }
 
