@@ -25,7 +25,6 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
 use zookeeper_client as zk;
 
-use crate::claims;
 use crate::config::{NodeAcl, ZkConfig};
 use crate::error::{map, permanent, session_gone};
 use crate::names::{self, protected_prefix};
@@ -571,12 +570,7 @@ static CREATOR_ALL_OTHERS_READ: [zk::Acl; 2] = [
 ];
 
 fn acls(cfg: &ZkConfig) -> zk::Acls<'static> {
-    acls_for(cfg.acl)
-}
-
-/// The ACLs of our nodes for `acl`.
-pub(crate) fn acls_for(acl: NodeAcl) -> zk::Acls<'static> {
-    match acl {
+    match cfg.acl {
         NodeAcl::Open => zk::Acls::anyone_all(),
         NodeAcl::CreatorAllOthersRead => zk::Acls::new(&CREATOR_ALL_OTHERS_READ),
         NodeAcl::CreatorAll => zk::Acls::creator_all(),
@@ -1143,31 +1137,30 @@ impl DriverState {
             // Claim: atomically check our node still exists and write the latch path, whose
             // new mzxid is the term's sequence; its data names the claiming node, so a reader
             // can tell a first node that has claimed from one that has not yet.
-            // Committed with the claims of other elections of the session made at the same
-            // time (one transaction; see `claims`).
+            let mut w = client.new_multi_writer();
+            w.add_check_version(&node.path, -1)?;
             let ahead = if first_next {
                 std::mem::take(&mut self.ahead)
             } else {
                 Vec::new()
             };
-            let mut ops = Vec::with_capacity(2 + ahead.len());
-            ops.push(claims::Op::Check(node.path.to_string()));
-            for name in &ahead {
-                ops.push(claims::Op::Gone(
-                    format!("{path}/{name}"),
-                    self.inner.cfg.acl,
-                ));
+            if !ahead.is_empty() {
+                let gone = zk::CreateMode::Persistent.with_acls(acls(&self.inner.cfg));
+                for name in &ahead {
+                    let p = format!("{path}/{name}");
+                    w.add_create(&p, &[], &gone)?;
+                    w.add_delete(&p, None)?;
+                }
             }
-            ops.push(claims::Op::Set(
-                path.to_string(),
-                node.name().as_bytes().to_vec(),
-            ));
-            // The claim is an answered request: contact as of its send instant (or earlier:
-            // it may wait for the commit before it), so a grant is published with a fresh
-            // takeover bound (not one left from before a reconnect).
+            w.add_set_data(&path, node.name().as_bytes(), None)?;
+            // The claim is an answered request: contact as of its send instant, so a grant is
+            // published with a fresh takeover bound (not one left from before a reconnect).
             let sent = std::time::Instant::now();
-            let stat = match Box::pin(self.core.claims.claim(client, ops)).await {
-                Ok(stat) => stat,
+            let stat = match Box::pin(w.commit()).await {
+                Ok(mut results) => match results.pop() {
+                    Some(zk::MultiWriteResult::SetData { stat }) => stat,
+                    _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
+                },
                 Err(zk::MultiWriteError::OperationFailed {
                     source: zk::Error::NoNode,
                     ..

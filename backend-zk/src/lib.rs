@@ -2,7 +2,6 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
-mod claims;
 mod config;
 mod error;
 mod latch;

@@ -154,8 +154,6 @@ pub(crate) struct Core {
     reader: Mutex<Option<zk::Client>>,
     /// Election rounds in flight at once on this session (see [`ROUNDS_IN_FLIGHT`]).
     pub(crate) rounds: tokio::sync::Semaphore,
-    /// Claims of this session's elections, committed together when they coincide.
-    pub(crate) claims: Arc<crate::claims::Claims>,
     metrics: ElectionMetrics,
     span: tracing::Span,
 }
@@ -192,7 +190,6 @@ impl ZkSession {
             kick: Notify::new(),
             reader: Mutex::new(None),
             rounds: tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT),
-            claims: Default::default(),
             metrics,
             span,
         });
