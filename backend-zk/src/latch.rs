@@ -28,7 +28,7 @@ use zookeeper_client as zk;
 use crate::config::{NodeAcl, ZkConfig};
 use crate::error::{map, permanent, session_gone};
 use crate::names::{self, protected_prefix};
-use crate::session::{self, Conn, Core, View, ZkSession, CLOSE_LINGER};
+use crate::session::{self, Conn, Core, SessionClient, View, ZkSession, CLOSE_LINGER};
 
 /// A status reason shared by every election (no allocation per status change: memory per
 /// election matters).
@@ -249,6 +249,7 @@ impl ZkElection {
             inner: self.inner.clone(),
             view: core.subscribe(),
             generation: 0,
+            epoch: 0,
             session_timeout: self.inner.cfg.session_timeout,
             uuid: new_uuid(),
             stale: Vec::new(),
@@ -381,7 +382,12 @@ pub(crate) async fn close(core: &Arc<Core>, inner: &Arc<Inner>) -> Result<()> {
     if let Some((client, node)) = early {
         // Connected: this takes a round trip. Bounded so that close stays within about
         // 2.5 x the session timeout however the connection fares meanwhile.
-        match timeout(inner.cfg.session_timeout / 2, client.delete(&node, None)).await {
+        match timeout(
+            inner.cfg.session_timeout / 2,
+            client.write(client.delete(&node, None)),
+        )
+        .await
+        {
             Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => {
                 *lock(&inner.deleted) = Some(node);
             }
@@ -426,7 +432,7 @@ pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()
                         return;
                     }
                 }
-                match timeout(bound, w.commit()).await {
+                match timeout(bound, client.write(w.commit())).await {
                     Ok(Ok(_)) => {
                         for (inner, node) in chunk {
                             *lock(&inner.deleted) = Some(node.clone());
@@ -506,7 +512,9 @@ impl Election for ZkElection {
             let session = self.session.clone();
             tokio::spawn(async move {
                 sleep(CLOSE_LINGER).await;
-                session.core().shutdown();
+                if let Some(end) = session.core().shutdown() {
+                    end.await;
+                }
             });
         }
         result
@@ -554,7 +562,7 @@ impl Drop for ZkElection {
         {
             let bound = self.inner.cfg.session_timeout / 2;
             rt.spawn(async move {
-                let _ = timeout(bound, client.delete(&node, None)).await;
+                let _ = timeout(bound, client.write(client.delete(&node, None))).await;
             });
         }
     }
@@ -629,6 +637,8 @@ struct DriverState {
     view: watch::Receiver<View>,
     /// The session generation our node and uuid belong to.
     generation: u64,
+    /// The session's client our watches were registered with (see [`View::epoch`]).
+    epoch: u64,
     /// The negotiated session timeout.
     session_timeout: Duration,
     /// The protected-name uuid of the current session's node.
@@ -688,7 +698,7 @@ impl DriverState {
     }
 
     /// Follow the session's generation `generation` (a new session, or none).
-    fn new_session(&mut self, generation: u64, client: Option<zk::Client>) {
+    fn new_session(&mut self, generation: u64, client: Option<SessionClient>) {
         if let Some(n) = self.forget_node() {
             debug!(node = %n.name(), "forgetting the node of the session we left");
         }
@@ -708,7 +718,7 @@ impl DriverState {
     }
 
     /// The client of the session our node and uuid belong to (None once it was replaced).
-    fn client(&self) -> Option<zk::Client> {
+    fn client(&self) -> Option<SessionClient> {
         let v = self.view.borrow();
         if v.generation == self.generation {
             v.client.clone()
@@ -762,7 +772,12 @@ impl DriverState {
             let view = self.view.borrow_and_update().clone();
             if view.generation != self.generation {
                 self.new_session(view.generation, view.client);
+            } else if view.epoch != self.epoch {
+                // The same session on a new client: our node stands, but the watches
+                // registered with the old client will never fire; read afresh.
+                self.own_watch = None;
             }
+            self.epoch = view.epoch;
             view.state
         };
         match state {
@@ -797,14 +812,14 @@ impl DriverState {
             return Ok(Next::Again);
         };
         let mut view = self.view.clone();
-        let generation = self.generation;
+        let (generation, epoch) = (self.generation, self.epoch);
         let lost = async move {
             loop {
                 if view.changed().await.is_err() {
                     return;
                 }
                 let v = view.borrow();
-                if v.generation != generation || v.state != Conn::Connected {
+                if v.generation != generation || v.epoch != epoch || v.state != Conn::Connected {
                     return;
                 }
             }
@@ -860,9 +875,12 @@ impl DriverState {
             }
             return self.until_view_changes().await;
         }
-        if self
-            .client()
-            .is_none_or(|c| c.state() == zk::SessionState::Disconnected)
+        // A lost connection is the session task's to handle (it demotes everyone when the
+        // session is in doubt); the next round runs on whatever connection it restores.
+        if matches!(e, zk::Error::ConnectionLoss)
+            || self
+                .client()
+                .is_none_or(|c| c.state() == zk::SessionState::Disconnected)
         {
             return Next::Again;
         }
@@ -931,7 +949,7 @@ impl DriverState {
         self.want = false;
         self.inner.cell.set_role(Role::Idle, msg.to_owned());
         if let (Some(c), Some(n)) = (self.client(), self.forget_node()) {
-            let _ = timeout(self.session_timeout, c.delete(&n.path, None)).await;
+            let _ = timeout(self.session_timeout, c.write(c.delete(&n.path, None))).await;
         }
         Next::Again
     }
@@ -939,7 +957,7 @@ impl DriverState {
     /// Make sure our node exists and belongs to our session; repair parents and node.
     async fn ensure_node(
         &mut self,
-        client: &zk::Client,
+        client: &SessionClient,
     ) -> std::result::Result<OwnNode, zk::Error> {
         let session = client.session_id().0;
         if let Some(n) = self.node.clone() {
@@ -999,7 +1017,7 @@ impl DriverState {
                 .any(|u| name.starts_with(&protected_prefix(&u.to_string())))
             {
                 info!(node = %name, "deleting a node left by an earlier session of ours");
-                match client.delete(&full, None).await {
+                match client.write(client.delete(&full, None)).await {
                     Ok(()) | Err(zk::Error::NoNode) => {}
                     Err(e) => debug!(node = %name, %e, "could not delete stale node"),
                 }
@@ -1013,7 +1031,7 @@ impl DriverState {
         let mut tries = 0;
         loop {
             tries += 1;
-            match client.create(&base, &data, &node_opts).await {
+            match client.write(client.create(&base, &data, &node_opts)).await {
                 Ok((stat, seq)) => {
                     let name = format!("{prefix}{}{seq}", names::LOCK_NAME);
                     if stat.ephemeral_owner != 0 && stat.ephemeral_owner != session {
@@ -1035,7 +1053,7 @@ impl DriverState {
                             .metrics()
                             .count(metrics::REPAIRS, &[("cause", "path_missing")]);
                     }
-                    match client.mkdir(&path, &dir_opts).await {
+                    match client.write(client.mkdir(&path, &dir_opts)).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
                         Err(zk::Error::NoNode) if self.inner.cfg.chroot.is_some() => {
                             Box::pin(self.create_chroot()).await?;
@@ -1072,7 +1090,7 @@ impl DriverState {
     /// fails with NodeExists while the node is there, a no-op otherwise) together with our
     /// node's existence (which the pending own-node watch already vouches for) and the
     /// write of the term. When the assertion fails, we read the queue as usual.
-    async fn round(&mut self, client: &zk::Client) -> std::result::Result<Next, zk::Error> {
+    async fn round(&mut self, client: &SessionClient) -> std::result::Result<Next, zk::Error> {
         // Rarely-used large futures are boxed (allocated only while they run), so that the
         // round's future stays small while it waits: memory per election matters.
         let node = Box::pin(self.ensure_node(client)).await?;
@@ -1156,7 +1174,7 @@ impl DriverState {
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
             let sent = std::time::Instant::now();
-            let stat = match Box::pin(w.commit()).await {
+            let stat = match Box::pin(client.write(w.commit())).await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
                     _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
@@ -1278,7 +1296,7 @@ impl DriverState {
             }
         };
         tokio::pin!(own_changed);
-        let generation = self.generation;
+        let (generation, epoch) = (self.generation, self.epoch);
         let next = loop {
             break tokio::select! {
             ev = &mut pred_changed => {
@@ -1303,7 +1321,7 @@ impl DriverState {
                     Next::Exit
                 } else {
                     let v = self.view.borrow();
-                    if v.generation == generation && v.state == Conn::Connected {
+                    if v.generation == generation && v.epoch == epoch && v.state == Conn::Connected {
                         continue;
                     }
                     debug!(state = ?v.state, "session changed");
@@ -1356,7 +1374,7 @@ impl DriverState {
 
     /// Delete our node: retried until done or the session that owns it is gone.
     async fn delete_node(&mut self) -> Result<()> {
-        let (Some(client), Some(node)) = (self.client(), self.forget_node()) else {
+        let (Some(mut client), Some(node)) = (self.client(), self.forget_node()) else {
             return Ok(());
         };
         if lock(&self.inner.deleted).as_deref() == Some(&*node.path) {
@@ -1366,7 +1384,7 @@ impl DriverState {
         let mut pause = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, client.delete(&node.path, None)).await {
+            match timeout(left, client.write(client.delete(&node.path, None))).await {
                 Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => return Ok(()),
                 Ok(Err(e)) if session_gone(&e) => return Ok(()),
                 Ok(Err(e)) if permanent(&e) => {
@@ -1390,6 +1408,11 @@ impl DriverState {
             }
             sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
+            // The session's client may have changed meanwhile (resumed by a new one).
+            match self.client() {
+                Some(c) => client = c,
+                None => return Ok(()),
+            }
         }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! One session task owns the `zk::Client`: it connects (hedged attempts), runs the contact
 //! probe (`check_stat("/")` every T/6, one stream whatever the number of elections), detects
-//! a lost connection, probes for a wiped or expired session, replaces the session, and turns
-//! AuthFailed into a fatal error of every election. It publishes what it knows as a [`View`]
+//! a lost connection, probes for a wiped or expired session, resumes a session ZooKeeper
+//! still holds in a new client (not waiting for the old client's backoff) or replaces a lost
+//! one, and turns AuthFailed into a fatal error of every election. It publishes what it knows as a [`View`]
 //! (generation, client, state) on a watch channel the elections follow.
 //!
 //! Loss is signalled once per session: the session task demotes every registered election's
@@ -56,6 +57,28 @@ const RETRY_WHILE_DOWN: Duration = Duration::from_millis(100);
 pub(crate) const ROUNDS_IN_FLIGHT: usize = 64;
 /// How long after closing an election's node a private session is closed.
 pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(20);
+/// How long [`end_session`] lets a dropped client's task wind down before it takes the
+/// session over to close it.
+const END_WAIT: Duration = Duration::from_millis(200);
+/// After a resume (see [`suspended`]), the retired client's task still reconnects when its
+/// backoff ends (it cannot be woken or stopped; it gives up at its own deadline, 1.4 x the
+/// session timeout after its last receipt), which makes ZooKeeper drop the current
+/// client's connection in favour of it; the retired client exits once connected (no handle
+/// left), and the current one reconnects at once (taking the connection back, sometimes
+/// before the retired one's answer, which then tries again after its next backoff). While
+/// a retired client may do that, a disconnect of the current client that heals within
+/// this window, with the same session, is such a handover and demotes nobody: the session
+/// was never in doubt (every connect renewed its expiry). Any other disconnect is handled
+/// as usual, at most this much later. 250 ms covers a reconnect that lost one handshake
+/// to the other client (zookeeper-client then waits 100-200 ms); sessions shorter than
+/// 2 s get 1/8 of their timeout (well inside the takeover bound, half of it after the
+/// last contact, which the contact probe keeps at most 1/6 of it old).
+const STEAL_WINDOW: Duration = Duration::from_millis(250);
+
+/// [`STEAL_WINDOW`] for a session of `timeout`.
+fn steal_window(timeout: Duration) -> Duration {
+    STEAL_WINDOW.min(timeout / 8)
+}
 /// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
 const MAX_ATTEMPTS: usize = 5;
 /// The least time an attempt gets before it is abandoned (see [`hedging`]).
@@ -101,7 +124,9 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        self.core.shutdown();
+        if let (Some(end), Ok(rt)) = (self.core.shutdown(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(end);
+        }
     }
 }
 
@@ -110,8 +135,91 @@ impl Drop for Handle {
 pub(crate) struct View {
     /// Increments with every new session (a replaced one too).
     pub(crate) generation: u64,
-    pub(crate) client: Option<zk::Client>,
+    /// Increments with every new client, including a client that resumed the same session
+    /// (same generation, same nodes; watches registered on the previous client are gone).
+    pub(crate) epoch: u64,
+    pub(crate) client: Option<SessionClient>,
     pub(crate) state: Conn,
+}
+
+/// The writes issued on one client and not answered yet.
+///
+/// A zookeeper-client `Client` queues requests made while it is disconnected and sends them
+/// when it reconnects, even after every handle was dropped. A client that may still hold an
+/// unsent write must therefore never be retired in favour of a second client of the same
+/// session: its later reconnect would replay the write (a node created twice, a claim sent
+/// late). Every write goes through [`SessionClient::write`], which counts it here.
+#[derive(Default, Debug)]
+pub(crate) struct Writes {
+    open: std::sync::atomic::AtomicUsize,
+    /// A write whose caller stopped waiting before the answer (a timeout, an abandoned
+    /// round): it may still be queued in the client.
+    abandoned: AtomicBool,
+}
+
+impl Writes {
+    /// Whether a write issued on this client may still be sent by it later.
+    pub(crate) fn pending(&self) -> bool {
+        self.open.load(Ordering::SeqCst) > 0 || self.abandoned.load(Ordering::SeqCst)
+    }
+}
+
+/// One write in flight (see [`Writes`]).
+struct Issued {
+    writes: Arc<Writes>,
+    answered: bool,
+}
+
+impl Drop for Issued {
+    fn drop(&mut self) {
+        if self.answered {
+            self.writes.open.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            self.writes.abandoned.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The session's current client and the count of its unanswered writes. Reads go through
+/// `Deref`; writes through [`write`](SessionClient::write).
+#[derive(Clone)]
+pub(crate) struct SessionClient {
+    zk: zk::Client,
+    writes: Arc<Writes>,
+}
+
+impl std::ops::Deref for SessionClient {
+    type Target = zk::Client;
+    fn deref(&self) -> &zk::Client {
+        &self.zk
+    }
+}
+
+impl SessionClient {
+    fn new(zk: zk::Client) -> SessionClient {
+        SessionClient {
+            zk,
+            writes: Arc::default(),
+        }
+    }
+
+    /// Await the write `op` (made on this client), counting it while it is unanswered.
+    /// Counted from the call, not the first poll: zookeeper-client queues a request when
+    /// the call is made.
+    pub(crate) fn write<F: Future>(&self, op: F) -> impl Future<Output = F::Output> {
+        self.writes.open.fetch_add(1, Ordering::SeqCst);
+        let issued = Issued {
+            writes: self.writes.clone(),
+            answered: false,
+        };
+        async move {
+            // The whole guard moves in (not just the field written below).
+            let mut issued = issued;
+            let r = op.await;
+            issued.answered = true;
+            r
+        }
+    }
 }
 
 /// The session's state as elections see it.
@@ -168,6 +276,7 @@ impl ZkSession {
     pub fn new(cfg: ZkSessionConfig) -> Result<ZkSession> {
         let (view, _) = watch::channel(View {
             generation: 0,
+            epoch: 0,
             client: None,
             state: Conn::Connecting,
         });
@@ -237,7 +346,9 @@ impl ZkSession {
         let result = latch::close_all(core, &all).await;
         // The last node deletions must not compete with the session's teardown.
         sleep(CLOSE_LINGER).await;
-        core.shutdown();
+        if let Some(end) = core.shutdown() {
+            end.await;
+        }
         result
     }
 }
@@ -282,7 +393,7 @@ impl Core {
     }
 
     /// The current client, when it is not terminated.
-    pub(crate) fn client(&self) -> Option<zk::Client> {
+    pub(crate) fn client(&self) -> Option<SessionClient> {
         self.view
             .borrow()
             .client
@@ -323,18 +434,22 @@ impl Core {
         *task = Some(tokio::spawn(run(core).instrument(span)));
     }
 
-    /// End the session: no client, no task.
-    pub(crate) fn shutdown(&self) {
+    /// End the session: no client, no task. Our clients are detached (see [`connect_main`]):
+    /// dropping them does not end the ZooKeeper session, so the returned future ends it
+    /// (None when there was no client). [`Handle`]'s drop spawns it.
+    pub(crate) fn shutdown(&self) -> Option<impl Future<Output = ()> + Send + 'static> {
         self.closed.store(true, Ordering::SeqCst);
         if let Some(t) = lock(&self.task).take() {
             t.abort();
         }
+        let mut last = None;
         self.view.send_modify(|v| {
-            v.client = None;
+            last = v.client.take();
             v.state = Conn::Closed;
         });
         *lock(&self.reader) = None;
         self.state_gauge(&Conn::Closed);
+        last.map(|c| end_session(self.cfg.clone(), c.zk))
     }
 
     /// Record contact at `at` (the send instant of an answered request).
@@ -363,7 +478,7 @@ impl Core {
     /// A client for reads: the session's, or a lazily connected reader.
     pub(crate) async fn read_client(&self) -> Result<zk::Client> {
         if let Some(c) = self.client() {
-            return Ok(c);
+            return Ok(c.zk);
         }
         if let Some(c) = lock(&self.reader).clone() {
             if !c.state().is_terminated() {
@@ -467,8 +582,8 @@ impl Core {
     }
 }
 
-/// Connect a new session (fails fast when no server answers).
-pub(crate) async fn connect(cfg: &ZkSessionConfig) -> Result<zk::Client> {
+/// A connector with `cfg`'s settings (fails fast when no server answers).
+fn connector(cfg: &ZkSessionConfig) -> zk::Connector {
     let mut c = zk::Client::connector()
         .with_session_timeout(cfg.session_timeout)
         .with_connection_timeout(cfg.connection_timeout)
@@ -480,6 +595,64 @@ pub(crate) async fn connect(cfg: &ZkSessionConfig) -> Result<zk::Client> {
     if let Some((user, password)) = cfg.sasl.as_deref() {
         c = c.with_sasl(zk::SaslOptions::digest_md5(user.clone(), password.clone()));
     }
+    c
+}
+
+/// Connect a new session that ends when its last handle is dropped (probes, readers).
+pub(crate) async fn connect(cfg: &ZkSessionConfig) -> Result<zk::Client> {
+    connect_with(cfg, connector(cfg)).await
+}
+
+/// Connect the session's own client: a new session, or `resume` (an existing session,
+/// taken over by this new client). Detached: dropping it leaves the ZooKeeper session
+/// alive. That is what lets a client that is still reconnecting be retired in favour of a
+/// resumed one (a dropped attached client would close the session the moment it
+/// reconnects); the session is ended explicitly by [`end_session`].
+async fn connect_main(
+    cfg: &ZkSessionConfig,
+    resume: Option<zk::SessionInfo>,
+) -> Result<zk::Client> {
+    let c = connector(cfg).with_detached();
+    let c = match resume {
+        Some(info) => c.with_session(info),
+        None => c,
+    };
+    connect_with(cfg, c).await
+}
+
+/// End the ZooKeeper session of `client` (detached, see [`connect_main`]), so that
+/// ZooKeeper deletes its ephemeral nodes now rather than at expiry: let the client's task
+/// wind down (it exits once its last handle is gone), then take the session in an attached
+/// client and drop it, which sends closeSession. Best effort and bounded: when no server
+/// answers, the session expires on its own.
+async fn end_session(cfg: ZkSessionConfig, client: zk::Client) {
+    let info = client.session().clone();
+    let mut states = client.state_watcher();
+    drop(client);
+    let ended = async {
+        while !states.peek_state().is_terminated() {
+            states.changed().await;
+        }
+    };
+    let _ = timeout(END_WAIT, ended).await;
+    if matches!(
+        states.peek_state(),
+        zk::SessionState::Expired | zk::SessionState::AuthFailed
+    ) {
+        return;
+    }
+    let closer = connector(&cfg).with_session(info);
+    match timeout(cfg.connection_timeout, connect_with(&cfg, closer)).await {
+        Ok(Ok(c)) => {
+            debug!(session = %c.session_id(), "closing the session");
+            drop(c);
+        }
+        Ok(Err(e)) => debug!(%e, "could not close the session; it expires on its own"),
+        Err(_) => debug!("could not close the session in time; it expires on its own"),
+    }
+}
+
+async fn connect_with(cfg: &ZkSessionConfig, c: zk::Connector) -> Result<zk::Client> {
     let hosts = cfg.connect.split(',').count() as u32;
     let bound = cfg.connection_timeout * (hosts + 1);
     match timeout(bound, c.connect(&cfg.connect_string())).await {
@@ -540,11 +713,19 @@ async fn probe(cfg: ZkSessionConfig, client: zk::Client, node: Option<String>) -
     }
 }
 
+/// What ends one client's watch over the session.
+enum Turn {
+    /// The session ended.
+    End(Ended),
+    /// The same session, taken over by a new client (see [`suspended`]).
+    Resume(zk::Client),
+}
+
 /// How one connected session ended.
 enum Ended {
-    /// Replaced by a fresh session (a probe's); `why` for the statuses; whether ZooKeeper
-    /// no longer knew our session (expired or wiped).
-    Replaced(zk::Client, &'static str, bool),
+    /// Left for a new session; `why` for the statuses; whether ZooKeeper no longer knew our
+    /// session (expired or wiped: nothing of it to close).
+    Replaced(&'static str, bool),
     /// Expired or closed: connect anew.
     Lost,
     /// Permanent failure.
@@ -574,26 +755,24 @@ fn hedging(cfg: &ZkSessionConfig, connect_took: Option<Duration>) -> (Option<Dur
 async fn run(weak: std::sync::Weak<Core>) {
     let mut connect_took: Option<Duration> = None;
     let mut generation = 0u64;
-    let mut next: Option<zk::Client> = None;
+    let mut epoch = 0u64;
     loop {
         let Some(core) = weak.upgrade() else { return };
-        let client = match next.take() {
-            Some(c) => c,
-            None => match connect_hedged(&core, &mut connect_took).await {
-                Ok(c) => c,
-                Err((kind, msg)) => {
-                    warn!(%msg, "permanent failure of the session");
-                    core.view.send_modify(|v| {
-                        v.client = None;
-                        v.state = Conn::Fatal(kind, msg.clone().into());
-                    });
-                    // Held meanwhile: the last handle's drop aborts this task anyway.
-                    core.kick.notified().await;
-                    continue;
-                }
-            },
+        let mut client = match connect_hedged(&core, &mut connect_took).await {
+            Ok(c) => c,
+            Err((kind, msg)) => {
+                warn!(%msg, "permanent failure of the session");
+                core.view.send_modify(|v| {
+                    v.client = None;
+                    v.state = Conn::Fatal(kind, msg.clone().into());
+                });
+                // Held meanwhile: the last handle's drop aborts this task anyway.
+                core.kick.notified().await;
+                continue;
+            }
         };
         generation += 1;
+        epoch += 1;
         let session_timeout = client.session_timeout();
         core.span.record("session", client.session_id().0);
         info!(session = %client.session_id(), timeout = ?session_timeout, generation, "session ready");
@@ -601,14 +780,43 @@ async fn run(weak: std::sync::Weak<Core>) {
         core.led.store(false, Ordering::SeqCst);
         core.view.send_modify(|v| {
             v.generation = generation;
-            v.client = Some(client.clone());
+            v.epoch = epoch;
+            v.client = Some(SessionClient::new(client.clone()));
             v.state = Conn::Connected;
         });
         core.state_gauge(&Conn::Connected);
         drop(core);
-        match connected(&weak, &client, connect_took).await {
-            None => return,
-            Some(Ended::Replaced(fresh, why, expired)) => {
+        let mut retired: Option<Retired> = None;
+        let ended = loop {
+            match connected(&weak, &client, connect_took, &mut retired).await {
+                None => return,
+                Some(Turn::Resume(fresh)) => {
+                    let Some(core) = weak.upgrade() else { return };
+                    epoch += 1;
+                    info!(session = %fresh.session_id(), epoch, "the session is back, resumed by a new client; the old client is retired");
+                    core.metrics
+                        .count(metrics::REPAIRS, &[("cause", "session_resumed")]);
+                    let old = std::mem::replace(&mut client, fresh);
+                    retired = Some(Retired {
+                        states: old.state_watcher(),
+                        ended_at: None,
+                        window: steal_window(client.session_timeout()),
+                    });
+                    // Same session, same nodes: no demotion beyond the suspension's. The
+                    // elections re-read what they watched (their watches were the old
+                    // client's) and claim again.
+                    core.view.send_modify(|v| {
+                        v.epoch = epoch;
+                        v.client = Some(SessionClient::new(client.clone()));
+                        v.state = Conn::Connected;
+                    });
+                    core.state_gauge(&Conn::Connected);
+                }
+                Some(Turn::End(ended)) => break ended,
+            }
+        };
+        match ended {
+            Ended::Replaced(why, expired) => {
                 let Some(core) = weak.upgrade() else { return };
                 let counters: &[Counter] = if expired {
                     &[EXPIRED, REPLACED]
@@ -621,9 +829,13 @@ async fn run(weak: std::sync::Weak<Core>) {
                     v.client = None;
                     v.state = Conn::Connecting;
                 });
-                next = Some(fresh);
+                if !expired {
+                    // ZooKeeper still holds the session we leave: end it (its nodes go now).
+                    tokio::spawn(end_session(core.cfg.clone(), client));
+                    continue;
+                }
             }
-            Some(Ended::Lost) => {
+            Ended::Lost => {
                 let Some(core) = weak.upgrade() else { return };
                 info!(session = %client.session_id(), "session ended; building a new session");
                 core.demote_then(
@@ -638,7 +850,7 @@ async fn run(weak: std::sync::Weak<Core>) {
                     },
                 );
             }
-            Some(Ended::Fatal(kind, msg)) => {
+            Ended::Fatal(kind, msg) => {
                 let Some(core) = weak.upgrade() else { return };
                 warn!(%msg, "permanent failure of the session");
                 core.demote_then(true, false, &msg, true, &[], |v| {
@@ -668,7 +880,7 @@ async fn connect_hedged(
                 let cfg = core.cfg.clone();
                 attempts.push(async move {
                     let t = Instant::now();
-                    let r = timed(bound, connect(&cfg)).await;
+                    let r = timed(bound, connect_main(&cfg, None)).await;
                     (r, t.elapsed())
                 });
                 // No growing backoff: a server that comes back is found within one gap.
@@ -703,13 +915,70 @@ async fn connect_hedged(
     }
 }
 
+/// A client retired by a resume, whose task may still reconnect (see [`STEAL_WINDOW`]).
+struct Retired {
+    states: zk::StateWatcher,
+    /// When we first saw its task ended.
+    ended_at: Option<Instant>,
+    /// [`steal_window`] of the session.
+    window: Duration,
+}
+
+impl Retired {
+    /// False once its task has ended more than [`STEAL_WINDOW`] ago: it can take no
+    /// connection any more, and the last one it took is handled.
+    fn update(&mut self) -> bool {
+        if self.states.peek_state().is_terminated() {
+            self.ended_at.get_or_insert_with(Instant::now);
+        }
+        self.ended_at.is_none_or(|t| t.elapsed() < self.window)
+    }
+}
+
+/// Our client just lost its connection while a retired client of the same session may
+/// still take it (see [`STEAL_WINDOW`]): true when ours is connected again, with the same
+/// session, within the window (the session was never in doubt: ZooKeeper took it on the
+/// other connection and then on ours again, each renewing its expiry); false otherwise,
+/// and the caller suspends as usual. (The retired client's attempt does not always get to
+/// report itself connected: ours may take the connection back before its answer.)
+async fn steal_blip(client: &zk::Client, states: &mut zk::StateWatcher) -> bool {
+    let deadline = Instant::now() + steal_window(client.session_timeout());
+    loop {
+        match client.state() {
+            zk::SessionState::SyncConnected => {
+                debug!("a retired client took the connection for a moment; ours is back");
+                return true;
+            }
+            st if st.is_terminated() => return false,
+            _ => {}
+        }
+        tokio::select! {
+            _ = states.changed() => {}
+            _ = sleep_until(deadline) => {
+                return client.state() == zk::SessionState::SyncConnected;
+            }
+        }
+    }
+}
+
+/// The retired client's next state change (never, without one).
+async fn retired_changed(r: &mut Option<Retired>) {
+    match r {
+        Some(r) => {
+            r.states.changed().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// While the session lives: the contact probe, and suspension when the connection is lost.
 /// None when every handle is gone.
 async fn connected(
     weak: &std::sync::Weak<Core>,
     client: &zk::Client,
     connect_took: Option<Duration>,
-) -> Option<Ended> {
+    retired: &mut Option<Retired>,
+) -> Option<Turn> {
     let mut states = client.state_watcher();
     let timeout_agreed = client.session_timeout();
     // Contact is the SEND instant of the latest probe the server answered: the server
@@ -719,26 +988,33 @@ async fn connected(
     let tick = (timeout_agreed / 6).max(Duration::from_millis(100));
     let mut last_probe: Option<Instant> = None;
     loop {
+        if retired.as_mut().is_some_and(|r| !r.update()) {
+            debug!("the retired client has ended");
+            *retired = None;
+        }
         match client.state() {
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
             zk::SessionState::Disconnected => {
+                if retired.is_some() && steal_blip(client, &mut states).await {
+                    continue;
+                }
                 let core = weak.upgrade()?;
-                if let Some(ended) = suspended(&core, client, &mut states, connect_took).await {
-                    return Some(ended);
+                if let Some(turn) = suspended(&core, client, &mut states, connect_took).await {
+                    return Some(turn);
                 }
                 core.view.send_modify(|v| v.state = Conn::Connected);
                 core.state_gauge(&Conn::Connected);
                 continue;
             }
             zk::SessionState::AuthFailed => {
-                return Some(Ended::Fatal(
+                return Some(Turn::End(Ended::Fatal(
                     ErrorKind::PermissionDenied,
                     "ZooKeeper rejected the credentials (auth failed); fix digest_auth or sasl_digest_md5".into(),
-                ))
+                )))
             }
             st => {
                 debug!(?st, "session terminated");
-                return Some(Ended::Lost);
+                return Some(Turn::End(Ended::Lost));
             }
         }
         let wait = last_probe.map_or(Duration::ZERO, |t| tick.saturating_sub(t.elapsed()));
@@ -746,6 +1022,7 @@ async fn connected(
             st = states.changed() => {
                 debug!(?st, "session state changed");
             }
+            _ = retired_changed(retired) => {}
             _ = sleep(wait) => {
                 last_probe = Some(Instant::now());
                 let sent = std::time::Instant::now();
@@ -765,14 +1042,46 @@ async fn connected(
     }
 }
 
+/// Whether the session's current client may be retired for a resumed one: none of its
+/// writes can still be sent by it later (see [`Writes`]).
+fn resumable(core: &Core) -> bool {
+    core.view
+        .borrow()
+        .client
+        .as_ref()
+        .is_some_and(|c| !c.writes.pending())
+}
+
+/// Take over the session of `old` (disconnected) in a new client.
+async fn resume(
+    cfg: &ZkSessionConfig,
+    old: &zk::Client,
+    bound: Option<Duration>,
+) -> Option<zk::Client> {
+    let id = old.session_id();
+    match timed(bound, connect_main(cfg, Some(old.session().clone()))).await {
+        Ok(c) if c.session_id() == id => Some(c),
+        Ok(c) => {
+            // Not expected from zookeeper-client; never keep a stranger session.
+            warn!(old = %id, new = %c.session_id(), "resuming gave another session; ending it");
+            tokio::spawn(end_session(cfg.clone(), c));
+            None
+        }
+        Err(e) => {
+            debug!(session = %id, %e, "could not resume the session in a new client");
+            None
+        }
+    }
+}
+
 /// The connection is in doubt: demote (per policy), probe for a wiped or expired session,
-/// report health, until reconnected (None) or replaced.
+/// report health, until reconnected (None), resumed by a new client, or replaced.
 async fn suspended(
     core: &Arc<Core>,
     client: &zk::Client,
     states: &mut zk::StateWatcher,
     connect_took: Option<Duration>,
-) -> Option<Ended> {
+) -> Option<Turn> {
     let t0 = Instant::now();
     let session_timeout = client.session_timeout();
     let grace = match core.cfg.connection_policy {
@@ -794,7 +1103,7 @@ async fn suspended(
     // timeout after our last contact, because the server holds our session at least that
     // long. Leaving a session the server still holds deletes our nodes, which can elect a
     // successor at once: a session on which any election led keeps the old session
-    // (waiting for the client to reconnect) until that bound has passed.
+    // (resumed, or waiting for the client to reconnect) until that bound has passed.
     let keep_until = if core.led.load(Ordering::SeqCst) {
         let c = core.contact.contact();
         c.last.map(|last| Instant::from_std(last + c.safe_for))
@@ -845,22 +1154,34 @@ async fn suspended(
                 Probe::Unanswered => {}
                 Probe::SessionLost(fresh) => {
                     info!(old = %client.session_id(), new = %fresh.session_id(),
-                          "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to the new session");
-                    return Some(Ended::Replaced(fresh, "ZooKeeper lost our session (wiped or expired); rejoining", true));
+                          "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to a new session");
+                    return Some(Turn::End(Ended::Replaced("ZooKeeper lost our session (wiped or expired); rejoining", true)));
                 }
                 // ZooKeeper serves, still with our session, but our client has not
                 // reconnected: it waits out its own backoff (100 ms doubling, up to seconds
-                // after a long outage). Under the grace of ConnectionPolicy::Session, or
-                // before the takeover bound of a grant held on this session, we keep waiting
-                // for it; otherwise nobody leads on it anyway, and the fresh session rejoins
-                // now (each election's first round deletes its old node, named by the old
-                // session's uuid).
+                // after a long outage) and offers no way to retry now. A new client takes
+                // the session over instead: same session, same nodes, no successor elected,
+                // so no promise is broken and no grace needs to run out. Only a client
+                // that may still send a write of ours later is never retired this way (its
+                // reconnect would replay the write).
+                Probe::SessionAlive(fresh) if resumable(core) => {
+                    drop(fresh);
+                    if let Some(taken) = resume(&core.cfg, client, bound).await {
+                        info!(session = %taken.session_id(), "ZooKeeper answers again with our session; resumed it in a new client");
+                        return Some(Turn::Resume(taken));
+                    }
+                }
+                // Not resumable: under the grace of ConnectionPolicy::Session, or before
+                // the takeover bound of a grant held on this session, we keep waiting for
+                // the client; otherwise nobody leads on it anyway, and a new session rejoins
+                // now (the old one is closed; each election's first round also deletes its
+                // old node, named by the old session's uuid).
                 Probe::SessionAlive(fresh)
                     if demoted && keep_until.is_none_or(|k| Instant::now() >= k) =>
                 {
-                    info!(old = %client.session_id(), new = %fresh.session_id(),
-                          "ZooKeeper answers again but our client has not reconnected yet: switching to the new session");
-                    return Some(Ended::Replaced(fresh, "ZooKeeper answers again; rejoining with a new session", false));
+                    info!(old = %client.session_id(), probe = %fresh.session_id(),
+                          "ZooKeeper answers again but our client has not reconnected yet: switching to a new session");
+                    return Some(Turn::End(Ended::Replaced("ZooKeeper answers again; rejoining with a new session", false)));
                 }
                 Probe::SessionAlive(_) => {
                     // Next look when the grace ends and the takeover bound has passed.

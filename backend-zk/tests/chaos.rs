@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{all_in_latch, client, delete_recursive, joined, one_leader, participant};
 use succession_core::conformance::LeadershipChecker;
 use succession_core::{Election, ElectionExt, ErrorKind, HealthLevel, Role};
-use succession_testkit::{unique_path, TcpProxy, ZkEnsemble, ZkServer};
+use succession_testkit::{four_letter_word, unique_path, TcpProxy, ZkEnsemble, ZkServer};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
@@ -164,10 +164,9 @@ async fn zk_leader_session_expiry_hands_over_and_old_leader_rejoins_at_the_back(
 /// and answers 0.5-3 s after its restart, i.e. between the client's attempts at ~7 s and
 /// ~12.7 s, so the client alone reconnects seconds after the server answers (6.4 s in a
 /// run with that path disabled). Our participants do not wait for it: a probe session
-/// every 100 ms finds the server, and each takes that session, deleting its old node (the
-/// leader too: its takeover bound, 5 s after its last contact, has passed). A leader again
-/// within 1.5 s of the server answering (44 ms in a run); every participant back with
-/// exactly one node; terms grow.
+/// every 100 ms finds the server still holding their sessions, and each resumes its
+/// session in a new client (same node). A leader again within 1.5 s of the server
+/// answering (44 ms in a run); every participant back with exactly one node; terms grow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zk_restart_with_data_after_a_long_outage_reelects_without_waiting_for_client_backoff() {
     const OUTAGE: Duration = Duration::from_secs(8);
@@ -216,8 +215,8 @@ async fn zk_restart_with_data_after_a_long_outage_reelects_without_waiting_for_c
 
 /// A restart with the data kept after 2 s, sessions of 20 s: the leader's grant promised that
 /// nobody else is elected before its takeover bound (10 s after its last contact), so it
-/// keeps its old session and node (followers may move to new sessions) and leads again as
-/// soon as zookeeper-client reconnects it; no other participant leads in between.
+/// keeps its old session and node (resumed in a new client, or reconnected by its own) and
+/// leads again first; no other participant leads in between.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zk_restart_with_data_leader_keeps_its_session_within_its_takeover_bound() {
     let mut server = ZkServer::start().await.expect("zookeeper");
@@ -248,6 +247,102 @@ async fn zk_restart_with_data_leader_keeps_its_session_within_its_takeover_bound
     assert_eq!(es[i].session_id(), sid, "the leader kept its session");
     assert_eq!(checker.grants(), 2, "{:?}", checker.events());
     all_in_latch(&es[i], 3, Duration::from_secs(10)).await;
+    for e in &es {
+        e.close().await.expect("close");
+    }
+    checker.assert_ok();
+}
+
+/// How many times the server has taken an existing session on a new connection (its
+/// `mntr` counter `connection_revalidate_count`).
+async fn revalidations(server: &ZkServer) -> u64 {
+    let mntr = four_letter_word(server.port(), "mntr", Duration::from_secs(5))
+        .await
+        .expect("mntr");
+    mntr.lines()
+        .find_map(|l| l.strip_prefix("zk_connection_revalidate_count"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no zk_connection_revalidate_count in mntr: {mntr}"))
+}
+
+/// A restart with the data kept, every session still alive: each participant takes its
+/// session over in a new client as soon as the server answers, instead of waiting for
+/// zookeeper-client's own reconnect (after this outage its attempts come ~6.3-6.9 s and
+/// ~12.7-13.5 s after the loss, the server answers ~8-10 s after it). The leader leads
+/// again within 1 s, under the same session and node (its grant's promise, nobody else
+/// before its takeover bound, is kept: no node was deleted). Then each old client does
+/// reconnect, taking the connection from the new client for an instant (the server counts
+/// three revalidations per session: the resume, the old client, the new client again):
+/// nobody is demoted by it, and there is still exactly the one grant since the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_restart_with_data_resumes_every_session_without_waiting_for_client_backoff() {
+    const BOUND: Duration = Duration::from_millis(1000);
+    let mut server = ZkServer::start().await.expect("zookeeper");
+    let path = unique_path("resume");
+    // Above the outage, with the takeover bound (half of it after the last contact) too.
+    let session = Duration::from_secs(30);
+    let checker = LeadershipChecker::new();
+    let es = joined(&server.addr(), &path, 3, session, &checker).await;
+    let first = one_leader(&es, Duration::from_secs(10)).await;
+    let before = es[first].leadership().expect("leads").term();
+    let sessions: Vec<_> = es.iter().map(|e| e.session_id()).collect();
+
+    server.kill().await.expect("kill -9");
+    es[first]
+        .wait_for_status(Duration::from_secs(10), |s| s.role == Role::Suspended)
+        .await
+        .expect("leader suspended while the server is away");
+    // The outage (the scenario): the server answers between two of the client's attempts.
+    tokio::time::sleep(Duration::from_millis(7500)).await;
+    server.restart().await.expect("restart with data");
+    let back = Instant::now();
+    let revalidated = revalidations(&server).await;
+    let i = one_leader(&es, session).await;
+    let took = back.elapsed();
+    eprintln!("restart with data: leader again {took:?} after the server answered");
+    assert_eq!(
+        i, first,
+        "the leader before the restart leads first after it"
+    );
+    assert!(
+        took < BOUND,
+        "leader again only {took:?} after the server answered (bound {BOUND:?})"
+    );
+    let again = es[i].leadership().expect("leads");
+    assert!(again.term() > before, "a new grant has a new term");
+    for (e, sid) in es.iter().zip(&sessions) {
+        assert_eq!(e.session_id(), *sid, "{} kept its session", e.id());
+    }
+    all_in_latch(&es[i], 3, Duration::from_secs(10)).await;
+    // Every old client reconnects within its own deadline (1.4 x the session timeout).
+    let deadline = Instant::now() + session * 2;
+    while revalidations(&server).await < revalidated + 3 * 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the old clients never reconnected: {} revalidations since the restart",
+            revalidations(&server).await - revalidated
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Whatever the old clients did is done: the same grant holds, no other was made.
+    let still = es[i].leadership().expect("still leads");
+    assert_eq!(
+        still.term(),
+        again.term(),
+        "the grant survived the old clients' reconnects"
+    );
+    assert_eq!(checker.grants(), 2, "{:?}", checker.events());
+    for e in &es {
+        let st = e.status().borrow().clone();
+        assert!(
+            matches!(st.role, Role::Leader { .. } | Role::Follower { .. }),
+            "{} after the old clients' reconnects: {st:?}",
+            e.id()
+        );
+    }
+    let admin = client(&server.addr()).await;
+    let kids = admin.list_children(&path).await.expect("children");
+    assert_eq!(kids.len(), 3, "one node per participant: {kids:?}");
     for e in &es {
         e.close().await.expect("close");
     }

@@ -938,28 +938,25 @@ pub fn restart_why(r: &Results) -> String {
     let how = "The server comes back with the sessions and nodes, but zookeeper-client \
                retries a single server after 100 ms, doubling each time (+ up to 100 ms \
                jitter), capped only by its session deadline, so its own reconnect can come \
-               seconds after the server answers (6.4 s away after a 12.7 s outage); its public \
-               API offers no way to make it retry now, and a second client resuming the same \
-               session would have the two steal the session from each other. So our \
-               participant does not wait for it: its probe session (every 100 ms while \
-               disconnected) reaches the server, and the participant, no longer leader \
-               anyway, takes that session and rejoins, deleting its old node (named by the old \
-               session's uuid). It keeps its old session when the client reconnects before a \
-               probe gets through, and a participant that led under it keeps it until its \
-               takeover bound (half the session timeout after its last contact) has passed: \
-               its grant promised that nobody is elected before, and deleting its node would \
-               elect its successor at once. So after an outage shorter than that (the 15 s \
-               sessions of the short-restart row) the old leader still waits for the client's \
-               reconnect; after a long outage (the long-outage rows) nobody waits. The price: \
-               the place in the queue (the new node is at the back) and, under \
-               `ConnectionPolicy::Session`, nothing within the grace period (probes then wait). The Java client sleeps a random 0-1 s \
-               before each attempt, hence Curator's ~0.5-1 s.";
+               seconds after the server answers (6.4 s away after a 12.7 s outage), and its \
+               public API offers no way to make it retry now. So our participant does not \
+               wait for it: its probe session (every 100 ms while disconnected) reaches the \
+               server and finds our session still held, and a new client takes that session \
+               over (same session, same node, same place; the leader re-claims at once; \
+               nothing is deleted, so a grant's promise that nobody else is elected before its \
+               takeover bound holds). The old client is retired: it is detached (it cannot \
+               close the session) and carries no unanswered write of ours (else it is not \
+               retired); when its backoff ends it takes the connection for an instant and \
+               exits, and the new client's reconnect within 250 ms is not counted as a doubt. \
+               The Java client sleeps a random 0-1 s before each attempt, hence Curator's \
+               ~0.5-1 s.";
     match max_of(&r.zk_restart[0], &r.zk_long[0]) {
         Some(x) if x <= 300.0 => how.to_string(),
         Some(_) => format!(
-            "{how} Where the max exceeds 300 ms, see which row: in the short-restart row it is \
-             the old leader waiting, within its takeover bound, for zookeeper-client's own \
-             reconnect (a limit we keep on purpose); in the long-outage rows nobody waits."
+            "{how} The max exceeds 300 ms here: the probe runs every 100 ms and a resume is \
+             one more connection, so look at the run's log for a participant that could not \
+             be resumed (a write left unanswered by the lost connection) and waited for its \
+             client."
         ),
         None => "not measured".into(),
     }
