@@ -282,7 +282,7 @@ impl EtcdElection {
     /// A compare-and-swap record at `key` (an absolute key, e.g.
     /// `/services/my-app/mode`) sharing this election's (session's) connection.
     pub fn record(&self, key: &str) -> Result<EtcdRecord> {
-        EtcdRecord::with_connection(self.inner.conn().clone(), key)
+        EtcdRecord::with_hub(self.inner.conn().clone(), Some(self.inner.hub()), key)
     }
 }
 

@@ -11,6 +11,7 @@ use succession_core::{validate, CasOutcome, CasRecord, Error, ErrorKind, Result,
 use crate::config::EtcdConfig;
 use crate::conn::{Backoff, Connection};
 use crate::error;
+use crate::watch_hub::{Route, WatchHub, WatchMsg};
 
 /// A versioned record at one etcd key, written only by compare-and-swap.
 ///
@@ -26,6 +27,10 @@ use crate::error;
 /// the same revision after it.
 pub struct EtcdRecord {
     conn: Arc<Connection>,
+    /// The session's shared watch stream, for a record made from an election: thousands of
+    /// records then watch on a few streams instead of opening one each (etcd and the
+    /// connection serve only so many streams at once).
+    hub: Option<WatchHub>,
     key: String,
     /// (version, value) pairs this handle read or wrote, newest last, at most [`SEEN`].
     seen: Mutex<VecDeque<(u64, Vec<u8>)>>,
@@ -53,9 +58,19 @@ impl EtcdRecord {
     }
 
     pub(crate) fn with_connection(conn: Arc<Connection>, key: &str) -> Result<EtcdRecord> {
+        Self::with_hub(conn, None, key)
+    }
+
+    /// A record whose watches go on `hub` when given (a session's shared watch stream).
+    pub(crate) fn with_hub(
+        conn: Arc<Connection>,
+        hub: Option<WatchHub>,
+        key: &str,
+    ) -> Result<EtcdRecord> {
         validate::store_path(key, "etcd record key")?;
         Ok(EtcdRecord {
             conn,
+            hub,
             key: key.to_owned(),
             seen: Mutex::new(VecDeque::with_capacity(SEEN)),
         })
@@ -105,6 +120,63 @@ impl EtcdRecord {
     /// The key.
     pub fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Watch the record on the session's shared stream from `rev + 1` until it differs
+    /// from `seen` (`Some(value)`), or until the caller must read again (`None`: the watch
+    /// was cancelled or its stream broke; after a broken stream, following a backoff).
+    async fn watch_on_hub(
+        &self,
+        hub: &WatchHub,
+        rev: i64,
+        seen: Option<u64>,
+        known: Option<&[u8]>,
+    ) -> Result<Option<Option<Versioned>>> {
+        let watch = HubWatch {
+            hub: hub.clone(),
+            inbox: Route::default(),
+            id: None,
+        };
+        let mut watch = watch;
+        hub.create(
+            self.key.clone(),
+            Some(WatchOptions::new().with_start_revision(rev + 1)),
+            &watch.inbox,
+        );
+        let broke = loop {
+            match watch.inbox.recv().await {
+                WatchMsg::Resp(resp, generation) => {
+                    if resp.created() && !resp.canceled() {
+                        watch.id = Some((generation, resp.watch_id()));
+                    }
+                    if resp.canceled() {
+                        // Compacted past our revision: read again at once.
+                        break resp.compact_revision() == 0;
+                    }
+                    if let Some(ev) = resp.events().last() {
+                        let now = match ev.event_type() {
+                            EventType::Delete => None,
+                            EventType::Put => ev.kv().map(|kv| self.versioned(kv)),
+                        };
+                        if !Self::unchanged(now.as_ref(), seen, known) {
+                            return Ok(Some(now));
+                        }
+                    }
+                }
+                WatchMsg::Ended(e) => {
+                    if e.kind() == ErrorKind::PermissionDenied || !e.is_retryable() {
+                        return Err(*e);
+                    }
+                    break true;
+                }
+            }
+        };
+        drop(watch);
+        if broke {
+            let mut backoff = Backoff::for_ttl(self.conn.config.ttl);
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+        Ok(None)
     }
 
     /// Read the record and the store revision of the read.
@@ -181,6 +253,14 @@ impl CasRecord for EtcdRecord {
             if !Self::unchanged(current.as_ref(), seen, known.as_deref()) {
                 return Ok(current);
             }
+            if let Some(hub) = &self.hub {
+                // Watch from just after the read: nothing between the read and the watch is
+                // missed.
+                match self.watch_on_hub(hub, rev, seen, known.as_deref()).await? {
+                    Some(now) => return Ok(now),
+                    None => continue,
+                }
+            }
             // Watch from just after the read: nothing between the read and the watch is missed.
             let mut c = self.conn.client().await?;
             let mut stream = self
@@ -223,6 +303,26 @@ impl CasRecord for EtcdRecord {
                 // The stream broke (e.g. etcd restarted): re-read and watch again.
                 tokio::time::sleep(backoff.next_delay()).await;
             }
+        }
+    }
+}
+
+/// One watcher of a record on a shared stream: cancelled when dropped (also when the
+/// caller stops waiting), so the stream carries only the watchers someone waits on.
+struct HubWatch {
+    hub: WatchHub,
+    inbox: Route,
+    /// (stream generation, watch id) once etcd acknowledged it.
+    id: Option<(u32, i64)>,
+}
+
+impl Drop for HubWatch {
+    fn drop(&mut self) {
+        // Not acknowledged yet: the hub cancels it when the acknowledgement finds the inbox
+        // closed.
+        self.inbox.close();
+        if let Some((generation, id)) = self.id {
+            self.hub.cancel(generation, id);
         }
     }
 }

@@ -384,7 +384,7 @@ pub(crate) async fn close(core: &Arc<Core>, inner: &Arc<Inner>) -> Result<()> {
         // 2.5 x the session timeout however the connection fares meanwhile.
         match timeout(
             inner.cfg.session_timeout / 2,
-            client.write(client.delete(&node, None)),
+            client.write(|c| c.delete(&node, None)),
         )
         .await
         {
@@ -432,7 +432,7 @@ pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()
                         return;
                     }
                 }
-                match timeout(bound, client.write(w.commit())).await {
+                match timeout(bound, client.write(|_| w.commit())).await {
                     Ok(Ok(_)) => {
                         for (inner, node) in chunk {
                             *lock(&inner.deleted) = Some(node.clone());
@@ -509,13 +509,12 @@ impl Election for ZkElection {
             // Our node is gone; the session closes a moment later, so that its teardown (a
             // closeSession write on the server, the connection's end in our process) does
             // not compete with our successor's claim.
-            let session = self.session.clone();
-            tokio::spawn(async move {
-                sleep(CLOSE_LINGER).await;
-                if let Some(end) = session.core().shutdown() {
-                    end.await;
-                }
-            });
+            // Awaited: when close() returns, ZooKeeper has closed the session (a process
+            // that exits right after close() leaves no session to expire).
+            sleep(CLOSE_LINGER).await;
+            if let Some(end) = self.session.core().shutdown() {
+                end.await;
+            }
         }
         result
     }
@@ -562,7 +561,7 @@ impl Drop for ZkElection {
         {
             let bound = self.inner.cfg.session_timeout / 2;
             rt.spawn(async move {
-                let _ = timeout(bound, client.write(client.delete(&node, None))).await;
+                let _ = timeout(bound, client.write(|c| c.delete(&node, None))).await;
             });
         }
     }
@@ -877,11 +876,15 @@ impl DriverState {
         }
         // A lost connection is the session task's to handle (it demotes everyone when the
         // session is in doubt); the next round runs on whatever connection it restores.
-        if matches!(e, zk::Error::ConnectionLoss)
-            || self
-                .client()
-                .is_none_or(|c| c.state() == zk::SessionState::Disconnected)
-        {
+        // While the client is still disconnected (its writes are refused), pause briefly
+        // rather than spin until the session task has suspended us.
+        let disconnected = self
+            .client()
+            .is_none_or(|c| c.state() == zk::SessionState::Disconnected);
+        if disconnected {
+            return self.pause(0).await.unwrap_or(Next::Again);
+        }
+        if matches!(e, zk::Error::ConnectionLoss) {
             return Next::Again;
         }
         self.failures += 1;
@@ -949,7 +952,7 @@ impl DriverState {
         self.want = false;
         self.inner.cell.set_role(Role::Idle, msg.to_owned());
         if let (Some(c), Some(n)) = (self.client(), self.forget_node()) {
-            let _ = timeout(self.session_timeout, c.write(c.delete(&n.path, None))).await;
+            let _ = timeout(self.session_timeout, c.write(|z| z.delete(&n.path, None))).await;
         }
         Next::Again
     }
@@ -1017,7 +1020,7 @@ impl DriverState {
                 .any(|u| name.starts_with(&protected_prefix(&u.to_string())))
             {
                 info!(node = %name, "deleting a node left by an earlier session of ours");
-                match client.write(client.delete(&full, None)).await {
+                match client.write(|c| c.delete(&full, None)).await {
                     Ok(()) | Err(zk::Error::NoNode) => {}
                     Err(e) => debug!(node = %name, %e, "could not delete stale node"),
                 }
@@ -1031,7 +1034,7 @@ impl DriverState {
         let mut tries = 0;
         loop {
             tries += 1;
-            match client.write(client.create(&base, &data, &node_opts)).await {
+            match client.write(|c| c.create(&base, &data, &node_opts)).await {
                 Ok((stat, seq)) => {
                     let name = format!("{prefix}{}{seq}", names::LOCK_NAME);
                     if stat.ephemeral_owner != 0 && stat.ephemeral_owner != session {
@@ -1053,7 +1056,7 @@ impl DriverState {
                             .metrics()
                             .count(metrics::REPAIRS, &[("cause", "path_missing")]);
                     }
-                    match client.write(client.mkdir(&path, &dir_opts)).await {
+                    match client.write(|c| c.mkdir(&path, &dir_opts)).await {
                         Ok(()) | Err(zk::Error::NodeExists) => {}
                         Err(zk::Error::NoNode) if self.inner.cfg.chroot.is_some() => {
                             Box::pin(self.create_chroot()).await?;
@@ -1174,7 +1177,7 @@ impl DriverState {
             // The claim is an answered request: contact as of its send instant, so a grant is
             // published with a fresh takeover bound (not one left from before a reconnect).
             let sent = std::time::Instant::now();
-            let stat = match Box::pin(client.write(w.commit())).await {
+            let stat = match Box::pin(client.write(|_| w.commit())).await {
                 Ok(mut results) => match results.pop() {
                     Some(zk::MultiWriteResult::SetData { stat }) => stat,
                     _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
@@ -1384,7 +1387,7 @@ impl DriverState {
         let mut pause = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, client.write(client.delete(&node.path, None))).await {
+            match timeout(left, client.write(|c| c.delete(&node.path, None))).await {
                 Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => return Ok(()),
                 Ok(Err(e)) if session_gone(&e) => return Ok(()),
                 Ok(Err(e)) if permanent(&e) => {

@@ -203,19 +203,33 @@ impl SessionClient {
         }
     }
 
-    /// Await the write `op` (made on this client), counting it while it is unanswered.
-    /// Counted from the call, not the first poll: zookeeper-client queues a request when
-    /// the call is made.
-    pub(crate) fn write<F: Future>(&self, op: F) -> impl Future<Output = F::Output> {
-        self.writes.open.fetch_add(1, Ordering::SeqCst);
-        let issued = Issued {
-            writes: self.writes.clone(),
-            answered: false,
+    /// Make the write `op` on this client and await it, counting it while it is unanswered
+    /// (zookeeper-client queues a request when the call is made, so it is counted from
+    /// there). A disconnected client gets no write at all (ConnectionLoss at once): a write
+    /// queued in it could only be sent by it later, which would keep it from being retired.
+    pub(crate) fn write<'c, T, E, Fut>(
+        &'c self,
+        op: impl FnOnce(&'c zk::Client) -> Fut,
+    ) -> impl Future<Output = std::result::Result<T, E>> + 'c
+    where
+        Fut: Future<Output = std::result::Result<T, E>> + 'c,
+        E: From<zk::Error>,
+    {
+        let made = if self.zk.state() == zk::SessionState::Disconnected {
+            None
+        } else {
+            self.writes.open.fetch_add(1, Ordering::SeqCst);
+            let issued = Issued {
+                writes: self.writes.clone(),
+                answered: false,
+            };
+            Some((issued, op(&self.zk)))
         };
         async move {
-            // The whole guard moves in (not just the field written below).
-            let mut issued = issued;
-            let r = op.await;
+            let Some((mut issued, fut)) = made else {
+                return Err(E::from(zk::Error::ConnectionLoss));
+            };
+            let r = fut.await;
             issued.answered = true;
             r
         }
@@ -645,7 +659,15 @@ async fn end_session(cfg: ZkSessionConfig, client: zk::Client) {
     match timeout(cfg.connection_timeout, connect_with(&cfg, closer)).await {
         Ok(Ok(c)) => {
             debug!(session = %c.session_id(), "closing the session");
+            // Dropping it sends closeSession; its task ends once ZooKeeper answered.
+            let mut states = c.state_watcher();
             drop(c);
+            let closed = async {
+                while !states.peek_state().is_terminated() {
+                    states.changed().await;
+                }
+            };
+            let _ = timeout(cfg.connection_timeout, closed).await;
         }
         Ok(Err(e)) => debug!(%e, "could not close the session; it expires on its own"),
         Err(_) => debug!("could not close the session in time; it expires on its own"),
@@ -786,7 +808,9 @@ async fn run(weak: std::sync::Weak<Core>) {
         });
         core.state_gauge(&Conn::Connected);
         drop(core);
-        let mut retired: Option<Retired> = None;
+        // Every client retired by a resume of this session whose task may still reconnect
+        // (a second outage can retire another before the first has reconnected).
+        let mut retired: Vec<Retired> = Vec::new();
         let ended = loop {
             match connected(&weak, &client, connect_took, &mut retired).await {
                 None => return,
@@ -797,7 +821,7 @@ async fn run(weak: std::sync::Weak<Core>) {
                     core.metrics
                         .count(metrics::REPAIRS, &[("cause", "session_resumed")]);
                     let old = std::mem::replace(&mut client, fresh);
-                    retired = Some(Retired {
+                    retired.push(Retired {
                         states: old.state_watcher(),
                         ended_at: None,
                         window: steal_window(client.session_timeout()),
@@ -961,14 +985,12 @@ async fn steal_blip(client: &zk::Client, states: &mut zk::StateWatcher) -> bool 
     }
 }
 
-/// The retired client's next state change (never, without one).
-async fn retired_changed(r: &mut Option<Retired>) {
-    match r {
-        Some(r) => {
-            r.states.changed().await;
-        }
-        None => std::future::pending().await,
+/// The next state change of any retired client (never, without one).
+async fn retired_changed(retired: &mut [Retired]) {
+    if retired.is_empty() {
+        return std::future::pending().await;
     }
+    futures::future::select_all(retired.iter_mut().map(|r| Box::pin(r.states.changed()))).await;
 }
 
 /// While the session lives: the contact probe, and suspension when the connection is lost.
@@ -977,7 +999,7 @@ async fn connected(
     weak: &std::sync::Weak<Core>,
     client: &zk::Client,
     connect_took: Option<Duration>,
-    retired: &mut Option<Retired>,
+    retired: &mut Vec<Retired>,
 ) -> Option<Turn> {
     let mut states = client.state_watcher();
     let timeout_agreed = client.session_timeout();
@@ -988,14 +1010,17 @@ async fn connected(
     let tick = (timeout_agreed / 6).max(Duration::from_millis(100));
     let mut last_probe: Option<Instant> = None;
     loop {
-        if retired.as_mut().is_some_and(|r| !r.update()) {
-            debug!("the retired client has ended");
-            *retired = None;
-        }
+        retired.retain_mut(|r| {
+            let live = r.update();
+            if !live {
+                debug!("a retired client has ended");
+            }
+            live
+        });
         match client.state() {
             zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
             zk::SessionState::Disconnected => {
-                if retired.is_some() && steal_blip(client, &mut states).await {
+                if !retired.is_empty() && steal_blip(client, &mut states).await {
                     continue;
                 }
                 let core = weak.upgrade()?;
@@ -1167,8 +1192,13 @@ async fn suspended(
                 Probe::SessionAlive(fresh) if resumable(core) => {
                     drop(fresh);
                     if let Some(taken) = resume(&core.cfg, client, bound).await {
-                        info!(session = %taken.session_id(), "ZooKeeper answers again with our session; resumed it in a new client");
-                        return Some(Turn::Resume(taken));
+                        // A write may have been issued meanwhile (a close, a resign): then
+                        // the old client stays (the new one, detached, just ends).
+                        if resumable(core) {
+                            info!(session = %taken.session_id(), "ZooKeeper answers again with our session; resumed it in a new client");
+                            return Some(Turn::Resume(taken));
+                        }
+                        debug!("a write was issued on the old client during the resume; keeping it");
                     }
                 }
                 // Not resumable: under the grace of ConnectionPolicy::Session, or before
