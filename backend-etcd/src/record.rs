@@ -122,6 +122,22 @@ impl EtcdRecord {
         &self.key
     }
 
+    /// The record after the last event of `resp`, when that differs from `seen` (whose
+    /// value was `known`).
+    fn differs(
+        &self,
+        resp: &etcd_client::WatchResponse,
+        seen: Option<u64>,
+        known: Option<&[u8]>,
+    ) -> Option<Option<Versioned>> {
+        let ev = resp.events().last()?;
+        let now = match ev.event_type() {
+            EventType::Delete => None,
+            EventType::Put => ev.kv().map(|kv| self.versioned(kv)),
+        };
+        (!Self::unchanged(now.as_ref(), seen, known)).then_some(now)
+    }
+
     /// Watch the record on the session's shared stream from `rev + 1` until it differs
     /// from `seen` (`Some(value)`), or until the caller must read again (`None`: the watch
     /// was cancelled or its stream broke; after a broken stream, following a backoff).
@@ -153,14 +169,8 @@ impl EtcdRecord {
                         // Compacted past our revision: read again at once.
                         break resp.compact_revision() == 0;
                     }
-                    if let Some(ev) = resp.events().last() {
-                        let now = match ev.event_type() {
-                            EventType::Delete => None,
-                            EventType::Put => ev.kv().map(|kv| self.versioned(kv)),
-                        };
-                        if !Self::unchanged(now.as_ref(), seen, known) {
-                            return Ok(Some(now));
-                        }
+                    if let Some(now) = self.differs(&resp, seen, known) {
+                        return Ok(Some(now));
                     }
                 }
                 WatchMsg::Ended(e) => {
@@ -279,14 +289,8 @@ impl CasRecord for EtcdRecord {
                         if resp.canceled() {
                             break resp.compact_revision() == 0;
                         }
-                        if let Some(ev) = resp.events().last() {
-                            let now = match ev.event_type() {
-                                EventType::Delete => None,
-                                EventType::Put => ev.kv().map(|kv| self.versioned(kv)),
-                            };
-                            if !Self::unchanged(now.as_ref(), seen, known.as_deref()) {
-                                return Ok(now);
-                            }
+                        if let Some(now) = self.differs(&resp, seen, known.as_deref()) {
+                            return Ok(now);
                         }
                     }
                     Ok(None) => break true,

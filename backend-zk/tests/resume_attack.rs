@@ -381,10 +381,9 @@ async fn repeated_restarts_at_varied_outages_keep_one_leader_one_node_each_and_n
 /// stealing the connection of the current client (A3). Claim under attack: the retired
 /// client's later reconnect demotes nobody (no extra grant or term change after recovery).
 ///
-/// FAILS in about 4 of 10 cycles (bug: `run` keeps only the latest retired client, see the
-/// report): whether A2 has ended before A1 steals depends on a handshake race, and on a bare
-/// loopback the current client sometimes reconnects before the session task looks. (A
-/// proxy adding 20 ms each way made it rarer: 1 of 9 cycles.)
+/// Failed in about 4 of 10 cycles while the session task tracked only the latest retired
+/// client (A1's reconnect then demoted everyone); whether A2 has ended before A1 steals
+/// depends on a handshake race. Every retired client is tracked since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_during_recovery_every_retired_client_steal_demotes_nobody() {
     let clock = Clock::new();
