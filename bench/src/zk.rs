@@ -825,7 +825,7 @@ pub fn graceful_why(r: &Results) -> String {
     };
     let close = format!(
         " The leader's close call returns after {} ms for ours (publish `Closed`, delete the \
-         node, wait for the answer, drop the session) and {} ms for Curator \
+         node, wait for the answer, then 20 ms later close the session and wait for ZooKeeper to confirm) and {} ms for Curator \
          (`latch.close(); client.close()`); Curator's successor already leads long before that \
          call returns, so the close duration is not on its critical path.",
         fmt_ms(r.zk_close[0].median()),
