@@ -32,8 +32,9 @@ use succession_testkit::{four_letter_word, unique_path, EtcdServer, TcpProxy, Zk
 const SHARDS: usize = 1000;
 /// Supervised shards per process (`SHARED_SESSIONS_SUPERVISED=N` for more). Each supervised
 /// shard is two elections, plus two records read every `check_interval` and a heartbeat
-/// written by its primary leader as often: etcd's write rate, not the sessions, bounds how
-/// many one process can run (see the README's "Many elections in one process").
+/// written by its primary leader as often: that polling, not the sessions, bounds how many
+/// one process can run (1000 pass in a release build, not in a debug one; see the README's
+/// "Many elections in one process").
 const SUPERVISED_SHARDS: usize = 200;
 
 /// The scenarios run one at a time: each loads the machine's two cores and one disk with
