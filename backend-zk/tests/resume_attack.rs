@@ -191,6 +191,32 @@ async fn wait_gone(
     }
 }
 
+/// Close every election, then wait (3 s at most) until their nodes under `path`, every
+/// ephemeral and the sessions `sids` are gone from the server; the checker must have seen
+/// no violation. Returns how long the store took to be clean.
+async fn close_all_and_check(
+    es: &[Arc<ZkElection>],
+    server: &ZkServer,
+    admin: &zk::Client,
+    path: &str,
+    sids: &[i64],
+    checker: &LeadershipChecker,
+) -> Duration {
+    for e in es {
+        e.close().await.expect("close");
+    }
+    let gone = wait_gone(
+        server.port(),
+        admin,
+        &[path.to_string()],
+        sids,
+        Duration::from_secs(3),
+    )
+    .await;
+    checker.assert_ok();
+    gone
+}
+
 /// Nothing of ours reappears during `window` (an observation window: asserts absence).
 async fn stays_gone(
     port: u16,
@@ -360,19 +386,8 @@ async fn repeated_restarts_at_varied_outages_keep_one_leader_one_node_each_and_n
     let refs: Vec<&ZkElection> = es.iter().map(|e| e.as_ref()).collect();
     assert_one_node_each(&admin, &path, &refs, "settled").await;
     let ids: Vec<i64> = first_sids.iter().flatten().copied().collect();
-    for e in &es {
-        e.close().await.expect("close");
-    }
-    let gone = wait_gone(
-        server.port(),
-        &admin,
-        std::slice::from_ref(&path),
-        &ids,
-        Duration::from_secs(3),
-    )
-    .await;
+    let gone = close_all_and_check(&es, &server, &admin, &path, &ids, &checker).await;
     clock.log(format!("closed: nodes and sessions gone after {gone:?}"));
-    checker.assert_ok();
 }
 
 /// A second restart DURING the recovery from a long outage: the first resume retires the
@@ -443,12 +458,8 @@ async fn restart_during_recovery_every_retired_client_steal_demotes_nobody() {
     let admin = client(&server.addr()).await;
     let refs: Vec<&ZkElection> = es.iter().map(|e| e.as_ref()).collect();
     assert_one_node_each(&admin, &path, &refs, "settled").await;
-    for e in &es {
-        e.close().await.expect("close");
-    }
     let ids: Vec<i64> = first_sids.iter().flatten().copied().collect();
-    wait_gone(server.port(), &admin, &[path], &ids, Duration::from_secs(3)).await;
-    checker.assert_ok();
+    close_all_and_check(&es, &server, &admin, &path, &ids, &checker).await;
 }
 
 fn shared(connect: &str, session: Duration) -> ZkSession {
@@ -665,11 +676,7 @@ async fn wipe_while_a_resume_is_under_way_replaces_the_session_and_reelects() {
             );
         }
         let ids: Vec<i64> = sids(&es).into_iter().flatten().collect();
-        for e in &es {
-            e.close().await.expect("close");
-        }
-        wait_gone(server.port(), &admin, &[path], &ids, Duration::from_secs(3)).await;
-        checker.assert_ok();
+        close_all_and_check(&es, &server, &admin, &path, &ids, &checker).await;
     }
 }
 
@@ -719,11 +726,7 @@ async fn frozen_server_thawed_within_the_session_keeps_sessions_and_one_leader()
         "leader again only {took:?} after the thaw"
     );
     let ids: Vec<i64> = ids.into_iter().flatten().collect();
-    for e in &es {
-        e.close().await.expect("close");
-    }
-    wait_gone(server.port(), &admin, &[path], &ids, Duration::from_secs(3)).await;
-    checker.assert_ok();
+    close_all_and_check(&es, &server, &admin, &path, &ids, &checker).await;
 }
 
 /// The leader's own link (a proxy) is cut while the server restarts with its data: the
@@ -783,11 +786,7 @@ async fn leader_link_cut_during_restart_others_follow_and_leader_resumes_when_he
     let refs: Vec<&ZkElection> = es.iter().map(|e| e.as_ref()).collect();
     assert_one_node_each(&admin, &path, &refs, "healed").await;
     let ids: Vec<i64> = ids.into_iter().flatten().collect();
-    for e in &es {
-        e.close().await.expect("close");
-    }
-    wait_gone(server.port(), &admin, &[path], &ids, Duration::from_secs(3)).await;
-    checker.assert_ok();
+    close_all_and_check(&es, &server, &admin, &path, &ids, &checker).await;
 }
 
 /// A program that closes its election and then exits at once (its runtime shut down right
