@@ -139,54 +139,47 @@ impl EtcdRecord {
     }
 
     /// Watch the record on the session's shared stream from `rev + 1` until it differs
-    /// from `seen` (`Some(value)`), or until the caller must read again (`None`: the watch
-    /// was cancelled or its stream broke; after a broken stream, following a backoff).
+    /// from `seen`, or until the caller must read again.
     async fn watch_on_hub(
         &self,
         hub: &WatchHub,
         rev: i64,
         seen: Option<u64>,
         known: Option<&[u8]>,
-    ) -> Result<Option<Option<Versioned>>> {
-        let watch = HubWatch {
+    ) -> Result<Watched> {
+        let mut watch = HubWatch {
             hub: hub.clone(),
             inbox: Route::default(),
             id: None,
         };
-        let mut watch = watch;
         hub.create(
             self.key.clone(),
             Some(WatchOptions::new().with_start_revision(rev + 1)),
             &watch.inbox,
         );
-        let broke = loop {
+        loop {
             match watch.inbox.recv().await {
                 WatchMsg::Resp(resp, generation) => {
                     if resp.created() && !resp.canceled() {
                         watch.id = Some((generation, resp.watch_id()));
                     }
                     if resp.canceled() {
-                        // Compacted past our revision: read again at once.
-                        break resp.compact_revision() == 0;
+                        return Ok(Watched::Ended {
+                            broke: resp.compact_revision() == 0,
+                        });
                     }
                     if let Some(now) = self.differs(&resp, seen, known) {
-                        return Ok(Some(now));
+                        return Ok(Watched::Changed(now));
                     }
                 }
                 WatchMsg::Ended(e) => {
                     if e.kind() == ErrorKind::PermissionDenied || !e.is_retryable() {
                         return Err(*e);
                     }
-                    break true;
+                    return Ok(Watched::Ended { broke: true });
                 }
             }
-        };
-        drop(watch);
-        if broke {
-            let mut backoff = Backoff::for_ttl(self.conn.config.ttl);
-            tokio::time::sleep(backoff.next_delay()).await;
         }
-        Ok(None)
     }
 
     /// Read the record and the store revision of the read.
@@ -263,49 +256,73 @@ impl CasRecord for EtcdRecord {
             if !Self::unchanged(current.as_ref(), seen, known.as_deref()) {
                 return Ok(current);
             }
-            if let Some(hub) = &self.hub {
-                // Watch from just after the read: nothing between the read and the watch is
-                // missed.
-                match self.watch_on_hub(hub, rev, seen, known.as_deref()).await? {
-                    Some(now) => return Ok(now),
-                    None => continue,
-                }
-            }
             // Watch from just after the read: nothing between the read and the watch is missed.
-            let mut c = self.conn.client().await?;
-            let mut stream = self
-                .conn
-                .request(
-                    "watch the record",
-                    c.watch(
-                        self.key.clone(),
-                        Some(WatchOptions::new().with_start_revision(rev + 1)),
-                    ),
-                )
-                .await?;
-            let broke = loop {
-                match stream.message().await {
-                    Ok(Some(resp)) => {
-                        if resp.canceled() {
-                            break resp.compact_revision() == 0;
-                        }
-                        if let Some(now) = self.differs(&resp, seen, known.as_deref()) {
-                            return Ok(now);
-                        }
-                    }
-                    Ok(None) => break true,
-                    Err(e) => {
-                        let e = error::map("watch the record", e);
-                        if e.kind() == ErrorKind::PermissionDenied || !e.is_retryable() {
-                            return Err(e);
-                        }
-                        break true;
-                    }
+            let watched = match &self.hub {
+                Some(hub) => self.watch_on_hub(hub, rev, seen, known.as_deref()).await?,
+                None => {
+                    self.watch_on_own_stream(rev, seen, known.as_deref())
+                        .await?
                 }
             };
-            if broke {
+            match watched {
+                Watched::Changed(now) => return Ok(now),
                 // The stream broke (e.g. etcd restarted): re-read and watch again.
-                tokio::time::sleep(backoff.next_delay()).await;
+                Watched::Ended { broke: true } => tokio::time::sleep(backoff.next_delay()).await,
+                Watched::Ended { broke: false } => {}
+            }
+        }
+    }
+}
+
+/// How a watch of the record ended.
+enum Watched {
+    /// The record differs from what the caller saw: this is it now.
+    Changed(Option<Versioned>),
+    /// Read again: at once after a cancelled watch (compacted past its revision), after a
+    /// backoff when `broke` (the stream ended or failed).
+    Ended { broke: bool },
+}
+
+impl EtcdRecord {
+    /// Watch the record on a gRPC stream of its own from `rev + 1` (a record made without
+    /// a session: [`EtcdRecord::new`]).
+    async fn watch_on_own_stream(
+        &self,
+        rev: i64,
+        seen: Option<u64>,
+        known: Option<&[u8]>,
+    ) -> Result<Watched> {
+        let mut c = self.conn.client().await?;
+        let mut stream = self
+            .conn
+            .request(
+                "watch the record",
+                c.watch(
+                    self.key.clone(),
+                    Some(WatchOptions::new().with_start_revision(rev + 1)),
+                ),
+            )
+            .await?;
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        return Ok(Watched::Ended {
+                            broke: resp.compact_revision() == 0,
+                        });
+                    }
+                    if let Some(now) = self.differs(&resp, seen, known) {
+                        return Ok(Watched::Changed(now));
+                    }
+                }
+                Ok(None) => return Ok(Watched::Ended { broke: true }),
+                Err(e) => {
+                    let e = error::map("watch the record", e);
+                    if e.kind() == ErrorKind::PermissionDenied || !e.is_retryable() {
+                        return Err(e);
+                    }
+                    return Ok(Watched::Ended { broke: true });
+                }
             }
         }
     }

@@ -507,10 +507,9 @@ impl Election for ZkElection {
         let result = close(self.core(), &self.inner).await;
         if self.private {
             // Our node is gone; the session closes a moment later, so that its teardown (a
-            // closeSession write on the server, the connection's end in our process) does
-            // not compete with our successor's claim.
-            // Awaited: when close() returns, ZooKeeper has closed the session (a process
-            // that exits right after close() leaves no session to expire).
+            // closeSession write on the server) does not compete with our successor's
+            // claim. Awaited: when close() returns, ZooKeeper has closed the session (a
+            // process that exits right after close() leaves no session to expire).
             sleep(CLOSE_LINGER).await;
             if let Some(end) = self.session.core().shutdown() {
                 end.await;

@@ -643,12 +643,7 @@ async fn end_session(cfg: ZkSessionConfig, client: zk::Client) {
     let info = client.session().clone();
     let mut states = client.state_watcher();
     drop(client);
-    let ended = async {
-        while !states.peek_state().is_terminated() {
-            states.changed().await;
-        }
-    };
-    let _ = timeout(END_WAIT, ended).await;
+    let _ = timeout(END_WAIT, ended(&mut states)).await;
     if matches!(
         states.peek_state(),
         zk::SessionState::Expired | zk::SessionState::AuthFailed
@@ -662,15 +657,17 @@ async fn end_session(cfg: ZkSessionConfig, client: zk::Client) {
             // Dropping it sends closeSession; its task ends once ZooKeeper answered.
             let mut states = c.state_watcher();
             drop(c);
-            let closed = async {
-                while !states.peek_state().is_terminated() {
-                    states.changed().await;
-                }
-            };
-            let _ = timeout(cfg.connection_timeout, closed).await;
+            let _ = timeout(cfg.connection_timeout, ended(&mut states)).await;
         }
         Ok(Err(e)) => debug!(%e, "could not close the session; it expires on its own"),
         Err(_) => debug!("could not close the session in time; it expires on its own"),
+    }
+}
+
+/// Until the client behind `states` has ended (its task gone: closed, expired, ...).
+async fn ended(states: &mut zk::StateWatcher) {
+    while !states.peek_state().is_terminated() {
+        states.changed().await;
     }
 }
 
@@ -706,13 +703,14 @@ enum Probe {
     /// No server answered it (or ours reconnected meanwhile).
     Unanswered,
     /// ZooKeeper answers, and no longer knows our session (wiped, or expired it).
-    SessionLost(zk::Client),
+    SessionLost,
     /// ZooKeeper answers, and still holds our node under our session.
-    SessionAlive(zk::Client),
+    SessionAlive,
 }
 
 /// While our connection is down: can a fresh session reach ZooKeeper, and does ZooKeeper
-/// still know our session (a `node` of ours, owned by it)?
+/// still know our session (a `node` of ours, owned by it)? The probe's own session ends
+/// when it returns.
 async fn probe(cfg: ZkSessionConfig, client: zk::Client, node: Option<String>) -> Probe {
     let Ok(fresh) = connect(&cfg).await else {
         return Probe::Unanswered;
@@ -725,13 +723,13 @@ async fn probe(cfg: ZkSessionConfig, client: zk::Client, node: Option<String>) -
         Some(n) => match timeout(cfg.connection_timeout, fresh.check_stat(&n)).await {
             Ok(Ok(Some(st))) if st.ephemeral_owner == ours => {
                 debug!("probe: ZooKeeper still holds our node and session");
-                Probe::SessionAlive(fresh)
+                Probe::SessionAlive
             }
-            Ok(Ok(_)) => Probe::SessionLost(fresh),
+            Ok(Ok(_)) => Probe::SessionLost,
             _ => Probe::Unanswered,
         },
         // Nothing of ours to keep: a working session beats waiting.
-        None => Probe::SessionLost(fresh),
+        None => Probe::SessionLost,
     }
 }
 
@@ -1177,8 +1175,8 @@ async fn suspended(
             }
             Some(found) = probes.next(), if !probes.is_empty() => match found {
                 Probe::Unanswered => {}
-                Probe::SessionLost(fresh) => {
-                    info!(old = %client.session_id(), new = %fresh.session_id(),
+                Probe::SessionLost => {
+                    info!(old = %client.session_id(),
                           "ZooKeeper answers a new session but no longer knows ours (ensemble wiped or session expired): switching to a new session");
                     return Some(Turn::End(Ended::Replaced("ZooKeeper lost our session (wiped or expired); rejoining", true)));
                 }
@@ -1189,8 +1187,7 @@ async fn suspended(
                 // so no promise is broken and no grace needs to run out. Only a client
                 // that may still send a write of ours later is never retired this way (its
                 // reconnect would replay the write).
-                Probe::SessionAlive(fresh) if resumable(core) => {
-                    drop(fresh);
+                Probe::SessionAlive if resumable(core) => {
                     if let Some(taken) = resume(&core.cfg, client, bound).await {
                         // A write may have been issued meanwhile (a close, a resign): then
                         // the old client stays (the new one, detached, just ends).
@@ -1206,14 +1203,14 @@ async fn suspended(
                 // the client; otherwise nobody leads on it anyway, and a new session rejoins
                 // now (the old one is closed; each election's first round also deletes its
                 // old node, named by the old session's uuid).
-                Probe::SessionAlive(fresh)
+                Probe::SessionAlive
                     if demoted && keep_until.is_none_or(|k| Instant::now() >= k) =>
                 {
-                    info!(old = %client.session_id(), probe = %fresh.session_id(),
+                    info!(old = %client.session_id(),
                           "ZooKeeper answers again but our client has not reconnected yet: switching to a new session");
                     return Some(Turn::End(Ended::Replaced("ZooKeeper answers again; rejoining with a new session", false)));
                 }
-                Probe::SessionAlive(_) => {
+                Probe::SessionAlive => {
                     // Next look when the grace ends and the takeover bound has passed.
                     next_probe = next_probe.max(t0 + grace).max(keep_until.unwrap_or(t0));
                 }
