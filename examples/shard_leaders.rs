@@ -16,13 +16,14 @@
 //! `<ns> lead <shard> <term> [primary|fallback]`, `<ns> lost <shard> <term>` (stamped with the instant the
 //! election published the change), and `<ns> closed` after a graceful
 //! close. Type `close` (or end stdin) to close the session(s) gracefully: every shard this
-//! process leads is handed over at once.
+//! process leads is handed over at once. `status <shard>` prints
+//! `<ns> status <shard> <role> <health> ...` (what a stuck shard is doing).
 //!
 //! Options: `--backend zk|etcd|supervised` (default zk), `--zk CONNECT`, `--etcd ENDPOINT`,
 //! `--shards N` (default 100), `--id ID` (default: the pid), `--path /prefix` (default
 //! `/shard-leaders`; shard `i` is `<path>/s<i>`), `--session SECS` (ZooKeeper session
 //! timeout and etcd lease TTL, default 6), `--failover-after SECS` (supervised, default
-//! 2 × session).
+//! 2 × session). `RUST_LOG` (e.g. `succession_etcd::lease=debug`) logs to stderr.
 
 use std::error::Error;
 use std::io::{BufRead, Write};
@@ -164,6 +165,28 @@ fn report(shard: usize, election: &Arc<dyn Election>, sup: Option<Arc<Supervisor
     });
 }
 
+/// Answer `status <shard>`: `<ns> status <shard> <role> <health level> ...`.
+fn print_status(shards: &[Arc<dyn Election>], line: &str) {
+    let Some(shard) = line.trim().strip_prefix("status ").map(str::trim) else {
+        return;
+    };
+    match shard.parse::<usize>().ok().and_then(|i| shards.get(i)) {
+        Some(e) => {
+            let s = e.status().borrow().clone();
+            say(&format!(
+                "status {shard} {:?} {:?} role since {:?}: {} | health since {:?}: {}",
+                s.role,
+                s.health.level,
+                s.since.elapsed(),
+                s.reason,
+                s.health.since.elapsed(),
+                s.health.reason
+            ));
+        }
+        None => say(&format!("status {shard} unknown")),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = run().await {
@@ -174,6 +197,14 @@ async fn main() {
 
 async fn run() -> Result<(), Box<dyn Error>> {
     let a = parse()?;
+    // `RUST_LOG=succession_etcd::lease=debug` (for example) logs to stderr.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let zk = match a.backend.as_str() {
         "zk" | "supervised" => Some(ZkSession::new(
             ZkSessionConfig::builder(a.zk.clone())
@@ -210,22 +241,33 @@ async fn run() -> Result<(), Box<dyn Error>> {
         report(i, &e, sup);
         shards.push(e);
     }
-    futures::future::try_join_all(shards.iter().map(|e| e.join())).await?;
-    say(&format!("ready {}", a.shards));
-
-    // Until `close` or the end of stdin.
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Until `close` or the end of stdin; `status <shard>` prints that shard's status (also
+    // while joining: what a stuck shard is doing).
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
-            match line {
-                Ok(l) if l.trim() == "close" => break,
-                Ok(_) => continue,
-                Err(_) => break,
+            let Ok(l) = line else { break };
+            if l.trim() == "close" || tx.send(l).is_err() {
+                break;
             }
         }
-        let _ = tx.send(());
     });
-    let _ = rx.await;
+    let join = futures::future::try_join_all(shards.iter().map(|e| e.join()));
+    tokio::pin!(join);
+    let mut joined = false;
+    loop {
+        tokio::select! {
+            r = &mut join, if !joined => {
+                r?;
+                joined = true;
+                say(&format!("ready {}", a.shards));
+            }
+            line = rx.recv() => match line {
+                Some(l) => print_status(&shards, &l),
+                None => break,
+            },
+        }
+    }
     if a.backend == "supervised" {
         // Each supervisor closes its two layers; the sessions close after.
         futures::future::join_all(shards.iter().map(|e| e.close())).await;

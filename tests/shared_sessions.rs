@@ -81,6 +81,8 @@ struct Shards {
     base_args: Vec<String>,
     path: String,
     shards: usize,
+    /// The etcd endpoint the last process was given (for a failure report).
+    etcd: Option<String>,
 }
 
 fn mono_ns() -> u64 {
@@ -116,6 +118,7 @@ impl Shards {
     fn new(base_args: Vec<String>, path: String, shards: usize) -> Shards {
         Shards {
             shards,
+            etcd: None,
             fleet: Fleet::empty(),
             events: Vec::new(),
             killed: BTreeMap::new(),
@@ -129,6 +132,9 @@ impl Shards {
     fn start(&mut self, id: &str, store: &[String]) -> usize {
         let mut args = self.base_args.clone();
         args.extend(store.iter().cloned());
+        if let Some(at) = store.iter().position(|a| a == "--etcd") {
+            self.etcd = store.get(at + 1).cloned();
+        }
         args.extend(
             [
                 "--id",
@@ -166,8 +172,9 @@ impl Shards {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                let why = self.stuck_report().await;
                 panic!(
-                    "{what}: not within {within:?}; holders per process: {:?}",
+                    "{what}: not within {within:?}; holders per process: {:?}\n{why}",
                     self.counts()
                 );
             }
@@ -176,6 +183,52 @@ impl Shards {
                 self.absorb(i, &l);
             }
         }
+    }
+
+    /// For a failure message: the first shards without a holder, each with its events and
+    /// what every running process's election of it says (`status <shard>`).
+    async fn stuck_report(&mut self) -> String {
+        let stuck: Vec<usize> = (self.holders().iter().enumerate())
+            .filter(|(_, h)| h.is_none())
+            .map(|(s, _)| s)
+            .take(3)
+            .collect();
+        let running: Vec<usize> = (0..self.ready.len())
+            .filter(|p| !self.killed.contains_key(p) && self.fleet.is_running(*p))
+            .collect();
+        let mut out = String::new();
+        for s in stuck {
+            let events: Vec<_> = self
+                .sorted()
+                .into_iter()
+                .filter(|(_, _, ev)| matches!(ev, Ev::Lead(x, _) | Ev::Lost(x) if *x == s))
+                .collect();
+            out += &format!("shard {s}: events {events:?}\n");
+            if let Some(endpoint) = &self.etcd {
+                out += &format!(
+                    "  etcd: {}\n",
+                    etcd_dump(endpoint, &format!("{}/s{s}/", self.path)).await
+                );
+            }
+            for p in &running {
+                self.fleet.send(*p, &format!("status {s}")).await;
+                let want = format!(" status {s} ");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut line = "no answer within 10 s".to_string();
+                while let Some((i, l)) = self
+                    .fleet
+                    .next_line(deadline.saturating_duration_since(Instant::now()))
+                    .await
+                {
+                    if i == *p && l.contains(&want) {
+                        line = l;
+                        break;
+                    }
+                }
+                out += &format!("  process {p}: {line}\n");
+            }
+        }
+        out
     }
 
     /// Each shard's holder now, from the events in time order (killed processes hold
@@ -458,6 +511,35 @@ async fn thousand_etcd_elections_per_lease_survive_partition_kill_wipe_and_close
         async move |path: &str| etcd_candidates(&endpoint, path).await.len(),
     )
     .await;
+}
+
+/// For a failure report: the keys under `prefix` with their create revision, lease and the
+/// lease's remaining TTL.
+async fn etcd_dump(endpoint: &str, prefix: &str) -> String {
+    let Ok(mut c) = etcd_client::Client::connect([endpoint], None).await else {
+        return "cannot connect".into();
+    };
+    let r = match c
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return format!("cannot read: {e}"),
+    };
+    let mut out = format!("revision {:?}:", r.header().map(|h| h.revision()));
+    for kv in r.kvs() {
+        let ttl = match c.lease_time_to_live(kv.lease(), None).await {
+            Ok(t) => t.ttl().to_string(),
+            Err(e) => e.to_string(),
+        };
+        out += &format!(
+            " [{} create {} lease {:x} ttl {ttl}]",
+            String::from_utf8_lossy(kv.key()),
+            kv.create_revision(),
+            kv.lease()
+        );
+    }
+    out
 }
 
 /// The etcd candidate keys left under the shards of `path`: `<path>/s<i>/<lease>`.

@@ -470,6 +470,11 @@ impl Fleet {
         st.code()
     }
 
+    /// Whether process `i` was started and has not been waited for.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children.get(i).is_some_and(Option::is_some)
+    }
+
     /// Every line still buffered (without waiting).
     pub fn drain(&mut self) {
         while let Ok(l) = self.rx.try_recv() {
