@@ -527,6 +527,9 @@ struct Task {
     drop_key: bool,
     /// The newest lease grant failure of the session this task reported.
     seen_failure: u64,
+    /// Our slot among the session's rounds in flight, from the start of a round until we
+    /// lead or wait in the queue (see `ROUNDS_IN_FLIGHT`).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Task {
@@ -540,7 +543,18 @@ impl Task {
             led_with_lease: false,
             drop_key: false,
             seen_failure: 0,
+            slot: None,
         }
+    }
+
+    /// Take a slot among the session's rounds in flight (kept if we hold one).
+    async fn pace(&mut self) -> Step<()> {
+        if self.slot.is_none() {
+            let rounds = self.core().rounds.clone();
+            // The semaphore is never closed: this waits for a slot, never fails.
+            self.slot = self.wait(rounds.acquire_owned()).await?.ok();
+        }
+        Ok(())
     }
 
     fn cell(&self) -> &StatusCell {
@@ -574,6 +588,8 @@ impl Task {
                 Ok(never) => match never {},
                 Err(f) => f,
             };
+            // No slot is held while backing off or in doubt.
+            self.slot = None;
             match flow {
                 Flow::Stop => return,
                 Flow::Fail(e) => {
@@ -701,9 +717,11 @@ impl Task {
             self.acquire_lease().await?;
         }
         if self.drop_key {
+            self.pace().await?;
             self.delete_own_key().await?;
         }
         loop {
+            self.pace().await?;
             self.ensure_epoch().await?;
             if let Some(my_rev) = self.campaign().await? {
                 match self.queue(my_rev).await? {
@@ -712,6 +730,7 @@ impl Task {
             }
             // Our key or the epoch record was deleted under us: campaign again, paced (the
             // backoff restarts from its base after every successful read of the queue).
+            self.slot = None;
             let delay = self.backoff.next_delay();
             self.wait(tokio::time::sleep(delay)).await?;
         }
@@ -846,6 +865,7 @@ impl Task {
         // When we saw the leader before us leave (for the handover metric).
         let mut vacated: Option<std::time::Instant> = None;
         loop {
+            self.pace().await?;
             let conn = self.inner.conn().clone();
             let hub = self.inner.hub();
             let mut watch = self
@@ -909,6 +929,8 @@ impl Task {
                 (rev, mine, epoch, keys, count, leader)
             };
             drop(resp);
+            // The round's requests are done: waiting (or leading) holds no slot.
+            self.slot = None;
             if mine != Some(my_rev) {
                 let was_leader = self.cell().get().role.is_leader();
                 self.cell().set(

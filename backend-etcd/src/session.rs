@@ -58,6 +58,14 @@ static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 /// Values of [`metrics::SESSION_LEASE`].
 pub(crate) const LEASE_VALID: f64 = 2.0;
+/// How many elections of one session run a round (epoch record, campaign, watches, queue
+/// read) at once. The others wait for a slot; waiting in the queue holds none. Thousands of
+/// elections starting (or campaigning again after a lost lease) at once would otherwise
+/// put thousands of requests in flight and as many runnable tasks in front of the lease
+/// keeper's timer: on a loaded machine its renewals were answered too late, the lease fell
+/// into doubt, every election stepped down and campaigned again, and the burst repeated.
+/// One election alone never waits.
+pub(crate) const ROUNDS_IN_FLIGHT: usize = 64;
 pub(crate) const LEASE_IN_DOUBT: f64 = 1.0;
 pub(crate) const LEASE_NONE: f64 = 0.0;
 
@@ -161,6 +169,8 @@ pub(crate) struct Core {
     pub(crate) failures: AtomicU64,
     /// The session's shared watch streams.
     pub(crate) hubs: Hubs,
+    /// Election rounds in flight at once (see [`ROUNDS_IN_FLIGHT`]).
+    pub(crate) rounds: Arc<tokio::sync::Semaphore>,
 }
 
 impl Core {
@@ -233,6 +243,7 @@ impl Shared {
                 orphans: StdMutex::new(Vec::new()),
                 failures: AtomicU64::new(0),
                 hubs: Hubs::default(),
+                rounds: Arc::new(tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT)),
             }),
             config,
             private,
