@@ -282,7 +282,12 @@ impl EtcdElection {
     /// A compare-and-swap record at `key` (an absolute key, e.g.
     /// `/services/my-app/mode`) sharing this election's (session's) connection.
     pub fn record(&self, key: &str) -> Result<EtcdRecord> {
-        EtcdRecord::with_hub(self.inner.conn().clone(), Some(self.inner.hub()), key)
+        let reads = self.inner.core().reads.clone();
+        EtcdRecord::on_session(
+            self.inner.conn().clone(),
+            Some((self.inner.hub(), reads)),
+            key,
+        )
     }
 }
 

@@ -8,6 +8,7 @@ mod election;
 mod error;
 mod lease;
 mod observe;
+mod read_batch;
 mod record;
 mod session;
 mod watch_hub;

@@ -11,6 +11,7 @@ use succession_core::{validate, CasOutcome, CasRecord, Error, ErrorKind, Result,
 use crate::config::EtcdConfig;
 use crate::conn::{Backoff, Connection};
 use crate::error;
+use crate::read_batch::ReadBatcher;
 use crate::watch_hub::{Route, WatchHub, WatchMsg};
 
 /// A versioned record at one etcd key, written only by compare-and-swap.
@@ -31,6 +32,9 @@ pub struct EtcdRecord {
     /// records then watch on a few streams instead of opening one each (etcd and the
     /// connection serve only so many streams at once).
     hub: Option<WatchHub>,
+    /// The session's batched reads, for a record made from an election (see
+    /// `read_batch.rs`): thousands of polled records then cost a few txns per interval.
+    reads: Option<Arc<ReadBatcher>>,
     key: String,
     /// (version, value) pairs this handle read or wrote, newest last, at most [`SEEN`].
     seen: Mutex<VecDeque<(u64, Vec<u8>)>>,
@@ -58,19 +62,23 @@ impl EtcdRecord {
     }
 
     pub(crate) fn with_connection(conn: Arc<Connection>, key: &str) -> Result<EtcdRecord> {
-        Self::with_hub(conn, None, key)
+        Self::on_session(conn, None, key)
     }
 
-    /// A record whose watches go on `hub` when given (a session's shared watch stream).
-    pub(crate) fn with_hub(
+    /// A record of a session: its watches go on the session's shared watch stream `hub`
+    /// and its reads through the session's batched `reads` (both given for a record made
+    /// from an election).
+    pub(crate) fn on_session(
         conn: Arc<Connection>,
-        hub: Option<WatchHub>,
+        shared: Option<(WatchHub, Arc<ReadBatcher>)>,
         key: &str,
     ) -> Result<EtcdRecord> {
         validate::store_path(key, "etcd record key")?;
+        let (hub, reads) = shared.unzip();
         Ok(EtcdRecord {
             conn,
             hub,
+            reads,
             key: key.to_owned(),
             seen: Mutex::new(VecDeque::with_capacity(SEEN)),
         })
@@ -184,6 +192,10 @@ impl EtcdRecord {
 
     /// Read the record and the store revision of the read.
     async fn read_at(&self) -> Result<(Option<Versioned>, i64)> {
+        if let Some(reads) = &self.reads {
+            let (kv, rev) = reads.read(&self.conn, &self.key).await?;
+            return Ok((kv.map(|kv| self.versioned(&kv)), rev));
+        }
         let mut c = self.conn.client().await?;
         let resp = self
             .conn

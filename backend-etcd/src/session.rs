@@ -36,6 +36,7 @@ use crate::config::EtcdSessionConfig;
 use crate::conn::{random_lease_id, Backoff, Connection};
 use crate::election::{EtcdElection, Inner};
 use crate::lease::{self, Lease};
+use crate::read_batch::ReadBatcher;
 use crate::watch_hub::Hubs;
 
 /// The elections of one session, for the keeper's demotion and the leaders' check; also
@@ -171,6 +172,8 @@ pub(crate) struct Core {
     pub(crate) hubs: Hubs,
     /// Election rounds in flight at once (see [`ROUNDS_IN_FLIGHT`]).
     pub(crate) rounds: Arc<tokio::sync::Semaphore>,
+    /// The session's record reads, batched (see `read_batch.rs`).
+    pub(crate) reads: Arc<ReadBatcher>,
 }
 
 impl Core {
@@ -244,6 +247,7 @@ impl Shared {
                 failures: AtomicU64::new(0),
                 hubs: Hubs::default(),
                 rounds: Arc::new(tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT)),
+                reads: Arc::default(),
             }),
             config,
             private,

@@ -689,3 +689,64 @@ async fn memory_per_election_with_ten_thousand_elections_on_one_session() {
     );
     s.close().await.unwrap();
 }
+
+/// The records of a session's elections (each supervised election polls two) read in
+/// batches: 400 reads at once cost a few txns, not 400 requests, and each read still
+/// answers for its own key (value, version, absence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_reads_of_one_session_go_in_batches_and_each_answers_for_its_own_key() {
+    use succession_core::CasRecord;
+    // A server of its own: the request counts are this test's alone.
+    let etcd = EtcdServer::start()
+        .await
+        .expect("start etcd (scripts/install-deps)");
+    let s = session(&etcd.endpoint(), 3);
+    let prefix = unique_path("batched-reads");
+    let e = s.election(&prefix, "reader").expect("election");
+    const N: usize = 400;
+    let mut c = raw_client(&etcd.endpoint()).await;
+    let mut versions = Vec::new();
+    for i in 0..N {
+        // Every third record is absent.
+        if i % 3 == 2 {
+            versions.push(None);
+            continue;
+        }
+        let r = c
+            .put(format!("{prefix}.r{i}"), format!("v{i}"), None)
+            .await
+            .expect("put");
+        versions.push(Some(r.header().expect("header").revision() as u64));
+    }
+    let records: Vec<_> = (0..N)
+        .map(|i| e.record(&format!("{prefix}.r{i}")).expect("record"))
+        .collect();
+    let calls = |ep: String| async move {
+        grpc_calls_handled(&ep, "Txn").await + grpc_calls_handled(&ep, "Range").await
+    };
+    let before = calls(etcd.endpoint()).await;
+    let read = futures::future::join_all(records.iter().map(|r| r.read())).await;
+    let after = calls(etcd.endpoint()).await;
+    for (i, r) in read.into_iter().enumerate() {
+        let got = r.unwrap_or_else(|err| panic!("read of record {i}: {err}"));
+        match versions[i] {
+            None => assert!(got.is_none(), "record {i} is absent, read {got:?}"),
+            Some(v) => {
+                let got = got.unwrap_or_else(|| panic!("record {i} is present"));
+                assert_eq!(
+                    got.value,
+                    format!("v{i}").into_bytes(),
+                    "record {i}'s value"
+                );
+                assert_eq!(got.version, v, "record {i}'s version is its put's revision");
+            }
+        }
+    }
+    let requests = after - before;
+    assert!(
+        requests <= (N / 16) as u64,
+        "{N} concurrent record reads cost {requests} requests; batched, they cost a few txns"
+    );
+    eprintln!("{N} concurrent record reads: {requests} requests");
+    s.close().await.expect("close");
+}
