@@ -290,6 +290,30 @@ impl Shards {
             })
     }
 
+    /// For a failure message: the first shards not led under a grant published after
+    /// `after` through `layer`, with their events.
+    fn not_led_anew(&self, after: u64, layer: &str) -> String {
+        let events = self.sorted();
+        let mut out = Vec::new();
+        for shard in 0..self.shards {
+            let mine: Vec<_> = events
+                .iter()
+                .filter(|(_, _, ev)| matches!(ev, Ev::Lead(x, _) | Ev::Lost(x) if *x == shard))
+                .collect();
+            let ok = mine.iter().rev().find_map(|(ns, _, ev)| match ev {
+                Ev::Lead(_, l) => Some(*ns > after && l.as_deref() == Some(layer)),
+                _ => None,
+            });
+            if ok != Some(true) {
+                out.push(format!("shard {shard}: {mine:?}"));
+            }
+            if out.len() == 3 {
+                break;
+            }
+        }
+        out.join("; ")
+    }
+
     /// Everything the processes printed until now.
     fn absorb_all(&mut self) {
         self.fleet.drain();
@@ -617,10 +641,19 @@ async fn supervised_elections_on_shared_sessions_fail_over_and_back_with_one_lea
     let took = s.all_led(&[a, b], "every supervised shard led").await;
     s.until(STEP, "both ready", |s| s.ready.iter().all(|r| *r))
         .await;
-    assert!(
-        s.all_led_anew(0, "primary"),
-        "all led through ZooKeeper first"
-    );
+    // Through ZooKeeper. (On a loaded machine a shard's supervisor may already have failed
+    // over during the start, if its primary stayed unhealthy for `failover_after`; it fails
+    // back once ZooKeeper is healthy again, so wait for that rather than expect none.)
+    if !s.all_led_anew(0, "primary") {
+        eprintln!(
+            "supervised: not all led through ZooKeeper at once, e.g. {}",
+            s.not_led_anew(0, "primary")
+        );
+    }
+    s.until(STEP, "every shard led through ZooKeeper", |s| {
+        s.all_led_anew(0, "primary")
+    })
+    .await;
     eprintln!("supervised: {shards} shards x 2 processes led {took:?} after the start");
 
     let killed = mono_ns();
