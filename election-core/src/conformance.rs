@@ -46,6 +46,114 @@ pub trait Factory: Send + Sync {
     /// What the store still holds for this election (nodes, keys, leases), for the
     /// clean-exit invariant; must be empty once every participant has closed.
     async fn leftovers(&self) -> Result<Vec<String>>;
+
+    /// The faults this harness can inject, for the fault half of the suite
+    /// ([`fault_conformance_tests!`](crate::fault_conformance_tests)); `None` (the
+    /// default): none, and every fault scenario is skipped, saying so.
+    fn faults(&self) -> Option<&dyn Faults> {
+        None
+    }
+}
+
+/// Which faults a [`Faults`] harness can inject. A scenario whose fault is not supported
+/// is skipped (it says so on stderr), like object_store's integration suite does with
+/// capabilities a store lacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`Faults::outage`]: the store unreachable for everyone, then back WITH its data.
+    pub outage: bool,
+    /// [`Faults::wipe`]: the store killed, its data deleted, restarted empty.
+    pub wipe: bool,
+    /// [`Faults::partition`]: one participant cut from the store, the others not.
+    pub partition: bool,
+}
+
+impl Capabilities {
+    /// Every fault.
+    pub const ALL: Capabilities = Capabilities {
+        outage: true,
+        wipe: true,
+        partition: true,
+    };
+}
+
+/// Fault injection for one factory's election, against its own store (a real server the
+/// harness started, or an in-memory store): the fault half of the [`Election`] contract
+/// runs from here on every backend. Each call returns once the fault is in place.
+#[async_trait]
+pub trait Faults: Send + Sync {
+    /// What this harness supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// `down`: make the store unreachable for every participant (e.g. kill the server);
+    /// `!down`: bring it back with its data (e.g. restart it on the same data dir) and
+    /// return once it serves.
+    async fn outage(&self, down: bool);
+
+    /// Kill the store, delete its data, restart it empty; return once it serves.
+    async fn wipe(&self);
+
+    /// `cut`: cut participant `id` (as given to [`Factory::participant`]) from the store,
+    /// silently (packets dropped, as a network partition does); `!cut`: heal it.
+    async fn partition(&self, id: &str, cut: bool);
+}
+
+/// The factory's fault harness when it supports `want`; otherwise `None`, after saying on
+/// stderr that `scenario` is skipped.
+fn faults_for<'a>(
+    f: &'a dyn Factory,
+    scenario: &str,
+    want: impl Fn(Capabilities) -> bool,
+) -> Option<&'a dyn Faults> {
+    match f.faults() {
+        Some(x) if want(x.capabilities()) => Some(x),
+        _ => {
+            eprintln!("{scenario}: skipped, the backend's harness cannot inject this fault");
+            None
+        }
+    }
+}
+
+/// Wait until exactly one of `es` leads with a term above `above` (two leaders at any
+/// check panic); its index.
+async fn leader_above(
+    es: &[Arc<dyn Election>],
+    above: crate::Term,
+    bound: Duration,
+    what: &str,
+) -> usize {
+    let rxs = es.iter().map(|e| e.status()).collect();
+    let found = wait_on_statuses(rxs, bound, None, || {
+        let l: Vec<usize> = (0..es.len())
+            .filter(|&i| es[i].status().borrow().is_leader())
+            .collect();
+        assert!(l.len() <= 1, "{what}: two leaders at once: {l:?}");
+        l.first()
+            .copied()
+            .filter(|&i| es[i].leadership().is_some_and(|g| g.term() > above))
+    })
+    .await;
+    found.unwrap_or_else(|| {
+        let states: Vec<String> = es
+            .iter()
+            .map(|e| format!("{}: {}", e.id(), *e.status().borrow()))
+            .collect();
+        panic!(
+            "{what}: no leader with a term above {above} within {bound:?}; statuses:\n{}",
+            states.join("\n")
+        )
+    })
+}
+
+/// Wait until none of `es` leads.
+async fn nobody_leads(es: &[Arc<dyn Election>], bound: Duration, what: &str) {
+    let rxs = es.iter().map(|e| e.status()).collect();
+    wait_on_statuses(rxs, bound, None, || {
+        es.iter().all(|e| !e.is_leader()).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{what}: someone still leads after {bound:?}"));
 }
 
 /// Wait on the status streams until exactly one of `es` leads, and return its index.
@@ -529,6 +637,106 @@ pub async fn dropped_leader_is_replaced_within_crash_bound(f: &dyn Factory) {
     expect_leader(f, &es[0], b.crash, "after the leader's handle was dropped").await;
     close_all(&es).await;
     checker.assert_ok();
+}
+
+/// The store is wiped (killed, emptied, restarted) under a leader: it stops leading, and
+/// exactly one participant leads again, with a higher term, every participant repaired its
+/// place (a later close leaves nothing behind), never two leaders.
+pub async fn wiped_store_elects_one_leader_again_with_a_higher_term(f: &dyn Factory) {
+    let Some(faults) = faults_for(f, "wiped_store", |c| c.wipe) else {
+        return;
+    };
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let l = one_leader(&es, b.join).await;
+    let before = es[l].leadership().expect("leads").term();
+    faults.wipe().await;
+    leader_above(&es, before, b.crash + b.join, "after the wipe").await;
+    // Everyone is back in the election: the rest take over in turn.
+    for _ in 0..2 {
+        let l = one_leader(&es, b.handover).await;
+        let t = es[l].leadership().expect("leads").term();
+        es[l].resign().await.expect("resign");
+        leader_above(
+            &es,
+            t,
+            b.handover + b.join,
+            "after a resign following the wipe",
+        )
+        .await;
+    }
+    close_all(&es).await;
+    assert_eq!(
+        f.leftovers().await.expect("leftovers"),
+        Vec::<String>::new(),
+        "nothing left after the wipe and close"
+    );
+    checker.assert_ok();
+}
+
+/// The store is down for longer than the crash bound, then back with its data: nobody
+/// leads while it is down (within the crash bound), exactly one leads once it is back,
+/// never two at once.
+pub async fn store_outage_stops_every_leader_then_one_leads_again(f: &dyn Factory) {
+    let Some(faults) = faults_for(f, "store_outage", |c| c.outage) else {
+        return;
+    };
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    one_leader(&es, b.join).await;
+    faults.outage(true).await;
+    nobody_leads(&es, b.crash, "the store is down").await;
+    faults.outage(false).await;
+    one_leader(&es, b.crash + b.join).await;
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// The leader alone is cut from the store: it stops leading and another participant leads
+/// (within the crash bound), never both at once; once healed, the old leader is back in
+/// the election as a follower.
+pub async fn partitioned_leader_steps_down_and_another_leads(f: &dyn Factory) {
+    let Some(faults) = faults_for(f, "partitioned_leader", |c| c.partition) else {
+        return;
+    };
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let l = one_leader(&es, b.join).await;
+    let before = es[l].leadership().expect("leads").term();
+    let cut = es[l].id().to_owned();
+    faults.partition(&cut, true).await;
+    let others: Vec<Arc<dyn Election>> = (0..es.len())
+        .filter(|&i| i != l)
+        .map(|i| es[i].clone())
+        .collect();
+    leader_above(&es, before, b.crash + b.handover, "the leader cut off").await;
+    assert!(!es[l].is_leader(), "the cut-off leader no longer leads");
+    faults.partition(&cut, false).await;
+    expect_follower(&es[l], b.crash + b.join).await;
+    assert_eq!(leaders(&others).len(), 1, "one of the others still leads");
+    close_all(&es).await;
+    checker.assert_ok();
+}
+
+/// Generates one `#[tokio::test]` per fault scenario (the fault half of the suite);
+/// `$make` as for [`conformance_tests!`](crate::conformance_tests), a [`Factory`] whose
+/// [`faults`](Factory::faults) says what it can inject (unsupported scenarios pass
+/// after saying they were skipped).
+#[macro_export]
+macro_rules! fault_conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            wiped_store_elects_one_leader_again_with_a_higher_term,
+            store_outage_stops_every_leader_then_one_leads_again,
+            partitioned_leader_steps_down_and_another_leads
+        );
+    };
 }
 
 /// Generates one `#[tokio::test]` per conformance scenario. `$make` is an expression

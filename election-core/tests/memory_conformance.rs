@@ -3,7 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use succession_core::conformance::{self, Bounds, Factory, LeadershipChecker};
+use std::collections::HashMap;
+use std::sync::{Mutex, Weak};
+
+use succession_core::conformance::{
+    self, Bounds, Capabilities, Factory, Faults, LeadershipChecker,
+};
 use succession_core::memory::{MemoryElection, MemoryStore};
 use succession_core::{
     async_trait, Contact, Election, HealthLevel, Participant, Result, Role, Status, StatusCell,
@@ -13,12 +18,23 @@ use tokio::sync::watch;
 
 struct MemoryFactory {
     store: MemoryStore,
+    /// The participants made so far, by id (for [`Faults::partition`]); weak, so that a
+    /// dropped handle is gone as the suite expects.
+    made: Mutex<HashMap<String, Weak<MemoryElection>>>,
 }
 
 #[async_trait]
 impl Factory for MemoryFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        Ok(Arc::new(self.store.election(id)?))
+        let e = Arc::new(self.store.election(id)?);
+        self.made
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Arc::downgrade(&e));
+        Ok(e)
+    }
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(self)
     }
     fn bounds(&self) -> Bounds {
         Bounds {
@@ -32,14 +48,41 @@ impl Factory for MemoryFactory {
     }
 }
 
+/// The in-memory store's faults: an outage is the store unavailable, a wipe forgets every
+/// place, a partition suspends one participant (its place expires after the session
+/// timeout, as a cut-off session does).
+#[async_trait]
+impl Faults for MemoryFactory {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+    async fn outage(&self, down: bool) {
+        self.store.set_available(!down);
+    }
+    async fn wipe(&self) {
+        self.store.wipe();
+    }
+    async fn partition(&self, id: &str, cut: bool) {
+        let e = self.made.lock().unwrap().get(id).and_then(Weak::upgrade);
+        let e = e.unwrap_or_else(|| panic!("no live participant {id}"));
+        if cut {
+            e.suspend();
+        } else {
+            e.resume();
+        }
+    }
+}
+
 fn memory() -> MemoryFactory {
     MemoryFactory {
-        store: MemoryStore::new(),
+        store: MemoryStore::with_session_timeout(Duration::from_millis(500)),
+        made: Mutex::default(),
     }
 }
 
 mod conformance_on_memory {
     succession_core::conformance_tests!(super::memory());
+    succession_core::fault_conformance_tests!(super::memory());
 }
 
 /// A deliberately broken backend: every participant claims leadership as soon as it holds
@@ -195,4 +238,118 @@ async fn checker_flags_a_term_going_backwards() {
     let report = checker.check().expect_err("backwards term must be flagged");
     assert!(report.contains("term went backwards"), "{report}");
     let _ = HealthLevel::Healthy;
+}
+
+/// A deliberately broken backend: a leader that is cut off (Suspended) keeps reporting
+/// `Leader` with its old term, as a backend that ignores a lost connection would.
+#[derive(Debug)]
+struct KeepsLeadingWhenCut {
+    inner: Arc<MemoryElection>,
+    cell: Arc<StatusCell>,
+}
+
+impl KeepsLeadingWhenCut {
+    fn new(inner: Arc<MemoryElection>) -> Self {
+        let cell = Arc::new(StatusCell::new());
+        let mut rx = inner.status();
+        let out = cell.clone();
+        tokio::spawn(async move {
+            let mut led: Option<Role> = None;
+            loop {
+                let s = rx.borrow_and_update().clone();
+                let role = match (&s.role, &led) {
+                    (Role::Suspended, Some(l)) => l.clone(),
+                    (r @ Role::Leader { .. }, _) => {
+                        led = Some(r.clone());
+                        r.clone()
+                    }
+                    (other, _) => {
+                        led = None;
+                        other.clone()
+                    }
+                };
+                if role == Role::Closed {
+                    out.close("closed");
+                    return;
+                }
+                out.set(role, s.health.level, s.reason.clone());
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        KeepsLeadingWhenCut { inner, cell }
+    }
+}
+
+#[async_trait]
+impl Election for KeepsLeadingWhenCut {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+    async fn join(&self) -> Result<()> {
+        self.inner.join().await
+    }
+    async fn resign(&self) -> Result<()> {
+        self.inner.resign().await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+    fn status(&self) -> watch::Receiver<Status> {
+        self.cell.subscribe()
+    }
+    async fn leader(&self) -> Result<Option<Participant>> {
+        self.inner.leader().await
+    }
+    async fn participants(&self) -> Result<Vec<Participant>> {
+        self.inner.participants().await
+    }
+    fn contact(&self) -> Contact {
+        self.inner.contact()
+    }
+}
+
+/// The memory factory whose participants keep leading when cut off.
+struct CutLeaderKeepsLeading(MemoryFactory);
+
+#[async_trait]
+impl Factory for CutLeaderKeepsLeading {
+    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
+        let inner = Arc::new(self.0.store.election(id)?);
+        self.0
+            .made
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Arc::downgrade(&inner));
+        Ok(Arc::new(KeepsLeadingWhenCut::new(inner)))
+    }
+    fn bounds(&self) -> Bounds {
+        self.0.bounds()
+    }
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        self.0.leftovers().await
+    }
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(&self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_scenario_fails_on_a_backend_whose_cut_off_leader_keeps_leading() {
+    let run = tokio::spawn(async {
+        let f = CutLeaderKeepsLeading(memory());
+        conformance::partitioned_leader_steps_down_and_another_leads(&f).await
+    })
+    .await;
+    let err = run.expect_err("the partition scenario must fail on this backend");
+    let msg = err.into_panic();
+    let msg = msg
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_else(|| "<non-string panic>".into());
+    assert!(
+        msg.contains("two leaders at once"),
+        "the scenario named the violation: {msg}"
+    );
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, LeaseTimeToLiveOptions};
-use succession_core::conformance::{Bounds, Factory, LeadershipChecker};
+use succession_core::conformance::{Bounds, Capabilities, Factory, Faults, LeadershipChecker};
 use succession_core::{async_trait, Election, ElectionExt, Result};
 use succession_etcd::{EtcdConfig, EtcdElection};
 use tokio::time::Instant;
@@ -333,5 +333,94 @@ impl Ctl {
             .await
             .expect("etcdctl exits after SIGINT")
             .expect("wait etcdctl");
+    }
+}
+
+/// The conformance factory with faults: an etcd server of its own (killed, wiped and
+/// restarted by the scenarios) and one testkit proxy per participant (a partition
+/// blackholes one participant's proxy).
+pub struct EtcdFaultFactory {
+    server: tokio::sync::Mutex<succession_testkit::EtcdServer>,
+    endpoint: String,
+    prefix: String,
+    ttl_secs: u64,
+    proxies: std::sync::Mutex<std::collections::HashMap<String, Arc<succession_testkit::TcpProxy>>>,
+}
+
+impl EtcdFaultFactory {
+    pub async fn new(ttl_secs: u64) -> EtcdFaultFactory {
+        let server = succession_testkit::EtcdServer::start()
+            .await
+            .expect("start etcd (scripts/install-deps)");
+        EtcdFaultFactory {
+            endpoint: server.endpoint(),
+            server: tokio::sync::Mutex::new(server),
+            prefix: succession_testkit::unique_path("fault-conformance"),
+            ttl_secs,
+            proxies: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Factory for EtcdFaultFactory {
+    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
+        let proxy = Arc::new(
+            succession_testkit::TcpProxy::start(&self.endpoint)
+                .await
+                .expect("start a proxy"),
+        );
+        let cfg = config(&[proxy.endpoint()], &self.prefix, id, self.ttl_secs);
+        self.proxies.lock().unwrap().insert(id.to_owned(), proxy);
+        Ok(Arc::new(EtcdElection::new(cfg)?))
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            join: Duration::from_secs(5),
+            handover: Duration::from_secs(3),
+            crash: Duration::from_secs(self.ttl_secs) + Duration::from_secs(4),
+        }
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        leftovers(&raw_client(&self.endpoint).await, &self.prefix).await
+    }
+
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Faults for EtcdFaultFactory {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    async fn outage(&self, down: bool) {
+        let mut etcd = self.server.lock().await;
+        if down {
+            etcd.kill().await.expect("kill etcd");
+        } else {
+            etcd.restart().await.expect("restart etcd with its data");
+        }
+    }
+
+    async fn wipe(&self) {
+        let mut etcd = self.server.lock().await;
+        etcd.kill().await.expect("kill etcd");
+        etcd.wipe().expect("wipe etcd's data");
+        etcd.restart().await.expect("restart etcd empty");
+    }
+
+    async fn partition(&self, id: &str, cut: bool) {
+        let proxy = self.proxies.lock().unwrap().get(id).cloned();
+        let proxy = proxy.unwrap_or_else(|| panic!("no participant {id}"));
+        if cut {
+            proxy.blackhole();
+        } else {
+            proxy.restore();
+        }
     }
 }

@@ -6,7 +6,7 @@ pub mod curator;
 use std::sync::Arc;
 use std::time::Duration;
 
-use succession_core::conformance::{Bounds, Factory, LeadershipChecker};
+use succession_core::conformance::{Bounds, Capabilities, Factory, Faults, LeadershipChecker};
 use succession_core::{async_trait, Election, Result};
 use succession_zk::{ZkConfig, ZkElection};
 use tokio::time::Instant;
@@ -139,6 +139,102 @@ impl Factory for ZkFactory {
             Ok(kids) => Ok(kids),
             Err(zk::Error::NoNode) => Ok(Vec::new()),
             Err(e) => panic!("list {}: {e}", self.path),
+        }
+    }
+}
+
+/// The conformance factory with faults: a ZooKeeper server of its own (killed, wiped and
+/// restarted by the scenarios) and one testkit proxy per participant (a partition
+/// blackholes one participant's proxy).
+pub struct ZkFaultFactory {
+    server: tokio::sync::Mutex<succession_testkit::ZkServer>,
+    connect: String,
+    path: String,
+    session: Duration,
+    proxies: std::sync::Mutex<std::collections::HashMap<String, Arc<succession_testkit::TcpProxy>>>,
+}
+
+impl ZkFaultFactory {
+    pub async fn new() -> ZkFaultFactory {
+        let server = succession_testkit::ZkServer::start()
+            .await
+            .expect("start ZooKeeper (scripts/install-deps)");
+        ZkFaultFactory {
+            connect: server.addr(),
+            server: tokio::sync::Mutex::new(server),
+            path: succession_testkit::unique_path("fault-conformance"),
+            session: Duration::from_secs(2),
+            proxies: Default::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl Factory for ZkFaultFactory {
+    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
+        let proxy = Arc::new(
+            succession_testkit::TcpProxy::start(&self.connect)
+                .await
+                .expect("start a proxy"),
+        );
+        let cfg = ZkConfig::builder(proxy.addr(), &self.path, id)
+            .session_timeout(self.session)
+            .build()?;
+        self.proxies.lock().unwrap().insert(id.to_owned(), proxy);
+        Ok(Arc::new(ZkElection::new(cfg)?))
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            join: Duration::from_secs(10),
+            handover: Duration::from_secs(5),
+            crash: self.session + Duration::from_secs(5),
+        }
+    }
+
+    async fn leftovers(&self) -> Result<Vec<String>> {
+        let c = client(&self.connect).await;
+        match c.list_children(&self.path).await {
+            Ok(kids) => Ok(kids),
+            Err(zk::Error::NoNode) => Ok(Vec::new()),
+            Err(e) => panic!("list {}: {e}", self.path),
+        }
+    }
+
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Faults for ZkFaultFactory {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    async fn outage(&self, down: bool) {
+        let mut zk = self.server.lock().await;
+        if down {
+            zk.kill().await.expect("kill ZooKeeper");
+        } else {
+            zk.restart().await.expect("restart ZooKeeper with its data");
+        }
+    }
+
+    async fn wipe(&self) {
+        let mut zk = self.server.lock().await;
+        zk.kill().await.expect("kill ZooKeeper");
+        zk.wipe().expect("wipe ZooKeeper's data");
+        zk.restart().await.expect("restart ZooKeeper empty");
+    }
+
+    async fn partition(&self, id: &str, cut: bool) {
+        let proxy = self.proxies.lock().unwrap().get(id).cloned();
+        let proxy = proxy.unwrap_or_else(|| panic!("no participant {id}"));
+        if cut {
+            proxy.blackhole();
+        } else {
+            proxy.restore();
         }
     }
 }
