@@ -146,6 +146,17 @@ async fn leader_above(
     })
 }
 
+/// Three joined participants `a`, `b`, `c` watched by a new checker, once one leads: the
+/// checker, the participants, the bounds and the leader's index.
+async fn three_led(f: &dyn Factory) -> (LeadershipChecker, Vec<Arc<dyn Election>>, Bounds, usize) {
+    let checker = LeadershipChecker::new();
+    let es = make(f, &["a", "b", "c"], &checker).await;
+    join_all(f, &es).await;
+    let b = f.bounds();
+    let l = one_leader(&es, b.join).await;
+    (checker, es, b, l)
+}
+
 /// Wait until none of `es` leads.
 async fn nobody_leads(es: &[Arc<dyn Election>], bound: Duration, what: &str) {
     let rxs = es.iter().map(|e| e.status()).collect();
@@ -646,11 +657,7 @@ pub async fn wiped_store_elects_one_leader_again_with_a_higher_term(f: &dyn Fact
     let Some(faults) = faults_for(f, "wiped_store", |c| c.wipe) else {
         return;
     };
-    let checker = LeadershipChecker::new();
-    let es = make(f, &["a", "b", "c"], &checker).await;
-    join_all(f, &es).await;
-    let b = f.bounds();
-    let l = one_leader(&es, b.join).await;
+    let (checker, es, b, l) = three_led(f).await;
     let before = es[l].leadership().expect("leads").term();
     faults.wipe().await;
     leader_above(&es, before, b.crash + b.join, "after the wipe").await;
@@ -683,11 +690,7 @@ pub async fn store_outage_stops_every_leader_then_one_leads_again(f: &dyn Factor
     let Some(faults) = faults_for(f, "store_outage", |c| c.outage) else {
         return;
     };
-    let checker = LeadershipChecker::new();
-    let es = make(f, &["a", "b", "c"], &checker).await;
-    join_all(f, &es).await;
-    let b = f.bounds();
-    one_leader(&es, b.join).await;
+    let (checker, es, b, _) = three_led(f).await;
     faults.outage(true).await;
     nobody_leads(&es, b.crash, "the store is down").await;
     faults.outage(false).await;
@@ -703,11 +706,7 @@ pub async fn partitioned_leader_steps_down_and_another_leads(f: &dyn Factory) {
     let Some(faults) = faults_for(f, "partitioned_leader", |c| c.partition) else {
         return;
     };
-    let checker = LeadershipChecker::new();
-    let es = make(f, &["a", "b", "c"], &checker).await;
-    join_all(f, &es).await;
-    let b = f.bounds();
-    let l = one_leader(&es, b.join).await;
+    let (checker, es, b, l) = three_led(f).await;
     let before = es[l].leadership().expect("leads").term();
     let cut = es[l].id().to_owned();
     faults.partition(&cut, true).await;

@@ -85,44 +85,48 @@ mod conformance_on_memory {
     succession_core::fault_conformance_tests!(super::memory());
 }
 
-/// A deliberately broken backend: every participant claims leadership as soon as it holds
-/// a place, so two (or more) lead at once.
+/// How a deliberately broken backend rewrites each status its participant publishes.
+type Rewrite = Box<dyn FnMut(&Status) -> Role + Send>;
+
+/// A deliberately broken backend: a memory participant whose published role is rewritten.
 #[derive(Debug)]
-struct EveryoneLeads {
-    inner: MemoryElection,
+struct Rewritten {
+    inner: Arc<MemoryElection>,
     cell: Arc<StatusCell>,
 }
 
-impl EveryoneLeads {
-    fn new(inner: MemoryElection) -> Self {
+impl Rewritten {
+    fn new(inner: Arc<MemoryElection>, mut rewrite: Rewrite) -> Self {
         let cell = Arc::new(StatusCell::new());
         let mut rx = inner.status();
         let out = cell.clone();
         tokio::spawn(async move {
             loop {
                 let s = rx.borrow_and_update().clone();
-                let role = match s.role {
-                    Role::Follower { .. } => Role::Leader {
-                        term: Term::new(0, 1),
-                    },
-                    other => other,
-                };
+                let role = rewrite(&s);
                 if role == Role::Closed {
                     out.close("closed");
                     return;
                 }
-                out.set(role, s.health.level, s.reason.clone());
+                // A rewritten leader also claims to be healthy (a status cell does not
+                // publish an unhealthy leader).
+                let level = if role.is_leader() {
+                    HealthLevel::Healthy
+                } else {
+                    s.health.level
+                };
+                out.set(role, level, s.reason.clone());
                 if rx.changed().await.is_err() {
                     return;
                 }
             }
         });
-        EveryoneLeads { inner, cell }
+        Rewritten { inner, cell }
     }
 }
 
 #[async_trait]
-impl Election for EveryoneLeads {
+impl Election for Rewritten {
     fn id(&self) -> &str {
         self.inner.id()
     }
@@ -149,12 +153,47 @@ impl Election for EveryoneLeads {
     }
 }
 
-struct BrokenFactory(MemoryFactory);
+/// Every participant claims leadership as soon as it holds a place, so two (or more) lead
+/// at once.
+fn everyone_leads() -> Rewrite {
+    Box::new(|s| match s.role {
+        Role::Follower { .. } => Role::Leader {
+            term: Term::new(0, 1),
+        },
+        ref other => other.clone(),
+    })
+}
+
+/// A leader that loses its place without resigning (cut off, expired, superseded) keeps
+/// reporting `Leader` with its old term, as a backend that ignores a lost connection would.
+fn keeps_leading_when_cut() -> Rewrite {
+    let mut led: Option<Role> = None;
+    Box::new(move |s| match &s.role {
+        r @ Role::Leader { .. } => {
+            led = Some(r.clone());
+            r.clone()
+        }
+        r @ (Role::Idle | Role::Closed) => {
+            led = None;
+            r.clone()
+        }
+        other => led.clone().unwrap_or_else(|| other.clone()),
+    })
+}
+
+/// The memory factory (with its faults) whose participants are rewritten by `1`.
+struct BrokenFactory(MemoryFactory, fn() -> Rewrite);
 
 #[async_trait]
 impl Factory for BrokenFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        Ok(Arc::new(EveryoneLeads::new(self.0.store.election(id)?)))
+        let inner = Arc::new(self.0.store.election(id)?);
+        self.0
+            .made
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Arc::downgrade(&inner));
+        Ok(Arc::new(Rewritten::new(inner, (self.1)())))
     }
     fn bounds(&self) -> Bounds {
         self.0.bounds()
@@ -162,21 +201,22 @@ impl Factory for BrokenFactory {
     async fn leftovers(&self) -> Result<Vec<String>> {
         self.0.leftovers().await
     }
+    fn faults(&self) -> Option<&dyn Faults> {
+        Some(&self.0)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_fails_on_a_backend_that_lets_two_lead() {
     let run = tokio::spawn(async {
-        conformance::ten_participants_ten_rounds_never_two_leaders(&BrokenFactory(memory())).await
+        conformance::ten_participants_ten_rounds_never_two_leaders(&BrokenFactory(
+            memory(),
+            everyone_leads,
+        ))
+        .await
     })
     .await;
-    let err = run.expect_err("the suite must fail on a broken backend");
-    assert!(err.is_panic());
-    let msg = err.into_panic();
-    let msg = msg
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_else(|| "<non-string panic>".into());
+    let msg = panic_message(run.expect_err("the suite must fail on a broken backend"));
     assert!(
         msg.contains("two leaders at once") || msg.contains("term went backwards"),
         "the checker named the violation: {msg}"
@@ -186,7 +226,7 @@ async fn suite_fails_on_a_backend_that_lets_two_lead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_scenario_fails_on_a_backend_that_lets_two_lead() {
     let run = tokio::spawn(async {
-        conformance::fifo_handover_in_join_order(&BrokenFactory(memory())).await
+        conformance::fifo_handover_in_join_order(&BrokenFactory(memory(), everyone_leads)).await
     })
     .await;
     assert!(run.expect_err("must fail").is_panic());
@@ -240,116 +280,25 @@ async fn checker_flags_a_term_going_backwards() {
     let _ = HealthLevel::Healthy;
 }
 
-/// A deliberately broken backend: a leader that is cut off (Suspended) keeps reporting
-/// `Leader` with its old term, as a backend that ignores a lost connection would.
-#[derive(Debug)]
-struct KeepsLeadingWhenCut {
-    inner: Arc<MemoryElection>,
-    cell: Arc<StatusCell>,
-}
-
-impl KeepsLeadingWhenCut {
-    fn new(inner: Arc<MemoryElection>) -> Self {
-        let cell = Arc::new(StatusCell::new());
-        let mut rx = inner.status();
-        let out = cell.clone();
-        tokio::spawn(async move {
-            let mut led: Option<Role> = None;
-            loop {
-                let s = rx.borrow_and_update().clone();
-                let role = match (&s.role, &led) {
-                    (Role::Suspended, Some(l)) => l.clone(),
-                    (r @ Role::Leader { .. }, _) => {
-                        led = Some(r.clone());
-                        r.clone()
-                    }
-                    (other, _) => {
-                        led = None;
-                        other.clone()
-                    }
-                };
-                if role == Role::Closed {
-                    out.close("closed");
-                    return;
-                }
-                out.set(role, s.health.level, s.reason.clone());
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        KeepsLeadingWhenCut { inner, cell }
-    }
-}
-
-#[async_trait]
-impl Election for KeepsLeadingWhenCut {
-    fn id(&self) -> &str {
-        self.inner.id()
-    }
-    async fn join(&self) -> Result<()> {
-        self.inner.join().await
-    }
-    async fn resign(&self) -> Result<()> {
-        self.inner.resign().await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-    fn status(&self) -> watch::Receiver<Status> {
-        self.cell.subscribe()
-    }
-    async fn leader(&self) -> Result<Option<Participant>> {
-        self.inner.leader().await
-    }
-    async fn participants(&self) -> Result<Vec<Participant>> {
-        self.inner.participants().await
-    }
-    fn contact(&self) -> Contact {
-        self.inner.contact()
-    }
-}
-
-/// The memory factory whose participants keep leading when cut off.
-struct CutLeaderKeepsLeading(MemoryFactory);
-
-#[async_trait]
-impl Factory for CutLeaderKeepsLeading {
-    async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        let inner = Arc::new(self.0.store.election(id)?);
-        self.0
-            .made
-            .lock()
-            .unwrap()
-            .insert(id.to_owned(), Arc::downgrade(&inner));
-        Ok(Arc::new(KeepsLeadingWhenCut::new(inner)))
-    }
-    fn bounds(&self) -> Bounds {
-        self.0.bounds()
-    }
-    async fn leftovers(&self) -> Result<Vec<String>> {
-        self.0.leftovers().await
-    }
-    fn faults(&self) -> Option<&dyn Faults> {
-        Some(&self.0)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_scenario_fails_on_a_backend_whose_cut_off_leader_keeps_leading() {
     let run = tokio::spawn(async {
-        let f = CutLeaderKeepsLeading(memory());
+        let f = BrokenFactory(memory(), keeps_leading_when_cut);
         conformance::partitioned_leader_steps_down_and_another_leads(&f).await
     })
     .await;
-    let err = run.expect_err("the partition scenario must fail on this backend");
-    let msg = err.into_panic();
-    let msg = msg
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_else(|| "<non-string panic>".into());
+    let msg = panic_message(run.expect_err("the partition scenario must fail on this backend"));
     assert!(
         msg.contains("two leaders at once"),
         "the scenario named the violation: {msg}"
     );
+}
+
+/// What a scenario that failed (panicked in its task) said.
+fn panic_message(err: tokio::task::JoinError) -> String {
+    assert!(err.is_panic(), "the scenario panicked: {err}");
+    let msg = err.into_panic();
+    msg.downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_else(|| "<non-string panic>".into())
 }

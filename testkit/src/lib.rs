@@ -28,6 +28,7 @@
 mod deps;
 mod error;
 mod etcd;
+mod faults;
 mod process;
 mod proxy;
 mod shared;
@@ -39,6 +40,7 @@ pub use deps::{
 };
 pub use error::{Error, Result};
 pub use etcd::{EtcdCluster, EtcdMember, EtcdServer, EtcdTls};
+pub use faults::{FaultyStore, Restartable};
 pub use process::process_alive;
 pub use proxy::TcpProxy;
 pub use shared::{shared_etcd, shared_zk, try_shared_etcd, try_shared_zk, SharedEtcd, SharedZk};

@@ -105,6 +105,12 @@ pub struct EtcdFactory {
 }
 
 impl EtcdFactory {
+    /// A participant connecting to `endpoint` (the server, or a proxy in front of it).
+    fn participant_via(&self, endpoint: &str, id: &str) -> Result<Arc<dyn Election>> {
+        let cfg = config(&[endpoint.to_owned()], &self.prefix, id, self.ttl_secs);
+        Ok(Arc::new(EtcdElection::new(cfg)?))
+    }
+
     pub async fn new(ttl_secs: u64) -> Self {
         let etcd = succession_testkit::shared_etcd().await;
         let endpoint = etcd.endpoint();
@@ -121,13 +127,7 @@ impl EtcdFactory {
 #[async_trait]
 impl Factory for EtcdFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        let cfg = config(
-            std::slice::from_ref(&self.endpoint),
-            &self.prefix,
-            id,
-            self.ttl_secs,
-        );
-        Ok(Arc::new(EtcdElection::new(cfg)?))
+        self.participant_via(&self.endpoint, id)
     }
 
     fn bounds(&self) -> Bounds {
@@ -340,11 +340,8 @@ impl Ctl {
 /// restarted by the scenarios) and one testkit proxy per participant (a partition
 /// blackholes one participant's proxy).
 pub struct EtcdFaultFactory {
-    server: tokio::sync::Mutex<succession_testkit::EtcdServer>,
-    endpoint: String,
-    prefix: String,
-    ttl_secs: u64,
-    proxies: std::sync::Mutex<std::collections::HashMap<String, Arc<succession_testkit::TcpProxy>>>,
+    store: succession_testkit::FaultyStore<succession_testkit::EtcdServer>,
+    plain: EtcdFactory,
 }
 
 impl EtcdFaultFactory {
@@ -352,12 +349,16 @@ impl EtcdFaultFactory {
         let server = succession_testkit::EtcdServer::start()
             .await
             .expect("start etcd (scripts/install-deps)");
+        let endpoint = server.endpoint();
+        let client = raw_client(&endpoint).await;
         EtcdFaultFactory {
-            endpoint: server.endpoint(),
-            server: tokio::sync::Mutex::new(server),
-            prefix: succession_testkit::unique_path("fault-conformance"),
-            ttl_secs,
-            proxies: Default::default(),
+            store: succession_testkit::FaultyStore::new(server, endpoint.clone()),
+            plain: EtcdFactory {
+                prefix: succession_testkit::unique_path("fault-conformance"),
+                endpoint,
+                ttl_secs,
+                client,
+            },
         }
     }
 }
@@ -365,26 +366,17 @@ impl EtcdFaultFactory {
 #[async_trait]
 impl Factory for EtcdFaultFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        let proxy = Arc::new(
-            succession_testkit::TcpProxy::start(&self.endpoint)
-                .await
-                .expect("start a proxy"),
-        );
-        let cfg = config(&[proxy.endpoint()], &self.prefix, id, self.ttl_secs);
-        self.proxies.lock().unwrap().insert(id.to_owned(), proxy);
-        Ok(Arc::new(EtcdElection::new(cfg)?))
+        let proxy = self.store.proxy_for(id).await.expect("start a proxy");
+        self.plain.participant_via(&proxy.endpoint(), id)
     }
 
     fn bounds(&self) -> Bounds {
-        Bounds {
-            join: Duration::from_secs(5),
-            handover: Duration::from_secs(3),
-            crash: Duration::from_secs(self.ttl_secs) + Duration::from_secs(4),
-        }
+        self.plain.bounds()
     }
 
     async fn leftovers(&self) -> Result<Vec<String>> {
-        leftovers(&raw_client(&self.endpoint).await, &self.prefix).await
+        // A fresh client: the factory's own may still be reconnecting after a fault.
+        leftovers(&raw_client(&self.plain.endpoint).await, &self.plain.prefix).await
     }
 
     fn faults(&self) -> Option<&dyn Faults> {
@@ -399,28 +391,14 @@ impl Faults for EtcdFaultFactory {
     }
 
     async fn outage(&self, down: bool) {
-        let mut etcd = self.server.lock().await;
-        if down {
-            etcd.kill().await.expect("kill etcd");
-        } else {
-            etcd.restart().await.expect("restart etcd with its data");
-        }
+        self.store.outage(down).await.expect("kill or restart etcd");
     }
 
     async fn wipe(&self) {
-        let mut etcd = self.server.lock().await;
-        etcd.kill().await.expect("kill etcd");
-        etcd.wipe().expect("wipe etcd's data");
-        etcd.restart().await.expect("restart etcd empty");
+        self.store.wipe().await.expect("wipe etcd");
     }
 
     async fn partition(&self, id: &str, cut: bool) {
-        let proxy = self.proxies.lock().unwrap().get(id).cloned();
-        let proxy = proxy.unwrap_or_else(|| panic!("no participant {id}"));
-        if cut {
-            proxy.blackhole();
-        } else {
-            proxy.restore();
-        }
+        self.store.partition(id, cut);
     }
 }

@@ -105,6 +105,14 @@ pub struct ZkFactory {
 }
 
 impl ZkFactory {
+    /// A participant connecting to `connect` (the server, or a proxy in front of it).
+    fn participant_via(&self, connect: &str, id: &str) -> Result<Arc<dyn Election>> {
+        let cfg = ZkConfig::builder(connect, &self.path, id)
+            .session_timeout(self.session)
+            .build()?;
+        Ok(Arc::new(ZkElection::new(cfg)?))
+    }
+
     pub async fn on_shared_server() -> ZkFactory {
         let zk = succession_testkit::shared_zk().await;
         ZkFactory {
@@ -118,10 +126,7 @@ impl ZkFactory {
 #[async_trait]
 impl Factory for ZkFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        let cfg = ZkConfig::builder(&self.connect, &self.path, id)
-            .session_timeout(self.session)
-            .build()?;
-        Ok(Arc::new(ZkElection::new(cfg)?))
+        self.participant_via(&self.connect, id)
     }
 
     fn bounds(&self) -> Bounds {
@@ -147,11 +152,8 @@ impl Factory for ZkFactory {
 /// restarted by the scenarios) and one testkit proxy per participant (a partition
 /// blackholes one participant's proxy).
 pub struct ZkFaultFactory {
-    server: tokio::sync::Mutex<succession_testkit::ZkServer>,
-    connect: String,
-    path: String,
-    session: Duration,
-    proxies: std::sync::Mutex<std::collections::HashMap<String, Arc<succession_testkit::TcpProxy>>>,
+    store: succession_testkit::FaultyStore<succession_testkit::ZkServer>,
+    plain: ZkFactory,
 }
 
 impl ZkFaultFactory {
@@ -159,12 +161,14 @@ impl ZkFaultFactory {
         let server = succession_testkit::ZkServer::start()
             .await
             .expect("start ZooKeeper (scripts/install-deps)");
+        let connect = server.addr();
         ZkFaultFactory {
-            connect: server.addr(),
-            server: tokio::sync::Mutex::new(server),
-            path: succession_testkit::unique_path("fault-conformance"),
-            session: Duration::from_secs(2),
-            proxies: Default::default(),
+            store: succession_testkit::FaultyStore::new(server, connect.clone()),
+            plain: ZkFactory {
+                connect,
+                path: succession_testkit::unique_path("fault-conformance"),
+                session: Duration::from_secs(2),
+            },
         }
     }
 }
@@ -172,33 +176,16 @@ impl ZkFaultFactory {
 #[async_trait]
 impl Factory for ZkFaultFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        let proxy = Arc::new(
-            succession_testkit::TcpProxy::start(&self.connect)
-                .await
-                .expect("start a proxy"),
-        );
-        let cfg = ZkConfig::builder(proxy.addr(), &self.path, id)
-            .session_timeout(self.session)
-            .build()?;
-        self.proxies.lock().unwrap().insert(id.to_owned(), proxy);
-        Ok(Arc::new(ZkElection::new(cfg)?))
+        let proxy = self.store.proxy_for(id).await.expect("start a proxy");
+        self.plain.participant_via(&proxy.addr(), id)
     }
 
     fn bounds(&self) -> Bounds {
-        Bounds {
-            join: Duration::from_secs(10),
-            handover: Duration::from_secs(5),
-            crash: self.session + Duration::from_secs(5),
-        }
+        self.plain.bounds()
     }
 
     async fn leftovers(&self) -> Result<Vec<String>> {
-        let c = client(&self.connect).await;
-        match c.list_children(&self.path).await {
-            Ok(kids) => Ok(kids),
-            Err(zk::Error::NoNode) => Ok(Vec::new()),
-            Err(e) => panic!("list {}: {e}", self.path),
-        }
+        self.plain.leftovers().await
     }
 
     fn faults(&self) -> Option<&dyn Faults> {
@@ -213,28 +200,17 @@ impl Faults for ZkFaultFactory {
     }
 
     async fn outage(&self, down: bool) {
-        let mut zk = self.server.lock().await;
-        if down {
-            zk.kill().await.expect("kill ZooKeeper");
-        } else {
-            zk.restart().await.expect("restart ZooKeeper with its data");
-        }
+        self.store
+            .outage(down)
+            .await
+            .expect("kill or restart ZooKeeper");
     }
 
     async fn wipe(&self) {
-        let mut zk = self.server.lock().await;
-        zk.kill().await.expect("kill ZooKeeper");
-        zk.wipe().expect("wipe ZooKeeper's data");
-        zk.restart().await.expect("restart ZooKeeper empty");
+        self.store.wipe().await.expect("wipe ZooKeeper");
     }
 
     async fn partition(&self, id: &str, cut: bool) {
-        let proxy = self.proxies.lock().unwrap().get(id).cloned();
-        let proxy = proxy.unwrap_or_else(|| panic!("no participant {id}"));
-        if cut {
-            proxy.blackhole();
-        } else {
-            proxy.restore();
-        }
+        self.store.partition(id, cut);
     }
 }
