@@ -67,6 +67,9 @@ pub struct Capabilities {
     pub wipe: bool,
     /// [`Faults::partition`]: one participant cut from the store, the others not.
     pub partition: bool,
+    /// [`Faults::expire`]: one participant's session ended by the store while its link is
+    /// up.
+    pub expiry: bool,
 }
 
 impl Capabilities {
@@ -75,6 +78,7 @@ impl Capabilities {
         outage: true,
         wipe: true,
         partition: true,
+        expiry: true,
     };
 }
 
@@ -97,6 +101,12 @@ pub trait Faults: Send + Sync {
     /// `cut`: cut participant `id` (as given to [`Factory::participant`]) from the store,
     /// silently (packets dropped, as a network partition does); `!cut`: heal it.
     async fn partition(&self, id: &str, cut: bool);
+
+    /// End participant `id`'s session from the store's side while its link stays up (e.g.
+    /// revoke its etcd lease). Only called when [`Capabilities::expiry`] is set.
+    async fn expire(&self, id: &str) {
+        panic!("this harness cannot expire {id}'s session; its capabilities must not claim expiry")
+    }
 }
 
 /// The factory's fault harness when it supports `want`; otherwise `None`, after saying on
@@ -723,6 +733,119 @@ pub async fn partitioned_leader_steps_down_and_another_leads(f: &dyn Factory) {
     checker.assert_ok();
 }
 
+/// The store ends the leader's session while its link stays up (e.g. its etcd lease revoked
+/// by someone else): another participant leads with a higher term, the expired one stops
+/// leading and takes a new place behind the others, as a follower; nothing is left after
+/// close. The store removed the leader at once, so it can only stop when it learns of it:
+/// the one overlap allowed is that leader's old term with the new, higher one (the
+/// documented fencing case), for at most the crash bound; any other overlap, or a grant
+/// whose term does not exceed every earlier one, fails.
+pub async fn expired_leader_hands_over_and_rejoins_at_the_back(f: &dyn Factory) {
+    let Some(faults) = faults_for(f, "expired_leader", |c| c.expiry) else {
+        return;
+    };
+    let (checker, es, b, l) = three_led(f).await;
+    let before = es[l].leadership().expect("leads").term();
+    let old = es[l].id().to_owned();
+    faults.expire(&old).await;
+    let rxs = es.iter().map(|e| e.status()).collect();
+    let next = wait_on_statuses(rxs, b.crash + b.handover, None, || {
+        let leading: Vec<usize> = (0..es.len()).filter(|&i| es[i].is_leader()).collect();
+        match leading.as_slice() {
+            [i] if *i != l && es[*i].leadership().is_some_and(|g| g.term() > before) => Some(*i),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{old}'s session expired: no other participant alone leading with a higher term within {:?}",
+            b.crash + b.handover
+        )
+    });
+    expect_follower(&es[l], b.crash + b.join).await;
+    let order: Vec<String> = es[next]
+        .participants()
+        .await
+        .expect("participants")
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(
+        order.last(),
+        Some(&old),
+        "the expired participant rejoined at the back: {order:?}"
+    );
+    close_all(&es).await;
+    assert_eq!(
+        f.leftovers().await.expect("leftovers"),
+        Vec::<String>::new(),
+        "nothing left after close"
+    );
+    // The checker labels participants `<id>#<n>`.
+    let is_old = |label: &str| label.split('#').next() == Some(old.as_str());
+    for (a, ta, b2, tb, overlap) in overlaps(&checker.events()) {
+        let fenced = (is_old(&a) && ta == before && tb > before)
+            || (is_old(&b2) && tb == before && ta > before);
+        eprintln!("expired_leader: {a} (term {ta}) and {b2} (term {tb}) overlapped {overlap:?}");
+        assert!(
+            fenced && overlap <= b.crash,
+            "{a} (term {ta}) and {b2} (term {tb}) led at once for {overlap:?}: only the expired leader's old term may overlap a higher one, for at most {:?}",
+            b.crash
+        );
+    }
+    let mut grants: Vec<(Instant, crate::Term)> = checker
+        .events()
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Granted(t) => Some((e.at, t)),
+            EventKind::Lost(..) => None,
+        })
+        .collect();
+    grants.sort_by_key(|g| g.0);
+    let grants: Vec<crate::Term> = grants.into_iter().map(|g| g.1).collect();
+    assert!(
+        grants.windows(2).all(|w| w[1] > w[0]),
+        "every grant's term exceeds the earlier ones: {grants:?}"
+    );
+}
+
+/// Every pair of leaderships of different participants that overlapped in `events`:
+/// (participant, term, participant, term, how long). A leadership not ended is open.
+fn overlaps(
+    events: &[LeadershipEvent],
+) -> Vec<(String, crate::Term, String, crate::Term, Duration)> {
+    let now = Instant::now();
+    let mut spans: Vec<(String, crate::Term, Instant, Instant)> = Vec::new();
+    for e in events {
+        match &e.kind {
+            EventKind::Granted(t) => spans.push((e.participant.clone(), *t, e.at, now)),
+            EventKind::Lost(t, _) => {
+                if let Some(s) = spans
+                    .iter_mut()
+                    .rev()
+                    .find(|s| s.0 == e.participant && s.1 == *t)
+                {
+                    s.3 = e.at;
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if a.0 == b.0 {
+                continue;
+            }
+            let (start, end) = (a.2.max(b.2), a.3.min(b.3));
+            if end > start {
+                out.push((a.0.clone(), a.1, b.0.clone(), b.1, end - start));
+            }
+        }
+    }
+    out
+}
+
 /// Generates one `#[tokio::test]` per fault scenario (the fault half of the suite);
 /// `$make` as for [`conformance_tests!`](crate::conformance_tests), a [`Factory`] whose
 /// [`faults`](Factory::faults) says what it can inject (unsupported scenarios pass
@@ -733,7 +856,8 @@ macro_rules! fault_conformance_tests {
         $crate::conformance_tests!(@each $make;
             wiped_store_elects_one_leader_again_with_a_higher_term,
             store_outage_stops_every_leader_then_one_leads_again,
-            partitioned_leader_steps_down_and_another_leads
+            partitioned_leader_steps_down_and_another_leads,
+            expired_leader_hands_over_and_rejoins_at_the_back
         );
     };
 }

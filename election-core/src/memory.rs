@@ -418,6 +418,19 @@ impl MemoryElection {
         reconcile(&mut st);
     }
 
+    /// Fault: the store expires this participant's session while its link is up (as when
+    /// someone revokes an etcd lease or closes a ZooKeeper session): its place is gone at
+    /// once, it stops leading, and it takes a new place at the back, as a participant does
+    /// with a new session.
+    pub fn expire(&self) {
+        let mut st = self.store.shared.lock();
+        if !st.queue.iter().any(|e| e.uid == self.uid) {
+            return;
+        }
+        st.queue.retain(|e| e.uid != self.uid);
+        reconcile(&mut st);
+    }
+
     /// End a [`suspend`](MemoryElection::suspend): the link is back; the participant
     /// re-takes its place if it expired.
     pub fn resume(&self) {

@@ -71,6 +71,11 @@ impl Faults for MemoryFactory {
             e.resume();
         }
     }
+    async fn expire(&self, id: &str) {
+        let e = self.made.lock().unwrap().get(id).and_then(Weak::upgrade);
+        e.unwrap_or_else(|| panic!("no live participant {id}"))
+            .expire();
+    }
 }
 
 fn memory() -> MemoryFactory {

@@ -102,6 +102,15 @@ impl Faults for SupervisedFactory {
             }
         }
     }
+    async fn expire(&self, id: &str) {
+        let layers = self.layers.lock().unwrap().get(id).cloned();
+        for layer in layers.unwrap_or_else(|| panic!("no participant {id}")) {
+            layer
+                .upgrade()
+                .unwrap_or_else(|| panic!("{id} was dropped"))
+                .expire();
+        }
+    }
 }
 
 fn supervised() -> SupervisedFactory {

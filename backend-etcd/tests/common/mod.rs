@@ -106,7 +106,7 @@ pub struct EtcdFactory {
 
 impl EtcdFactory {
     /// A participant connecting to `endpoint` (the server, or a proxy in front of it).
-    fn participant_via(&self, endpoint: &str, id: &str) -> Result<Arc<dyn Election>> {
+    fn participant_via(&self, endpoint: &str, id: &str) -> Result<Arc<EtcdElection>> {
         let cfg = config(&[endpoint.to_owned()], &self.prefix, id, self.ttl_secs);
         Ok(Arc::new(EtcdElection::new(cfg)?))
     }
@@ -127,7 +127,7 @@ impl EtcdFactory {
 #[async_trait]
 impl Factory for EtcdFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
-        self.participant_via(&self.endpoint, id)
+        Ok(self.participant_via(&self.endpoint, id)?)
     }
 
     fn bounds(&self) -> Bounds {
@@ -342,6 +342,9 @@ impl Ctl {
 pub struct EtcdFaultFactory {
     store: succession_testkit::FaultyStore<succession_testkit::EtcdServer>,
     plain: EtcdFactory,
+    /// The participants by id (for [`Faults::expire`]); weak, so that a dropped handle is
+    /// gone as the suite expects.
+    made: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<EtcdElection>>>,
 }
 
 impl EtcdFaultFactory {
@@ -359,6 +362,7 @@ impl EtcdFaultFactory {
                 ttl_secs,
                 client,
             },
+            made: Default::default(),
         }
     }
 }
@@ -367,7 +371,12 @@ impl EtcdFaultFactory {
 impl Factory for EtcdFaultFactory {
     async fn participant(&self, id: &str) -> Result<Arc<dyn Election>> {
         let proxy = self.store.proxy_for(id).await.expect("start a proxy");
-        self.plain.participant_via(&proxy.endpoint(), id)
+        let e = self.plain.participant_via(&proxy.endpoint(), id)?;
+        self.made
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Arc::downgrade(&e));
+        Ok(e)
     }
 
     fn bounds(&self) -> Bounds {
@@ -400,5 +409,26 @@ impl Faults for EtcdFaultFactory {
 
     async fn partition(&self, id: &str, cut: bool) {
         self.store.partition(id, cut);
+    }
+
+    /// Revoke the participant's lease from another client (as an operator or a wipe of
+    /// that one lease would).
+    async fn expire(&self, id: &str) {
+        let e = self
+            .made
+            .lock()
+            .unwrap()
+            .get(id)
+            .and_then(std::sync::Weak::upgrade);
+        let e = e.unwrap_or_else(|| panic!("no live participant {id}"));
+        let lease = e
+            .lease()
+            .unwrap_or_else(|| panic!("{id} holds no lease"))
+            .id;
+        raw_client(&self.plain.endpoint)
+            .await
+            .lease_revoke(lease)
+            .await
+            .unwrap_or_else(|err| panic!("revoke {id}'s lease: {err}"));
     }
 }
