@@ -60,6 +60,9 @@ pub(crate) const CLOSE_LINGER: Duration = Duration::from_millis(20);
 /// How long [`end_session`] lets a dropped client's task wind down before it takes the
 /// session over to close it.
 const END_WAIT: Duration = Duration::from_millis(200);
+/// How many times [`end_session`] takes a session to close it (each after the first also
+/// checks that the previous close held).
+const END_ATTEMPTS: u32 = 4;
 /// After a resume (see [`suspended`]), the retired client's task still reconnects when its
 /// backoff ends (it cannot be woken or stopped; it gives up at its own deadline, 1.4 x the
 /// session timeout after its last receipt), which makes ZooKeeper drop the current
@@ -650,18 +653,38 @@ async fn end_session(cfg: ZkSessionConfig, client: zk::Client) {
     ) {
         return;
     }
-    let closer = connector(&cfg).with_session(info);
-    match timeout(cfg.connection_timeout, connect_with(&cfg, closer)).await {
-        Ok(Ok(c)) => {
-            debug!(session = %c.session_id(), "closing the session");
-            // Dropping it sends closeSession; its task ends once ZooKeeper answered.
-            let mut states = c.state_watcher();
-            drop(c);
-            let _ = timeout(cfg.connection_timeout, ended(&mut states)).await;
+    // Close it, then make sure it is closed: a retired client of this session (see
+    // `suspended`) that reconnects while our closer's closeSession is under way takes the
+    // connection from it, so closeSession never reaches ZooKeeper and the session lives on
+    // (until it expires) with nobody using it. Taking the session again answers "expired"
+    // once it is closed; otherwise close it again (a retired client exits once it has
+    // connected, so this ends).
+    for attempt in 0..END_ATTEMPTS {
+        let closer = connector(&cfg).with_session(info.clone());
+        match timeout(cfg.connection_timeout, connect_with(&cfg, closer)).await {
+            Ok(Ok(c)) => {
+                if attempt > 0 {
+                    debug!(session = %c.session_id(), "the session outlived our close; closing it again");
+                } else {
+                    debug!(session = %c.session_id(), "closing the session");
+                }
+                // Dropping it sends closeSession; its task ends once ZooKeeper answered.
+                let mut states = c.state_watcher();
+                drop(c);
+                let _ = timeout(cfg.connection_timeout, ended(&mut states)).await;
+            }
+            Ok(Err(e)) if e.kind() == ErrorKind::SessionExpired => return,
+            Ok(Err(e)) => {
+                debug!(%e, "could not close the session; it expires on its own");
+                return;
+            }
+            Err(_) => {
+                debug!("could not close the session in time; it expires on its own");
+                return;
+            }
         }
-        Ok(Err(e)) => debug!(%e, "could not close the session; it expires on its own"),
-        Err(_) => debug!("could not close the session in time; it expires on its own"),
     }
+    debug!("the session outlived {END_ATTEMPTS} closes; it expires on its own");
 }
 
 /// Until the client behind `states` has ended (its task gone: closed, expired, ...).
