@@ -243,26 +243,35 @@ async fn follow(idx: usize, p: Part) {
         Part::Etcd(e) => Weak::Etcd(Arc::downgrade(e)),
     };
     drop(p);
-    let (mut joined, mut leader) = (false, false);
+    let mut joined = false;
+    // The newest leadership start and end printed. Leaderships come from the status's
+    // history, not from the role read now: a loss and a new grant published between two
+    // reads of the watch channel (a busy driver, a quick re-grant) are printed too.
+    let (mut started, mut ended) = (None, None);
     loop {
-        let (role, since) = {
+        let (role, since, spans) = {
             let s = rx.borrow_and_update();
-            (s.role.clone(), s.since)
+            (s.role.clone(), s.since, s.leaderships.clone())
         };
-        // The instant the participant published the role (what Curator's listener stamps
-        // in its callback), not when this task got around to reading it.
-        let t = instant_ns(since);
         if !joined && role.is_joined() {
             joined = true;
+            // The instant the participant published the role (what Curator's listener
+            // stamps in its callback), not when this task got around to reading it.
+            let t = instant_ns(since);
             let sid = weak.upgrade().map(|p| p.session()).unwrap_or("-".into());
             say(&format!("ev {t} {idx} joined {sid}"));
         }
-        if role.is_leader() && !leader {
-            leader = true;
-            say(&format!("ev {t} {idx} leader"));
-        } else if !role.is_leader() && leader {
-            leader = false;
-            say(&format!("ev {t} {idx} notleader"));
+        for span in spans.iter() {
+            if started.is_none_or(|t| span.start > t) {
+                started = Some(span.start);
+                say(&format!("ev {} {idx} leader", instant_ns(span.start)));
+            }
+            if let Some(end) = span.end {
+                if ended.is_none_or(|t| end > t) {
+                    ended = Some(end);
+                    say(&format!("ev {} {idx} notleader", instant_ns(end)));
+                }
+            }
         }
         if role == Role::Closed || rx.changed().await.is_err() {
             return;
