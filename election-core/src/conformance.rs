@@ -328,6 +328,23 @@ async fn expect_follower(e: &Arc<dyn Election>, bound: Duration) {
         .unwrap_or_else(|err| panic!("{} did not become a follower: {err}", e.id()));
 }
 
+/// Close every one of `es` (in order), then the store must hold nothing of the election.
+async fn close_all_leaving_nothing(f: &dyn Factory, es: &[Arc<dyn Election>]) {
+    close_all(es).await;
+    let left = f.leftovers().await.expect("leftovers");
+    assert!(left.is_empty(), "left behind after close: {left:?}");
+}
+
+/// The ids of the participants as `e` reads them from the store, in queue order.
+async fn queue_ids(e: &Arc<dyn Election>) -> Vec<String> {
+    e.participants()
+        .await
+        .expect("participants")
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
 async fn close_all(es: &[Arc<dyn Election>]) {
     for e in es {
         e.close()
@@ -406,13 +423,7 @@ pub async fn closing_a_follower_elects_nobody_new(f: &dyn Factory) {
     let lead = es[0].wait_for_leadership(b.join).await.expect("a leads");
     es[3].close().await.expect("d closes");
     es[1].close().await.expect("b (middle) closes");
-    let ids: Vec<String> = es[0]
-        .participants()
-        .await
-        .expect("participants")
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let ids = queue_ids(&es[0]).await;
     assert_eq!(ids, vec!["a", "c"], "queue after closing followers");
     assert!(lead.is_current(), "a still leads with the same term");
     assert_eq!(leaders(&es), vec![0]);
@@ -459,13 +470,7 @@ pub async fn resign_then_rejoin_goes_to_the_back(f: &dyn Factory) {
     expect_leader(f, &es[1], b.handover, "after a resigned").await;
     es[0].join().await.expect("a rejoins");
     expect_follower(&es[0], b.join).await;
-    let ids: Vec<String> = es[1]
-        .participants()
-        .await
-        .expect("participants")
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let ids = queue_ids(&es[1]).await;
     assert_eq!(ids, vec!["b", "a"], "a went to the back");
     es[1].resign().await.expect("b resigns");
     let again = es[0]
@@ -585,9 +590,7 @@ pub async fn close_leaves_nothing_behind(f: &dyn Factory) {
         .await
         .expect("a leads");
     // Close the leader last so that closing followers under a live leader is covered too.
-    close_all(&[es[1].clone(), es[2].clone(), es[0].clone()]).await;
-    let left = f.leftovers().await.expect("leftovers");
-    assert!(left.is_empty(), "left behind after close: {left:?}");
+    close_all_leaving_nothing(f, &[es[1].clone(), es[2].clone(), es[0].clone()]).await;
     checker.assert_ok();
 }
 
@@ -684,12 +687,7 @@ pub async fn wiped_store_elects_one_leader_again_with_a_higher_term(f: &dyn Fact
         )
         .await;
     }
-    close_all(&es).await;
-    assert_eq!(
-        f.leftovers().await.expect("leftovers"),
-        Vec::<String>::new(),
-        "nothing left after the wipe and close"
-    );
+    close_all_leaving_nothing(f, &es).await;
     checker.assert_ok();
 }
 
@@ -764,27 +762,17 @@ pub async fn expired_leader_hands_over_and_rejoins_at_the_back(f: &dyn Factory) 
         )
     });
     expect_follower(&es[l], b.crash + b.join).await;
-    let order: Vec<String> = es[next]
-        .participants()
-        .await
-        .expect("participants")
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
+    let order = queue_ids(&es[next]).await;
     assert_eq!(
         order.last(),
         Some(&old),
         "the expired participant rejoined at the back: {order:?}"
     );
-    close_all(&es).await;
-    assert_eq!(
-        f.leftovers().await.expect("leftovers"),
-        Vec::<String>::new(),
-        "nothing left after close"
-    );
+    close_all_leaving_nothing(f, &es).await;
     // The checker labels participants `<id>#<n>`.
     let is_old = |label: &str| label.split('#').next() == Some(old.as_str());
-    for (a, ta, b2, tb, overlap) in overlaps(&checker.events()) {
+    let events = checker.events();
+    for (a, ta, b2, tb, overlap) in overlaps(&events) {
         let fenced = (is_old(&a) && ta == before && tb > before)
             || (is_old(&b2) && tb == before && ta > before);
         eprintln!("expired_leader: {a} (term {ta}) and {b2} (term {tb}) overlapped {overlap:?}");
@@ -794,9 +782,8 @@ pub async fn expired_leader_hands_over_and_rejoins_at_the_back(f: &dyn Factory) 
             b.crash
         );
     }
-    let mut grants: Vec<(Instant, crate::Term)> = checker
-        .events()
-        .into_iter()
+    let mut grants: Vec<(Instant, crate::Term)> = events
+        .iter()
         .filter_map(|e| match e.kind {
             EventKind::Granted(t) => Some((e.at, t)),
             EventKind::Lost(..) => None,
