@@ -52,14 +52,17 @@ pub async fn one_leader(es: &[Arc<ZkElection>], bound: Duration) -> usize {
 pub async fn all_in_latch(reader: &ZkElection, n: usize, bound: Duration) {
     let deadline = Instant::now() + bound;
     loop {
-        let ps = reader.participants().await.expect("participants");
-        if ps.len() == n {
-            return;
-        }
+        // A retryable error (the connection dropped for a moment, e.g. by a retired client
+        // of a resumed session) is "not yet", as for any caller that retries.
+        let seen = match reader.participants().await {
+            Ok(ps) if ps.len() == n => return,
+            Ok(ps) => format!("only {} of {n} participants: {ps:?}", ps.len()),
+            Err(e) if e.is_retryable() => format!("the last read failed: {e}"),
+            Err(e) => panic!("participants: {e}"),
+        };
         assert!(
             Instant::now() < deadline,
-            "only {} of {n} participants back in the latch after {bound:?}: {ps:?}",
-            ps.len()
+            "not all {n} participants back in the latch after {bound:?}; {seen}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
