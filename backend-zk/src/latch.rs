@@ -261,6 +261,7 @@ impl ZkElection {
             been_in_latch: false,
             want: false,
             pending: None,
+            unsure: false,
             failures: 0,
             failing_since: None,
         });
@@ -664,6 +665,10 @@ struct DriverState {
     /// A command received while waiting inside a round; handled outside the round, so that
     /// abandoning a round (connection lost) can never cut a command short.
     pending: Option<Cmd>,
+    /// A round was abandoned (a command or a session change cut it short): a create it had
+    /// sent may have made a node of ours that we do not know of. The next round adopts it
+    /// (protected names make it findable); closing or resigning looks for it and deletes it.
+    unsure: bool,
     failures: u32,
     failing_since: Option<Instant>,
 }
@@ -802,9 +807,10 @@ impl DriverState {
         }
     }
 
-    /// A round, abandoned as soon as the session reports a change: a round's calls wait
-    /// through a lost connection (up to 1.4 x the session timeout), while suspension and
-    /// commands are to be handled at once.
+    /// A round, abandoned as soon as the session reports a change or a command arrives: a
+    /// round's calls wait through a lost connection (up to 1.4 x the session timeout, longer
+    /// when the connection moves between servers), while suspension and commands (close,
+    /// resign: bounded by the caller) are to be handled at once.
     async fn round_or_lost(&mut self) -> std::result::Result<Next, zk::Error> {
         let Some(client) = self.client() else {
             return Ok(Next::Again);
@@ -823,13 +829,25 @@ impl DriverState {
             }
         };
         let core = self.core.clone();
-        tokio::select! {
+        let inner = self.inner.clone();
+        let abandoned = tokio::select! {
             r = async {
                 // The semaphore is never closed, so this waits for a permit, never fails.
                 let _permit = core.rounds.acquire().await;
                 self.round(&client).await
-            } => r,
-            _ = lost => Ok(Next::Again),
+            } => return r,
+            _ = lost => None,
+            cmd = inner.cmds.recv() => Some(cmd),
+        };
+        self.unsure = true;
+        match abandoned {
+            None => Ok(Next::Again),
+            Some(Some(cmd)) => {
+                debug!("a command cut a round short");
+                self.pending = Some(cmd);
+                Ok(Next::Again)
+            }
+            Some(None) => Ok(Next::Exit),
         }
     }
 
@@ -1002,15 +1020,22 @@ impl DriverState {
             Err(zk::Error::NoNode) => Vec::new(),
             Err(e) => return Err(e),
         };
+        // Adopt the first of ours; delete any other (two abandoned creates in a row): a
+        // second node of ours would stand in the queue with nobody acting for it.
+        let mut adopted: Option<OwnNode> = None;
         for name in &children {
             let full = format!("{path}/{name}");
             if name.starts_with(&prefix) {
                 if let Some(st) = client.check_stat(&full).await? {
-                    if st.ephemeral_owner == session {
+                    if st.ephemeral_owner == session && adopted.is_none() {
                         info!(node = %name, "adopting our node created before a connection loss");
-                        let n = OwnNode::new(full, name.len());
-                        self.set_node(n.clone());
-                        return Ok(n);
+                        adopted = Some(OwnNode::new(full, name.len()));
+                    } else if st.ephemeral_owner == session {
+                        info!(node = %name, "deleting a second node of ours");
+                        match client.write(|c| c.delete(&full, None)).await {
+                            Ok(()) | Err(zk::Error::NoNode) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
             } else if self
@@ -1024,6 +1049,11 @@ impl DriverState {
                     Err(e) => debug!(node = %name, %e, "could not delete stale node"),
                 }
             }
+        }
+        self.unsure = false;
+        if let Some(n) = adopted {
+            self.set_node(n.clone());
+            return Ok(n);
         }
         let data = self.inner.cfg.id.as_bytes().to_vec();
         let acl = acls(&self.inner.cfg);
@@ -1374,38 +1404,48 @@ impl DriverState {
         }
     }
 
-    /// Delete our node: retried until done or the session that owns it is gone.
+    /// Delete our node (and, after an abandoned round, any node of ours we may not know
+    /// of): retried until done or the session that owns it is gone.
     async fn delete_node(&mut self) -> Result<()> {
-        let (Some(mut client), Some(node)) = (self.client(), self.forget_node()) else {
+        let unsure = std::mem::take(&mut self.unsure);
+        let Some(mut client) = self.client() else {
+            self.forget_node();
             return Ok(());
         };
-        if lock(&self.inner.deleted).as_deref() == Some(&*node.path) {
+        let known = self
+            .forget_node()
+            .filter(|n| lock(&self.inner.deleted).as_deref() != Some(&*n.path));
+        if known.is_none() && !unsure {
             return Ok(());
         }
+        let what = known
+            .as_ref()
+            .map_or_else(|| "nodes".to_owned(), |n| n.path.to_string());
+        let prefix = unsure.then(|| protected_prefix(&self.uuid.to_string()));
+        let path = self.inner.cfg.path.clone();
         let deadline = Instant::now() + self.session_timeout.mul_f64(1.5);
         let mut pause = Duration::from_millis(50);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, client.write(|c| c.delete(&node.path, None))).await {
-                Ok(Ok(())) | Ok(Err(zk::Error::NoNode)) => return Ok(()),
+            let attempt = delete_ours(&client, known.as_ref(), &path, prefix.as_deref());
+            match timeout(left, attempt).await {
+                Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) if session_gone(&e) => return Ok(()),
                 Ok(Err(e)) if permanent(&e) => {
-                    return Err(map(e, &format!("delete our latch node {}", node.path)))
+                    return Err(map(e, &format!("delete our latch node {what}")))
                 }
                 Ok(Err(e)) => {
                     debug!(%e, "delete failed; retrying");
                 }
                 Err(_) => {
                     return Err(Error::timeout(format!(
-                        "could not delete our latch node {} within 1.5 x the session timeout; ZooKeeper will remove it when the session expires",
-                        node.path
+                        "could not delete our latch node {what} within 1.5 x the session timeout; ZooKeeper will remove it when the session expires"
                     )))
                 }
             }
             if Instant::now() >= deadline {
                 return Err(Error::timeout(format!(
-                    "could not delete our latch node {}; ZooKeeper will remove it when the session expires",
-                    node.path
+                    "could not delete our latch node {what}; ZooKeeper will remove it when the session expires"
                 )));
             }
             sleep(pause).await;
@@ -1417,4 +1457,37 @@ impl DriverState {
             }
         }
     }
+}
+
+/// Delete `known` (our node, if any) and, with `prefix` (our protected-name prefix), every
+/// node of `path` whose name starts with it: nodes of ours whose create answer we never
+/// saw. Idempotent, so a failed attempt is simply made again.
+async fn delete_ours(
+    client: &SessionClient,
+    known: Option<&OwnNode>,
+    path: &str,
+    prefix: Option<&str>,
+) -> std::result::Result<(), zk::Error> {
+    let mut targets: Vec<String> = known.iter().map(|n| n.path.to_string()).collect();
+    if let Some(prefix) = prefix {
+        let children = match client.list_children(path).await {
+            Ok(c) => c,
+            Err(zk::Error::NoNode) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for name in children.iter().filter(|n| n.starts_with(prefix)) {
+            let full = format!("{path}/{name}");
+            if !targets.contains(&full) {
+                debug!(node = %name, "deleting a node of ours created by an abandoned round");
+                targets.push(full);
+            }
+        }
+    }
+    for t in &targets {
+        match client.write(|c| c.delete(t, None)).await {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

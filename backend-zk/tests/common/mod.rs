@@ -12,8 +12,20 @@ use succession_zk::{ZkConfig, ZkElection};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
+/// With `RUST_LOG` set, the library's logs go to the test's captured output (printed
+/// when the test fails).
+pub fn log_to_test_output() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A participant of the latch at `path` on `connect`.
 pub fn participant(connect: &str, path: &str, id: &str, session: Duration) -> Arc<ZkElection> {
+    log_to_test_output();
     let cfg = ZkConfig::builder(connect, path, id)
         .session_timeout(session)
         .connection_timeout(Duration::from_millis(1000))
