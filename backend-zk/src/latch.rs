@@ -190,7 +190,6 @@ impl ZkElection {
     /// A participant for `cfg` on `session` (registered with it).
     pub(crate) fn on_session(session: ZkSession, cfg: ZkConfig, private: bool) -> ZkElection {
         let cell = StatusCell::with_metrics(ElectionMetrics::new("zk", cfg.path.clone()));
-        cell.set_contact_bound(cfg.session_timeout / 2);
         let inner = Arc::new(Inner {
             key: session.core().new_key(),
             cfg,
@@ -408,9 +407,11 @@ const DELETE_BATCH: usize = 128;
 /// Close many elections of one session: each publishes `Closed` first (none leads from
 /// here on), then their nodes are deleted in batches (one multi-operation per
 /// [`DELETE_BATCH`] nodes, so that closing thousands of elections does not queue thousands
-/// of writes), then every election closes as [`close`] does (deleting one by one the nodes
+/// of writes; the nodes of the elections that led first), then every election closes as [`close`] does (deleting one by one the nodes
 /// of a batch that failed).
 pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()> {
+    // Whether each led, read before `Closed` is published.
+    let led: Vec<bool> = all.iter().map(|i| i.cell.get().role.is_leader()).collect();
     for inner in all {
         inner.closed.store(true, Ordering::SeqCst);
         inner.cell.close("closed");
@@ -419,10 +420,18 @@ pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()
         .client()
         .filter(|c| c.state() == zk::SessionState::SyncConnected);
     if let Some(client) = client {
-        let nodes: Vec<(&Arc<Inner>, Arc<str>)> = all
-            .iter()
-            .filter_map(|i| i.node().map(|n| (i, n)))
-            .collect();
+        // The nodes of the elections we led go first: ZooKeeper handles one session's
+        // requests in order, so their successors are woken before the server spends time
+        // on our other nodes (whose deletion only moves followers up the queue).
+        let mut nodes: Vec<(&Arc<Inner>, Arc<str>)> = Vec::with_capacity(all.len());
+        for first in [true, false] {
+            nodes.extend(
+                all.iter()
+                    .zip(&led)
+                    .filter(|(_, l)| **l == first)
+                    .filter_map(|(i, _)| i.node().map(|n| (i, n))),
+            );
+        }
         let bound = core.cfg.session_timeout / 2;
         let batches = nodes.chunks(DELETE_BATCH).map(|chunk| {
             let client = client.clone();
@@ -535,7 +544,7 @@ impl Election for ZkElection {
     /// session (its probe every T/6 while connected, or any election's claim; the server
     /// heard it no sooner); safe for half the negotiated session timeout.
     fn contact(&self) -> Contact {
-        self.inner.cell.contact()
+        self.session.core().contact()
     }
 }
 

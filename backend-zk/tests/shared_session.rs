@@ -309,6 +309,74 @@ async fn zk_closing_one_election_leaves_the_others_on_its_session_leading() {
     }
 }
 
+/// Every election on a session reports the session's contact (one record per session,
+/// kept by its probe and every claim), including an election that joins later; a session
+/// proxied through a cut link loses it for all of them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_every_election_on_a_session_reports_the_sessions_contact() {
+    let zk = succession_testkit::shared_zk().await;
+    let proxy = TcpProxy::start(&zk.addr()).await.expect("proxy");
+    let s = session(&proxy.addr());
+    let grid = Grid::join(std::slice::from_ref(&s), paths("contact", 3), false).await;
+    grid.all_led_by(&[0], Duration::from_secs(20)).await;
+    let els = &grid.by_session[0];
+    let same = |what: &str| {
+        let first = els[0].contact();
+        for (i, e) in els.iter().enumerate() {
+            assert_eq!(
+                e.contact(),
+                first,
+                "{what}: election {i} reports the session's contact"
+            );
+        }
+        first
+    };
+    let before = same("led").last.expect("a leader has had contact");
+    assert_eq!(
+        els[0].contact().safe_for,
+        SESSION / 2,
+        "safe for half the session timeout"
+    );
+    // The session's probe (every T/6) moves it on, for every election alike.
+    let deadline = Instant::now() + SESSION;
+    while els[0].contact().last <= Some(before) {
+        assert!(
+            Instant::now() < deadline,
+            "contact advances within the session timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    same("after a probe");
+    let late = s
+        .election(&unique_path("contact-late"), "late")
+        .expect("election");
+    assert_eq!(
+        late.contact(),
+        els[0].contact(),
+        "a new election reports it at once"
+    );
+    // Cut: once the session is in doubt every leader stops, and none reports contact any
+    // longer than the bound allows.
+    proxy.cut();
+    for e in els {
+        e.wait_for_status(SESSION * 2, |st| !st.is_leader())
+            .await
+            .expect("every leader steps down on the cut");
+    }
+    for (i, e) in els.iter().enumerate() {
+        assert!(
+            e.takeover_bound()
+                .is_none_or(|b| b <= std::time::Instant::now() + SESSION / 2),
+            "election {i}: no takeover bound beyond half the session timeout after the cut"
+        );
+    }
+    proxy.restore();
+    s.close().await.expect("close");
+    for c in &grid.checkers {
+        c.assert_ok();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zk_session_expiry_stops_every_election_on_it_first_then_they_rejoin() {
     const E: usize = 100;
