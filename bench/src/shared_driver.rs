@@ -22,6 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use succession_core::{Election, Role};
 use succession_zk::{ZkElection, ZkSession, ZkSessionConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -94,15 +95,26 @@ async fn serve() {
                 match shared_elections(connect, &paths, tag, Duration::from_millis(ms)) {
                     Ok((handle, es)) => {
                         let es: Vec<Arc<ZkElection>> = es.into_iter().map(Arc::new).collect();
-                        for (i, e) in es.iter().enumerate() {
-                            tokio::spawn(follow(i, e.status(), tx.clone()));
-                            let e = e.clone();
-                            tokio::spawn(async move {
-                                if let Err(err) = e.join().await {
+                        // One task follows every election, one joins them all: the
+                        // driver's own cost per election stays a few dozen bytes (a task
+                        // per election would be counted in the RSS per election).
+                        tokio::spawn(follow_all(
+                            es.iter().map(|e| e.status()).collect(),
+                            tx.clone(),
+                        ));
+                        let joining = es.clone();
+                        tokio::spawn(async move {
+                            let mut all: FuturesUnordered<_> = joining
+                                .iter()
+                                .enumerate()
+                                .map(|(i, e)| async move { (i, e.join().await) })
+                                .collect();
+                            while let Some((i, r)) = all.next().await {
+                                if let Err(err) = r {
                                     say(&format!("err {i} join: {err}"));
                                 }
-                            });
-                        }
+                            }
+                        });
                         held = Some((handle, es));
                         say(&format!("added {t0} 0 {n}"));
                     }
@@ -161,25 +173,32 @@ async fn serve() {
     printer.abort();
 }
 
-/// Report one election's `j`, `l` and `n` events; a new term without a visible gap counts as
-/// `n` then `l`.
-async fn follow(
-    idx: usize,
-    mut rx: tokio::sync::watch::Receiver<succession_core::Status>,
+/// Report every election's `j`, `l` and `n` events (`rxs[i]` is election `i`'s status); a
+/// new term without a visible gap counts as `n` then `l`.
+async fn follow_all(
+    rxs: Vec<tokio::sync::watch::Receiver<succession_core::Status>>,
     tx: mpsc::UnboundedSender<Ev>,
 ) {
-    let (mut joined, mut term) = (false, None);
-    loop {
+    // Per election: joined yet, and the term last reported.
+    let mut seen: Vec<(bool, Option<succession_core::Term>)> = vec![(false, None); rxs.len()];
+    let mut pending: FuturesUnordered<_> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| changed(i, rx, true))
+        .collect();
+    while let Some((idx, rx)) = pending.next().await {
+        let Some(rx) = rx else { continue };
         let (role, since) = {
-            let s = rx.borrow_and_update();
+            let s = rx.borrow();
             (s.role.clone(), s.since)
         };
         let t = instant_ns(since);
-        if !joined && role.is_joined() {
-            joined = true;
+        let (joined, term) = &mut seen[idx];
+        if !*joined && role.is_joined() {
+            *joined = true;
             let _ = tx.send(('j', idx, t));
         }
-        match (role.term(), term) {
+        match (role.term(), *term) {
             (Some(now), Some(was)) if now != was => {
                 let _ = tx.send(('n', idx, t));
                 let _ = tx.send(('l', idx, t));
@@ -192,10 +211,28 @@ async fn follow(
             }
             _ => {}
         }
-        term = role.term();
-        if role == Role::Closed || rx.changed().await.is_err() {
-            return;
+        *term = role.term();
+        if role != Role::Closed {
+            pending.push(changed(idx, rx, false));
         }
+    }
+}
+
+/// `rx` back once its status changed (at once when `first`), None once its sender is gone.
+async fn changed(
+    idx: usize,
+    mut rx: tokio::sync::watch::Receiver<succession_core::Status>,
+    first: bool,
+) -> (
+    usize,
+    Option<tokio::sync::watch::Receiver<succession_core::Status>>,
+) {
+    if first {
+        rx.mark_changed();
+    }
+    match rx.changed().await {
+        Ok(()) => (idx, Some(rx)),
+        Err(_) => (idx, None),
     }
 }
 
