@@ -143,6 +143,18 @@ impl Commands {
         Ok(())
     }
 
+    /// The next command that ends a round early (resign, close), or None once closed and
+    /// drained. A join while participating changes nothing, so it is dropped here instead:
+    /// a caller retrying `join` must not keep cutting short a slow round. Cancel-safe.
+    async fn recv_stop(&self) -> Option<Cmd> {
+        loop {
+            match self.recv().await {
+                Some(Cmd::Join) => continue,
+                other => return other,
+            }
+        }
+    }
+
     /// The next command; None once closed and drained. Cancel-safe.
     async fn recv(&self) -> Option<Cmd> {
         loop {
@@ -816,10 +828,10 @@ impl DriverState {
         }
     }
 
-    /// A round, abandoned as soon as the session reports a change or a command arrives: a
-    /// round's calls wait through a lost connection (up to 1.4 x the session timeout, longer
-    /// when the connection moves between servers), while suspension and commands (close,
-    /// resign: bounded by the caller) are to be handled at once.
+    /// A round, abandoned as soon as the session reports a change or a resign or close
+    /// arrives: a round's calls wait through a lost connection (up to 1.4 x the session
+    /// timeout, longer when the connection moves between servers), while suspension and
+    /// those commands (bounded by their caller) are to be handled at once.
     async fn round_or_lost(&mut self) -> std::result::Result<Next, zk::Error> {
         let Some(client) = self.client() else {
             return Ok(Next::Again);
@@ -846,7 +858,7 @@ impl DriverState {
                 self.round(&client).await
             } => return r,
             _ = lost => None,
-            cmd = inner.cmds.recv() => Some(cmd),
+            cmd = inner.cmds.recv_stop() => Some(cmd),
         };
         self.unsure = true;
         match abandoned {
@@ -1499,4 +1511,31 @@ async fn delete_ours(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_round_is_cut_by_resign_or_close_but_never_by_a_repeated_join() {
+        let cmds = Commands::default();
+        for _ in 0..3 {
+            assert!(cmds.send(Cmd::Join).is_ok());
+        }
+        let (ack, _done) = oneshot::channel();
+        assert!(cmds.send(Cmd::Resign(ack)).is_ok());
+        assert!(matches!(cmds.recv_stop().await, Some(Cmd::Resign(_))));
+        // Joins alone never end the wait; closing the queue does.
+        assert!(cmds.send(Cmd::Join).is_ok());
+        assert!(
+            cmds.recv_stop().now_or_never().is_none(),
+            "a join does not cut a round short"
+        );
+        let (ack, _done) = oneshot::channel();
+        assert!(cmds.send(Cmd::Close(ack)).is_ok());
+        cmds.close();
+        assert!(matches!(cmds.recv_stop().await, Some(Cmd::Close(_))));
+        assert!(cmds.recv_stop().await.is_none());
+    }
 }
