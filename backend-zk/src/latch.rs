@@ -419,8 +419,8 @@ const DELETE_BATCH: usize = 128;
 /// Close many elections of one session: each publishes `Closed` first (none leads from
 /// here on), then their nodes are deleted in batches (one multi-operation per
 /// [`DELETE_BATCH`] nodes, so that closing thousands of elections does not queue thousands
-/// of writes; the nodes of the elections that led first), then every election closes as [`close`] does (deleting one by one the nodes
-/// of a batch that failed).
+/// of writes; the nodes of the elections that led first), then every election closes as
+/// [`close`] does (deleting one by one the nodes of a batch that failed).
 pub(crate) async fn close_all(core: &Arc<Core>, all: &[Arc<Inner>]) -> Result<()> {
     // Whether each led, read before `Closed` is published.
     let led: Vec<bool> = all.iter().map(|i| i.cell.get().role.is_leader()).collect();
@@ -757,6 +757,21 @@ impl DriverState {
         self.vacated = None;
         *lock(&self.inner.node) = None;
         self.node.take()
+    }
+
+    /// A read of this round found our node gone: forget it and stop leading (a leader
+    /// whose node was deleted between the exists check and the queue read must not carry
+    /// its grant over to the node the next round creates; the next round claims afresh).
+    fn node_lost(&mut self) {
+        self.forget_node();
+        let role = self.inner.cell.get().role;
+        if role.is_leader() || role.is_joined() {
+            self.inner.cell.set(
+                Role::Candidate,
+                HealthLevel::Degraded,
+                reason!("our latch node vanished; repairing"),
+            );
+        }
     }
 
     /// Our node is `n` (created or adopted by the current session).
@@ -1176,7 +1191,7 @@ impl DriverState {
                 (Some(_), w) => self.own_watch = Some(Box::pin(w.changed())),
                 (None, _) => {
                     debug!("our node vanished after its creation; repairing");
-                    self.forget_node();
+                    self.node_lost();
                     return Ok(Next::Again);
                 }
             }
@@ -1187,7 +1202,7 @@ impl DriverState {
                 let kids = names::sorted(c);
                 let Some(pos) = kids.iter().position(|k| k.name == node.name()) else {
                     debug!("our node is not among the children; repairing");
-                    self.forget_node();
+                    self.node_lost();
                     return Ok(Next::Again);
                 };
                 (pos, kids)
