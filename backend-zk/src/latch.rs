@@ -759,9 +759,10 @@ impl DriverState {
         self.node.take()
     }
 
-    /// A read of this round found our node gone: forget it and stop leading (a leader
-    /// whose node was deleted between the exists check and the queue read must not carry
-    /// its grant over to the node the next round creates; the next round claims afresh).
+    /// A read found our node gone (or another session's): forget it and stop leading or
+    /// following before the repair (a leader whose node was deleted between the exists
+    /// check and the queue read must not carry its grant over to the node the next round
+    /// creates; the next round claims afresh).
     fn node_lost(&mut self) {
         self.forget_node();
         let role = self.inner.cell.get().role;
@@ -1027,7 +1028,7 @@ impl DriverState {
                 }
                 (Some(_), _) => {
                     warn!(node = %n.name(), "our node is owned by another session; re-creating");
-                    self.forget_node();
+                    self.node_lost();
                 }
                 (None, _) => {
                     info!(node = %n.name(), "our latch node vanished; re-creating it");
@@ -1035,16 +1036,8 @@ impl DriverState {
                         .cell
                         .metrics()
                         .count(metrics::REPAIRS, &[("cause", "node_missing")]);
-                    self.forget_node();
+                    self.node_lost();
                 }
-            }
-            let role = self.inner.cell.get().role;
-            if role.is_leader() || role.is_joined() {
-                self.inner.cell.set(
-                    Role::Candidate,
-                    HealthLevel::Degraded,
-                    "our latch node vanished; repairing",
-                );
             }
         }
         let path = self.inner.cfg.path.clone();
