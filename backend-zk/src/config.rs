@@ -28,7 +28,11 @@ pub enum ConnectionPolicy {
     /// connection has been lost for a quarter of the session timeout (or the session ends).
     /// The server expires a silent session one session timeout after it last heard from us,
     /// and the client notices a silent connection at most 2/3 of the session timeout after
-    /// that, so a quarter leaves a margin before any successor can be elected.
+    /// that, so a quarter leaves a margin before any successor can be elected. A connection
+    /// the client claims while ZooKeeper answers nothing (a reconnect cut off mid-handshake)
+    /// is in doubt too: from the last contact, once the contact probe has gone unanswered
+    /// for the client's connection timeout plus one probe interval (at most half the
+    /// session timeout).
     Session,
 }
 

@@ -82,6 +82,37 @@ const STEAL_WINDOW: Duration = Duration::from_millis(250);
 fn steal_window(timeout: Duration) -> Duration {
     STEAL_WINDOW.min(timeout / 8)
 }
+/// How long a contact probe may go unanswered, while the client claims a connection,
+/// before the session is in doubt: the client's own silence detection (its connection
+/// timeout, or 2/5 of the session timeout when that is unset or longer than 3/5 of it) plus
+/// one probe interval, at most half the session timeout.
+///
+/// Normally the client notices first and reports `Disconnected`. It does not when a
+/// reconnect dies between the connect response and the rest of the handshake:
+/// zookeeper-client has already reported `SyncConnected`, and while every later connect is
+/// refused it keeps reporting that, answering nothing, until its own deadline (1.4 x the
+/// session timeout), long after the server expired the session and elected someone else.
+fn probe_bound(connection_timeout: Duration, session_timeout: Duration) -> Duration {
+    let silence = if connection_timeout.is_zero() || connection_timeout > session_timeout * 3 / 5 {
+        session_timeout * 2 / 5
+    } else {
+        connection_timeout
+    };
+    let tick = (session_timeout / 6).max(Duration::from_millis(100));
+    (silence + tick).min(session_timeout / 2)
+}
+
+/// Why and since when a session is suspended (see [`suspended`]).
+#[derive(Clone, Copy, Debug)]
+struct Doubt {
+    /// From when the session counts as in doubt (the grace of
+    /// [`ConnectionPolicy::Session`] and the unhealthy mark run from here).
+    since: Instant,
+    /// The client still claims a connection, but the contact probe went unanswered
+    /// (see [`probe_bound`]): believe its state only once it changes.
+    phantom: bool,
+}
+
 /// Connection attempts (or probe sessions) in flight at once, once a connection succeeded.
 const MAX_ATTEMPTS: usize = 5;
 /// The least time an attempt gets before it is abandoned (see [`hedging`]).
@@ -1044,7 +1075,8 @@ async fn connected(
                     continue;
                 }
                 let core = weak.upgrade()?;
-                if let Some(turn) = suspended(&core, client, &mut states, connect_took).await {
+                let doubt = Doubt { since: Instant::now(), phantom: false };
+                if let Some(turn) = suspended(&core, client, &mut states, connect_took, doubt).await {
                     return Some(turn);
                 }
                 core.view.send_modify(|v| v.state = Conn::Connected);
@@ -1072,15 +1104,33 @@ async fn connected(
                 last_probe = Some(Instant::now());
                 let sent = std::time::Instant::now();
                 let probe = client.check_stat("/");
+                let unanswered_after = probe_bound(weak.upgrade()?.cfg.connection_timeout, timeout_agreed);
                 let answered = tokio::select! {
-                    r = probe => r.is_ok(),
+                    r = probe => Some(r.is_ok()),
                     st = states.changed() => {
                         debug!(?st, "session state changed during the contact probe");
-                        false
+                        Some(false)
                     }
+                    _ = sleep(unanswered_after) => None,
                 };
-                if answered {
-                    weak.upgrade()?.touch(sent);
+                match answered {
+                    Some(true) => weak.upgrade()?.touch(sent),
+                    Some(false) => {}
+                    // Unanswered while the client still claims a connection (see
+                    // `probe_bound`): the session is in doubt from our last contact on.
+                    None if matches!(client.state(), zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly) => {
+                        let core = weak.upgrade()?;
+                        let since = core.contact.contact().last.map_or(Instant::now(), Instant::from_std);
+                        warn!(session = %client.session_id(), unanswered = ?unanswered_after,
+                              "ZooKeeper has not answered the contact probe although the client reports a connection: suspending every election on the session");
+                        let doubt = Doubt { since, phantom: true };
+                        if let Some(turn) = suspended(&core, client, &mut states, connect_took, doubt).await {
+                            return Some(turn);
+                        }
+                        core.view.send_modify(|v| v.state = Conn::Connected);
+                        core.state_gauge(&Conn::Connected);
+                    }
+                    None => {}
                 }
             }
         }
@@ -1126,19 +1176,32 @@ async fn suspended(
     client: &zk::Client,
     states: &mut zk::StateWatcher,
     connect_took: Option<Duration>,
+    doubt: Doubt,
 ) -> Option<Turn> {
-    let t0 = Instant::now();
+    let t0 = doubt.since;
+    let mut phantom = doubt.phantom;
     let session_timeout = client.session_timeout();
     let grace = match core.cfg.connection_policy {
         ConnectionPolicy::Standard => Duration::ZERO,
         ConnectionPolicy::Session => session_timeout / 4,
     };
-    let lost = "connection to ZooKeeper lost; reconnecting";
-    info!(session = %client.session_id(), "connection lost: suspending every election on the session");
-    core.demote_then(grace.is_zero(), true, lost, false, &[], |v| {
+    let lost = if phantom {
+        "ZooKeeper does not answer although the client reports a connection; reconnecting"
+    } else {
+        "connection to ZooKeeper lost; reconnecting"
+    };
+    if !phantom {
+        info!(session = %client.session_id(), "connection lost: suspending every election on the session");
+    }
+    let demote_at = t0 + grace;
+    let mut demoted = demote_at <= Instant::now();
+    core.demote_then(demoted, true, lost, false, &[], |v| {
         v.state = Conn::Suspended;
     });
-    let mut next_probe = t0 + FIRST_PROBE_AFTER;
+    // A client that claims a connection (`phantom`) is asked once more: an answer means the
+    // connection works after all (only slow), and the suspension ends.
+    let mut alive = phantom.then(|| Box::pin(client.check_stat("/")));
+    let mut next_probe = Instant::now() + FIRST_PROBE_AFTER;
     // Probes overlap (see `hedging`): one starts every RETRY_WHILE_DOWN while fewer than
     // `most` are in flight, so a connection the starting server accepted but never answers
     // cannot hide the moment it serves.
@@ -1157,9 +1220,9 @@ async fn suspended(
     };
     let unhealthy_at = t0 + session_timeout;
     let mut marked_unhealthy = false;
-    let mut demoted = grace.is_zero();
     loop {
-        if client.state() != zk::SessionState::Disconnected {
+        let st = client.state();
+        if st.is_terminated() || (!phantom && st != zk::SessionState::Disconnected) {
             return None;
         }
         tokio::select! {
@@ -1168,8 +1231,18 @@ async fn suspended(
                 if st != zk::SessionState::Disconnected {
                     return None;
                 }
+                // The client noticed: from here on, its state is to be believed.
+                phantom = false;
+                alive = None;
             }
-            _ = sleep_until(t0 + grace), if !demoted => {
+            r = async { alive.as_mut().expect("some").await }, if alive.is_some() => {
+                if r.is_ok() {
+                    info!("ZooKeeper answered after all: the connection was slow, not lost");
+                    return None;
+                }
+                alive = None;
+            }
+            _ = sleep_until(demote_at), if !demoted => {
                 demoted = true;
                 info!("connection lost for the grace period: dropping leadership");
                 core.demote_then(true, true, lost, false, &[], |_| {});

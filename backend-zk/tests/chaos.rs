@@ -536,3 +536,56 @@ async fn zk_close_cancels_a_join_waiting_for_the_server() {
         .expect_err("join was cancelled");
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
 }
+
+/// zookeeper-client reports `SyncConnected` as soon as a reconnect's connect response
+/// arrives; when the connection dies before the rest of the handshake and every later
+/// connect is refused, it keeps saying so, while nothing is answered, until its own
+/// deadline (1.4 x the session timeout). The server meanwhile expires the session (the
+/// handshake was its last sign of us) and elects someone else. A leader under
+/// `ConnectionPolicy::Session` whose short disconnect "healed" that way must still stop
+/// leading before then: the contact probe, unanswered, puts the session in doubt whatever
+/// the client's state says. (Without that, `a` led until the client gave up, about 1.4 s
+/// after `b` was elected: two leaders.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_client_claiming_connected_after_a_half_handshake_stops_leading_before_its_session_expires(
+) {
+    let server = ZkServer::start().await.expect("zookeeper");
+    let proxy = TcpProxy::start(&server.addr()).await.expect("proxy");
+    let path = unique_path("phantom");
+    let session = Duration::from_secs(4);
+    let checker = LeadershipChecker::new();
+    let cfg = succession_zk::ZkConfig::builder(proxy.addr(), &path, "a")
+        .session_timeout(session)
+        .connection_timeout(Duration::from_millis(1000))
+        .connection_policy(succession_zk::ConnectionPolicy::Session)
+        .build()
+        .expect("config");
+    let a = std::sync::Arc::new(succession_zk::ZkElection::new(cfg).expect("election"));
+    checker.watch(a.as_ref());
+    a.join().await.expect("a joins");
+    a.wait_for_leadership(Duration::from_secs(10))
+        .await
+        .expect("a leads");
+    let b = participant(&server.addr(), &path, "b", session);
+    checker.watch(b.as_ref());
+    b.join().await.expect("b joins");
+
+    let cut = Instant::now();
+    proxy.one_frame_then_refuse();
+    b.wait_for_leadership(session * 3)
+        .await
+        .expect("b leads once the server expired a's session");
+    let b_led = cut.elapsed();
+    assert!(!a.is_leader(), "a stopped leading before b was elected");
+    let a_status = a.status().borrow().clone();
+    assert_ne!(a_status.health.level, HealthLevel::Healthy, "{a_status:?}");
+
+    proxy.restore();
+    a.wait_for_status(session * 4, |s| matches!(s.role, Role::Follower { .. }))
+        .await
+        .expect("a rejoins as a follower once the link is back");
+    eprintln!("b led {b_led:?} after the half handshake");
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+    checker.assert_ok();
+}

@@ -15,6 +15,10 @@ enum Mode {
     Forward,
     Blackhole,
     Cut,
+    /// Not listening: connections are refused.
+    Refuse,
+    /// The next connection gets the upstream's first frame only, then everything is refused.
+    OneFrame,
 }
 
 #[derive(Debug)]
@@ -27,7 +31,8 @@ struct State {
 
 /// A TCP forwarder `127.0.0.1:<random port>` -> `upstream`. Give the client
 /// [`addr`](Self::addr) instead of the server's address, then [`cut`](Self::cut),
-/// [`blackhole`](Self::blackhole), [`restore`](Self::restore) or
+/// [`blackhole`](Self::blackhole), [`refuse`](Self::refuse),
+/// [`one_frame_then_refuse`](Self::one_frame_then_refuse), [`restore`](Self::restore) or
 /// [`set_delay`](Self::set_delay) to fail just that client's link while the server runs on.
 ///
 /// Runs on the tokio runtime it was started in; dropping it closes every connection.
@@ -96,6 +101,23 @@ impl TcpProxy {
         self.state.mode.send_replace(Mode::Blackhole);
     }
 
+    /// Drops every current connection and stops listening: new connections are REFUSED
+    /// (like a server that is down, where [`cut`](Self::cut) accepts and closes them).
+    /// Until [`restore`](Self::restore), which listens on the same port again (a few
+    /// milliseconds later: the proxy's task binds it).
+    pub fn refuse(&self) {
+        self.state.mode.send_replace(Mode::Refuse);
+    }
+
+    /// A server that dies right after accepting a handshake: drops every current
+    /// connection, accepts the NEXT one, forwards what the client sends but only the first
+    /// length-prefixed frame of the upstream's reply (4-byte big-endian length, then the
+    /// body: for ZooKeeper, the connect response), closes that connection, and refuses
+    /// every later one (as [`refuse`](Self::refuse)) until [`restore`](Self::restore).
+    pub fn one_frame_then_refuse(&self) {
+        self.state.mode.send_replace(Mode::OneFrame);
+    }
+
     /// Forwards again (new connections after a cut; stalled ones after a blackhole).
     pub fn restore(&self) {
         self.state.mode.send_replace(Mode::Forward);
@@ -127,24 +149,115 @@ impl Drop for TcpProxy {
 }
 
 async fn accept_loop(listener: TcpListener, upstream: String, state: Arc<State>) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let mut listener = Some(listener);
+    let mut modes = state.mode.subscribe();
     let mut conns = JoinSet::new();
     loop {
+        let mode = *modes.borrow_and_update();
+        if mode == Mode::Refuse {
+            listener = None;
+        } else if listener.is_none() {
+            match rebind(addr) {
+                Ok(l) => listener = Some(l),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            }
+        }
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = async { listener.as_ref().expect("listening").accept().await }, if listener.is_some() => {
                 let Ok((client, _)) = accepted else {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 state.accepted.fetch_add(1, Ordering::Relaxed);
-                if *state.mode.borrow() == Mode::Cut {
-                    drop(client);
-                    continue;
-                }
                 let _ = client.set_nodelay(true);
-                conns.spawn(connection(client, upstream.clone(), state.clone()));
+                let now = *state.mode.borrow();
+                match now {
+                    Mode::Cut | Mode::Refuse => drop(client),
+                    Mode::OneFrame => {
+                        // Refuse from now on; this connection gets its one frame.
+                        state.mode.send_replace(Mode::Refuse);
+                        conns.spawn(one_frame(client, upstream.clone(), state.clone()));
+                    }
+                    Mode::Forward | Mode::Blackhole => {
+                        conns.spawn(connection(client, upstream.clone(), state.clone()));
+                    }
+                }
+            }
+            changed = modes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+/// Listen on `addr` again (after [`Mode::Refuse`]).
+fn rebind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// [`Mode::OneFrame`]'s connection: the client's bytes go upstream; of the upstream's, only
+/// its first length-prefixed frame comes back; then both sides are closed.
+async fn one_frame(mut client: TcpStream, upstream: String, state: Arc<State>) {
+    state.active.fetch_add(1, Ordering::Relaxed);
+    let _guard = ActiveGuard(state.clone());
+    let Ok(up) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let (mut ur, mut uw) = up.into_split();
+    let (mut cr, mut cw) = client.split();
+    let mut from_client = vec![0u8; 16 * 1024];
+    let forward = async {
+        loop {
+            match cr.read(&mut from_client).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if uw.write_all(&from_client[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let first = async {
+        let mut len = [0u8; 4];
+        ur.read_exact(&mut len).await?;
+        let mut body = vec![0u8; u32::from_be_bytes(len).min(1 << 20) as usize];
+        ur.read_exact(&mut body).await?;
+        cw.write_all(&len).await?;
+        cw.write_all(&body).await?;
+        cw.shutdown().await
+    };
+    let sent = tokio::select! {
+        _ = forward => false,
+        r = first => r.is_ok(),
+    };
+    drop((ur, uw));
+    if sent {
+        // Closed gracefully (FIN after the frame): closing a socket with unread input
+        // would reset it, and a reset can discard the frame before the client reads it.
+        // Drain until the client closes its side (bounded).
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(n) = cr.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -161,7 +274,7 @@ async fn wait_forward(rx: &mut watch::Receiver<Mode>) -> bool {
     loop {
         match *rx.borrow_and_update() {
             Mode::Forward => return true,
-            Mode::Cut => return false,
+            Mode::Cut | Mode::Refuse | Mode::OneFrame => return false,
             Mode::Blackhole => {}
         }
         if rx.changed().await.is_err() {
@@ -170,9 +283,11 @@ async fn wait_forward(rx: &mut watch::Receiver<Mode>) -> bool {
     }
 }
 
-/// Resolves when the proxy is cut (or dropped).
+/// Resolves when the proxy is cut, refuses, or gives only one frame (or is dropped).
 async fn wait_cut(mut rx: watch::Receiver<Mode>) {
-    let _ = rx.wait_for(|m| *m == Mode::Cut).await;
+    let _ = rx
+        .wait_for(|m| matches!(m, Mode::Cut | Mode::Refuse | Mode::OneFrame))
+        .await;
 }
 
 async fn connection(client: TcpStream, upstream: String, state: Arc<State>) {

@@ -12,12 +12,14 @@ use succession_zk::{ZkConfig, ZkElection};
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
-/// With `RUST_LOG` set, the library's logs go to the test's captured output (printed
+/// With `SUCCESSION_TEST_LOG` (a tracing filter, e.g. `succession_zk=debug`; CI sets it)
+/// or `RUST_LOG` set, the library's logs go to the test's captured output (printed only
 /// when the test fails).
 pub fn log_to_test_output() {
-    if std::env::var_os("RUST_LOG").is_some() {
+    let filter = std::env::var("SUCCESSION_TEST_LOG").or_else(|_| std::env::var("RUST_LOG"));
+    if let Ok(filter) = filter {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_test_writer()
             .try_init();
     }
