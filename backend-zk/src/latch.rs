@@ -103,6 +103,31 @@ pub(crate) struct Inner {
     node: Mutex<Option<Arc<str>>>,
     /// A node `close` already deleted (the driver need not delete it again).
     deleted: Mutex<Option<Arc<str>>>,
+    /// What the driver is doing (one of the `PHASE_*` values), for the warning when it does
+    /// not acknowledge a close in time.
+    phase: std::sync::atomic::AtomicU8,
+}
+
+const PHASE_IDLE: u8 = 0;
+const PHASE_ROUND: u8 = 1;
+const PHASE_WAIT: u8 = 2;
+const PHASE_PAUSE: u8 = 3;
+const PHASE_SESSION: u8 = 4;
+const PHASE_COMMAND: u8 = 5;
+const PHASE_FATAL: u8 = 6;
+
+/// A `PHASE_*` value in words.
+fn phase_name(phase: u8) -> &'static str {
+    match phase {
+        PHASE_IDLE => "idle, waiting for a command",
+        PHASE_ROUND => "in a round",
+        PHASE_WAIT => "waiting for a watch or the session",
+        PHASE_PAUSE => "pausing before a retry",
+        PHASE_SESSION => "waiting for the session to change",
+        PHASE_COMMAND => "deleting its node for a command",
+        PHASE_FATAL => "leaving after a permanent failure",
+        _ => "unknown",
+    }
 }
 
 impl Inner {
@@ -213,6 +238,7 @@ impl ZkElection {
             joining: Default::default(),
             node: Mutex::new(None),
             deleted: Mutex::new(None),
+            phase: Default::default(),
         });
         session.core().register(inner.clone());
         ZkElection {
@@ -347,7 +373,8 @@ async fn stop_driver(inner: &Inner, driver: Option<Driver>) -> Result<()> {
     let mut result = Ok(());
     if let Some(Driver { task }) = driver {
         let (ack, done) = oneshot::channel();
-        let sent = inner.cmds.send(Cmd::Close(ack)).is_ok();
+        // A driver that has ended (its session closed) would never answer.
+        let sent = !task.is_finished() && inner.cmds.send(Cmd::Close(ack)).is_ok();
         // Closed: the driver ends as soon as it has handled what it received.
         inner.cmds.close();
         // Deleting our node is retried for at most 1.5 x the session timeout; never wait
@@ -361,10 +388,14 @@ async fn stop_driver(inner: &Inner, driver: Option<Driver>) -> Result<()> {
                     r
                 }
                 Ok(Err(_)) => Ok(()),
-                Err(_) => Err(Error::timeout(format!(
-                    "closing took longer than {}; ZooKeeper removes our node when the session ends",
-                    Human(bound)
-                ))),
+                Err(_) => {
+                    let phase = phase_name(inner.phase.load(Ordering::SeqCst));
+                    warn!(%phase, "the driver did not acknowledge the close in time");
+                    Err(Error::timeout(format!(
+                        "closing took longer than {}; ZooKeeper removes our node when the session ends",
+                        Human(bound)
+                    )))
+                }
             };
         }
         if !acked {
@@ -707,6 +738,7 @@ impl DriverState {
             let next = if let Some(cmd) = self.pending.take() {
                 Box::pin(self.command(cmd)).await
             } else if !self.want {
+                self.phase(PHASE_IDLE);
                 match self.inner.cmds.recv().await {
                     Some(cmd) => Box::pin(self.command(cmd)).await,
                     None => Next::Exit,
@@ -719,6 +751,11 @@ impl DriverState {
                 return;
             }
         }
+    }
+
+    /// Record what the driver is doing (see [`Inner::phase`]).
+    fn phase(&self, phase: u8) {
+        self.inner.phase.store(phase, Ordering::Relaxed);
     }
 
     /// Follow the session's generation `generation` (a new session, or none).
@@ -803,6 +840,7 @@ impl DriverState {
         if self.inner.closed.load(Ordering::SeqCst) {
             // close() is under way: it deletes our node itself and then sends Close. Never
             // repair (re-create the node) meanwhile; just wait for that command.
+            self.phase(PHASE_IDLE);
             return match self.inner.cmds.recv().await {
                 Some(cmd) => Box::pin(self.command(cmd)).await,
                 None => Next::Exit,
@@ -867,6 +905,7 @@ impl DriverState {
         };
         let core = self.core.clone();
         let inner = self.inner.clone();
+        self.phase(PHASE_ROUND);
         let abandoned = tokio::select! {
             r = async {
                 // The semaphore is never closed, so this waits for a permit, never fails.
@@ -891,6 +930,7 @@ impl DriverState {
     /// Wait for the session's view to change, obeying commands meanwhile.
     async fn until_view_changes(&mut self) -> Next {
         loop {
+            self.phase(PHASE_SESSION);
             tokio::select! {
                 r = self.view.changed() => {
                     if r.is_err() {
@@ -980,6 +1020,7 @@ impl DriverState {
     /// early (closed, resigned).
     async fn pause_until(&mut self, until: Instant) -> Option<Next> {
         loop {
+            self.phase(PHASE_PAUSE);
             tokio::select! {
                 _ = sleep_until(until) => return None,
                 cmd = self.inner.cmds.recv() => match cmd {
@@ -994,6 +1035,7 @@ impl DriverState {
     }
 
     async fn fatal(&mut self, kind: ErrorKind, msg: &str) -> Next {
+        self.phase(PHASE_FATAL);
         warn!(%msg, "permanent failure; leaving the election");
         // Health first (a `join` returning the failure finds it published), then the
         // failure, then `Idle` (a `join` woken by `Idle` must find the failure).
@@ -1358,6 +1400,7 @@ impl DriverState {
         };
         tokio::pin!(own_changed);
         let (generation, epoch) = (self.generation, self.epoch);
+        self.phase(PHASE_WAIT);
         let next = loop {
             break tokio::select! {
             ev = &mut pred_changed => {
@@ -1405,6 +1448,7 @@ impl DriverState {
     }
 
     async fn command(&mut self, cmd: Cmd) -> Next {
+        self.phase(PHASE_COMMAND);
         match cmd {
             Cmd::Join => {
                 self.want = true;
