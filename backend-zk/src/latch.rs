@@ -29,6 +29,7 @@ use crate::config::{NodeAcl, ZkConfig};
 use crate::error::{map, permanent, session_gone};
 use crate::names::{self, protected_prefix};
 use crate::session::{self, Conn, Core, SessionClient, View, ZkSession, CLOSE_LINGER};
+use crate::standing::{standing, Standing};
 
 /// A status reason shared by every election (no allocation per status change: memory per
 /// election matters).
@@ -281,27 +282,7 @@ impl ZkElection {
                 return Ok(());
             }
         }
-        let state = Box::new(DriverState {
-            core: core.clone(),
-            inner: self.inner.clone(),
-            view: core.subscribe(),
-            generation: 0,
-            epoch: 0,
-            session_timeout: self.inner.cfg.session_timeout,
-            uuid: new_uuid(),
-            stale: Vec::new(),
-            node: None,
-            own_watch: None,
-            vacated: None,
-            ahead: Vec::new(),
-            assert_ahead: true,
-            been_in_latch: false,
-            want: false,
-            pending: None,
-            unsure: false,
-            failures: 0,
-            failing_since: None,
-        });
+        let state = Box::new(DriverState::new(core.clone(), self.inner.clone()));
         let span = tracing::info_span!(parent: core.span(), "zk_latch", id = %self.inner.cfg.id, path = %self.inner.cfg.path);
         let task = tokio::spawn(state.run().instrument(span));
         *d = Some(Driver { task });
@@ -725,13 +706,37 @@ struct DriverState {
     failing_since: Option<Instant>,
 }
 
-/// At most this many nodes before our predecessor are asserted gone by the claim; with more,
-/// the successor reads the queue first.
-const MAX_AHEAD: usize = 8;
 /// Longest backoff between repair attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 impl DriverState {
+    /// A driver for `inner` on the session `core`, not yet participating.
+    fn new(core: Arc<Core>, inner: Arc<Inner>) -> DriverState {
+        let view = core.subscribe();
+        let session_timeout = inner.cfg.session_timeout;
+        DriverState {
+            core,
+            inner,
+            view,
+            generation: 0,
+            epoch: 0,
+            session_timeout,
+            uuid: new_uuid(),
+            stale: Vec::new(),
+            node: None,
+            own_watch: None,
+            vacated: None,
+            ahead: Vec::new(),
+            assert_ahead: true,
+            been_in_latch: false,
+            want: false,
+            pending: None,
+            unsure: false,
+            failures: 0,
+            failing_since: None,
+        }
+    }
+
     /// Boxed: an async fn's future holds its argument and the moved state apart.
     async fn run(mut self: Box<Self>) {
         loop {
@@ -1231,22 +1236,23 @@ impl DriverState {
                 }
             }
         }
-        let (pos, kids) = match listed {
-            None => (0, Vec::new()),
-            Some(Ok(c)) => {
-                let kids = names::sorted(c);
-                let Some(pos) = kids.iter().position(|k| k.name == node.name()) else {
-                    debug!("our node is not among the children; repairing");
-                    self.node_lost();
-                    return Ok(Next::Again);
-                };
-                (pos, kids)
-            }
+        let leading = self.inner.cell.get().role.is_leader();
+        let standing = match listed {
+            // Our predecessor left and the nodes ahead may be asserted gone: first, unless
+            // the claim's assertion fails.
+            None if leading => Standing::StillLeading,
+            None => Standing::Claim,
+            Some(Ok(c)) => standing(&names::sorted(c), node.name(), leading, self.assert_ahead),
             Some(Err(zk::Error::NoNode)) => return Ok(Next::Again),
             Some(Err(e)) => return Err(e),
         };
-        if pos == 0 {
-            if let Role::Leader { .. } = self.inner.cell.get().role {
+        let (pred, leader, ahead, claim_next) = match standing {
+            Standing::Lost => {
+                debug!("our node is not among the children; repairing");
+                self.node_lost();
+                return Ok(Next::Again);
+            }
+            Standing::StillLeading => {
                 // Still first and never suspended since the claim (a suspension demotes, or
                 // under ConnectionPolicy::Session our node provably survived): the same
                 // grant continues.
@@ -1255,99 +1261,24 @@ impl DriverState {
                     .set_health(HealthLevel::Healthy, reason!("first in the latch"));
                 return Ok(Next::Wait(None));
             }
-            // Claim: atomically check our node still exists and write the latch path, whose
-            // new mzxid is the term's sequence; its data names the claiming node, so a reader
-            // can tell a first node that has claimed from one that has not yet.
-            let mut w = client.new_multi_writer();
-            w.add_check_version(&node.path, -1)?;
-            let ahead = if first_next {
-                std::mem::take(&mut self.ahead)
-            } else {
-                Vec::new()
-            };
-            if !ahead.is_empty() {
-                let gone = zk::CreateMode::Persistent.with_acls(acls(&self.inner.cfg));
-                for name in &ahead {
-                    let p = format!("{path}/{name}");
-                    w.add_create(&p, &[], &gone)?;
-                    w.add_delete(&p, None)?;
-                }
-            }
-            w.add_set_data(&path, node.name().as_bytes(), None)?;
-            // The claim is an answered request: contact as of its send instant, so a grant is
-            // published with a fresh takeover bound (not one left from before a reconnect).
-            let sent = std::time::Instant::now();
-            let stat = match Box::pin(client.write(|_| w.commit())).await {
-                Ok(mut results) => match results.pop() {
-                    Some(zk::MultiWriteResult::SetData { stat }) => stat,
-                    _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
-                },
-                Err(zk::MultiWriteError::OperationFailed {
-                    source: zk::Error::NoNode,
-                    ..
-                }) => {
-                    self.forget_node();
-                    return Ok(Next::Again);
-                }
-                // A node ahead of us is still there (our predecessor left while not first):
-                // not first; read the queue.
-                Err(zk::MultiWriteError::OperationFailed {
-                    source: zk::Error::NodeExists,
-                    ..
-                }) if !ahead.is_empty() => {
-                    debug!("a node ahead of our predecessor is still there; reading the queue");
-                    self.vacated = None;
-                    return Ok(Next::Again);
-                }
-                Err(zk::MultiWriteError::OperationFailed { index, source })
-                    if index >= 1 && index <= 2 * ahead.len() =>
-                {
-                    debug!(%source, "the server refused the assertion that the nodes ahead are gone; reading the queue from now on");
-                    self.assert_ahead = false;
-                    self.vacated = None;
-                    return Ok(Next::Again);
-                }
-                Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
-                Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
-            };
-            self.core.touch(sent);
-            let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
-            if !self.inner.cell.get().role.is_leader() {
-                info!(%term, "elected");
-            }
-            let reason = if first_next {
-                reason!("the leader before us left")
-            } else {
-                reason!("first in the latch")
-            };
-            // Recorded before publishing, so whoever sees `Leader` also sees the sample.
-            if let Some(vacated) = self.vacated.take() {
-                self.inner.cell.metrics().handover(vacated.into_std());
-            }
-            // Published only while the session we claimed on is current and connected,
-            // atomically with the session task's demotions (see `Core::publish_leader`).
-            let cell = &self.inner.cell;
-            let published = self.core.publish_leader(self.generation, || {
-                cell.set(Role::Leader { term }, HealthLevel::Healthy, reason);
-            });
-            if !published {
-                debug!("the session changed during our claim; not publishing it");
-                return Ok(Next::Again);
-            }
-            return Ok(Next::Wait(None));
-        }
+            Standing::Follow {
+                pred,
+                leader,
+                ahead,
+                claim_next,
+            } => (pred, leader, ahead, claim_next),
+            Standing::Claim => return Box::pin(self.claim(client, &node, first_next)).await,
+        };
         self.vacated = None;
-        self.ahead = kids[..pos - 1].iter().map(|k| k.name.clone()).collect();
-        let pred = &kids[pos - 1];
-        let pred_path = format!("{path}/{}", pred.name);
-        let leader_path = format!("{path}/{}", kids[0].name);
+        self.ahead = ahead;
+        let pred_path = format!("{path}/{pred}");
+        let leader_path = leader.map(|l| format!("{path}/{l}"));
         // Watch the predecessor and read the leader's id in one round trip.
         let (pred_read, leader_read) = Box::pin(async {
             tokio::join!(client.get_and_watch_data(&pred_path), async {
-                if pos == 1 {
-                    None
-                } else {
-                    Some(client.get_data(&leader_path).await)
+                match &leader_path {
+                    None => None,
+                    Some(p) => Some(client.get_data(p).await),
                 }
             })
         })
@@ -1370,11 +1301,101 @@ impl DriverState {
         self.inner
             .cell
             .set(Role::Follower { leader }, HealthLevel::Healthy, reason);
-        let claim_next = pos == 1 || (self.assert_ahead && self.ahead.len() <= MAX_AHEAD);
         Ok(Next::Wait(Some((
             Box::pin(pred_watch.changed()),
             claim_next,
         ))))
+    }
+
+    /// Claim: atomically check that our node `node` still exists and write the latch path,
+    /// whose new mzxid is the term's sequence; its data names the claiming node, so a reader
+    /// can tell a first node that has claimed from one that has not yet. `first_next`: we
+    /// claim on our predecessor's deletion without reading the queue, asserting that the
+    /// nodes ahead of it are gone.
+    async fn claim(
+        &mut self,
+        client: &SessionClient,
+        node: &OwnNode,
+        first_next: bool,
+    ) -> std::result::Result<Next, zk::Error> {
+        let path = self.inner.cfg.path.clone();
+        let mut w = client.new_multi_writer();
+        w.add_check_version(&node.path, -1)?;
+        let ahead = if first_next {
+            std::mem::take(&mut self.ahead)
+        } else {
+            Vec::new()
+        };
+        if !ahead.is_empty() {
+            let gone = zk::CreateMode::Persistent.with_acls(acls(&self.inner.cfg));
+            for name in &ahead {
+                let p = format!("{path}/{name}");
+                w.add_create(&p, &[], &gone)?;
+                w.add_delete(&p, None)?;
+            }
+        }
+        w.add_set_data(&path, node.name().as_bytes(), None)?;
+        // The claim is an answered request: contact as of its send instant, so a grant is
+        // published with a fresh takeover bound (not one left from before a reconnect).
+        let sent = std::time::Instant::now();
+        let stat = match Box::pin(client.write(|_| w.commit())).await {
+            Ok(mut results) => match results.pop() {
+                Some(zk::MultiWriteResult::SetData { stat }) => stat,
+                _ => return Err(zk::Error::UnexpectedError("claim returned no stat".into())),
+            },
+            Err(zk::MultiWriteError::OperationFailed {
+                source: zk::Error::NoNode,
+                ..
+            }) => {
+                self.forget_node();
+                return Ok(Next::Again);
+            }
+            // A node ahead of us is still there (our predecessor left while not first):
+            // not first; read the queue.
+            Err(zk::MultiWriteError::OperationFailed {
+                source: zk::Error::NodeExists,
+                ..
+            }) if !ahead.is_empty() => {
+                debug!("a node ahead of our predecessor is still there; reading the queue");
+                self.vacated = None;
+                return Ok(Next::Again);
+            }
+            Err(zk::MultiWriteError::OperationFailed { index, source })
+                if index >= 1 && index <= 2 * ahead.len() =>
+            {
+                debug!(%source, "the server refused the assertion that the nodes ahead are gone; reading the queue from now on");
+                self.assert_ahead = false;
+                self.vacated = None;
+                return Ok(Next::Again);
+            }
+            Err(zk::MultiWriteError::OperationFailed { source, .. }) => return Err(source),
+            Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
+        };
+        self.core.touch(sent);
+        let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
+        if !self.inner.cell.get().role.is_leader() {
+            info!(%term, "elected");
+        }
+        let reason = if first_next {
+            reason!("the leader before us left")
+        } else {
+            reason!("first in the latch")
+        };
+        // Recorded before publishing, so whoever sees `Leader` also sees the sample.
+        if let Some(vacated) = self.vacated.take() {
+            self.inner.cell.metrics().handover(vacated.into_std());
+        }
+        // Published only while the session we claimed on is current and connected,
+        // atomically with the session task's demotions (see `Core::publish_leader`).
+        let cell = &self.inner.cell;
+        let published = self.core.publish_leader(self.generation, || {
+            cell.set(Role::Leader { term }, HealthLevel::Healthy, reason);
+        });
+        if !published {
+            debug!("the session changed during our claim; not publishing it");
+            return Ok(Next::Again);
+        }
+        Ok(Next::Wait(None))
     }
 
     /// Wait for whatever can change our position: the predecessor or our own node changing,
@@ -1568,6 +1589,33 @@ async fn delete_ours(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decision half is `standing` (unit-tested in `standing.rs`: a node missing from
+    /// the queue is `Lost` even for a leader); this is the other half: `Lost` steps a leader
+    /// down and forgets the node BEFORE the repair, so the next round's new node, if first,
+    /// claims afresh instead of carrying the old grant over.
+    #[tokio::test]
+    async fn a_leader_whose_node_left_the_queue_steps_down_before_the_repair() {
+        let cfg = ZkConfig::builder("127.0.0.1:1", "/t/latch", "p")
+            .build()
+            .expect("valid config");
+        let e = ZkElection::new(cfg).expect("no I/O yet");
+        let mut d = DriverState::new(e.core().clone(), e.inner.clone());
+        let name = "_c_u-latch-0000000003";
+        d.set_node(OwnNode::new(format!("/t/latch/{name}"), name.len()));
+        e.inner.cell.set(
+            Role::Leader {
+                term: Term::new(1, 5),
+            },
+            HealthLevel::Healthy,
+            "claimed",
+        );
+        let queue = names::sorted(vec!["_c_v-latch-0000000004".to_string()]);
+        assert_eq!(standing(&queue, name, true, true), Standing::Lost);
+        d.node_lost();
+        assert_eq!(e.inner.cell.get().role, Role::Candidate);
+        assert!(d.node.is_none() && !e.inner.has_node());
+    }
 
     #[tokio::test]
     async fn a_round_is_cut_by_resign_or_close_but_never_by_a_repeated_join() {

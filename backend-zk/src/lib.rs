@@ -8,6 +8,7 @@ mod latch;
 mod names;
 mod observe;
 mod session;
+mod standing;
 
 pub use config::{
     ConnectionPolicy, NodeAcl, ZkConfig, ZkConfigBuilder, ZkSessionConfig, ZkSessionConfigBuilder,
