@@ -763,20 +763,25 @@ impl DriverState {
         self.inner.phase.store(phase, Ordering::Relaxed);
     }
 
-    /// Follow the session's generation `generation` (a new session, or none).
-    fn new_session(&mut self, generation: u64, client: Option<SessionClient>) {
+    /// Follow the session's generation `generation` (a new session, or none). `ours_gone`:
+    /// the server has certainly forgotten the session we took part in, and its nodes.
+    fn new_session(&mut self, generation: u64, client: Option<SessionClient>, ours_gone: bool) {
         if let Some(n) = self.forget_node() {
             debug!(node = %n.name(), "forgetting the node of the session we left");
         }
         if self.generation != 0 || self.been_in_latch {
-            // The session we left may have left nodes under its uuid: remember it for
-            // cleanup, and name the next session's node with a fresh uuid.
-            self.stale
-                .push(std::mem::replace(&mut self.uuid, new_uuid()));
-            if self.stale.len() > 16 {
-                self.stale.remove(0);
+            // Name the next session's node with a fresh uuid; the session we left may have
+            // left nodes under the old one: remember it for cleanup, unless it is gone.
+            let old = std::mem::replace(&mut self.uuid, new_uuid());
+            if !ours_gone {
+                self.stale.push(old);
+                if self.stale.len() > 16 {
+                    self.stale.remove(0);
+                }
             }
         }
+        // No create of ours can be pending on the new session.
+        self.unsure = false;
         if let Some(c) = &client {
             self.session_timeout = c.session_timeout();
         }
@@ -854,7 +859,10 @@ impl DriverState {
         let state = {
             let view = self.view.borrow_and_update().clone();
             if view.generation != self.generation {
-                self.new_session(view.generation, view.client);
+                // The session we took part in is certainly gone (with its nodes) only if it
+                // is the one that ended right before this generation.
+                let ours_gone = view.prev_gone && view.generation == self.generation + 1;
+                self.new_session(view.generation, view.client, ours_gone);
             } else if view.epoch != self.epoch {
                 // The same session on a new client: our node stands, but the watches
                 // registered with the old client will never fire; read afresh.
@@ -1090,11 +1098,16 @@ impl DriverState {
         let path = self.inner.cfg.path.clone();
         let prefix = protected_prefix(&self.uuid.to_string());
         // Look for a node of ours whose create reply was lost, and for leftovers of our
-        // earlier sessions.
-        let children = match client.list_children(&path).await {
-            Ok(c) => c,
-            Err(zk::Error::NoNode) => Vec::new(),
-            Err(e) => return Err(e),
+        // earlier sessions; with neither possible (a first join, a session whose
+        // predecessor the server forgot), there is nothing to read.
+        let children = if self.unsure || !self.stale.is_empty() {
+            match client.list_children(&path).await {
+                Ok(c) => c,
+                Err(zk::Error::NoNode) => Vec::new(),
+                Err(e) => return Err(e),
+            }
+        } else {
+            Vec::new()
         };
         // Adopt the first of ours; delete any other (two abandoned creates in a row): a
         // second node of ours would stand in the queue with nobody acting for it.
@@ -1126,7 +1139,11 @@ impl DriverState {
                 }
             }
         }
+        // Every node of ours is known now, and leftovers of earlier sessions are deleted
+        // (none can appear later: nobody creates under their uuids any more; a node an old
+        // session still holds goes when the server ends that session).
         self.unsure = false;
+        self.stale.clear();
         if let Some(n) = adopted {
             self.set_node(n.clone());
             return Ok(n);
@@ -1139,8 +1156,13 @@ impl DriverState {
         let mut tries = 0;
         loop {
             tries += 1;
+            // Until its answer, a node of ours may exist that we do not know of (a create
+            // that fails without a definite answer, or whose round is abandoned, may have
+            // been made): the next attempt looks for it first.
+            self.unsure = true;
             match client.write(|c| c.create(&base, &data, &node_opts)).await {
                 Ok((stat, seq)) => {
+                    self.unsure = false;
                     let name = format!("{prefix}{}{seq}", names::LOCK_NAME);
                     if stat.ephemeral_owner != 0 && stat.ephemeral_owner != session {
                         warn!(node = %name, "created node reports another owner");
@@ -1151,6 +1173,7 @@ impl DriverState {
                     return Ok(n);
                 }
                 Err(zk::Error::NoNode) if tries < 6 => {
+                    self.unsure = false;
                     // Parents missing (never created, deleted, or a container reaped
                     // between mkdir and create): recreate them and retry.
                     info!(%path, "latch path missing; creating it");

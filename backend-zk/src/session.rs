@@ -174,6 +174,11 @@ pub(crate) struct View {
     pub(crate) epoch: u64,
     pub(crate) client: Option<SessionClient>,
     pub(crate) state: Conn,
+    /// Whether the session before this generation's is certainly gone from the server
+    /// (expired, or forgotten by a wipe), and with it every node it held: an election that
+    /// took part in it has no leftovers to look for. False when it was left alive (it is
+    /// closed in the background) or is not known to be gone.
+    pub(crate) prev_gone: bool,
 }
 
 /// The writes issued on one client and not answered yet.
@@ -327,6 +332,7 @@ impl ZkSession {
             epoch: 0,
             client: None,
             state: Conn::Connecting,
+            prev_gone: false,
         });
         // Numbered per process, like the etcd backend's sessions (two sessions to one
         // ensemble must not share a series).
@@ -829,6 +835,8 @@ async fn run(weak: std::sync::Weak<Core>) {
     let mut connect_took: Option<Duration> = None;
     let mut generation = 0u64;
     let mut epoch = 0u64;
+    // How the previous generation's session ended (see `View::prev_gone`).
+    let mut prev_gone = false;
     loop {
         let Some(core) = weak.upgrade() else { return };
         let mut client = match connect_hedged(&core, &mut connect_took).await {
@@ -856,9 +864,11 @@ async fn run(weak: std::sync::Weak<Core>) {
             v.epoch = epoch;
             v.client = Some(SessionClient::new(client.clone()));
             v.state = Conn::Connected;
+            v.prev_gone = prev_gone;
         });
         core.state_gauge(&Conn::Connected);
         drop(core);
+        prev_gone = false;
         // Every client retired by a resume of this session whose task may still reconnect
         // (a second outage can retire another before the first has reconnected).
         let mut retired: Vec<Retired> = Vec::new();
@@ -892,6 +902,8 @@ async fn run(weak: std::sync::Weak<Core>) {
         };
         match ended {
             Ended::Replaced(why, expired) => {
+                // `expired`: a probe session found the server no longer knows ours.
+                prev_gone = expired;
                 let Some(core) = weak.upgrade() else { return };
                 let counters: &[Counter] = if expired {
                     &[EXPIRED, REPLACED]
@@ -911,6 +923,9 @@ async fn run(weak: std::sync::Weak<Core>) {
                 }
             }
             Ended::Lost => {
+                // Not known to be gone: the client also says Expired after its own deadline,
+                // and a server restarted with its data gives old sessions a new timeout.
+                prev_gone = false;
                 let Some(core) = weak.upgrade() else { return };
                 info!(session = %client.session_id(), "session ended; building a new session");
                 core.demote_then(
