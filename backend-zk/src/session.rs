@@ -770,11 +770,19 @@ enum Probe {
 /// While our connection is down: can a fresh session reach ZooKeeper, and does ZooKeeper
 /// still know our session (a `node` of ours, owned by it)? The probe's own session ends
 /// when it returns.
-async fn probe(cfg: ZkSessionConfig, client: zk::Client, node: Option<String>) -> Probe {
+async fn probe(
+    cfg: ZkSessionConfig,
+    client: zk::Client,
+    node: Option<String>,
+    phantom: bool,
+) -> Probe {
     let Ok(fresh) = connect(&cfg).await else {
         return Probe::Unanswered;
     };
-    if client.state() != zk::SessionState::Disconnected {
+    // Reconnected meanwhile: nothing to decide. A client that claims a connection while
+    // answering nothing (`phantom`, see `probe_bound`) claims it all along: its state says
+    // nothing, and waiting for it to change would wait out its own deadline.
+    if !phantom && client.state() != zk::SessionState::Disconnected {
         return Probe::Unanswered;
     }
     let ours = client.session_id().0;
@@ -1273,7 +1281,7 @@ async fn suspended(
             }
             _ = sleep_until(next_probe) => {
                 if probes.len() < most {
-                    let probe = probe(core.cfg.clone(), client.clone(), core.any_node());
+                    let probe = probe(core.cfg.clone(), client.clone(), core.any_node(), phantom);
                     probes.push(async move {
                         match bound {
                             Some(b) => timeout(b, probe).await.unwrap_or(Probe::Unanswered),
@@ -1284,6 +1292,9 @@ async fn suspended(
                 next_probe = Instant::now() + RETRY_WHILE_DOWN;
             }
             Some(found) = probes.next(), if !probes.is_empty() => match found {
+                // The client changed state since this probe began (it reconnected, or
+                // showed itself disconnected): the top of the loop decides afresh.
+                _ if !phantom && client.state() != zk::SessionState::Disconnected => continue,
                 Probe::Unanswered => {}
                 Probe::SessionLost => {
                     info!(old = %client.session_id(),
