@@ -733,7 +733,14 @@ async fn ended(states: &mut zk::StateWatcher) {
 async fn connect_with(cfg: &ZkSessionConfig, c: zk::Connector) -> Result<zk::Client> {
     let hosts = cfg.connect.split(',').count() as u32;
     let bound = cfg.connection_timeout * (hosts + 1);
-    match timeout(bound, c.connect(&cfg.connect_string())).await {
+    // In a span of its own: zookeeper-client records the session id it gets into the
+    // current span, which would otherwise be the session's (and every probe would add one).
+    let connect = cfg.connect_string();
+    let connecting = c.connect(&connect).instrument(tracing::info_span!(
+        "zk_connect",
+        session = tracing::field::Empty
+    ));
+    match timeout(bound, connecting).await {
         Ok(Ok(client)) => Ok(client),
         Ok(Err(e)) => Err(map(e, &format!("connect to ZooKeeper at {}", cfg.connect))),
         Err(_) => Err(Error::timeout(format!(
