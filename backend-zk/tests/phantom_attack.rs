@@ -13,14 +13,16 @@
 //! live session; nothing left after close).
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{all_in_latch, client, log_to_test_output, one_leader, participant};
+use common::{
+    all_in_latch, client, hex, live_sessions, log_to_test_output, one_leader, owners, participant,
+    Clock,
+};
 use succession_core::conformance::{wait_on_statuses, LeadershipChecker};
 use succession_core::{Election, ElectionExt, ErrorKind, Role};
-use succession_testkit::{four_letter_word, unique_path, TcpProxy, ZkServer};
+use succession_testkit::{unique_path, TcpProxy, ZkServer};
 use succession_zk::{ConnectionPolicy, ZkConfig, ZkElection, ZkSession, ZkSessionConfig};
 use tokio::time::Instant;
 use zookeeper_client as zk;
@@ -46,19 +48,6 @@ fn probe_bound(session: Duration) -> Duration {
 /// expire the session, T after the half handshake's connect request.)
 fn step_down_bound(session: Duration) -> Duration {
     session / 6 + probe_bound(session) + Duration::from_millis(500)
-}
-
-/// Time stamps relative to the start of a scenario, for the report.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    fn new() -> Clock {
-        Clock(Instant::now())
-    }
-    fn log(&self, msg: impl std::fmt::Display) {
-        eprintln!("[{:7.3}s] {msg}", self.0.elapsed().as_secs_f64());
-    }
 }
 
 /// A participant of the latch at `path` connecting through `proxy`.
@@ -94,22 +83,6 @@ fn is_follower(s: &succession_core::Status) -> bool {
 /// Leader or follower: back in the latch and in touch with ZooKeeper.
 fn is_placed(s: &succession_core::Status) -> bool {
     s.is_leader() || is_follower(s)
-}
-
-/// The children of `path` with the owner session of each.
-async fn owners(admin: &zk::Client, path: &str) -> Vec<(String, i64)> {
-    let kids = match admin.list_children(path).await {
-        Ok(k) => k,
-        Err(zk::Error::NoNode) => return Vec::new(),
-        Err(e) => panic!("list {path}: {e}"),
-    };
-    let mut v = Vec::new();
-    for k in kids {
-        if let Ok(Some(st)) = admin.check_stat(&format!("{path}/{k}")).await {
-            v.push((k, st.ephemeral_owner));
-        }
-    }
-    v
 }
 
 /// The store holds exactly one node per participant (`sids`: the current session of
@@ -157,49 +130,49 @@ async fn wait_store_empty(admin: &zk::Client, paths: &[String], bound: Duration)
     }
 }
 
-/// The session ids the server holds (`dump`, "Session Sets"), as 0x.. strings.
-async fn live_sessions(port: u16) -> BTreeSet<String> {
-    let out = four_letter_word(port, "dump", Duration::from_secs(5))
-        .await
-        .expect("dump");
-    let mut v = BTreeSet::new();
-    let mut in_sessions = false;
-    for l in out.lines() {
-        if l.starts_with("SessionTracker dump") {
-            in_sessions = true;
-        } else if l.starts_with("ephemeral nodes dump") {
-            break;
-        } else if in_sessions {
-            let t = l.trim();
-            if t.starts_with("0x") {
-                v.insert(t.to_string());
-            }
-        }
-    }
-    v
-}
-
-fn hex(sid: i64) -> String {
-    format!("0x{sid:x}")
-}
-
 fn sid(e: &ZkElection) -> i64 {
     e.session_id()
         .unwrap_or_else(|| panic!("{} has no session", e.id()))
 }
 
-/// Under the default policy, a leader whose reconnect is cut after the connect response
-/// (the client then claims `SyncConnected` and answers nothing) stops leading within one
-/// probe interval plus the probe bound of the fault, nobody else leads meanwhile, and once
-/// the link is back it takes part again: leader with a HIGHER term, or follower.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standard_leader_stops_within_the_probe_bound_of_a_half_handshake_and_rejoins_with_a_higher_term(
+/// The store holds one node each for `a` and `b` (owned by their live sessions); then
+/// both close and nothing is left under `path` within `t`.
+async fn one_node_each_then_close_both(
+    server: &ZkServer,
+    admin: &zk::Client,
+    path: &str,
+    a: &ZkElection,
+    b: &ZkElection,
+    t: Duration,
+    what: &str,
 ) {
-    let t = Duration::from_secs(4);
-    let clock = Clock::new();
+    assert_one_node_each(server.port(), admin, path, &[sid(a), sid(b)], what).await;
+    a.close().await.expect("close a");
+    b.close().await.expect("close b");
+    wait_store_empty(admin, &[path.to_string()], t).await;
+}
+
+/// What [`leader_behind_proxy`] sets up.
+struct Setup {
+    server: ZkServer,
+    proxy: TcpProxy,
+    path: String,
+    checker: LeadershipChecker,
+    /// Behind `proxy`, `ConnectionPolicy::Standard`, leading with term `first`.
+    a: Arc<ZkElection>,
+    /// Connected directly, following.
+    b: Arc<ZkElection>,
+    first: succession_core::Term,
+    /// `a`'s session.
+    a_sid: i64,
+}
+
+/// A server and a proxy to it; `a` behind the proxy leads, `b` (direct) follows; both
+/// watched by the checker; session timeout `t`, latch path tagged `tag`.
+async fn leader_behind_proxy(t: Duration, tag: &str) -> Setup {
     let server = ZkServer::start().await.expect("zookeeper");
     let proxy = TcpProxy::start(&server.addr()).await.expect("proxy");
-    let path = unique_path("phantom-standard");
+    let path = unique_path(tag);
     let checker = LeadershipChecker::new();
     let a = proxied(&proxy, &path, "a", t, ConnectionPolicy::Standard);
     checker.watch(a.as_ref());
@@ -216,6 +189,37 @@ async fn standard_leader_stops_within_the_probe_bound_of_a_half_handshake_and_re
         .await
         .expect("b follows");
     let a_sid = sid(&a);
+    Setup {
+        server,
+        proxy,
+        path,
+        checker,
+        a,
+        b,
+        first,
+        a_sid,
+    }
+}
+
+/// Under the default policy, a leader whose reconnect is cut after the connect response
+/// (the client then claims `SyncConnected` and answers nothing) stops leading within one
+/// probe interval plus the probe bound of the fault, nobody else leads meanwhile, and once
+/// the link is back it takes part again: leader with a HIGHER term, or follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_leader_stops_within_the_probe_bound_of_a_half_handshake_and_rejoins_with_a_higher_term(
+) {
+    let t = Duration::from_secs(4);
+    let clock = Clock::new();
+    let Setup {
+        server,
+        proxy,
+        path,
+        checker,
+        a,
+        b,
+        first,
+        a_sid,
+    } = leader_behind_proxy(t, "phantom-standard").await;
 
     let fault = Instant::now();
     clock.log("half handshake on a (the leader)");
@@ -269,18 +273,7 @@ async fn standard_leader_stops_within_the_probe_bound_of_a_half_handshake_and_re
     ));
     all_in_latch(&b, 2, t * 2).await;
     let admin = client(&server.addr()).await;
-    assert_one_node_each(
-        server.port(),
-        &admin,
-        &path,
-        &[sid(&a), sid(&b)],
-        "after restore",
-    )
-    .await;
-
-    a.close().await.expect("close a");
-    b.close().await.expect("close b");
-    wait_store_empty(&admin, &[path], t).await;
+    one_node_each_then_close_both(&server, &admin, &path, &a, &b, t, "after restore").await;
     checker.assert_ok();
 }
 
@@ -297,25 +290,16 @@ async fn phantom_session_whose_link_returns_before_the_server_expires_it_is_resu
 ) {
     let t = Duration::from_secs(5);
     let clock = Clock::new();
-    let server = ZkServer::start().await.expect("zookeeper");
-    let proxy = TcpProxy::start(&server.addr()).await.expect("proxy");
-    let path = unique_path("phantom-resume");
-    let checker = LeadershipChecker::new();
-    let a = proxied(&proxy, &path, "a", t, ConnectionPolicy::Standard);
-    checker.watch(a.as_ref());
-    join(&a).await;
-    let first = a
-        .wait_for_leadership(Duration::from_secs(10))
-        .await
-        .expect("a leads")
-        .term();
-    let b = participant(&server.addr(), &path, "b", t);
-    checker.watch(b.as_ref());
-    join(&b).await;
-    b.wait_for_status(Duration::from_secs(10), is_follower)
-        .await
-        .expect("b follows");
-    let a_sid = sid(&a);
+    let Setup {
+        server,
+        proxy,
+        path,
+        checker,
+        a,
+        b,
+        first,
+        a_sid,
+    } = leader_behind_proxy(t, "phantom-resume").await;
 
     let fault = Instant::now();
     clock.log("half handshake on a (the leader)");
@@ -385,18 +369,7 @@ async fn phantom_session_whose_link_returns_before_the_server_expires_it_is_resu
         "a leads again with term {term}, not above {first}"
     );
     all_in_latch(&b, 2, t).await;
-    assert_one_node_each(
-        server.port(),
-        &admin,
-        &path,
-        &[sid(&a), sid(&b)],
-        "after the resume",
-    )
-    .await;
-
-    a.close().await.expect("close a");
-    b.close().await.expect("close b");
-    wait_store_empty(&admin, &[path], t).await;
+    one_node_each_then_close_both(&server, &admin, &path, &a, &b, t, "after the resume").await;
     checker.assert_ok();
 }
 

@@ -6,30 +6,18 @@
 //! after close) and the server's session table (`dump`), not only statuses.
 mod common;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{all_in_latch, client, joined, one_leader, participant};
+use common::{
+    all_in_latch, client, hex, joined, live_sessions, one_leader, owners, participant, Clock,
+};
 use succession_core::conformance::{wait_on_statuses, LeadershipChecker};
 use succession_core::{Election, ElectionExt, Role};
 use succession_testkit::{four_letter_word, unique_path, TcpProxy, ZkServer};
 use succession_zk::{ZkElection, ZkSession, ZkSessionConfig};
 use tokio::time::Instant;
 use zookeeper_client as zk;
-
-/// Time stamps relative to the start of a scenario, for the report.
-#[derive(Clone, Copy)]
-struct Clock(Instant);
-
-impl Clock {
-    fn new() -> Clock {
-        Clock(Instant::now())
-    }
-    fn log(&self, msg: impl std::fmt::Display) {
-        eprintln!("[{:7.3}s] {msg}", self.0.elapsed().as_secs_f64());
-    }
-}
 
 /// Print every status change of `es` (role and health) with a time stamp, while the test
 /// runs (for the report; no assertion).
@@ -94,46 +82,6 @@ async fn mntr(port: u16, key: &str) -> i64 {
         .find_map(|l| l.strip_prefix(key).map(|v| v.trim().parse::<i64>()))
         .and_then(|r| r.ok())
         .unwrap_or_else(|| panic!("no {key} in mntr"))
-}
-
-/// The session ids the server holds (`dump`, "Session Sets"), as 0x.. strings.
-async fn live_sessions(port: u16) -> BTreeSet<String> {
-    let out = flw(port, "dump").await;
-    let mut v = BTreeSet::new();
-    let mut in_sessions = false;
-    for l in out.lines() {
-        if l.starts_with("SessionTracker dump") {
-            in_sessions = true;
-        } else if l.starts_with("ephemeral nodes dump") {
-            break;
-        } else if in_sessions {
-            let t = l.trim();
-            if t.starts_with("0x") {
-                v.insert(t.to_string());
-            }
-        }
-    }
-    v
-}
-
-fn hex(sid: i64) -> String {
-    format!("0x{sid:x}")
-}
-
-/// The children of `path` with the owner session of each.
-async fn owners(admin: &zk::Client, path: &str) -> Vec<(String, i64)> {
-    let kids = match admin.list_children(path).await {
-        Ok(k) => k,
-        Err(zk::Error::NoNode) => return Vec::new(),
-        Err(e) => panic!("list {path}: {e}"),
-    };
-    let mut v = Vec::new();
-    for k in kids {
-        if let Ok(Some(st)) = admin.check_stat(&format!("{path}/{k}")).await {
-            v.push((k, st.ephemeral_owner));
-        }
-    }
-    v
 }
 
 /// The store holds exactly one node per election in `es`, each owned by its current session.

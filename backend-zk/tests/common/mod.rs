@@ -236,3 +236,62 @@ impl Faults for ZkFaultFactory {
         self.store.partition(id, cut);
     }
 }
+
+/// The session ids the server on `port` holds (`dump`, "Session Sets"), as 0x.. strings.
+pub async fn live_sessions(port: u16) -> std::collections::BTreeSet<String> {
+    let out = succession_testkit::four_letter_word(port, "dump", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("`dump`: {e}"));
+    let mut v = std::collections::BTreeSet::new();
+    let mut in_sessions = false;
+    for l in out.lines() {
+        if l.starts_with("SessionTracker dump") {
+            in_sessions = true;
+        } else if l.starts_with("ephemeral nodes dump") {
+            break;
+        } else if in_sessions {
+            let t = l.trim();
+            if t.starts_with("0x") {
+                v.insert(t.to_string());
+            }
+        }
+    }
+    v
+}
+
+/// A session id as the server's `dump` writes it.
+pub fn hex(sid: i64) -> String {
+    format!("0x{sid:x}")
+}
+
+/// The children of `path` with the owner session of each.
+pub async fn owners(admin: &zk::Client, path: &str) -> Vec<(String, i64)> {
+    let kids = match admin.list_children(path).await {
+        Ok(k) => k,
+        Err(zk::Error::NoNode) => return Vec::new(),
+        Err(e) => panic!("list {path}: {e}"),
+    };
+    let mut v = Vec::new();
+    for k in kids {
+        if let Ok(Some(st)) = admin.check_stat(&format!("{path}/{k}")).await {
+            v.push((k, st.ephemeral_owner));
+        }
+    }
+    v
+}
+
+/// Time stamps relative to the start of a scenario, for the report.
+#[derive(Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Clock {
+        Clock(Instant::now())
+    }
+
+    /// `msg`, stamped with the time since the start, to stderr.
+    pub fn log(&self, msg: impl std::fmt::Display) {
+        eprintln!("[{:7.3}s] {msg}", self.0.elapsed().as_secs_f64());
+    }
+}
