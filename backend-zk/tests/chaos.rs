@@ -544,8 +544,8 @@ async fn zk_close_cancels_a_join_waiting_for_the_server() {
 /// handshake was its last sign of us) and elects someone else. A leader under
 /// `ConnectionPolicy::Session` whose short disconnect "healed" that way must still stop
 /// leading before then: the contact probe, unanswered, puts the session in doubt whatever
-/// the client's state says. (Without that, `a` led until the client gave up, about 1.4 s
-/// after `b` was elected: two leaders.)
+/// the client's state says. (Without that, `a` led until the client gave up, up to 0.4 x T
+/// (1.6 s here) after `b` was elected: two leaders.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zk_client_claiming_connected_after_a_half_handshake_stops_leading_before_its_session_expires(
 ) {
