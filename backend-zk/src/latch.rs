@@ -812,13 +812,17 @@ impl DriverState {
     /// creates; the next round claims afresh).
     fn node_lost(&mut self) {
         self.forget_node();
+        self.step_down(reason!("our latch node vanished; repairing"));
+    }
+
+    /// A leader or follower becomes a candidate (degraded, for `reason`); anyone else keeps
+    /// their role.
+    fn step_down(&self, reason: Arc<str>) {
         let role = self.inner.cell.get().role;
         if role.is_leader() || role.is_joined() {
-            self.inner.cell.set(
-                Role::Candidate,
-                HealthLevel::Degraded,
-                reason!("our latch node vanished; repairing"),
-            );
+            self.inner
+                .cell
+                .set(Role::Candidate, HealthLevel::Degraded, reason);
         }
     }
 
@@ -972,13 +976,9 @@ impl DriverState {
         if session_gone(&e) {
             // The session task notices it too (the client's state is final) and replaces
             // the session; not leader meanwhile.
-            if self.inner.cell.get().role.is_leader() || self.inner.cell.get().role.is_joined() {
-                self.inner.cell.set(
-                    Role::Candidate,
-                    HealthLevel::Degraded,
-                    "ZooKeeper session expired; rejoining with a new session",
-                );
-            }
+            self.step_down(reason!(
+                "ZooKeeper session expired; rejoining with a new session"
+            ));
             return self.until_view_changes().await;
         }
         // A lost connection is the session task's to handle (it demotes everyone when the

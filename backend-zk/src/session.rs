@@ -98,8 +98,12 @@ fn probe_bound(connection_timeout: Duration, session_timeout: Duration) -> Durat
     } else {
         connection_timeout
     };
-    let tick = (session_timeout / 6).max(Duration::from_millis(100));
-    (silence + tick).min(session_timeout / 2)
+    (silence + probe_interval(session_timeout)).min(session_timeout / 2)
+}
+
+/// How often the contact probe runs on a connected session of `session_timeout`.
+fn probe_interval(session_timeout: Duration) -> Duration {
+    (session_timeout / 6).max(Duration::from_millis(100))
 }
 
 /// Why and since when a session is suspended (see [`suspended`]).
@@ -1088,7 +1092,8 @@ async fn connected(
     // heard that request at or after that instant, so it cannot expire our session before
     // `sent + session timeout`. ("The driver says connected" is not contact: the driver
     // notices silence only 2/5 of the timeout after its last receipt.)
-    let tick = (timeout_agreed / 6).max(Duration::from_millis(100));
+    let tick = probe_interval(timeout_agreed);
+    let unanswered_after = probe_bound(weak.upgrade()?.cfg.connection_timeout, timeout_agreed);
     let mut last_probe: Option<Instant> = None;
     loop {
         retired.retain_mut(|r| {
@@ -1134,7 +1139,6 @@ async fn connected(
                 last_probe = Some(Instant::now());
                 let sent = std::time::Instant::now();
                 let probe = client.check_stat("/");
-                let unanswered_after = probe_bound(weak.upgrade()?.cfg.connection_timeout, timeout_agreed);
                 let answered = tokio::select! {
                     r = probe => Some(r.is_ok()),
                     st = states.changed() => {
