@@ -1060,8 +1060,14 @@ impl DriverState {
         }
         self.want = false;
         self.inner.cell.set_role(Role::Idle, msg.to_owned());
-        if let (Some(c), Some(n)) = (self.client(), self.forget_node()) {
-            let _ = timeout(self.session_timeout, c.write(|z| z.delete(&n.path, None))).await;
+        if let Some(n) = self.forget_node() {
+            // The delete may fail (refused, like what made us leave): a rejoin on this
+            // session looks for the node and adopts it, else it would stand first in the
+            // queue with nobody acting for it (found by the simulation).
+            self.unsure = true;
+            if let Some(c) = self.client() {
+                let _ = timeout(self.session_timeout, c.write(|z| z.delete(&n.path, None))).await;
+            }
         }
         Next::Again
     }
@@ -1344,8 +1350,12 @@ impl DriverState {
         let path = self.inner.cfg.path.clone();
         let mut w = client.new_multi_writer();
         w.add_check_version(&node.path, -1)?;
+        // Cloned, not taken: a claim that fails (a lost connection, an error) is made again
+        // with the same assertion until a claim succeeds or the queue is read again; an
+        // empty assertion would claim while a node ahead still stands (found by the
+        // simulation: two leaders).
         let ahead = if first_next {
-            std::mem::take(&mut self.ahead)
+            self.ahead.clone()
         } else {
             Vec::new()
         };
@@ -1395,6 +1405,7 @@ impl DriverState {
             Err(zk::MultiWriteError::RequestFailed { source }) => return Err(source),
         };
         self.core.touch(sent);
+        self.ahead.clear();
         let term = Term::new(stat.ctime.max(0) as u64, stat.mzxid.max(0) as u64);
         if !self.inner.cell.get().role.is_leader() {
             info!(%term, "elected");
@@ -1549,18 +1560,22 @@ impl DriverState {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) if session_gone(&e) => return Ok(()),
                 Ok(Err(e)) if permanent(&e) => {
-                    return Err(map(e, &format!("delete our latch node {what}")))
+                    // Our node may still stand: a later join on this session adopts it.
+                    self.unsure = true;
+                    return Err(map(e, &format!("delete our latch node {what}")));
                 }
                 Ok(Err(e)) => {
                     debug!(%e, "delete failed; retrying");
                 }
                 Err(_) => {
+                    self.unsure = true;
                     return Err(Error::timeout(format!(
                         "could not delete our latch node {what} within 1.5 x the session timeout; ZooKeeper will remove it when the session expires"
-                    )))
+                    )));
                 }
             }
             if Instant::now() >= deadline {
+                self.unsure = true;
                 return Err(Error::timeout(format!(
                     "could not delete our latch node {what}; ZooKeeper will remove it when the session expires"
                 )));

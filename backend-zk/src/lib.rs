@@ -5,9 +5,13 @@
 mod config;
 mod error;
 mod latch;
+#[cfg(feature = "sim")]
+pub mod machine;
 mod names;
 mod observe;
 mod session;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod standing;
 
 pub use config::{

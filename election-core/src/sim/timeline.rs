@@ -29,6 +29,7 @@ pub struct Timeline {
     intervals: Vec<Interval>,
     open: Vec<Option<usize>>,
     pauses: Vec<Vec<(Vt, Vt)>>,
+    revocations: Vec<Vec<(Vt, Vt)>>,
 }
 
 /// What [`Timeline::check`] found.
@@ -64,6 +65,7 @@ impl Timeline {
             intervals: Vec::new(),
             open: vec![None; n],
             pauses: vec![Vec::new(); n],
+            revocations: vec![Vec::new(); n],
         }
     }
 
@@ -113,6 +115,16 @@ impl Timeline {
                 p.1 = at;
             }
         }
+    }
+
+    /// The place of `who` in the store was taken from outside at `at` (an operator deleted
+    /// its node or the path, the store was wiped): it cannot know before the store tells
+    /// it, which takes up to `bound` (one message, or noticing a dead connection first). An
+    /// overlap of its leadership (held then, or granted on a claim already under way) with
+    /// a higher term, ending within `bound` after `at`, is the fencing case, counted apart
+    /// like a resumed pause; so is such a grant's term being lower than an earlier one's.
+    pub fn revoke(&mut self, who: usize, at: Vt, bound: Vt) {
+        self.revocations[who].push((at, bound));
     }
 
     /// The process of `who` crashed at `at` (it stops leading with it).
@@ -202,8 +214,15 @@ impl Timeline {
                         if stale.term >= other.term {
                             return None;
                         }
-                        let resumed = self.resume_before(stale.who, ps, min_pause)?;
-                        (pe <= resumed + fence_bound).then_some(pe - resumed)
+                        let revoked = self.revocations[stale.who]
+                            .iter()
+                            .find(|&&(r, bound)| r <= ps && pe <= r + bound)
+                            .map(|&(r, _)| pe - r);
+                        let resumed = self
+                            .resume_before(stale.who, ps, min_pause)
+                            .filter(|&r| pe <= r + fence_bound)
+                            .map(|r| pe - r);
+                        resumed.or(revoked)
                     });
                     // The two documented windows at once: a leader on the last mode seen
                     // (unconfirmed, older generation) and a participant just resumed on a
@@ -273,7 +292,12 @@ impl Timeline {
                                 })
                     })
                 };
-                if i.term <= h.term && stale_after_resume {
+                // Or a grant made on a place taken from outside meanwhile (an operator's
+                // delete, a wipe), over within the bound of learning it.
+                let stale_after_revoke = self.revocations[i.who]
+                    .iter()
+                    .any(|&(r, bound)| r <= i.start && i.end.unwrap_or(end) <= r + bound);
+                if i.term <= h.term && (stale_after_resume || stale_after_revoke) {
                     r.fenced += 1;
                 } else if i.term <= h.term && i.unconfirmed && !overlaps(i) {
                     r.stale_generation += 1;
