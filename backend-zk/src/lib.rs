@@ -5,7 +5,6 @@
 mod config;
 mod error;
 mod latch;
-#[cfg(feature = "sim")]
 pub mod machine;
 mod names;
 mod observe;

@@ -120,6 +120,8 @@ pub enum Input {
     LeaderRefused,
     /// [`Machine::next_deadline`] was reached.
     Timer,
+    /// The slot asked for with [`Effect::Pace`] is held.
+    Paced,
 }
 
 /// What the machine asks its executor to do, in order.
@@ -145,6 +147,10 @@ pub enum Effect {
         /// Why.
         reason: Arc<str>,
     },
+    /// Ask for a slot among the session's rounds in flight (see `ROUNDS_IN_FLIGHT`); feed
+    /// [`Input::Paced`] once held. Held until the machine is no longer in a round
+    /// ([`LatchMachine::in_round`]).
+    Pace,
     /// Send a request on the current session.
     Request {
         /// Its id (its answer and watch carry it).
@@ -217,6 +223,8 @@ enum Deleting {
 enum Step {
     /// Not taking part.
     Idle,
+    /// A round waits for its slot ([`Effect::Pace`]).
+    Pacing,
     /// Waiting for the session (not connected).
     Session,
     /// Backing off until the instant.
@@ -283,7 +291,8 @@ impl Step {
     fn in_round(&self) -> bool {
         matches!(
             self,
-            Step::Check(_)
+            Step::Pacing
+                | Step::Check(_)
                 | Step::Scan(_)
                 | Step::Examine { .. }
                 | Step::Second { .. }
@@ -340,10 +349,12 @@ pub struct LatchMachine {
     pub bugs: Bugs,
 }
 
+/// A status reason shared by every election (no allocation per status change: memory per
+/// election matters).
 macro_rules! reason {
     ($s:literal) => {{
-        let r: Arc<str> = Arc::from($s);
-        r
+        static REASON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        REASON.get_or_init(|| Arc::from($s)).clone()
     }};
 }
 
@@ -397,6 +408,11 @@ impl LatchMachine {
         self.node.as_ref().map(|n| &*n.path)
     }
 
+    /// Our node's full path, shared (no copy).
+    pub fn node_path(&self) -> Option<Arc<str>> {
+        self.node.as_ref().map(|n| n.path.clone())
+    }
+
     /// The session generation our node belongs to.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -405,6 +421,47 @@ impl LatchMachine {
     /// Whether the machine has exited (closed).
     pub fn exited(&self) -> bool {
         matches!(self.step, Step::Exited)
+    }
+
+    /// Whether a round is under way (its slot, asked for with [`Effect::Pace`], is held
+    /// until it is not).
+    pub fn in_round(&self) -> bool {
+        self.step.in_round()
+    }
+
+    /// What the machine is doing, in words (for a diagnostic when it does not answer).
+    pub fn activity(&self) -> &'static str {
+        match self.step {
+            Step::Idle => "idle, waiting for a command",
+            Step::Pacing => "waiting for a round slot",
+            Step::Session => "waiting for the session to change",
+            Step::Pause(_) => "pausing before a retry",
+            Step::Waiting(_) => "waiting for a watch or the session",
+            Step::Delete { .. } => "deleting its node for a command",
+            Step::Exited => "exited",
+            _ => "in a round",
+        }
+    }
+
+    /// Whether the watch registered by request `id` still matters (its event is fed as
+    /// [`Input::Watch`]); an executor may drop the others.
+    pub fn wants_watch(&self, id: ReqId) -> bool {
+        if self.own_watch == Some(id) {
+            return true;
+        }
+        match &self.step {
+            Step::Waiting(Some((p, _))) => *p == id,
+            Step::Follow { pred, .. } => pred.0 == id,
+            Step::Read { watch, .. } => watch.as_ref().is_some_and(|w| w.0 == id),
+            Step::Check(c) => *c == id,
+            _ => false,
+        }
+    }
+
+    /// The role as published by anyone (the executor's session also demotes, see
+    /// [`SessionInput::Doubt`]): decisions use it.
+    pub fn set_role(&mut self, role: Role) {
+        self.role = role;
     }
 
     fn fresh_uuid(&mut self) -> String {
@@ -543,7 +600,19 @@ impl LatchMachine {
     }
 
     /// Start a round: make sure our node exists, then read the queue.
-    fn round(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+    fn round(&mut self, _now: Instant, fx: &mut Vec<Effect>) {
+        self.step = Step::Pacing;
+        fx.push(Effect::Pace);
+    }
+
+    /// The round has its slot: make sure our node exists, then read the queue.
+    fn start_round(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        // Our own-node watch fired (during the last round): read the node again.
+        if let Some(w) = self.own_watch {
+            if self.take_early(w).is_some() {
+                self.own_watch = None;
+            }
+        }
         match self.node.clone() {
             Some(n) if self.own_watch.is_some() => self.read(now, n, fx),
             Some(n) => {
@@ -683,7 +752,7 @@ impl LatchMachine {
                     reason!("first in the latch"),
                     fx,
                 );
-                self.step = Step::Waiting(None);
+                self.wait_for(now, None, fx);
             }
             Standing::Claim => self.claim(now, &node, first_next, fx),
             Standing::Follow {
@@ -710,7 +779,7 @@ impl LatchMachine {
 
     /// Claim: atomically check our node, assert the nodes ahead gone (on a predecessor's
     /// deletion), and write the latch path (whose new zxid is the term's sequence).
-    fn claim(&mut self, _now: Instant, node: &OwnNode, first_next: bool, fx: &mut Vec<Effect>) {
+    fn claim(&mut self, now: Instant, node: &OwnNode, first_next: bool, fx: &mut Vec<Effect>) {
         // Cloned, not taken: a claim that fails (a lost connection) is made again with the
         // same assertion until a claim succeeds or the queue is read again.
         let ahead = if first_next && !self.bugs.skip_ahead_assertion {
@@ -728,7 +797,7 @@ impl LatchMachine {
                     term,
                     reason: reason!("first in the latch"),
                 });
-                self.step = Step::Waiting(None);
+                self.wait_for(now, None, fx);
                 return;
             }
         }
@@ -803,7 +872,7 @@ impl LatchMachine {
             term,
             reason,
         });
-        self.step = Step::Waiting(None);
+        self.wait_for(now, None, fx);
     }
 
     /// Both answers of the follow step are in: publish `Follower` and wait.
@@ -839,18 +908,15 @@ impl LatchMachine {
             reason,
             fx,
         );
-        self.step = Step::Waiting(Some((pred_id, claim_next)));
-        if let Some(ev) = self.take_early(pred_id) {
-            self.watch(now, pred_id, ev, fx);
-        }
+        self.wait_for(now, Some((pred_id, claim_next)), fx);
     }
 
     /// A round failed with `e`: classify, report, back off.
     fn failed(&mut self, now: Instant, e: ZkErr, fx: &mut Vec<Effect>) {
         match e {
-            ZkErr::Permanent(msg) => {
+            ZkErr::Permanent(kind, msg) => {
                 let msg = format!("take part in latch {}: {msg}", self.path);
-                self.fatal(ErrorKind::PermissionDenied, &msg, fx)
+                self.fatal(kind, &msg, fx)
             }
             ZkErr::SessionExpired => {
                 self.step_down(
@@ -1016,9 +1082,11 @@ impl LatchMachine {
             return;
         };
         let cmd = *cmd;
+        let known = known.clone();
         let outcome = match doing.clone() {
             Deleting::Listing(l) if l == id => {
                 let mut targets: Vec<String> = known.iter().cloned().collect();
+                let prefix = prefix.clone();
                 match r {
                     Ok(Answer::Children(c)) => {
                         let prefix = prefix.clone().unwrap_or_default();
@@ -1047,15 +1115,11 @@ impl LatchMachine {
         match outcome {
             None => {}
             Some(Ok(())) | Some(Err(ZkErr::SessionExpired)) => self.deleted(now, cmd, Ok(()), fx),
-            Some(Err(ZkErr::Permanent(m))) => self.deleted(
-                now,
-                cmd,
-                Err((
-                    ErrorKind::PermissionDenied,
-                    format!("delete our latch node: {m}"),
-                )),
-                fx,
-            ),
+            Some(Err(ZkErr::Permanent(kind, m))) => {
+                let what = known.unwrap_or_else(|| "nodes".into());
+                let msg = format!("delete our latch node {what}: {m}");
+                self.deleted(now, cmd, Err((kind, msg)), fx)
+            }
             Some(Err(_)) => {
                 // Retry after a pause (bounded by the deadline).
                 if let Step::Delete {
@@ -1357,7 +1421,30 @@ impl LatchMachine {
         }
     }
 
+    /// The round is done: wait for the predecessor's watch (and whether its deletion makes
+    /// us claim at once), our own node's watch, the session or a command. A watch that
+    /// fired while the round was still reading is handled at once.
+    fn wait_for(&mut self, now: Instant, pred: Option<(ReqId, bool)>, fx: &mut Vec<Effect>) {
+        self.step = Step::Waiting(pred);
+        if let Some(own) = self.own_watch {
+            if let Some(ev) = self.take_early(own) {
+                return self.watch(now, own, ev, fx);
+            }
+        }
+        if let Some((pred, _)) = pred {
+            if let Some(ev) = self.take_early(pred) {
+                self.watch(now, pred, ev, fx);
+            }
+        }
+    }
+
     fn watch(&mut self, now: Instant, id: ReqId, ev: WatchEvent, fx: &mut Vec<Effect>) {
+        if self.own_watch == Some(id) && !matches!(self.step, Step::Waiting(_)) {
+            // Fired while a round is under way: the round's next check of our node reads it
+            // again, and the wait after the round handles it.
+            self.early.push((id, ev));
+            return;
+        }
         if self.own_watch == Some(id) {
             self.own_watch = None;
             if let Step::Waiting(_) = self.step {
@@ -1445,6 +1532,11 @@ impl Machine for LatchMachine {
                 }
             }
             Input::Timer => self.timer(now, fx),
+            Input::Paced => {
+                if matches!(self.step, Step::Pacing) {
+                    self.start_round(now, fx);
+                }
+            }
         }
     }
 
@@ -1504,9 +1596,14 @@ mod tests {
             .collect()
     }
 
+    /// Feed `input`, and a round's slot at once whenever one is asked for.
     fn feed(m: &mut LatchMachine, ms: u64, input: Input) -> Vec<Effect> {
         let mut fx = Vec::new();
         m.handle(at(ms), input, &mut fx);
+        while fx.last() == Some(&Effect::Pace) {
+            fx.pop();
+            m.handle(at(ms), Input::Paced, &mut fx);
+        }
         fx
     }
 
@@ -1586,8 +1683,8 @@ mod tests {
         );
         feed(&mut m, 200, connected(1));
         let until = m.next_deadline().expect("backing off");
-        let mut fx = Vec::new();
-        m.handle(until, Input::Timer, &mut fx);
+        let ms = until.duration_since(virtual_origin()).as_millis() as u64 + 1;
+        let fx = feed(&mut m, ms, Input::Timer);
         let (_, ahead) = claim_ahead(&fx).expect("claims again");
         // Before the fix the retry asserted nothing and claimed over the leader's node.
         assert_eq!(ahead, ["_c_a-latch-0000000000"]);

@@ -105,8 +105,9 @@ pub enum ZkErr {
     ConnectionLoss,
     /// The session is gone (expired, or forgotten by a wipe).
     SessionExpired,
-    /// Refused for good (authentication, ACL): leave the election with this message.
-    Permanent(String),
+    /// Refused for good (authentication, ACL): leave the election with this kind of error
+    /// and this message (what was refused, and what to do).
+    Permanent(succession_core::ErrorKind, String),
     /// Anything else (temporary).
     Other(String),
     /// A multi failed at op `index` (0-based) with `error`; nothing of it was applied.
@@ -125,7 +126,7 @@ impl std::fmt::Display for ZkErr {
             ZkErr::NodeExists => f.write_str("node exists"),
             ZkErr::ConnectionLoss => f.write_str("connection loss"),
             ZkErr::SessionExpired => f.write_str("session expired"),
-            ZkErr::Permanent(m) | ZkErr::Other(m) => f.write_str(m),
+            ZkErr::Permanent(_, m) | ZkErr::Other(m) => f.write_str(m),
             ZkErr::Multi { index, error } => write!(f, "multi op {index}: {error}"),
         }
     }

@@ -396,7 +396,7 @@ impl SimZk {
 
     /// Denies (or allows again) writes (`CreateSeq`, `Mkdir`, `Claim`, `Delete`) to paths
     /// starting with `path_prefix` (a plain string prefix): they fail with
-    /// `Permanent("NoAuth: not authorized to write <path>")`. Operator deletions and the
+    /// `Permanent(PermissionDenied, "NoAuth: not authorized to write <path>")`. Operator deletions and the
     /// container reaper are not affected.
     pub fn set_denied(&mut self, path_prefix: &str, denied: bool) {
         if denied {
@@ -483,9 +483,10 @@ impl SimZk {
 
     fn check_allowed(&self, path: &str) -> Result<(), ZkErr> {
         match self.denied.iter().any(|d| path.starts_with(d.as_str())) {
-            true => Err(ZkErr::Permanent(format!(
-                "NoAuth: not authorized to write {path}"
-            ))),
+            true => Err(ZkErr::Permanent(
+                succession_core::ErrorKind::PermissionDenied,
+                format!("NoAuth: not authorized to write {path}"),
+            )),
             false => Ok(()),
         }
     }
@@ -681,13 +682,16 @@ mod tests {
         assert_eq!((z.owner("/l"), z.owner("/x")), (Some(0), None));
         let under = Op::Mkdir("/l/n-0000000000/x".into());
         assert_eq!(err(&mut z, s, under), other("NoChildrenForEphemerals"));
-        assert_eq!(err(&mut z, s, Op::Mkdir("/m/x".into())), ZkErr::NoNode);
         assert_eq!(err(&mut z, s, Op::Mkdir("/l".into())), ZkErr::NodeExists);
         assert_eq!(err(&mut z, s, Op::Delete("/l".into())), other("NotEmpty"));
         assert_eq!(err(&mut z, s, Op::Delete("/m".into())), ZkErr::NoNode);
         assert_eq!(err(&mut z, s, Op::Children("/m".into())), ZkErr::NoNode);
         assert_eq!(err(&mut z, s, Op::GetData("/m".into())), ZkErr::NoNode);
         assert_eq!(z.zxid(), zxid + 1, "failed writes take no zxid");
+        // mkdir creates the missing parents (zookeeper-client's mkdir), one write each.
+        ok(&mut z, s, 0, Op::Mkdir("/m/x".into()));
+        assert!(z.stat("/m").is_some() && z.stat("/m/x").is_some());
+        assert_eq!(z.zxid(), zxid + 3);
         let bad = other("bad path");
         for p in ["", "x", "/l/", "//l", "/l//x", "/l/./x", "/l/.."] {
             assert_eq!(err(&mut z, s, Op::Stat(p.into())), bad, "{p:?}");
@@ -697,7 +701,7 @@ mod tests {
         }
         assert_eq!(err(&mut z, s, Op::Delete("/".into())), bad);
         assert_eq!(err(&mut z, s, claim("/l", &[""], "/l")), bad);
-        assert_eq!(z.children("/"), ["l"]);
+        assert_eq!(z.children("/"), ["l", "m"]);
     }
 
     #[test]
@@ -849,7 +853,12 @@ mod tests {
         let (mut z, s) = setup();
         let node = seq(&mut z, s, "/l/n-");
         z.set_denied("/l", true);
-        let no = |p: &str| ZkErr::Permanent(format!("NoAuth: not authorized to write {p}"));
+        let no = |p: &str| {
+            ZkErr::Permanent(
+                succession_core::ErrorKind::PermissionDenied,
+                format!("NoAuth: not authorized to write {p}"),
+            )
+        };
         let op = Op::CreateSeq {
             base: "/l/n-".into(),
             data: vec![],

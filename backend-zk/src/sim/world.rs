@@ -368,7 +368,7 @@ impl<'c> World<'c> {
             epoch: 0,
             view: View::Lost,
             connected: false,
-            wire: 0,
+            wire: next_wire(),
             cut: false,
             broken: None,
             last_gone: false,
@@ -400,6 +400,13 @@ impl<'c> World<'c> {
         (t * 2 / 5 + t / 3) * 105 / 100 + 100 * MS
     }
 
+    /// Once faults stop, a leader within: a ghost node of a crashed process goes when its
+    /// session expires (T), a client gives its session up at 1.4 x T of silence, a repair
+    /// backs off at most 2 s; 2 x T + 5 s covers them with room.
+    fn liveness_bound(&self) -> Vt {
+        2 * self.timeout() + 5 * SEC
+    }
+
     fn timeout(&self) -> Vt {
         self.cfg.session_timeout
     }
@@ -428,7 +435,10 @@ impl<'c> World<'c> {
     }
 
     fn run(&mut self) {
-        let end = self.fault_end + 3 * self.timeout() + 10 * SEC;
+        // The last heal comes at most 4 x T after the faults stop (a pause); then liveness
+        // is judged over its bound, with a second to spare.
+        let t = self.timeout();
+        let end = self.fault_end + 4 * t + self.liveness_bound() + SEC;
         while let Some(ev) = self.q.pop_until(end) {
             self.event(ev);
         }
@@ -601,10 +611,17 @@ impl<'c> World<'c> {
                 } else {
                     self.log(|| format!("p{p} leader refused (session changed)"));
                     self.procs[p].inbox.push_front(Input::LeaderRefused);
-                    self.q.at(now, Ev::Run(p));
+                    let at = self.procs[p].busy_until.max(now);
+                    self.q.at(at, Ev::Run(p));
                 }
             }
             Effect::Request { id, op } => self.send(p, id, op),
+            Effect::Pace => {
+                // A slot is free at once (one election per process).
+                self.procs[p].inbox.push_front(Input::Paced);
+                let at = self.procs[p].busy_until.max(now);
+                self.q.at(at, Ev::Run(p));
+            }
             Effect::Fatal(kind, msg) => {
                 self.log(|| format!("p{p} fatal {kind:?}: {msg}"));
                 // Joined again once the refusal is lifted.
@@ -627,7 +644,7 @@ impl<'c> World<'c> {
                 }
                 let pr = &mut self.procs[p];
                 pr.connected = false;
-                pr.wire += 1;
+                pr.wire = next_wire();
             }
         }
     }
@@ -710,7 +727,7 @@ impl<'c> World<'c> {
         let now = self.q.now();
         let pr = &mut self.procs[p];
         pr.connected = false;
-        pr.wire += 1;
+        pr.wire = next_wire();
         let failed = std::mem::take(&mut pr.inflight);
         let since = pr.last_contact;
         self.log(|| {
@@ -785,7 +802,7 @@ impl<'c> World<'c> {
         };
         let pr = &mut self.procs[p];
         pr.connected = true;
-        pr.wire += 1;
+        pr.wire = next_wire();
         pr.last_contact = now;
         pr.view = View::Connected;
         let wire = pr.wire;
@@ -825,6 +842,16 @@ impl<'c> World<'c> {
         let iv = self.local(p, t / 3);
         self.q.after(iv, Ev::Ping(p, wire));
     }
+}
+
+/// A connection id never used before in this thread's simulations (messages in flight on an
+/// earlier connection, of this process or of one it replaced, are lost).
+fn next_wire() -> u64 {
+    thread_local!(static WIRE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
+    WIRE.with(|w| {
+        w.set(w.get() + 1);
+        w.get()
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1083,11 +1110,10 @@ impl World<'_> {
 
     fn finish(mut self) -> Outcome {
         let end = self.q.now();
-        let t = self.timeout();
         // A participant resumed from a pause may lead on its stale grant until it handles
         // what happened meanwhile: a few executor steps.
         let fence = (200 * MS, 0);
-        let liveness = Some((self.quiet, 2 * t + 5 * SEC));
+        let liveness = Some((self.quiet, self.liveness_bound()));
         let report = self.timeline.check(end, fence, liveness);
         let mut store = Vec::new();
         let kids = self.zk.children(PATH);
