@@ -27,7 +27,7 @@ use zookeeper_client as zk;
 use crate::config::{NodeAcl, ZkConfig};
 use crate::error::{map, permanent, session_gone};
 use crate::machine::ops::{Answer, NodeStat, Op, ReqId, WatchEvent, ZkErr};
-use crate::machine::{Command, Effect, Input, LatchMachine, SessionInput};
+use crate::machine::{Activity, Command, Effect, Input, LatchMachine, SessionInput};
 use crate::names;
 use crate::session::{self, Conn, Core, SessionClient, View, ZkSession, CLOSE_LINGER};
 
@@ -104,31 +104,26 @@ pub(crate) struct Inner {
     node: Mutex<Option<Arc<str>>>,
     /// A node `close` already deleted (the driver need not delete it again).
     deleted: Mutex<Option<Arc<str>>>,
-    /// What the driver is doing (one of the `PHASE_*` values), for the warning when it does
+    /// What the driver is doing (an [`Activity`] as `u8`), for the warning when it does
     /// not acknowledge a close in time.
     phase: std::sync::atomic::AtomicU8,
 }
 
-const PHASE_IDLE: u8 = 0;
-const PHASE_ROUND: u8 = 1;
-const PHASE_WAIT: u8 = 2;
-const PHASE_PAUSE: u8 = 3;
-const PHASE_SESSION: u8 = 4;
-const PHASE_COMMAND: u8 = 5;
-const PHASE_FATAL: u8 = 6;
-
-/// A `PHASE_*` value in words.
+/// An [`Activity`] as stored in [`Inner::phase`].
 fn phase_name(phase: u8) -> &'static str {
-    match phase {
-        PHASE_IDLE => "idle, waiting for a command",
-        PHASE_ROUND => "in a round",
-        PHASE_WAIT => "waiting for a watch or the session",
-        PHASE_PAUSE => "pausing before a retry",
-        PHASE_SESSION => "waiting for the session to change",
-        PHASE_COMMAND => "deleting its node for a command",
-        PHASE_FATAL => "leaving after a permanent failure",
-        _ => "unknown",
-    }
+    [
+        Activity::Idle,
+        Activity::Pacing,
+        Activity::Round,
+        Activity::Waiting,
+        Activity::Pausing,
+        Activity::Session,
+        Activity::Deleting,
+        Activity::Exited,
+    ]
+    .into_iter()
+    .find(|a| *a as u8 == phase)
+    .map_or("unknown", Activity::describe)
 }
 
 impl Inner {
@@ -690,6 +685,12 @@ impl DriverState {
         while !self.exit {
             self.phase();
             match self.next_input().await {
+                // close() is under way (it deleted our node itself, and sends Close next):
+                // what happens meanwhile, our node's deletion included, is no reason to
+                // repair anything.
+                Some(input)
+                    if self.inner.closed.load(Ordering::SeqCst)
+                        && !matches!(input, Input::Command(_)) => {}
                 Some(input) => self.feed(input).await,
                 None => break,
             }
@@ -698,15 +699,9 @@ impl DriverState {
 
     /// Record what the machine is doing (see [`Inner::phase`]).
     fn phase(&self) {
-        let phase = match self.m.activity() {
-            "idle, waiting for a command" => PHASE_IDLE,
-            "waiting for a watch or the session" => PHASE_WAIT,
-            "pausing before a retry" => PHASE_PAUSE,
-            "waiting for the session to change" => PHASE_SESSION,
-            "deleting its node for a command" => PHASE_COMMAND,
-            _ => PHASE_ROUND,
-        };
-        self.inner.phase.store(phase, Ordering::Relaxed);
+        self.inner
+            .phase
+            .store(self.m.activity() as u8, Ordering::Relaxed);
     }
 
     /// What the session's view says, if it changed for the machine.

@@ -170,6 +170,44 @@ pub enum Effect {
     Exit,
 }
 
+/// What a [`LatchMachine`] is doing ([`LatchMachine::activity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Activity {
+    /// Not taking part, waiting for a command.
+    Idle,
+    /// A round waits for its slot.
+    Pacing,
+    /// In a round (requests in flight).
+    Round,
+    /// Waiting for a watch, the session or a command.
+    Waiting,
+    /// Backing off before a retry.
+    Pausing,
+    /// Waiting for the session to change.
+    Session,
+    /// Deleting its node for a resign or close.
+    Deleting,
+    /// Closed.
+    Exited,
+}
+
+impl Activity {
+    /// In words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Activity::Idle => "idle, waiting for a command",
+            Activity::Pacing => "waiting for a round slot",
+            Activity::Round => "in a round",
+            Activity::Waiting => "waiting for a watch or the session",
+            Activity::Pausing => "pausing before a retry",
+            Activity::Session => "waiting for the session to change",
+            Activity::Deleting => "deleting its node for a command",
+            Activity::Exited => "exited",
+        }
+    }
+}
+
 /// Our node in the latch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct OwnNode {
@@ -429,17 +467,17 @@ impl LatchMachine {
         self.step.in_round()
     }
 
-    /// What the machine is doing, in words (for a diagnostic when it does not answer).
-    pub fn activity(&self) -> &'static str {
+    /// What the machine is doing (for a diagnostic when it does not answer).
+    pub fn activity(&self) -> Activity {
         match self.step {
-            Step::Idle => "idle, waiting for a command",
-            Step::Pacing => "waiting for a round slot",
-            Step::Session => "waiting for the session to change",
-            Step::Pause(_) => "pausing before a retry",
-            Step::Waiting(_) => "waiting for a watch or the session",
-            Step::Delete { .. } => "deleting its node for a command",
-            Step::Exited => "exited",
-            _ => "in a round",
+            Step::Idle => Activity::Idle,
+            Step::Pacing => Activity::Pacing,
+            Step::Session => Activity::Session,
+            Step::Pause(_) => Activity::Pausing,
+            Step::Waiting(_) => Activity::Waiting,
+            Step::Delete { .. } => Activity::Deleting,
+            Step::Exited => Activity::Exited,
+            _ => Activity::Round,
         }
     }
 
