@@ -899,9 +899,16 @@ impl DriverState {
                     }
                 }
                 Effect::Pace => {
+                    if !self.slot {
+                        if let Ok(p) = self.core.rounds.try_acquire() {
+                            p.forget();
+                            self.slot = true;
+                        }
+                    }
                     if self.slot {
                         self.handle(Input::Paced, &mut queue);
                     } else {
+                        // Every slot is taken: the next input is ours once one is free.
                         self.pacing = true;
                     }
                 }
@@ -947,7 +954,7 @@ impl DriverState {
     /// Hand `input` to the machine (which decides on the role everyone published) and
     /// queue its effects.
     fn handle(&mut self, input: Input, queue: &mut VecDeque<Effect>) {
-        self.m.set_role(self.inner.cell.get().role);
+        self.m.set_role(self.inner.cell.role());
         let mut fx = Vec::new();
         let now = Instant::now().into_std();
         self.m.handle(now, input, &mut fx);
@@ -968,10 +975,10 @@ impl DriverState {
                 Box::pin(async move { (id, Ok(Answer::Done), None) })
             }
             (Some(c), op) => {
-                let cfg = self.inner.cfg.clone();
+                let inner = self.inner.clone();
                 let core = self.core.clone();
                 Box::pin(async move {
-                    let (answer, watch) = request(&c, &cfg, &core, op).await;
+                    let (answer, watch) = request(&c, &inner.cfg, &core, op).await;
                     (id, answer, watch)
                 })
             }

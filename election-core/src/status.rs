@@ -418,6 +418,11 @@ impl StatusCell {
         self.tx.subscribe()
     }
 
+    /// The current role (cheaper than [`get`](Self::get) when only the role matters).
+    pub fn role(&self) -> Role {
+        self.tx.borrow().role.clone()
+    }
+
     /// The current status.
     pub fn get(&self) -> Status {
         self.tx.borrow().clone()
