@@ -1655,8 +1655,9 @@ mod tests {
         })
     }
 
-    /// A follower two places behind the leader, watching its predecessor.
-    fn follower() -> (LatchMachine, ReqId) {
+    /// A participant that created its node third in the queue and has asked for its
+    /// predecessor's data (with a watch) and the leader's: (machine, pred, leader).
+    fn queued() -> (LatchMachine, ReqId, ReqId) {
         let mut m = LatchMachine::new("/l", "me", 1);
         feed(&mut m, 0, Input::Command(Command::Join));
         let fx = feed(&mut m, 0, connected(1));
@@ -1686,6 +1687,12 @@ mod tests {
         let [(pred, Op::WatchData(_)), (leader, Op::GetData(_))] = requests(&fx)[..] else {
             panic!("{fx:?}")
         };
+        (m, pred, leader)
+    }
+
+    /// A follower two places behind the leader, watching its predecessor.
+    fn follower() -> (LatchMachine, ReqId) {
+        let (mut m, pred, leader) = queued();
         feed(
             &mut m,
             3,
@@ -1730,33 +1737,7 @@ mod tests {
 
     #[test]
     fn a_predecessor_deleted_before_its_follower_waits_is_not_missed() {
-        let mut m = LatchMachine::new("/l", "me", 1);
-        feed(&mut m, 0, Input::Command(Command::Join));
-        let fx = feed(&mut m, 0, connected(1));
-        let (create, _) = requests(&fx)[0].clone();
-        let created = Answer::Created {
-            seq: "0000000002".into(),
-            stat: stat(5),
-        };
-        let fx = feed(&mut m, 1, Input::Answer(create, Ok(created)));
-        let ours = m.node().unwrap().rsplit('/').next().unwrap().to_owned();
-        let [(watch, _), (list, _)] = requests(&fx)[..] else {
-            panic!("{fx:?}")
-        };
-        feed(
-            &mut m,
-            2,
-            Input::Answer(watch, Ok(Answer::Stat(Some(stat(5))))),
-        );
-        let kids = vec![
-            "_c_a-latch-0000000000".to_owned(),
-            "_c_b-latch-0000000001".to_owned(),
-            ours,
-        ];
-        let fx = feed(&mut m, 2, Input::Answer(list, Ok(Answer::Children(kids))));
-        let [(pred, _), (leader, _)] = requests(&fx)[..] else {
-            panic!("{fx:?}")
-        };
+        let (mut m, pred, leader) = queued();
         feed(
             &mut m,
             3,

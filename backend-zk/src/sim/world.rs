@@ -241,7 +241,7 @@ enum Heal {
     Partition(usize),
     Server(bool),
     Resume(usize, u64),
-    Restart(usize),
+    Restart(usize, u64),
     Auth,
     Join(usize),
 }
@@ -990,7 +990,8 @@ impl World<'_> {
                 pr.leading = false;
                 self.timeline.crash(p, now);
                 let d = self.rng.range(t / 10, t * 2);
-                self.heal_at(now + d, Heal::Restart(p));
+                let life = self.procs[p].life;
+                self.heal_at(now + d, Heal::Restart(p, life));
             }
             Kind::Auth => {
                 if self.auth_denied {
@@ -1019,7 +1020,8 @@ impl World<'_> {
                     self.procs[p].want = false;
                     self.push(p, Input::Command(Command::Close));
                     let d = self.rng.range(t / 2, t * 2);
-                    self.heal_at(now + d, Heal::Restart(p));
+                    let life = self.procs[p].life;
+                    self.heal_at(now + d, Heal::Restart(p, life));
                 }
             }
         }
@@ -1065,11 +1067,15 @@ impl World<'_> {
                 }
                 self.q.at(now, Ev::Run(p));
             }
-            Heal::Restart(p) => {
+            Heal::Restart(p, life) => {
+                if self.procs[p].life != life {
+                    // Meant for a process that was replaced meanwhile.
+                    return;
+                }
                 if !self.procs[p].crashed && !self.procs[p].m.exited() {
                     // A closing participant is replaced once its close is done.
                     if !self.procs[p].want {
-                        self.heal_at(now + 100 * MS, Heal::Restart(p));
+                        self.heal_at(now + 100 * MS, Heal::Restart(p, life));
                     }
                     return;
                 }
@@ -1077,7 +1083,7 @@ impl World<'_> {
                 if self.procs[p].paused {
                     self.timeline.resume(p, now);
                 }
-                let life = self.procs[p].life + 1;
+                let life = life + 1;
                 let old_session = self.procs[p].session;
                 let mut fresh = self.new_proc(p);
                 fresh.life = life;
