@@ -1083,13 +1083,11 @@ impl World<'_> {
                 if self.procs[p].paused {
                     self.timeline.resume(p, now);
                 }
-                let life = life + 1;
-                let old_session = self.procs[p].session;
+                // The old process's session (unless it was closed) lives on until it
+                // expires, and its node with it: a ghost the others wait out.
                 let mut fresh = self.new_proc(p);
-                fresh.life = life;
+                fresh.life = life + 1;
                 self.procs[p] = fresh;
-                // The old process's session (if it was not closed) lives on until expiry.
-                let _ = old_session;
                 self.q.at(now, Ev::Reconnect(p));
                 self.procs[p].reconnecting = true;
                 self.push(p, Input::Command(Command::Join));
