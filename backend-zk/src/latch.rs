@@ -707,9 +707,8 @@ impl DriverState {
     /// What the session's view says, if it changed for the machine.
     fn session_input(&mut self) -> Option<SessionInput> {
         let v = self.view.borrow_and_update().clone();
-        let (told, input) = match v.state {
-            Conn::Connected if v.client.is_some() => {
-                let c = v.client.clone().expect("checked");
+        let (told, input) = match (v.state, &v.client) {
+            (Conn::Connected, Some(c)) => {
                 let input = SessionInput::Connected {
                     generation: v.generation,
                     epoch: v.epoch,
@@ -719,10 +718,12 @@ impl DriverState {
                 };
                 (Told::Connected(v.generation, v.epoch), input)
             }
-            Conn::Connected | Conn::Connecting => (Told::Lost, SessionInput::Lost),
-            Conn::Suspended => (Told::Doubt, SessionInput::Doubt { leaders_too: true }),
-            Conn::Fatal(kind, msg) => (Told::Fatal, SessionInput::Fatal(kind, msg.to_string())),
-            Conn::Closed => (Told::Closed, SessionInput::Closed),
+            (Conn::Connected | Conn::Connecting, _) => (Told::Lost, SessionInput::Lost),
+            (Conn::Suspended, _) => (Told::Doubt, SessionInput::Doubt { leaders_too: true }),
+            (Conn::Fatal(kind, msg), _) => {
+                (Told::Fatal, SessionInput::Fatal(kind, msg.to_string()))
+            }
+            (Conn::Closed, _) => (Told::Closed, SessionInput::Closed),
         };
         // Requests go to the session's current client (a resumed session has a new one);
         // `send` checks that it is still of the machine's session.
@@ -919,8 +920,8 @@ impl DriverState {
                     }
                 }
                 Effect::Done(cmd, r) => {
-                    if let Some(i) = self.acks.iter().position(|(c, _)| *c == cmd) {
-                        let (_, ack) = self.acks.remove(i).expect("found");
+                    let i = self.acks.iter().position(|(c, _)| *c == cmd);
+                    if let Some((_, ack)) = i.and_then(|i| self.acks.remove(i)) {
                         let _ = ack.send(r.map_err(|(kind, msg)| Error::new(kind, msg)));
                     }
                 }

@@ -1301,8 +1301,10 @@ impl LatchMachine {
                     if st.ephemeral_owner == self.session_id && self.take_early(id).is_none() =>
                 {
                     self.own_watch = Some(id);
-                    let n = self.node.clone().expect("checking a known node");
-                    self.read(now, n, fx)
+                    match self.node.clone() {
+                        Some(n) => self.read(now, n, fx),
+                        None => self.again(now, fx),
+                    }
                 }
                 Ok(Answer::Stat(Some(_))) => {
                     self.node_lost(fx);
