@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    all_in_latch, client, hex, live_sessions, log_to_test_output, one_leader, owners, participant,
-    Clock,
+    all_in_latch, client, hex, live_sessions, log_to_test_output, nodes_left, one_leader, owners,
+    participant, Clock,
 };
 use succession_core::conformance::{wait_on_statuses, LeadershipChecker};
 use succession_core::{Election, ElectionExt, ErrorKind, Role};
@@ -111,13 +111,7 @@ async fn assert_one_node_each(port: u16, admin: &zk::Client, path: &str, sids: &
 async fn wait_store_empty(admin: &zk::Client, paths: &[String], bound: Duration) -> Duration {
     let t = Instant::now();
     loop {
-        let mut left = Vec::new();
-        for p in paths {
-            let o = owners(admin, p).await;
-            if !o.is_empty() {
-                left.push(format!("{p}: {o:?}"));
-            }
-        }
+        let left = nodes_left(admin, paths).await;
         if left.is_empty() {
             return t.elapsed();
         }
@@ -201,6 +195,27 @@ async fn leader_behind_proxy(t: Duration, tag: &str) -> Setup {
     }
 }
 
+/// Cut leader `a`'s next reconnect after the connect response (see the module docs) and
+/// wait until it stops leading, within the probe bound; returns when the fault began.
+async fn half_handshake_on_leader(
+    clock: &Clock,
+    proxy: &TcpProxy,
+    a: &ZkElection,
+    t: Duration,
+) -> Instant {
+    let fault = Instant::now();
+    clock.log("half handshake on a (the leader)");
+    proxy.one_frame_then_refuse();
+    a.wait_for_status(step_down_bound(t), |s| !s.is_leader())
+        .await
+        .expect("a stops leading within the probe bound");
+    clock.log(format!(
+        "a stopped leading {:?} after the fault",
+        fault.elapsed()
+    ));
+    fault
+}
+
 /// Under the default policy, a leader whose reconnect is cut after the connect response
 /// (the client then claims `SyncConnected` and answers nothing) stops leading within one
 /// probe interval plus the probe bound of the fault, nobody else leads meanwhile, and once
@@ -221,17 +236,8 @@ async fn standard_leader_stops_within_the_probe_bound_of_a_half_handshake_and_re
         a_sid,
     } = leader_behind_proxy(t, "phantom-standard").await;
 
-    let fault = Instant::now();
-    clock.log("half handshake on a (the leader)");
-    proxy.one_frame_then_refuse();
     let bound = step_down_bound(t);
-    a.wait_for_status(bound, |s| !s.is_leader())
-        .await
-        .expect("a stops leading within the probe bound");
-    clock.log(format!(
-        "a stopped leading {:?} after the fault",
-        fault.elapsed()
-    ));
+    let fault = half_handshake_on_leader(&clock, &proxy, &a, t).await;
     // Whether or not the session task saw the moment of `Disconnected` before the half
     // handshake's `SyncConnected` (then a stepped down at once), the contact probe must
     // find out that the connection the client claims answers nothing, within the bound,
@@ -301,16 +307,7 @@ async fn phantom_session_whose_link_returns_before_the_server_expires_it_is_resu
         a_sid,
     } = leader_behind_proxy(t, "phantom-resume").await;
 
-    let fault = Instant::now();
-    clock.log("half handshake on a (the leader)");
-    proxy.one_frame_then_refuse();
-    a.wait_for_status(step_down_bound(t), |s| !s.is_leader())
-        .await
-        .expect("a stops leading within the probe bound");
-    clock.log(format!(
-        "a stopped leading {:?} after the fault",
-        fault.elapsed()
-    ));
+    let fault = half_handshake_on_leader(&clock, &proxy, &a, t).await;
     // Spacing the faults: the link comes back after the client's fifth retry (3.1-3.6 s
     // after the fault) and 1.2 s before the server can expire the session (T after the
     // half handshake's connect request).

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    all_in_latch, client, hex, joined, live_sessions, one_leader, owners, participant, Clock,
+    all_in_latch, client, hex, joined, live_sessions, nodes_left, one_leader, owners, participant,
+    Clock,
 };
 use succession_core::conformance::{wait_on_statuses, LeadershipChecker};
 use succession_core::{Election, ElectionExt, Role};
@@ -114,13 +115,7 @@ async fn wait_gone(
 ) -> Duration {
     let t = Instant::now();
     loop {
-        let mut left = Vec::new();
-        for p in paths {
-            let o = owners(admin, p).await;
-            if !o.is_empty() {
-                left.push(format!("{p}: {o:?}"));
-            }
-        }
+        let left = nodes_left(admin, paths).await;
         let eph = mntr(port, "zk_ephemerals_count").await;
         let live = live_sessions(port).await;
         let ours: Vec<String> = sids

@@ -1209,9 +1209,7 @@ impl LatchMachine {
                 let changed = generation != self.generation || epoch != self.epoch;
                 if generation != self.generation {
                     let ours_gone = prev_gone && generation == self.generation + 1;
-                    if self.step.in_round() {
-                        self.abandon();
-                    }
+                    self.abandon();
                     self.new_session(generation, ours_gone);
                 } else if epoch != self.epoch {
                     // The same session on a new client: our node stands, its watches are gone.

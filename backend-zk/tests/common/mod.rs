@@ -280,6 +280,18 @@ pub async fn owners(admin: &zk::Client, path: &str) -> Vec<(String, i64)> {
     v
 }
 
+/// Every path of `paths` that still has nodes, with their names and owners (empty: none).
+pub async fn nodes_left(admin: &zk::Client, paths: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    for p in paths {
+        let o = owners(admin, p).await;
+        if !o.is_empty() {
+            left.push(format!("{p}: {o:?}"));
+        }
+    }
+    left
+}
+
 /// Time stamps relative to the start of a scenario, for the report.
 #[derive(Clone, Copy)]
 pub struct Clock(Instant);
