@@ -652,7 +652,8 @@ impl Drop for DriverState {
         if self.slot {
             self.core.rounds.add_permits(1);
         }
-        *lock(&self.inner.node) = None;
+        // `inner.node` is left as it is: a handle dropped on a shared session aborts this
+        // task and then deletes that node itself.
     }
 }
 
@@ -695,6 +696,7 @@ impl DriverState {
                 None => break,
             }
         }
+        *lock(&self.inner.node) = None;
     }
 
     /// Record what the machine is doing (see [`Inner::phase`]).
