@@ -8,11 +8,12 @@ use std::pin::Pin;
 
 use etcd_client::{Client, ConnectOptions, Txn, TxnResponse};
 use rand::Rng;
-use succession_core::{Error, Result};
+use succession_core::Result;
 use tokio::sync::Mutex;
 
 use crate::config::EtcdSessionConfig;
 use crate::error;
+pub(crate) use crate::machine::{parse_epoch, Backoff, Layout};
 
 /// HTTP/2 keep-alive ping interval. etcd drops streams of clients that ping more often
 /// than every 5 s ("too many pings"); 10 s stays clear of that and still finds a dead
@@ -137,47 +138,6 @@ fn tls_options(tls: &crate::config::TlsSettings) -> etcd_client::TlsOptions {
     t
 }
 
-/// Bounded, jittered exponential backoff ("full jitter"): the n-th wait is uniform in
-/// `[cap_n / 2, cap_n]` with `cap_n = min(max, base * 2^n)`.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max: max.max(base),
-            attempt: 0,
-        }
-    }
-
-    /// The backoff for the participation loops of one election: 50 ms doubling up to
-    /// `clamp(TTL / 4, 250 ms, 2 s)`, so retries stay well inside one lease period.
-    pub(crate) fn for_ttl(ttl: Duration) -> Self {
-        let max = (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
-        Backoff::new(Duration::from_millis(50), max)
-    }
-
-    /// The next wait.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(16));
-        let cap = exp.min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let lo = cap / 2;
-        let jitter = rand::thread_rng().gen_range(0..=(cap - lo).as_micros() as u64);
-        lo + Duration::from_micros(jitter)
-    }
-
-    /// Start again from the base delay (after a success).
-    pub(crate) fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// Run `op` until it succeeds, retrying with the participation backoff for `ttl` while
 /// `deadline` has not passed (`what` names it in the debug log); the last error after it.
 /// For clean-ups that are worth doing until the store would do them itself (a lease
@@ -199,45 +159,9 @@ where
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "{what} failed; retrying");
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                tokio::time::sleep(backoff.next_delay().min(left)).await;
+                tokio::time::sleep(backoff.next_delay(rand::random()).min(left)).await;
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The Go `concurrency.Election` layout under one prefix.
-#[derive(Debug, Clone)]
-pub(crate) struct Layout {
-    /// `<prefix>`: the epoch record (outside the election's key range).
-    pub(crate) epoch_key: String,
-    /// `<prefix>/`: the range of candidate keys.
-    pub(crate) range: String,
-}
-
-impl Layout {
-    pub(crate) fn new(prefix: &str) -> Self {
-        Layout {
-            epoch_key: prefix.to_owned(),
-            range: format!("{prefix}/"),
-        }
-    }
-
-    /// The candidate key of lease `lease`: `<prefix>/<lease id in lowercase hex>`, exactly
-    /// as Go formats it (`fmt.Sprintf("%s%x", prefix+"/", leaseID)`).
-    pub(crate) fn candidate_key(&self, lease: i64) -> String {
-        format!("{}{:x}", self.range, lease)
-    }
-
-    /// The candidate key of participant `slot` of one session on this prefix: slot 0 is
-    /// [`candidate_key`](Self::candidate_key); further participants of the same session on
-    /// the same prefix use `<prefix>/<lease hex>_<slot>` (Go's readers order keys by create
-    /// revision and read only the value, so they see these like any other candidate).
-    pub(crate) fn slot_key(&self, lease: i64, slot: u32) -> String {
-        if slot == 0 {
-            self.candidate_key(lease)
-        } else {
-            format!("{}{:x}_{slot}", self.range, lease)
         }
     }
 }
@@ -253,23 +177,6 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-/// Parse an epoch record's value (decimal milliseconds).
-pub(crate) fn parse_epoch(value: &[u8]) -> Result<u64> {
-    std::str::from_utf8(value)
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| {
-            Error::new(
-                succession_core::ErrorKind::Backend,
-                format!(
-                    "the epoch record holds {:?}, not a decimal number of milliseconds; \
-                     something else wrote to the key of the election prefix itself",
-                    String::from_utf8_lossy(value)
-                ),
-            )
-        })
 }
 
 #[cfg(test)]
@@ -291,7 +198,7 @@ mod tests {
     #[test]
     fn backoff_is_bounded_and_jittered() {
         let mut b = Backoff::new(Duration::from_millis(50), Duration::from_millis(400));
-        let waits: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        let waits: Vec<Duration> = (0..10).map(|_| b.next_delay(rand::random())).collect();
         assert!(
             waits.iter().all(|w| *w <= Duration::from_millis(400)),
             "{waits:?}"
@@ -299,7 +206,7 @@ mod tests {
         assert!(waits[0] >= Duration::from_millis(25));
         assert!(waits[9] >= Duration::from_millis(200));
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(50));
+        assert!(b.next_delay(rand::random()) <= Duration::from_millis(50));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! [`EtcdElection`]: the Go-compatible campaign on KV txn + Watch, driven by one background
 //! task per joined handle, on the lease of its [`EtcdSession`](crate::EtcdSession).
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -12,8 +14,9 @@ use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
+use futures::stream::{FuturesUnordered, StreamExt};
 use succession_core::metrics::{self, ElectionMetrics};
-use succession_core::participant::{self, Fatal};
+use succession_core::participant::{self, Fatal, Machine};
 use succession_core::text::Human;
 use succession_core::{
     Contact, Election, Error, ErrorKind, HealthLevel, Participant, Result, Role, Status,
@@ -25,9 +28,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::EtcdConfig;
-use crate::conn::{now_ms, parse_epoch, Backoff, Connection, Layout};
+use crate::conn::{now_ms, parse_epoch, Connection, Layout};
 use crate::error;
 use crate::lease::{Lease, LeaseState};
+use crate::machine::ops::{Answer, EtcdErr, KeyInfo, Op, ReqId, WatchEv, WatchNote};
+use crate::machine::{CampaignMachine, Command, Effect, Input, LeaseInput};
 use crate::record::EtcdRecord;
 use crate::session::{Core, LeaseView, Shared};
 use crate::watch_hub::{Route, WatchHub, WatchMsg};
@@ -486,396 +491,630 @@ fn header_revision(resp: &TxnResponse) -> i64 {
     resp.header().map(|h| h.revision()).unwrap_or(0)
 }
 
-/// Why the participation loop left its current step.
-enum Flow {
-    /// Stop requested (resign/close).
-    Stop,
-    /// A transient problem: report it, back off, go on with the same lease.
-    Fail(Error),
-    /// The lease is in doubt (renewals overdue or the keep-alive stream broke).
+/// A request in flight and what it answers.
+type Pending = Pin<Box<dyn Future<Output = (ReqId, std::result::Result<Answer, EtcdErr>)> + Send>>;
+
+/// What the executor last told the machine about its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Told {
+    Safe,
     Doubt,
-    /// The server says our lease is gone: start over with a new one.
-    LeaseLost(String),
+    Lost,
 }
 
-impl From<Error> for Flow {
-    fn from(e: Error) -> Self {
-        if error::lease_gone(&e) {
-            Flow::LeaseLost(e.to_string())
-        } else {
-            Flow::Fail(e)
+/// The watchers of the machine's current round: one inbox on one of the session's shared
+/// watch streams (see `watch_hub.rs`); their responses reach us in stream order.
+struct Watching {
+    hub: WatchHub,
+    inbox: Route,
+    /// Requested, not yet acknowledged, in request order (etcd acknowledges the creates of
+    /// one stream in order); `None` once the machine cancelled it.
+    pending: VecDeque<Option<ReqId>>,
+    /// Acknowledged: etcd's watch id and the machine's.
+    ids: Vec<(i64, ReqId)>,
+    /// The generation of the stream the watchers are on (for cancelling them).
+    generation: u32,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
+        // finds this inbox closed.
+        self.inbox.close();
+        for (id, _) in &self.ids {
+            self.hub.cancel(self.generation, *id);
         }
     }
 }
 
-type Step<T> = std::result::Result<T, Flow>;
+impl Watching {
+    /// Whether the machine still waits on any of these watchers.
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty() && self.pending.iter().all(Option::is_none)
+    }
 
-/// What ended a wait in the queue.
-enum QueueExit {
-    /// Our key is gone while the lease lives: campaign again with the same lease.
-    KeyGone,
-    /// The epoch record is gone: recreate it, then campaign again.
-    EpochGone,
+    /// The machine's notes for one message of the stream.
+    fn notes(&mut self, msg: WatchMsg) -> Vec<WatchNote> {
+        let resp = match msg {
+            WatchMsg::Resp(resp, generation) => {
+                self.generation = generation;
+                resp
+            }
+            WatchMsg::Ended(e) => return vec![WatchNote::Ended(e.to_string())],
+        };
+        let mut notes = Vec::new();
+        let id = resp.watch_id();
+        if resp.created() {
+            match self.pending.pop_front() {
+                Some(Some(req)) => {
+                    if !resp.canceled() {
+                        self.ids.push((id, req));
+                    }
+                    notes.push(WatchNote::Created(req));
+                }
+                Some(None) => {
+                    // Cancelled by the machine before etcd acknowledged it.
+                    if !resp.canceled() {
+                        self.hub.cancel(self.generation, id);
+                    }
+                    return notes;
+                }
+                None => return notes,
+            }
+        }
+        let Some(req) = self.ids.iter().find(|(w, _)| *w == id).map(|(_, r)| *r) else {
+            if resp.canceled() {
+                // Cancelled at its creation: the machine's id is the one just acknowledged.
+                if let Some(WatchNote::Created(req)) = notes.last().cloned() {
+                    notes.push(cancelled(req, &resp));
+                }
+            }
+            return notes;
+        };
+        if resp.canceled() {
+            self.ids.retain(|(w, _)| *w != id);
+            notes.push(cancelled(req, &resp));
+            return notes;
+        }
+        let events: Vec<WatchEv> = resp
+            .events()
+            .iter()
+            .map(|e| WatchEv {
+                deleted: e.event_type() == EventType::Delete,
+                mod_rev: e.kv().map(|kv| kv.mod_revision()).unwrap_or(0),
+            })
+            .collect();
+        if !events.is_empty() {
+            notes.push(WatchNote::Events {
+                id: req,
+                header_rev: resp.header().map(|h| h.revision()).unwrap_or(0),
+                events,
+            });
+        }
+        notes
+    }
+
+    /// The machine no longer waits on watcher `req`.
+    fn unwatch(&mut self, req: ReqId) {
+        if let Some(p) = self.pending.iter_mut().find(|p| **p == Some(req)) {
+            *p = None;
+        }
+        if let Some(i) = self.ids.iter().position(|(_, r)| *r == req) {
+            let (id, _) = self.ids.remove(i);
+            self.hub.cancel(self.generation, id);
+        }
+    }
 }
 
-/// The background participation task of one joined handle.
+fn cancelled(req: ReqId, resp: &etcd_client::WatchResponse) -> WatchNote {
+    let reason = resp.cancel_reason().to_owned();
+    WatchNote::Cancelled {
+        id: req,
+        // etcd says why when it refuses a watcher; a compacted start revision has none.
+        compacted: resp.compact_revision() != 0 || reason.is_empty(),
+        reason,
+    }
+}
+
+/// One joined election's executor: the [`CampaignMachine`] decides, this carries out its
+/// effects on the session's connection and watch streams and feeds it what happens
+/// (answers, watch notes, the session's lease, the stop request, its timer).
 struct Task {
     inner: Arc<Inner>,
     stop: Arc<Stop>,
-    backoff: Backoff,
-    /// The session's lease this task campaigns with.
-    lease: Option<Arc<Lease>>,
-    /// Whether our key on the current lease has led: such a key never leads again after the
-    /// lease was in doubt (a new key must carry a new, higher term), so it is deleted.
-    led_with_lease: bool,
-    /// Our key led before the lease fell into doubt: delete it before campaigning again.
-    drop_key: bool,
+    m: CampaignMachine,
+    /// The session's lease view.
+    view: watch::Receiver<LeaseView>,
+    /// The lease the machine was told of, and what it was told about it.
+    lease: Option<(Arc<Lease>, watch::Receiver<LeaseState>, Told)>,
+    /// Report the lease's state even if unchanged (after a refused `Leader`).
+    recheck: bool,
     /// The newest lease grant failure of the session this task reported.
     seen_failure: u64,
-    /// Our slot among the session's rounds in flight, from the start of a round until we
-    /// lead or wait in the queue (see `ROUNDS_IN_FLIGHT`).
-    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The stop was fed to the machine.
+    stopping: bool,
+    inflight: Option<FuturesUnordered<Pending>>,
+    watching: Option<Watching>,
+    /// Whether we hold one of the session's round slots (see `ROUNDS_IN_FLIGHT`).
+    slot: bool,
+    /// The machine asked for a slot.
+    pacing: bool,
+    result: Result<()>,
+    exit: bool,
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        if self.slot {
+            self.inner.core().rounds.add_permits(1);
+        }
+    }
 }
 
 impl Task {
-    fn new(inner: Arc<Inner>, stop: Arc<Stop>) -> Self {
-        let backoff = Backoff::for_ttl(inner.config.ttl);
-        Task {
+    fn new(inner: Arc<Inner>, stop: Arc<Stop>) -> Box<Self> {
+        let cfg = &inner.config;
+        let m = CampaignMachine::new(
+            &cfg.prefix,
+            inner.slot,
+            &cfg.id,
+            cfg.ttl,
+            cfg.request_timeout,
+            rand::random(),
+        );
+        let view = inner.core().view.subscribe();
+        Box::new(Task {
             inner,
             stop,
-            backoff,
+            m,
+            view,
             lease: None,
-            led_with_lease: false,
-            drop_key: false,
+            recheck: false,
             seen_failure: 0,
-            slot: None,
-        }
-    }
-
-    /// Take a slot among the session's rounds in flight (kept if we hold one).
-    async fn pace(&mut self) -> Step<()> {
-        if self.slot.is_none() {
-            let rounds = self.core().rounds.clone();
-            // The semaphore is never closed: this waits for a slot, never fails.
-            self.slot = self.wait(rounds.acquire_owned()).await?.ok();
-        }
-        Ok(())
+            stopping: false,
+            inflight: None,
+            watching: None,
+            slot: false,
+            pacing: false,
+            result: Ok(()),
+            exit: false,
+        })
     }
 
     fn cell(&self) -> &StatusCell {
         &self.inner.cell
     }
 
-    fn config(&self) -> &EtcdConfig {
-        &self.inner.config
-    }
-
-    fn core(&self) -> &Core {
-        self.inner.core()
-    }
-
-    async fn run(mut self) -> Result<()> {
-        self.participate().await;
-        // Stopped: publish that we no longer lead FIRST, then remove our place.
-        let reason = self.stop.reason().unwrap_or("stopped");
-        self.cell().set(Role::Idle, HealthLevel::Healthy, reason);
-        let res = self.release().await;
-        if let Err(e) = &res {
-            self.cell().set_health(HealthLevel::Degraded, e.to_string());
+    /// Take part until stopped, then remove our place (the machine publishes that we no
+    /// longer lead first). Boxed: the future holds a pointer, not the state.
+    async fn run(mut self: Box<Self>) -> Result<()> {
+        self.inner.shared.ensure_driver();
+        self.feed(Input::Command(Command::Join));
+        while !self.exit {
+            let input = self.next_input().await;
+            self.feed(input);
         }
-        res
+        self.set_lease_view(None);
+        std::mem::replace(&mut self.result, Ok(()))
     }
 
-    /// Take part until stopped. Never gives up on its own.
-    async fn participate(&mut self) {
+    /// The next input: the stop request first, then the lease, answers, watch notes, the
+    /// machine's timer, a round slot.
+    async fn next_input(&mut self) -> Input {
         loop {
-            let flow = match self.session().await {
-                Ok(never) => match never {},
-                Err(f) => f,
+            if let Some(i) = self.stop_input() {
+                return i;
+            }
+            if let Some(i) = self.lease_input() {
+                return i;
+            }
+            let deadline = self.m.next_deadline().map(Instant::from_std);
+            let Task {
+                stop,
+                view,
+                lease,
+                inflight,
+                watching,
+                inner,
+                pacing,
+                stopping,
+                ..
+            } = self;
+            let answered = futures::future::poll_fn(|cx| match inflight.as_mut() {
+                Some(f) if !f.is_empty() => match f.poll_next_unpin(cx) {
+                    std::task::Poll::Ready(Some(a)) => std::task::Poll::Ready(a),
+                    _ => std::task::Poll::Pending,
+                },
+                _ => std::task::Poll::Pending,
+            });
+            let note = async {
+                match watching.as_ref() {
+                    Some(w) => w.inbox.recv().await,
+                    None => std::future::pending().await,
+                }
             };
-            // No slot is held while backing off or in doubt.
-            self.slot = None;
-            match flow {
-                Flow::Stop => return,
-                Flow::Fail(e) => {
-                    if self.on_failure(e).await.is_err() {
+            let lease_changed = async {
+                match lease.as_mut() {
+                    Some((_, rx, _)) => rx.changed().await.is_err(),
+                    None => std::future::pending().await,
+                }
+            };
+            let slot = async {
+                if *pacing {
+                    // The semaphore is never closed: this waits for a permit, never fails.
+                    if let Ok(p) = inner.core().rounds.acquire().await {
+                        p.forget();
                         return;
                     }
                 }
-                Flow::Doubt => match self.in_doubt().await {
-                    Ok(()) => {}
-                    Err(Flow::Stop) => return,
-                    Err(Flow::LeaseLost(why)) => self.lease_lost(why),
-                    Err(_) => {}
-                },
-                Flow::LeaseLost(why) => self.lease_lost(why),
-            }
-        }
-    }
-
-    /// Report a transient failure and back off (the role is kept: a leader stays leader
-    /// only while its lease is safe, which the wait enforces).
-    async fn on_failure(&mut self, e: Error) -> std::result::Result<(), ()> {
-        let delay = self.backoff.next_delay();
-        let refused = e.kind() == ErrorKind::PermissionDenied;
-        let level = if refused {
-            HealthLevel::Unhealthy
-        } else {
-            HealthLevel::Degraded
-        };
-        tracing::debug!(error = %e, ?delay, "etcd election step failed; retrying");
-        self.cell()
-            .set_health(level, format!("{e}; retrying in {}", Human(delay)));
-        if refused {
-            // Health first, so that `join` returning this error finds it published.
-            self.inner.refusal.report(e.kind(), e.message());
-        }
-        let flow = match self.wait(tokio::time::sleep(delay)).await {
-            Ok(()) => return Ok(()),
-            Err(Flow::Doubt) => match self.in_doubt().await {
-                Ok(()) => return Ok(()),
-                Err(f) => f,
-            },
-            Err(f) => f,
-        };
-        match flow {
-            Flow::Stop => Err(()),
-            Flow::LeaseLost(why) => {
-                self.lease_lost(why);
-                Ok(())
-            }
-            Flow::Fail(_) | Flow::Doubt => Ok(()),
-        }
-    }
-
-    fn lease_lost(&mut self, why: String) {
-        tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
-        self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
-        if let Some(l) = &self.lease {
-            l.declare_lost(why.clone());
-        }
-        self.set_lease(None);
-        // We are not leader: the lease was in doubt before it could be lost, or it was
-        // revoked/wiped under us. Our key is gone with the lease.
-        self.cell().set(
-            Role::Candidate,
-            HealthLevel::Unhealthy,
-            format!("{why}; campaigning again with a new lease"),
-        );
-    }
-
-    fn set_lease(&mut self, lease: Option<Arc<Lease>>) {
-        let view = lease.as_ref().map(|l| (l.id, l.ttl, l.state.clone()));
-        *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) = view;
-        self.lease = lease;
-        self.led_with_lease = false;
-        self.drop_key = false;
-    }
-
-    /// Await `fut` unless stop is requested or the lease falls into doubt or is lost.
-    async fn wait<F: Future>(&mut self, fut: F) -> Step<F::Output> {
-        tokio::pin!(fut);
-        let mut lease_rx = self.lease.as_ref().map(|l| l.state.clone());
-        loop {
-            if self.stop.reason().is_some() {
-                return Err(Flow::Stop);
-            }
-            // No timer of our own: the keeper publishes a change when `drop_at` passes.
-            if let Some(rx) = lease_rx.as_mut() {
-                let s = rx.borrow_and_update();
-                if let Some(l) = &s.lost {
-                    return Err(Flow::LeaseLost(l.to_string()));
+                std::future::pending::<()>().await
+            };
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
                 }
-                if !s.safe_at(Instant::now()) {
-                    return Err(Flow::Doubt);
-                }
-            }
+            };
+            let stopping = *stopping;
             tokio::select! {
                 biased;
-                _ = self.stop.requested() => return Err(Flow::Stop),
-                r = async { lease_rx.as_mut().expect("guarded").changed().await }, if lease_rx.is_some() => {
+                _ = stop.requested(), if !stopping => {}
+                r = view.changed() => {
                     if r.is_err() {
-                        return Err(Flow::LeaseLost("the lease keeper stopped".into()));
+                        // The session is gone: stop.
+                        self.stop.request("the session ended");
                     }
                 }
-                out = &mut fut => return Ok(out),
-            }
-        }
-    }
-
-    /// Like [`wait`](Self::wait) for a fallible etcd call. `fut` is boxed before anything
-    /// else, so that the caller's future holds a pointer, not the step itself (each
-    /// election's task stays small while it waits).
-    fn call<'a, T: 'a, F>(&'a mut self, fut: F) -> impl Future<Output = Step<T>> + 'a
-    where
-        F: Future<Output = Result<T>> + 'a,
-    {
-        let fut = Box::pin(fut);
-        async move { Ok(self.wait(fut).await??) }
-    }
-
-    /// One round: connect, take the session's lease, campaign, wait in the queue. Returns
-    /// only by leaving with a [`Flow`].
-    async fn session(&mut self) -> Step<std::convert::Infallible> {
-        let usable = self.lease.as_ref().is_some_and(|l| !l.is_lost());
-        if !usable {
-            self.acquire_lease().await?;
-        }
-        if self.drop_key {
-            self.pace().await?;
-            self.delete_own_key().await?;
-        }
-        loop {
-            self.pace().await?;
-            self.ensure_epoch().await?;
-            if let Some(my_rev) = self.campaign().await? {
-                match self.queue(my_rev).await? {
-                    QueueExit::KeyGone | QueueExit::EpochGone => {}
+                gone = lease_changed => {
+                    if gone {
+                        let why = "the lease keeper stopped";
+                        if let Some((_, _, told)) = self.lease.as_mut() {
+                            *told = Told::Lost;
+                        }
+                        return Input::Lease(LeaseInput::Lost(why.into()));
+                    }
+                }
+                (id, answer) = answered => {
+                    if self.inflight.as_ref().is_some_and(|f| f.is_empty()) {
+                        // Nothing in flight: keep no buffer while idle.
+                        self.inflight = None;
+                    }
+                    return Input::Answer(id, answer);
+                }
+                msg = note => {
+                    let notes = self.watching.as_mut().map(|w| w.notes(msg)).unwrap_or_default();
+                    // A response acknowledging and cancelling at once gives two notes: all
+                    // but the last are fed here, in order.
+                    let mut notes = notes;
+                    if let Some(last) = notes.pop() {
+                        for n in notes {
+                            self.feed(Input::Watch(n));
+                        }
+                        return Input::Watch(last);
+                    }
+                }
+                () = timer => return Input::Timer,
+                () = slot => {
+                    self.slot = true;
+                    self.pacing = false;
+                    return Input::Paced;
                 }
             }
-            // Our key or the epoch record was deleted under us: campaign again, paced (the
-            // backoff restarts from its base after every successful read of the queue).
-            self.slot = None;
-            let delay = self.backoff.next_delay();
-            self.wait(tokio::time::sleep(delay)).await?;
         }
     }
 
-    /// Wait for the session's current lease (the session grants it); a grant failure not
-    /// reported yet is returned as this task's failure.
-    async fn acquire_lease(&mut self) -> Step<()> {
-        self.inner.shared.ensure_driver();
-        let mut rx = self.core().view.subscribe();
-        loop {
-            if self.stop.reason().is_some() {
-                return Err(Flow::Stop);
-            }
-            let view = rx.borrow_and_update().clone();
-            match view {
-                LeaseView::Granted(l) if !l.is_lost() => {
-                    self.set_lease(Some(l));
-                    return Ok(());
-                }
-                LeaseView::Failed(n, kind, msg) if n > self.seen_failure => {
-                    self.seen_failure = n;
-                    return Err(Flow::Fail(Error::new(kind, msg.to_string())));
-                }
-                _ => {}
-            }
-            tokio::select! {
-                biased;
-                _ = self.stop.requested() => return Err(Flow::Stop),
-                r = rx.changed() => if r.is_err() { return Err(Flow::Stop) },
-            }
+    /// The stop request as the machine's input, once.
+    fn stop_input(&mut self) -> Option<Input> {
+        if self.stopping {
+            return None;
         }
-    }
-
-    /// Delete our key (it led before the lease fell into doubt), so that we campaign again
-    /// with a new key and a new, higher term.
-    async fn delete_own_key(&mut self) -> Step<()> {
-        let (lease, key) = self.our_key()?;
-        let conn = self.inner.conn().clone();
-        self.call(delete_key(&conn, &key, lease)).await?;
-        self.drop_key = false;
-        Ok(())
-    }
-
-    /// Read the epoch record, creating it if absent with
-    /// `max(now_ms, highest epoch seen + 1)`.
-    async fn ensure_epoch(&mut self) -> Step<()> {
-        let key = self.inner.layout.epoch_key.clone();
-        let value = now_ms().max(self.core().epoch_seen.load(Ordering::Relaxed) + 1);
-        let txn = Txn::new()
-            .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
-            .and_then(vec![TxnOp::put(key.clone(), value.to_string(), None)])
-            .or_else(vec![TxnOp::get(key, None)]);
-        let conn = self.inner.conn().clone();
-        let resp = self.call(conn.txn("create the epoch record", txn)).await?;
-        let epoch = if resp.succeeded() {
-            tracing::info!(epoch = value, "created the epoch record");
-            value
-        } else {
-            match first_kv(&gets(&resp), 0) {
-                Some(kv) => parse_epoch(kv.value()).map_err(Flow::Fail)?,
-                None => {
-                    return Err(Flow::Fail(
-                        Error::new(
-                            ErrorKind::Backend,
-                            "the epoch record vanished while being read; retrying",
-                        )
-                        .with_retryable(true),
-                    ))
-                }
+        let reason = self.stop.reason()?;
+        self.stopping = true;
+        if self.cell().get().role.is_leader() {
+            tracing::info!(reason, "stepping down");
+        }
+        let shared = &self.inner.shared;
+        // A private or closing session revokes its lease instead (one request for every
+        // key); otherwise the key is deleted, retried until the lease could have expired
+        // by itself.
+        let delete_by = match &self.lease {
+            Some((l, _, _))
+                if !shared.private && !shared.closing.load(Ordering::SeqCst) && !l.is_lost() =>
+            {
+                let expires = l.state.borrow().expires;
+                Some(
+                    (Instant::now() + self.inner.config.request_timeout)
+                        .max(expires)
+                        .into_std(),
+                )
             }
+            _ => None,
         };
-        self.core().saw_epoch(epoch);
-        Ok(())
+        Some(Input::Command(Command::Stop { reason, delete_by }))
     }
 
-    /// Our lease and the candidate key it names (`<prefix>/<lease hex>`).
-    fn our_key(&self) -> Step<(i64, String)> {
-        let lease = self
-            .lease
-            .as_ref()
-            .map(|l| l.id)
-            .ok_or_else(|| Flow::LeaseLost("no lease".into()))?;
-        Ok((lease, self.inner.key(lease)))
+    /// What changed about the session's lease, for the machine.
+    fn lease_input(&mut self) -> Option<Input> {
+        if self.stopping {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some((l, rx, told)) = self.lease.as_mut() {
+            let s = rx.borrow_and_update().clone();
+            let recheck = std::mem::take(&mut self.recheck);
+            if let Some(why) = &s.lost {
+                if *told != Told::Lost || recheck {
+                    *told = Told::Lost;
+                    return Some(Input::Lease(LeaseInput::Lost(why.clone())));
+                }
+            } else if !s.safe_at(now) {
+                if *told != Told::Doubt || recheck {
+                    *told = Told::Doubt;
+                    return Some(Input::Lease(LeaseInput::Doubt {
+                        reason: s.doubt_reason(now).into(),
+                        expires: s.expires.into_std(),
+                    }));
+                }
+            } else if *told != Told::Safe || recheck {
+                *told = Told::Safe;
+                return Some(Input::Lease(LeaseInput::Safe));
+            }
+            if *told != Told::Lost || !l.is_lost() {
+                return None;
+            }
+        }
+        // No lease, or the told one is lost: the session's next one.
+        let view = self.view.borrow_and_update().clone();
+        match view {
+            LeaseView::Granted(l) if !l.is_lost() => {
+                if self.lease.as_ref().is_some_and(|(t, _, _)| t.id == l.id) {
+                    return None;
+                }
+                let rx = l.state.clone();
+                self.set_lease_view(Some(&l));
+                let id = l.id;
+                self.lease = Some((l, rx, Told::Safe));
+                Some(Input::Lease(LeaseInput::Granted { id }))
+            }
+            LeaseView::Failed(n, kind, msg) if n > self.seen_failure => {
+                self.seen_failure = n;
+                Some(Input::Lease(LeaseInput::GrantFailed(kind, msg)))
+            }
+            _ => None,
+        }
     }
 
-    /// Put our key if absent (Go's campaign txn), requiring the epoch record to exist.
-    /// Returns our key's create revision, or None when the epoch record is gone (recreate
-    /// it first).
-    async fn campaign(&mut self) -> Step<Option<i64>> {
-        let (lease, key) = self.our_key()?;
-        let ekey = self.inner.layout.epoch_key.clone();
-        let id = self.config().id.clone();
-        let txn = Txn::new()
-            .when(vec![
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                Compare::version(ekey.clone(), CompareOp::Greater, 0),
-            ])
-            .and_then(vec![
-                TxnOp::put(key.clone(), id, Some(PutOptions::new().with_lease(lease))),
-                TxnOp::get(ekey.clone(), None),
-            ])
-            .or_else(vec![TxnOp::get(key, None), TxnOp::get(ekey, None)]);
-        let conn = self.inner.conn().clone();
-        let resp = self.call(conn.txn("campaign", txn)).await?;
-        let gets = gets(&resp);
-        if resp.succeeded() {
-            tracing::debug!(rev = header_revision(&resp), "campaign: key created");
-            return Ok(Some(header_revision(&resp)));
+    /// What [`EtcdElection::lease`] and [`Election::contact`] read.
+    fn set_lease_view(&self, lease: Option<&Arc<Lease>>) {
+        let view = lease.map(|l| (l.id, l.ttl, l.state.clone()));
+        *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    }
+
+    /// Feed one input and carry out the machine's effects, in order.
+    fn feed(&mut self, input: Input) {
+        let mut queue: VecDeque<Effect> = VecDeque::new();
+        self.handle(input, &mut queue);
+        while let Some(e) = queue.pop_front() {
+            match e {
+                Effect::Publish {
+                    role,
+                    health,
+                    reason,
+                } => {
+                    let cell = &self.inner.cell;
+                    match role {
+                        Some(role) => {
+                            if cell.get().role.is_leader() && !role.is_leader() {
+                                tracing::info!(%reason, "stepping down");
+                            }
+                            cell.set(role, health, reason);
+                        }
+                        None => {
+                            cell.set_health(health, reason);
+                        }
+                    }
+                }
+                Effect::PublishLeader {
+                    lease,
+                    term,
+                    handover,
+                    reason,
+                } => {
+                    if !self.publish_leader(lease, term, handover, reason) {
+                        self.recheck = true;
+                        self.handle(Input::LeaderRefused, &mut queue);
+                    }
+                }
+                Effect::Pace => {
+                    if !self.slot {
+                        if let Ok(p) = self.inner.core().rounds.try_acquire() {
+                            p.forget();
+                            self.slot = true;
+                        }
+                    }
+                    if self.slot {
+                        self.handle(Input::Paced, &mut queue);
+                    } else {
+                        // Every slot is taken: the next input is ours once one is free.
+                        self.pacing = true;
+                    }
+                }
+                Effect::Request { id, op } => self.send(id, op),
+                Effect::Watch { id, key, start } => self.watch(id, key, start),
+                Effect::Unwatch(id) => {
+                    if let Some(w) = self.watching.as_mut() {
+                        w.unwatch(id);
+                        if w.is_empty() {
+                            self.watching = None;
+                        }
+                    }
+                }
+                Effect::Refused(kind, msg) => self.inner.refusal.report(kind, msg),
+                Effect::Progress => self.inner.refusal.clear(),
+                Effect::SawEpoch(e) => self.inner.core().saw_epoch(e),
+                Effect::LeaseLost(why) => {
+                    tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
+                    self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
+                    if let Some((l, _, _)) = self.lease.take() {
+                        l.declare_lost(why.to_string());
+                    }
+                    self.set_lease_view(None);
+                }
+                Effect::Done(res) => {
+                    if let Err((kind, msg)) = res {
+                        self.cell().set_health(HealthLevel::Degraded, msg.clone());
+                        self.result = Err(Error::new(kind, msg));
+                    }
+                }
+                Effect::Exit => self.exit = true,
+            }
         }
-        if first_kv(&gets, 1).is_none() {
-            return Ok(None);
+        // A round's slot is held while the machine is in a round.
+        if self.slot && !self.m.in_round() {
+            self.slot = false;
+            self.inner.core().rounds.add_permits(1);
         }
-        match first_kv(&gets, 0) {
-            Some(kv) => Ok(Some(kv.create_revision())),
-            // Neither branch condition explains this (e.g. a concurrent delete): try again.
-            None => Ok(None),
+        if !self.m.in_round() {
+            self.pacing = false;
         }
     }
 
-    /// Wait in the queue: lead while first, else watch the predecessor's deletion.
-    ///
-    /// Each round opens one watch stream on our key and the epoch record BEFORE reading the
-    /// queue, then reads it (one txn), then adds the predecessor to the same stream. When the
-    /// predecessor was the leader at that read and its deletion arrives with nothing before it
-    /// on our key or the epoch record, we lead at once, without reading again: see
-    /// [`QueueWatch`] for why that is the same fact a fresh read would give.
-    async fn queue(&mut self, my_rev: i64) -> Step<QueueExit> {
-        let (lease, key) = self.our_key()?;
-        let range = self.inner.layout.range.clone();
-        let epoch_key = self.inner.layout.epoch_key.clone();
-        // When we saw the leader before us leave (for the handover metric).
-        let mut vacated: Option<std::time::Instant> = None;
-        loop {
-            self.pace().await?;
-            let conn = self.inner.conn().clone();
-            let hub = self.inner.hub();
-            let mut watch = self
-                .call(QueueWatch::open(&conn, hub, &key, &epoch_key))
-                .await?;
+    /// Hand `input` to the machine (which decides on the role everyone published: the
+    /// lease keeper demotes leaders itself) and queue its effects.
+    fn handle(&mut self, input: Input, queue: &mut VecDeque<Effect>) {
+        self.m.set_role(self.cell().role());
+        let mut fx = Vec::new();
+        self.m.handle(Instant::now().into_std(), input, &mut fx);
+        queue.extend(fx);
+    }
+
+    /// Publish `Leader` if lease `lease` is the one we hold and still safe. Under the
+    /// registry lock: the keeper demotes every leader of the session under the same lock
+    /// before it publishes a lease in doubt, so we either see the doubt here or are demoted
+    /// by the keeper after publishing.
+    fn publish_leader(
+        &self,
+        lease: i64,
+        term: Term,
+        handover: Option<std::time::Instant>,
+        reason: Arc<str>,
+    ) -> bool {
+        let Some((l, _, _)) = self.lease.as_ref().filter(|(l, _, _)| l.id == lease) else {
+            return false;
+        };
+        let cell = &self.inner.cell;
+        let published = self.inner.core().registry.locked(|| {
+            if !l.state.borrow().safe_at(Instant::now()) {
+                return None;
+            }
+            // Recorded before publishing, so whoever sees `Leader` also sees it.
+            if let Some(at) = handover {
+                cell.metrics().handover(at);
+            }
+            Some(cell.set(Role::Leader { term }, HealthLevel::Healthy, reason))
+        });
+        match published {
+            None => false,
+            Some(changed) => {
+                if changed {
+                    tracing::info!(%term, "leading");
+                }
+                true
+            }
+        }
+    }
+
+    /// Add watcher `id` on `key` to the round's watch stream.
+    fn watch(&mut self, id: ReqId, key: String, start: Option<i64>) {
+        let inner = &self.inner;
+        let w = self.watching.get_or_insert_with(|| Watching {
+            hub: inner.hub(),
+            inbox: Route::default(),
+            pending: VecDeque::new(),
+            ids: Vec::new(),
+            generation: 0,
+        });
+        w.pending.push_back(Some(id));
+        let opts = start.map(|s| WatchOptions::new().with_start_revision(s));
+        w.hub.create(key, opts, &w.inbox);
+    }
+
+    /// Send request `id`.
+    fn send(&mut self, id: ReqId, op: Op) {
+        let inner = self.inner.clone();
+        let fut: Pending = Box::pin(async move { (id, request(&inner, op).await) });
+        self.inflight
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(fut);
+    }
+}
+
+/// Carry out one request of the machine.
+async fn request(inner: &Inner, op: Op) -> std::result::Result<Answer, EtcdErr> {
+    let conn = inner.conn().clone();
+    let res = match op {
+        Op::EnsureEpoch { key, at_least } => {
+            let value = now_ms()
+                .max(at_least)
+                .max(inner.core().epoch_seen.load(Ordering::Relaxed) + 1);
+            let txn = Txn::new()
+                .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then(vec![TxnOp::put(key.clone(), value.to_string(), None)])
+                .or_else(vec![TxnOp::get(key, None)]);
+            conn.txn("create the epoch record", txn).await.map(|resp| {
+                if resp.succeeded() {
+                    tracing::info!(epoch = value, "created the epoch record");
+                    Answer::Epoch {
+                        created: true,
+                        value: Some(value.to_string().into_bytes()),
+                    }
+                } else {
+                    Answer::Epoch {
+                        created: false,
+                        value: first_kv(&gets(&resp), 0).map(|kv| kv.value().to_vec()),
+                    }
+                }
+            })
+        }
+        Op::Campaign {
+            key,
+            lease,
+            id,
+            epoch_key,
+        } => {
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                    Compare::version(epoch_key.clone(), CompareOp::Greater, 0),
+                ])
+                .and_then(vec![
+                    TxnOp::put(key.clone(), id, Some(PutOptions::new().with_lease(lease))),
+                    TxnOp::get(epoch_key.clone(), None),
+                ])
+                .or_else(vec![TxnOp::get(key, None), TxnOp::get(epoch_key, None)]);
+            conn.txn("campaign", txn).await.map(|resp| {
+                let gets = gets(&resp);
+                let succeeded = resp.succeeded();
+                if succeeded {
+                    tracing::debug!(rev = header_revision(&resp), "campaign: key created");
+                }
+                Answer::Campaign {
+                    succeeded,
+                    header_rev: header_revision(&resp),
+                    own: (!succeeded)
+                        .then(|| first_kv(&gets, 0).map(key_info))
+                        .flatten(),
+                    epoch_exists: succeeded || first_kv(&gets, 1).is_some(),
+                }
+            })
+        }
+        Op::ReadQueue {
+            range,
+            key,
+            epoch_key,
+            below,
+            limit,
+        } => {
             let txn = Txn::new().and_then(vec![
                 // The leader: the first key by create revision.
                 TxnOp::get(
@@ -890,502 +1129,56 @@ impl Task {
                 // Who is ahead of us: the keys with the greatest create revisions below ours
                 // (our predecessor first), and whether there are more.
                 TxnOp::get(
-                    range.clone(),
+                    range,
                     Some(
                         GetOptions::new()
                             .with_prefix()
                             .with_sort(SortTarget::Create, SortOrder::Descend)
-                            .with_max_create_revision(my_rev - 1)
-                            .with_limit(AHEAD_WATCHED as i64),
+                            .with_max_create_revision(below)
+                            .with_limit(limit as i64),
                     ),
                 ),
-                TxnOp::get(key.clone(), None),
-                TxnOp::get(epoch_key.clone(), None),
+                TxnOp::get(key, None),
+                TxnOp::get(epoch_key, None),
             ]);
-            let conn = self.inner.conn().clone();
-            let resp = self.call(conn.txn("read the queue", txn)).await?;
-            // Take what the round needs out of the response and drop it before waiting: an
-            // idle participant must not keep a txn response alive.
-            let (rev, mine, epoch, keys, count, leader) = {
-                let rev = header_revision(&resp);
+            conn.txn("read the queue", txn).await.map(|resp| {
                 let gets = gets(&resp);
-                // Our key: created at our campaign's revision AND under our lease (a revision
-                // alone could be reused after a wipe, which restarts revisions).
-                let mine = first_kv(&gets, 2)
-                    .filter(|kv| kv.lease() == lease)
-                    .map(|kv| kv.create_revision());
-                let epoch = first_kv(&gets, 3).map(|kv| parse_epoch(kv.value()));
                 let ahead = gets.get(1).map(|g| g.kvs()).unwrap_or_default();
-                let first = first_kv(&gets, 0);
-                let leader = first.map(|kv| String::from_utf8_lossy(kv.value()).into_owned());
-                // How many keys were created before ours, at this read: exact when etcd says
-                // there are no more than it returned (its `count` ignores the create-revision
-                // filter), else "more than we watch". No key can be created before ours any
-                // more (revisions only grow; a wipe ends the watch stream).
-                let more = gets.get(1).is_some_and(|g| g.more());
-                let count = ahead.len() as i64 + i64::from(more);
-                let keys: Vec<(Vec<u8>, bool)> = ahead
-                    .iter()
-                    .map(|kv| {
-                        let leads = first.is_some_and(|f| f.key() == kv.key());
-                        (kv.key().to_vec(), leads)
-                    })
-                    .collect();
-                (rev, mine, epoch, keys, count, leader)
-            };
-            drop(resp);
-            // The round's requests are done: waiting (or leading) holds no slot.
-            self.slot = None;
-            if mine != Some(my_rev) {
-                let was_leader = self.cell().get().role.is_leader();
-                self.cell().set(
-                    Role::Candidate,
-                    HealthLevel::Degraded,
-                    "our candidate key was deleted; campaigning again",
-                );
-                tracing::info!(was_leader, "candidate key deleted under us");
-                return Ok(QueueExit::KeyGone);
-            }
-            let epoch = match epoch {
-                Some(e) => e.map_err(Flow::Fail)?,
-                None => return Ok(QueueExit::EpochGone),
-            };
-            self.core().saw_epoch(epoch);
-            self.backoff.reset();
-            // Progress: an earlier refusal (e.g. permission denied) no longer holds.
-            self.inner.refusal.clear();
-            let term = Term::new(epoch, my_rev as u64);
-            if keys.is_empty() {
-                drop(leader);
-                self.lead(term, vacated.take(), "first in the queue")?;
-            } else {
-                watch.add_ahead(keys, rev + 1);
-                self.cell().set(
-                    Role::Follower { leader },
-                    HealthLevel::Healthy,
-                    "waiting for the predecessor's key to be deleted",
-                );
-                match self.call(watch.ahead_gone(count)).await? {
-                    Vacated::Confirmed => {
-                        // Every key that was ahead of us is deleted, and our key and the epoch
-                        // record are as read (a change of either would have come first on
-                        // this stream): what a re-read would say.
-                        let at = std::time::Instant::now();
-                        self.lead(
-                            term,
-                            Some(at),
-                            "first in the queue (the keys ahead of ours were deleted)",
-                        )?;
-                    }
-                    Vacated::Reread { leader_left } => {
-                        vacated = leader_left.then(std::time::Instant::now);
-                        continue;
-                    }
+                Answer::Queue {
+                    rev: header_revision(&resp),
+                    first: first_kv(&gets, 0).map(|kv| {
+                        (
+                            String::from_utf8_lossy(kv.key()).into_owned(),
+                            kv.value().to_vec(),
+                        )
+                    }),
+                    ahead: ahead
+                        .iter()
+                        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                        .collect(),
+                    more: gets.get(1).is_some_and(|g| g.more()),
+                    own: first_kv(&gets, 2).map(key_info),
+                    epoch: first_kv(&gets, 3).map(|kv| kv.value().to_vec()),
                 }
-            }
-            // Lead until our key is deleted (or the lease falls into doubt).
-            self.call(watch.own_key_deleted()).await?;
+            })
         }
-    }
-
-    /// Publish `Leader` with `term` (after checking the lease), recording a handover that
-    /// started at `vacated` (when we saw the leader before us leave).
-    fn lead(
-        &mut self,
-        term: Term,
-        vacated: Option<std::time::Instant>,
-        reason: &'static str,
-    ) -> Step<()> {
-        let Some(lease) = self.lease.clone() else {
-            return Err(Flow::Doubt);
-        };
-        let cell = &self.inner.cell;
-        // Under the registry lock: the keeper demotes every leader of the session under the
-        // same lock before it publishes a lease in doubt, so we either see the doubt here or
-        // are demoted by the keeper after publishing.
-        let published = self.core().registry.locked(|| {
-            if !lease.state.borrow().safe_at(Instant::now()) {
-                return None;
-            }
-            // Recorded before publishing, so whoever sees `Leader` also sees it.
-            if let Some(at) = vacated {
-                cell.metrics().handover(at);
-            }
-            Some(cell.set(Role::Leader { term }, HealthLevel::Healthy, reason))
-        });
-        match published {
-            None => Err(Flow::Doubt),
-            Some(changed) => {
-                self.led_with_lease = true;
-                if changed {
-                    tracing::info!(%term, "leading");
-                }
-                Ok(())
-            }
+        Op::DeleteKey { key, lease } => delete_key(&conn, &key, lease).await.map(|()| Answer::Done),
+    };
+    res.map_err(|e| {
+        if error::lease_gone(&e) {
+            EtcdErr::LeaseGone(e.to_string())
+        } else if e.kind() == ErrorKind::PermissionDenied {
+            EtcdErr::Refused(e.kind(), e.message().to_owned())
+        } else {
+            EtcdErr::Transient(e.to_string())
         }
-    }
-
-    /// The lease is in doubt: step down (Suspended) and wait until renewals are answered
-    /// again (Ok) or the lease is lost / stop is requested (Err).
-    async fn in_doubt(&mut self) -> Step<()> {
-        let Some(lease) = self.lease.as_ref() else {
-            return Ok(());
-        };
-        let mut rx = lease.state.clone();
-        let joined = {
-            let role = self.cell().get().role;
-            role.is_joined() || role == Role::Suspended
-        };
-        loop {
-            if self.stop.reason().is_some() {
-                return Err(Flow::Stop);
-            }
-            let s = rx.borrow_and_update().clone();
-            let now = Instant::now();
-            if let Some(l) = &s.lost {
-                return Err(Flow::LeaseLost(l.to_string()));
-            }
-            if s.safe_at(now) {
-                break;
-            }
-            let (level, reason) = if now >= s.expires {
-                (
-                    HealthLevel::Unhealthy,
-                    format!(
-                        "{}; the lease may have expired on the server",
-                        s.doubt_reason(now)
-                    ),
-                )
-            } else {
-                (HealthLevel::Degraded, s.doubt_reason(now))
-            };
-            let role = if joined {
-                Role::Suspended
-            } else {
-                Role::Candidate
-            };
-            // Reasons carry a growing duration: only publish when the level or role changes.
-            let cur = self.cell().get();
-            if cur.role != role || cur.health.level != level {
-                if cur.role.is_leader() {
-                    tracing::warn!(%reason, "stepping down: lease in doubt");
-                }
-                self.cell().set(role.clone(), level, reason);
-            }
-            tokio::select! {
-                biased;
-                _ = self.stop.requested() => return Err(Flow::Stop),
-                r = rx.changed() => if r.is_err() {
-                    return Err(Flow::LeaseLost("the lease keeper stopped".into()));
-                },
-                _ = tokio::time::sleep_until(s.expires), if now < s.expires => {}
-            }
-        }
-        // Renewals are answered again: the lease lives and our key (if any) with it.
-        if self.led_with_lease {
-            // Our key led and lost leadership: it must not lead again with the same term.
-            // Delete it and campaign with a new key (the lease, shared, stays).
-            tracing::info!("lease recovered after stepping down; replacing our key");
-            self.led_with_lease = false;
-            self.drop_key = true;
-            self.cell().set(
-                Role::Candidate,
-                HealthLevel::Degraded,
-                "our key led before the lease fell into doubt; campaigning again with a new key",
-            );
-        }
-        Ok(())
-    }
-
-    /// After stop: remove our key, bounded in time. A private or closing session revokes
-    /// its lease instead (one request for every key); otherwise the key is deleted, retried
-    /// until the lease could have expired by itself, and a failure is reported.
-    async fn release(&mut self) -> Result<()> {
-        let lease = self.lease.take();
-        self.set_lease(None);
-        let shared = self.inner.shared.clone();
-        if shared.private || shared.closing.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let Some(lease) = lease else {
-            return Ok(());
-        };
-        if lease.is_lost() {
-            return Ok(());
-        }
-        let id = lease.id;
-        let key = self.inner.key(id);
-        let deadline =
-            (Instant::now() + self.config().request_timeout).max(lease.state.borrow().expires);
-        drop(lease);
-        let conn = self.inner.conn().clone();
-        let delete = || delete_key(&conn, &key, id);
-        match crate::conn::retry_until(deadline, self.config().ttl, "deleting our key", delete)
-            .await
-        {
-            Ok(()) => {
-                tracing::debug!(%key, "candidate key deleted");
-                Ok(())
-            }
-            Err(e) => Err(Error::new(
-                e.kind(),
-                format!("could not delete our key {key} ({e}); it goes with the session's lease"),
-            )),
-        }
-    }
+    })
 }
 
-/// How many of the keys ahead of ours (nearest first) a participant watches. Each key is
-/// then watched by at most this many participants, so a deletion wakes at most this many;
-/// with two, the participant second in line already knows, when the leader leaves, that only
-/// its predecessor is left, and leads without a read when that one leaves too.
-const AHEAD_WATCHED: usize = 2;
-
-/// Which key a watcher of a [`QueueWatch`] is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Watched {
-    Own,
-    Epoch,
-    /// A key ahead of ours; `leads`: it was the first key at the read; `gone`: deleted.
-    Ahead {
-        leads: bool,
-        gone: bool,
-    },
-}
-
-/// How a wait for the keys ahead of ours ended.
-enum Vacated {
-    /// Every key that was ahead of ours at the read is deleted, each deletion delivered
-    /// live, with no change of our key or the epoch record before it.
-    Confirmed,
-    /// Something else happened (our key or the epoch record changed, a watcher was
-    /// cancelled, a deletion came in a catch-up batch, or keys we do not watch may still be
-    /// ahead): read the queue again. `leader_left`: the key that led at the read was deleted.
-    Reread { leader_left: bool },
-}
-
-/// The watchers of one round in the queue, on the session's shared watch stream (see
-/// `watch_hub.rs`; their responses reach us in stream order): watchers on our key and the
-/// epoch record, created from "now" BEFORE the queue is read, and on the (up to
-/// [`AHEAD_WATCHED`]) keys
-/// nearest ahead of ours, added after the read from the read's revision + 1.
-///
-/// The read also says how many keys are ahead of ours (exactly, when there are no more than
-/// we watch). That set can only shrink (a key created later has a higher create revision),
-/// so once that many distinct watched keys were deleted, none is left: Go's
-/// `concurrency.Election` condition for leading. Why those deletions, seen here with nothing
-/// before them on the other two watchers, say what a read at the last deletion's revision
-/// would say about our key and the epoch record:
-/// - etcd (3.4 `v3rpc/watch.go`, `mvcc/watchable_store.go`) starts a watcher created without
-///   a start revision at the store's revision + 1, which registers it as *synced*, and sends
-///   the events of the synced watchers of one stream through one FIFO channel, revision by
-///   revision, as each write is applied. A change of our key or the epoch record at a
-///   revision below a deletion is therefore queued before it.
-/// - The queue read is linearizable and issued after etcd acknowledged both watchers, so
-///   every change after the read's revision is delivered here, and every change up to it is
-///   in the read.
-/// - A deletion is used only when delivered live (its response's header revision is the
-///   deletion's own revision and it carries that single event); catch-up deliveries, which
-///   can reorder watchers, re-read instead.
-///
-/// What this relies on beyond etcd's documented watch guarantees: that our key's and the
-/// epoch record's watchers are synced while we wait. etcd leaves or moves a watcher out of
-/// the synced group when a write is applied between its reading the store revision and
-/// registering the watcher (microseconds; etcd's sync loop catches it up within 100 ms),
-/// when the stream's channel is full (1024 responses in 3.4; a stream carries the watchers of
-/// at most 256 elections of one session, a few responses each per handover),
-/// or when the member restores a snapshot from the raft leader (a member that fell far
-/// behind). Only if that coincides with someone else deleting our key or the epoch record
-/// during the handover could we lead on a stale view; the watcher then reports the change
-/// and we step down (our key) at its message.
-///
-/// A broken stream (etcd restarted or wiped) is an error: the caller backs off and re-reads.
-struct QueueWatch {
-    /// The session's shared watch stream this election's watchers are on.
-    hub: WatchHub,
-    /// Responses of our watchers, in stream order.
-    inbox: Route,
-    /// Watchers etcd acknowledged, with their ids.
-    ids: Vec<(i64, Watched)>,
-    /// The generation of the shared stream our watchers are on (for cancelling them).
-    generation: u32,
-    /// Watched keys ahead of ours not deleted yet.
-    ahead_alive: i64,
-    /// Watchers requested but not yet acknowledged, in request order (etcd acknowledges
-    /// creates of one stream in order).
-    pending: std::collections::VecDeque<Watched>,
-    /// Our key or the epoch record changed since the stream opened.
-    changed: bool,
-    /// Our key was deleted since the stream opened.
-    own_deleted: bool,
-}
-
-impl Drop for QueueWatch {
-    fn drop(&mut self) {
-        // Watchers not acknowledged yet are cancelled by the hub when their acknowledgement
-        // finds this inbox closed.
-        self.inbox.close();
-        for (id, _) in &self.ids {
-            self.hub.cancel(self.generation, *id);
-        }
-    }
-}
-
-/// What one watch response said.
-enum Note {
-    /// A watcher was acknowledged, or a change that needs no action.
-    Nothing,
-    /// Our key or the epoch record changed.
-    Changed,
-    /// A watched key ahead of ours was deleted (counted once per key); `live` as described
-    /// on [`QueueWatch`]; `leads`: it was the first key at the read.
-    AheadDeleted { live: bool, leads: bool },
-    /// A watcher was cancelled by etcd (e.g. its start revision was compacted).
-    Cancelled,
-}
-
-impl QueueWatch {
-    /// Add watchers on `own` and `epoch` to the session's stream and wait until etcd
-    /// acknowledged both.
-    async fn open(conn: &Connection, hub: WatchHub, own: &str, epoch: &str) -> Result<QueueWatch> {
-        let inbox = Route::default();
-        hub.create(own, None, &inbox);
-        hub.create(epoch, None, &inbox);
-        let mut w = QueueWatch {
-            hub,
-            inbox,
-            ids: Vec::with_capacity(3),
-            generation: 0,
-            pending: [Watched::Own, Watched::Epoch].into(),
-            ahead_alive: 0,
-            changed: false,
-            own_deleted: false,
-        };
-        while !w.pending.is_empty() {
-            let note = tokio::time::timeout(conn.config.request_timeout, w.next())
-                .await
-                .map_err(|_| {
-                    Error::timeout(format!(
-                        "etcd did not acknowledge a watch of our key within {}",
-                        Human(conn.config.request_timeout)
-                    ))
-                })??;
-            if matches!(note, Note::Cancelled) {
-                return Err(Error::new(
-                    ErrorKind::Backend,
-                    "etcd cancelled a new watch of our key or the epoch record",
-                )
-                .with_retryable(true));
-            }
-        }
-        Ok(w)
-    }
-
-    /// Add watchers on `keys` (each with whether it leads) from revision `from`.
-    fn add_ahead(&mut self, keys: Vec<(Vec<u8>, bool)>, from: i64) {
-        for (key, leads) in keys {
-            self.pending
-                .push_back(Watched::Ahead { leads, gone: false });
-            self.ahead_alive += 1;
-            self.hub.create(
-                key,
-                Some(WatchOptions::new().with_start_revision(from)),
-                &self.inbox,
-            );
-        }
-    }
-
-    /// Wait until the `count` keys that were ahead of ours are all deleted (or for a reason
-    /// to read the queue again).
-    async fn ahead_gone(&mut self, mut count: i64) -> Result<Vacated> {
-        let mut leader_left = false;
-        loop {
-            match self.next().await? {
-                Note::Nothing => {}
-                Note::AheadDeleted { live, leads } => {
-                    leader_left |= leads;
-                    count -= 1;
-                    self.ahead_alive -= 1;
-                    if !live || self.changed {
-                        return Ok(Vacated::Reread { leader_left });
-                    }
-                    if count <= 0 {
-                        return Ok(Vacated::Confirmed);
-                    }
-                    if count > self.ahead_alive {
-                        // Keys we do not watch may be ahead: learn the new nearest ones.
-                        return Ok(Vacated::Reread { leader_left });
-                    }
-                }
-                Note::Changed | Note::Cancelled => return Ok(Vacated::Reread { leader_left }),
-            }
-        }
-    }
-
-    /// Wait until our key is deleted (Ok: the caller re-reads), ignoring other changes.
-    async fn own_key_deleted(&mut self) -> Result<()> {
-        while !self.own_deleted {
-            if let Note::Cancelled = self.next().await? {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Read one response from the stream.
-    async fn next(&mut self) -> Result<Note> {
-        let resp = match self.inbox.recv().await {
-            WatchMsg::Resp(resp, generation) => {
-                self.generation = generation;
-                *resp
-            }
-            WatchMsg::Ended(e) => return Err(*e),
-        };
-        if resp.created() {
-            if let Some(w) = self.pending.pop_front() {
-                self.ids.push((resp.watch_id(), w));
-            }
-        }
-        if resp.canceled() {
-            if resp.compact_revision() == 0 && !resp.cancel_reason().is_empty() {
-                return Err(Error::new(
-                    ErrorKind::Backend,
-                    format!("etcd cancelled the watch: {}", resp.cancel_reason()),
-                )
-                .with_retryable(true));
-            }
-            return Ok(Note::Cancelled);
-        }
-        let events = resp.events();
-        if events.is_empty() {
-            return Ok(Note::Nothing);
-        }
-        let watched = self.ids.iter_mut().find(|(id, _)| *id == resp.watch_id());
-        let deleted = events.iter().any(|e| e.event_type() == EventType::Delete);
-        match watched.map(|(_, w)| w) {
-            Some(Watched::Own) => {
-                self.changed = true;
-                self.own_deleted |= deleted;
-                Ok(Note::Changed)
-            }
-            Some(Watched::Epoch) | None => {
-                self.changed = true;
-                Ok(Note::Changed)
-            }
-            Some(Watched::Ahead { leads, gone }) if deleted && !*gone => {
-                *gone = true;
-                let revision = resp.header().map(|h| h.revision());
-                let live =
-                    events.len() == 1 && events[0].kv().map(|kv| kv.mod_revision()) == revision;
-                Ok(Note::AheadDeleted {
-                    live,
-                    leads: *leads,
-                })
-            }
-            // A value changed (e.g. a Go leader's Proclaim), or a key deleted before was
-            // created again (it is no longer ahead of ours): keep waiting.
-            Some(Watched::Ahead { .. }) => Ok(Note::Nothing),
-        }
+fn key_info(kv: &KeyValue) -> KeyInfo {
+    KeyInfo {
+        create_rev: kv.create_revision(),
+        lease: kv.lease(),
     }
 }
 

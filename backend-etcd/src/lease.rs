@@ -344,7 +344,7 @@ impl Keeper {
                         self.trouble(e.to_string(), false);
                         let overdue_at = self.overdue_at();
                         tokio::select! {
-                            _ = tokio::time::sleep(backoff.next_delay()) => {}
+                            _ = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
                             _ = tokio::time::sleep_until(overdue_at.unwrap_or_else(Instant::now)), if overdue_at.is_some() => self.overdue(),
                         }
                     }

@@ -7,10 +7,13 @@ mod conn;
 mod election;
 mod error;
 mod lease;
+pub mod machine;
 mod observe;
 mod read_batch;
 mod record;
 mod session;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod watch_hub;
 
 pub use config::{

@@ -117,7 +117,7 @@ async fn follow(cfg: EtcdConfig, refresh: Duration, tx: Tx) {
                 if tx.send(Err(e)).is_err() || fatal {
                     return;
                 }
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(backoff.next_delay(rand::random())).await;
             }
         }
     }

@@ -279,7 +279,9 @@ impl CasRecord for EtcdRecord {
             match watched {
                 Watched::Changed(now) => return Ok(now),
                 // The stream broke (e.g. etcd restarted): re-read and watch again.
-                Watched::Ended { broke: true } => tokio::time::sleep(backoff.next_delay()).await,
+                Watched::Ended { broke: true } => {
+                    tokio::time::sleep(backoff.next_delay(rand::random())).await
+                }
                 Watched::Ended { broke: false } => {}
             }
         }

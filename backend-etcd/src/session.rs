@@ -421,7 +421,7 @@ async fn drive(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                         .push((id, Instant::now()));
                 }
                 let failures = core.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                let delay = backoff.next_delay();
+                let delay = backoff.next_delay(rand::random());
                 tracing::debug!(error = %e, ?delay, "session lease grant failed; retrying");
                 core.view
                     .send_replace(LeaseView::Failed(failures, e.kind(), e.message().into()));
