@@ -105,6 +105,9 @@ pub(crate) struct Inner {
     lease: StdMutex<Option<(i64, Duration, watch::Receiver<LeaseState>)>>,
     /// A permanent refusal met by the background task (e.g. permission denied), for `join`.
     refusal: Fatal,
+    /// The lease under which a stop left our key (its delete failed): the next run deletes
+    /// it before campaigning, since it may have led (a new key carries a new term).
+    leftover: StdMutex<Option<i64>>,
     run: Mutex<Option<Run>>,
 }
 
@@ -255,6 +258,7 @@ impl EtcdElection {
             closed: AtomicBool::new(false),
             lease: StdMutex::new(None),
             refusal: Fatal::new(),
+            leftover: StdMutex::new(None),
             run: Mutex::new(None),
         });
         shared.register(reg_id, &inner);
@@ -661,6 +665,13 @@ impl Task {
             cfg.ttl,
             cfg.request_timeout,
             rand::random(),
+        )
+        .with_leftover(
+            inner
+                .leftover
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
         );
         let view = inner.core().view.subscribe();
         Box::new(Task {
@@ -952,16 +963,24 @@ impl Task {
                 Effect::Refused(kind, msg) => self.inner.refusal.report(kind, msg),
                 Effect::Progress => self.inner.refusal.clear(),
                 Effect::SawEpoch(e) => self.inner.core().saw_epoch(e),
-                Effect::LeaseLost(why) => {
+                Effect::LeaseLost { lease, why } => {
                     tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
                     self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
-                    if let Some((l, _, _)) = self.lease.take() {
-                        l.declare_lost(why.to_string());
+                    if self.lease.as_ref().is_some_and(|(l, _, _)| l.id == lease) {
+                        if let Some((l, _, _)) = self.lease.take() {
+                            l.declare_lost(why.to_string());
+                        }
+                        self.set_lease_view(None);
                     }
-                    self.set_lease_view(None);
                 }
                 Effect::Done(res) => {
                     if let Err((kind, msg)) = res {
+                        *self
+                            .inner
+                            .leftover
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner()) =
+                            self.lease.as_ref().map(|(l, _, _)| l.id);
                         self.cell().set_health(HealthLevel::Degraded, msg.clone());
                         self.result = Err(Error::new(kind, msg));
                     }

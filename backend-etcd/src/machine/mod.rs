@@ -269,8 +269,14 @@ pub enum Effect {
     Progress,
     /// An epoch was seen (the session's highest seen makes a new record higher).
     SawEpoch(u64),
-    /// The lease is gone (server said so): count it and tell the session.
-    LeaseLost(Arc<str>),
+    /// Lease `lease` is gone: count it and tell the session (unless it knows: it may
+    /// already have granted the next one).
+    LeaseLost {
+        /// The lease.
+        lease: i64,
+        /// Why.
+        why: Arc<str>,
+    },
     /// A stop finished (`Err`: our key could not be deleted).
     Done(std::result::Result<(), (ErrorKind, String)>),
     /// The machine is done; drop it.
@@ -414,6 +420,9 @@ pub struct CampaignMachine {
     led_with_lease: bool,
     /// Our key led before the lease fell into doubt: delete it before campaigning again.
     drop_key: bool,
+    /// A key of ours may be left under this lease by an earlier run whose delete failed:
+    /// it may have led, so it is deleted before campaigning (a new key, a new term).
+    leftover: Option<i64>,
     /// The highest epoch seen.
     epoch_seen: u64,
     /// When we saw the leader before us leave (for the handover metric).
@@ -462,6 +471,7 @@ impl CampaignMachine {
             lease: None,
             led_with_lease: false,
             drop_key: false,
+            leftover: None,
             epoch_seen: 0,
             vacated: None,
             role: Role::Idle,
@@ -471,6 +481,14 @@ impl CampaignMachine {
             next_id: 0,
             bugs: Bugs::default(),
         }
+    }
+
+    /// An earlier run of this election could not delete its key under `lease` (its stop
+    /// ended with an error): that key may have led, so if the machine campaigns with that
+    /// lease, it deletes the key first and campaigns with a new one (a new, higher term).
+    pub fn with_leftover(mut self, lease: Option<i64>) -> Self {
+        self.leftover = lease;
+        self
     }
 
     /// The role this machine last published.
@@ -657,8 +675,18 @@ impl CampaignMachine {
     /// The lease is gone: not leader (it was in doubt before it could expire, or it was
     /// revoked or wiped under us); our key went with it. Wait for the session's next one.
     fn lease_lost(&mut self, why: Arc<str>, fx: &mut Vec<Effect>) {
+        if let Some(lease) = self.lease {
+            fx.push(Effect::LeaseLost {
+                lease,
+                why: why.clone(),
+            });
+        }
+        self.drop_lease(why, fx);
+    }
+
+    /// Forget the lease: not leader; wait for the session's next one.
+    fn drop_lease(&mut self, why: Arc<str>, fx: &mut Vec<Effect>) {
         self.leave(fx);
-        fx.push(Effect::LeaseLost(why.clone()));
         self.set_lease(None);
         self.publish(
             fx,
@@ -672,7 +700,7 @@ impl CampaignMachine {
     fn set_lease(&mut self, lease: Option<i64>) {
         self.lease = lease;
         self.led_with_lease = false;
-        self.drop_key = false;
+        self.drop_key = lease.is_some() && lease == self.leftover;
     }
 
     fn saw_epoch(&mut self, epoch: u64, fx: &mut Vec<Effect>) {
@@ -784,18 +812,20 @@ impl CampaignMachine {
             Command::Stop { reason, delete_by } => {
                 self.leave(fx);
                 let key = self.key().filter(|_| delete_by.is_some());
+                let lease = self.lease.unwrap_or_default();
+                let mut pending = None;
                 if self.bugs.delete_before_publish {
                     if let Some(key) = key.clone() {
-                        let lease = self.lease.unwrap_or_default();
-                        self.request(fx, Op::DeleteKey { key, lease });
+                        pending = Some(self.request(fx, Op::DeleteKey { key, lease }));
                     }
                 }
                 // Stopped: publish that we no longer lead FIRST, then remove our place.
                 self.publish(fx, Some(Role::Idle), HealthLevel::Healthy, reason);
-                match (key, delete_by) {
-                    (Some(key), Some(deadline)) if !self.bugs.delete_before_publish => {
-                        let lease = self.lease.unwrap_or_default();
-                        let id = self.request(fx, Op::DeleteKey { key, lease });
+                if let (Some(key), None) = (key, pending) {
+                    pending = Some(self.request(fx, Op::DeleteKey { key, lease }));
+                }
+                match (pending, delete_by) {
+                    (Some(id), Some(deadline)) => {
                         self.step = Step::Stopping {
                             deadline,
                             pending: Some(id),
@@ -825,8 +855,8 @@ impl CampaignMachine {
                     return;
                 }
                 if self.lease.is_some() && !matches!(self.step, Step::Idle) {
-                    // A new lease replaces ours: everything under the old one is gone.
-                    self.lease_lost("the session replaced its lease".into(), fx);
+                    // The session replaced our lease: everything under the old one is gone.
+                    self.drop_lease("the session replaced its lease".into(), fx);
                 }
                 self.set_lease(Some(id));
                 if matches!(self.step, Step::Lease) {
@@ -944,6 +974,7 @@ impl CampaignMachine {
             Step::DropKey(want) if want == id => match res {
                 Ok(_) => {
                     self.drop_key = false;
+                    self.leftover = None;
                     self.start(now, Next::Campaign, fx);
                 }
                 Err(e) => self.failed(now, e, fx),
@@ -1215,6 +1246,16 @@ impl CampaignMachine {
                     // A value changed (e.g. a Go leader's Proclaim), or a key deleted before
                     // was created again (it is no longer ahead of ours): keep waiting.
                     Watched::Ahead { .. } => return,
+                }
+                if deleted && matches!(w.ids[pos].1, Watched::Own) && self.role.is_leader() {
+                    // Our key is gone (an operator, a revoked lease): whoever is next may
+                    // lead already. Step down at once, before anything else is asked.
+                    self.publish(
+                        fx,
+                        Some(Role::Candidate),
+                        HealthLevel::Degraded,
+                        "our candidate key was deleted; campaigning again",
+                    );
                 }
                 match &self.step {
                     // Our key or the epoch record changed: read again.

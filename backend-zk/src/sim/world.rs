@@ -6,7 +6,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use succession_core::participant::{virtual_origin, Machine};
-use succession_core::sim::{fmt_vt, Queue, Rng, Timeline, TimelineReport, Vt};
+use succession_core::sim::{fmt_vt, Queue, Rng, Timeline, Vt};
+pub use succession_core::sim::{Outcome, Summary};
 
 use super::store::{Delivery, SessionId, SimZk};
 use crate::machine::ops::{Answer, Op, ReqId, WatchEvent, ZkErr};
@@ -118,87 +119,13 @@ impl Default for SimConfig {
     }
 }
 
-/// What one schedule showed.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The seed.
-    pub seed: u64,
-    /// The timeline checker's verdict.
-    pub report: TimelineReport,
-    /// Problems found in the store at the end (a participant without exactly one node).
-    pub store: Vec<String>,
-    /// Faults injected.
-    pub faults: usize,
-    /// The trace (when asked for).
-    pub trace: Vec<String>,
-}
-
-impl Outcome {
-    /// Whether every invariant held.
-    pub fn ok(&self) -> bool {
-        self.report.violations.is_empty() && self.store.is_empty()
-    }
-
-    /// A readable account: the violations, then the trace.
-    pub fn describe(&self) -> String {
-        let mut s = format!(
-            "seed {} ({} faults, {} grants):\n",
-            self.seed, self.faults, self.report.grants
-        );
-        for v in self.report.violations.iter().chain(&self.store) {
-            s.push_str(&format!("  VIOLATION {v}\n"));
-        }
-        if !self.trace.is_empty() {
-            s.push_str("trace:\n");
-            for l in &self.trace {
-                s.push_str(&format!("  {l}\n"));
-            }
-        }
-        s.push_str(&format!(
-            "replay: SUCCESSION_SIM_SEED={} cargo test -p succession-zk --features sim --test sim_latch -- --nocapture\n",
-            self.seed
-        ));
-        s
-    }
-}
-
-/// Totals over many schedules.
-#[derive(Debug, Clone, Default)]
-pub struct Summary {
-    /// Schedules run.
-    pub runs: usize,
-    /// Faults injected in all.
-    pub faults: usize,
-    /// Grants in all.
-    pub grants: usize,
-    /// Overlaps excused as the fencing case (a paused leader resumed).
-    pub fenced: usize,
-    /// The longest of them after the resume (µs).
-    pub max_fenced: Vt,
-    /// The longest time from the end of faults to a leader (µs).
-    pub max_time_to_leader: Vt,
-}
-
 /// Run `seeds`; the first failing one is returned as `Err` with its description.
 pub fn explore(cfg: &SimConfig, seeds: &[u64]) -> Result<Summary, String> {
-    let mut sum = Summary::default();
-    for &seed in seeds {
-        let o = run(seed, cfg);
-        if !o.ok() {
-            let mut c = cfg.clone();
-            c.trace = true;
-            return Err(run(seed, &c).describe());
-        }
-        sum.runs += 1;
-        sum.faults += o.faults;
-        sum.grants += o.report.grants;
-        sum.fenced += o.report.fenced;
-        sum.max_fenced = sum.max_fenced.max(o.report.max_fenced);
-        sum.max_time_to_leader = sum
-            .max_time_to_leader
-            .max(o.report.time_to_leader.unwrap_or(0));
-    }
-    Ok(sum)
+    succession_core::sim::explore(seeds, |seed, trace| {
+        let mut c = cfg.clone();
+        c.trace |= trace;
+        run(seed, &c)
+    })
 }
 
 /// Run one schedule.
@@ -1156,6 +1083,10 @@ impl World<'_> {
             store,
             faults: self.faults,
             trace: std::mem::take(&mut self.trace),
+            replay: format!(
+                "SUCCESSION_SIM_SEED={} cargo test -p succession-zk --features sim --test sim_latch -- --nocapture",
+                self.seed
+            ),
         }
     }
 }

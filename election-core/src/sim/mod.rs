@@ -18,11 +18,13 @@
 //! Environment: `SUCCESSION_SIM_SEEDS=N` runs N schedules per test instead of the CI
 //! default; `SUCCESSION_SIM_SEED=S` replays one seed with its trace.
 
+mod outcome;
 mod queue;
 mod rng;
 pub mod supervised;
 mod timeline;
 
+pub use outcome::{explore, Outcome, Summary};
 pub use queue::Queue;
 pub use rng::Rng;
 pub use timeline::{Timeline, TimelineReport};

@@ -214,10 +214,12 @@ impl Timeline {
                         if stale.term >= other.term {
                             return None;
                         }
+                        // Measured from the latest revocation it follows.
                         let revoked = self.revocations[stale.who]
                             .iter()
-                            .find(|&&(r, bound)| r <= ps && pe <= r + bound)
-                            .map(|&(r, _)| pe - r);
+                            .filter(|&&(r, bound)| r <= ps && pe <= r + bound)
+                            .map(|&(r, _)| pe - r)
+                            .min();
                         let resumed = self
                             .resume_before(stale.who, ps, min_pause)
                             .filter(|&r| pe <= r + fence_bound)
