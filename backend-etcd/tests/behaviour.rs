@@ -623,3 +623,123 @@ async fn permission_denied_fails_join_and_reports_unhealthy() {
     let err = e.participants().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
 }
+
+/// A server with auth on: `root` (for the operator's actions) and `app`, whose role
+/// `app-rw` may read and write the election prefix `/election` (its epoch record and keys).
+async fn etcd_with_app_user() -> (EtcdServer, etcd_client::Client) {
+    let etcd = EtcdServer::start().await.unwrap();
+    let mut c = raw_client(&etcd.endpoint()).await;
+    c.user_add("root", "rootpw", None).await.unwrap();
+    let _ = c.role_add("root").await;
+    c.user_grant_role("root", "root").await.unwrap();
+    c.user_add("app", "pw", None).await.unwrap();
+    c.role_add("app-rw").await.unwrap();
+    c.role_grant_permission(
+        "app-rw",
+        etcd_client::Permission::read_write("/election").with_prefix(),
+    )
+    .await
+    .unwrap();
+    c.user_grant_role("app", "app-rw").await.unwrap();
+    c.auth_enable().await.unwrap();
+    let root = etcd_client::Client::connect(
+        [etcd.endpoint()],
+        Some(etcd_client::ConnectOptions::new().with_user("root", "rootpw")),
+    )
+    .await
+    .unwrap();
+    (etcd, root)
+}
+
+/// The operator takes the election prefix away from `app` (its requests are refused).
+async fn revoke_app_rights(root: &mut etcd_client::Client) {
+    root.role_revoke_permission(
+        "app-rw",
+        "/election",
+        Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Found by the deterministic simulation: a leader whose key an operator deleted while
+/// etcd refused its requests (its role had lost the prefix) kept leading through a backoff:
+/// re-creating its watch was refused, which counts as a temporary failure (a failed step
+/// keeps the role), and only the next refused txn made it unhealthy (which demotes). It
+/// must step down on its own key's deletion, before asking anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_whose_key_is_deleted_while_its_requests_are_refused_steps_down_at_once() {
+    let (etcd, mut root) = etcd_with_app_user().await;
+    let cfg = EtcdConfig::builder()
+        .endpoint(etcd.endpoint())
+        .prefix("/election")
+        .id("a")
+        .ttl(Duration::from_secs(5))
+        .request_timeout(Duration::from_secs(2))
+        .credentials("app", "pw")
+        .build()
+        .unwrap();
+    let e = EtcdElection::new(cfg).unwrap();
+    e.join().await.unwrap();
+    e.wait_for_leadership(BOUND).await.unwrap();
+    let lease = e.lease().expect("a lease while leading").id;
+    revoke_app_rights(&mut root).await;
+    root.delete(format!("/election/{lease:x}"), None)
+        .await
+        .unwrap();
+    // The deletion reaches the leader's watch (created before the revoke) at once; no
+    // request of its own can succeed. The lease stays safe all along (renewals need no
+    // key permission), so nothing but the watch can make it step down.
+    let s = e
+        .wait_for_status(Duration::from_secs(2), |s| !s.is_leader())
+        .await
+        .expect("the leader stepped down when its key was deleted");
+    assert!(s.reason.contains("deleted"), "{}", s.reason);
+    assert!(e.lease().is_some(), "the lease itself is fine");
+    e.close().await.unwrap();
+}
+
+/// Found by the deterministic simulation: a key that a resign could not delete (etcd
+/// refused) stayed under the shared session's lease, and the next join adopted it with its
+/// old term, the same term granted twice. The next join must replace it (a higher term).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_after_a_resign_whose_delete_was_refused_leads_with_a_higher_term() {
+    let (etcd, mut root) = etcd_with_app_user().await;
+    let session = succession_etcd::EtcdSession::new(
+        succession_etcd::EtcdSessionConfig::builder()
+            .endpoint(etcd.endpoint())
+            .ttl(Duration::from_secs(2))
+            .request_timeout(Duration::from_millis(500))
+            .credentials("app", "pw")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let e = session.election("/election", "a").unwrap();
+    e.join().await.unwrap();
+    let first = e.wait_for_leadership(BOUND).await.unwrap().term();
+    revoke_app_rights(&mut root).await;
+    let err = e
+        .resign()
+        .await
+        .expect_err("the delete of our key was refused");
+    assert_eq!(e.status().borrow().role, Role::Idle, "{err}");
+    root.role_grant_permission(
+        "app-rw",
+        etcd_client::Permission::read_write("/election").with_prefix(),
+    )
+    .await
+    .unwrap();
+    e.join().await.unwrap();
+    let second = e.wait_for_leadership(BOUND).await.unwrap().term();
+    assert!(
+        second > first,
+        "a new grant carries a higher term: {first} then {second}"
+    );
+    let keys = root
+        .get("/election/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(keys.kvs().len(), 1, "the old key was replaced, not kept");
+    session.close().await.unwrap();
+}

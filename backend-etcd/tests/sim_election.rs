@@ -113,7 +113,7 @@ fn revoked_leases_alone_take_a_new_lease_and_campaign_again_500_schedules() {
 #[test]
 fn refused_requests_with_key_deletes_step_down_at_once_500_schedules() {
     // Found by this simulation: a leader whose key was deleted while etcd refused its
-    // requests kept leading until a read succeeded.
+    // requests kept leading through a backoff (see the real-server test in behaviour.rs).
     explore_or_panic(
         &only(|f| {
             f.auth_refused = true;

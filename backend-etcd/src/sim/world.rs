@@ -582,6 +582,12 @@ impl<'c> World<'c> {
                         self.procs[p].leading = false;
                         self.timeline.publish(p, now, None);
                     }
+                } else if health == succession_core::HealthLevel::Unhealthy && self.procs[p].leading
+                {
+                    // The status cell never shows an unhealthy leader: it demotes it.
+                    self.log(|| format!("p{p} unhealthy ({reason}): the cell demotes it"));
+                    self.procs[p].leading = false;
+                    self.timeline.publish(p, now, None);
                 }
             }
             Effect::PublishLeader {

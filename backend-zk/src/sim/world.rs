@@ -482,6 +482,10 @@ impl<'c> World<'c> {
             let line = format!("p{p} <- {}", short_input(&input));
             self.log(|| line);
         }
+        // The executor syncs the role the status cell may have demoted.
+        if self.procs[p].m.role().is_leader() && !self.procs[p].leading {
+            self.procs[p].m.set_role(succession_core::Role::Suspended);
+        }
         self.procs[p].m.handle(t, input, &mut fx);
         // The executor carries out the effects in order, each a little after the last
         // (occasionally much later: a slow executor, a busy runtime).
@@ -523,6 +527,12 @@ impl<'c> World<'c> {
                         self.procs[p].leading = false;
                         self.timeline.publish(p, now, None);
                     }
+                } else if health == succession_core::HealthLevel::Unhealthy && self.procs[p].leading
+                {
+                    // The status cell never shows an unhealthy leader: it demotes it.
+                    self.log(|| format!("p{p} unhealthy ({reason}): the cell demotes it"));
+                    self.procs[p].leading = false;
+                    self.timeline.publish(p, now, None);
                 }
             }
             Effect::PublishLeader {
