@@ -1276,6 +1276,13 @@ impl World<'_> {
                 if pr.life != life || pr.crashed || pr.want {
                     return;
                 }
+                if pr.busy_until > now {
+                    // The executor is still carrying out the last effects (the stop's
+                    // result among them): the handle's join waits for the task's end.
+                    let at = pr.busy_until;
+                    self.heal_at(at, Heal::Join(p, life));
+                    return;
+                }
                 if pr.m.exited() {
                     // A resigned participant's run is over: a new one joins.
                     let leftover = self.procs[p].leftover.take();
