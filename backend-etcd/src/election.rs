@@ -901,93 +901,10 @@ impl Task {
         *self.inner.lease.lock().unwrap_or_else(|p| p.into_inner()) = view;
     }
 
-    /// Feed one input and carry out the machine's effects, in order.
+    /// Feed one input and carry out the machine's effects, in order (through the one
+    /// runner, [`participant::feed`]).
     fn feed(&mut self, input: Input) {
-        let mut queue: VecDeque<Effect> = VecDeque::new();
-        self.handle(input, &mut queue);
-        while let Some(e) = queue.pop_front() {
-            match e {
-                Effect::Publish {
-                    role,
-                    health,
-                    reason,
-                } => {
-                    let cell = &self.inner.cell;
-                    match role {
-                        Some(role) => {
-                            if cell.get().role.is_leader() && !role.is_leader() {
-                                tracing::info!(%reason, "stepping down");
-                            }
-                            cell.set(role, health, reason);
-                        }
-                        None => {
-                            cell.set_health(health, reason);
-                        }
-                    }
-                }
-                Effect::PublishLeader {
-                    lease,
-                    term,
-                    handover,
-                    reason,
-                } => {
-                    if !self.publish_leader(lease, term, handover, reason) {
-                        self.recheck = true;
-                        self.handle(Input::LeaderRefused, &mut queue);
-                    }
-                }
-                Effect::Pace => {
-                    if !self.slot {
-                        if let Ok(p) = self.inner.core().rounds.try_acquire() {
-                            p.forget();
-                            self.slot = true;
-                        }
-                    }
-                    if self.slot {
-                        self.handle(Input::Paced, &mut queue);
-                    } else {
-                        // Every slot is taken: the next input is ours once one is free.
-                        self.pacing = true;
-                    }
-                }
-                Effect::Request { id, op } => self.send(id, op),
-                Effect::Watch { id, key, start } => self.watch(id, key, start),
-                Effect::Unwatch(id) => {
-                    if let Some(w) = self.watching.as_mut() {
-                        w.unwatch(id);
-                        if w.is_empty() {
-                            self.watching = None;
-                        }
-                    }
-                }
-                Effect::Refused(kind, msg) => self.inner.refusal.report(kind, msg),
-                Effect::Progress => self.inner.refusal.clear(),
-                Effect::SawEpoch(e) => self.inner.core().saw_epoch(e),
-                Effect::LeaseLost { lease, why } => {
-                    tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
-                    self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
-                    if self.lease.as_ref().is_some_and(|(l, _, _)| l.id == lease) {
-                        if let Some((l, _, _)) = self.lease.take() {
-                            l.declare_lost(why.to_string());
-                        }
-                        self.set_lease_view(None);
-                    }
-                }
-                Effect::Done(res) => {
-                    if let Err((kind, msg)) = res {
-                        *self
-                            .inner
-                            .leftover
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner()) =
-                            self.lease.as_ref().map(|(l, _, _)| l.id);
-                        self.cell().set_health(HealthLevel::Degraded, msg.clone());
-                        self.result = Err(Error::new(kind, msg));
-                    }
-                }
-                Effect::Exit => self.exit = true,
-            }
-        }
+        participant::feed(self, input);
         // A round's slot is held while the machine is in a round.
         if self.slot && !self.m.in_round() {
             self.slot = false;
@@ -996,15 +913,6 @@ impl Task {
         if !self.m.in_round() {
             self.pacing = false;
         }
-    }
-
-    /// Hand `input` to the machine (which decides on the role everyone published: the
-    /// lease keeper demotes leaders itself) and queue its effects.
-    fn handle(&mut self, input: Input, queue: &mut VecDeque<Effect>) {
-        self.m.set_role(self.cell().role());
-        let mut fx = Vec::new();
-        self.m.handle(Instant::now().into_std(), input, &mut fx);
-        queue.extend(fx);
     }
 
     /// Publish `Leader` if lease `lease` is the one we hold and still safe. Under the
@@ -1065,6 +973,107 @@ impl Task {
         self.inflight
             .get_or_insert_with(FuturesUnordered::new)
             .push(fut);
+    }
+}
+
+impl participant::Executor for Task {
+    type M = CampaignMachine;
+
+    fn machine(&mut self) -> &mut CampaignMachine {
+        &mut self.m
+    }
+
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    /// The lease keeper demotes leaders itself: the machine decides on the role published.
+    fn prepare(&mut self) {
+        self.m.set_role(self.cell().role());
+    }
+
+    fn execute(&mut self, e: Effect) -> Option<Input> {
+        match e {
+            Effect::Publish {
+                role,
+                health,
+                reason,
+            } => {
+                let cell = &self.inner.cell;
+                match role {
+                    Some(role) => {
+                        if cell.get().role.is_leader() && !role.is_leader() {
+                            tracing::info!(%reason, "stepping down");
+                        }
+                        cell.set(role, health, reason);
+                    }
+                    None => {
+                        cell.set_health(health, reason);
+                    }
+                }
+            }
+            Effect::PublishLeader {
+                lease,
+                term,
+                handover,
+                reason,
+            } => {
+                if !self.publish_leader(lease, term, handover, reason) {
+                    self.recheck = true;
+                    return Some(Input::LeaderRefused);
+                }
+            }
+            Effect::Pace => {
+                if !self.slot {
+                    if let Ok(p) = self.inner.core().rounds.try_acquire() {
+                        p.forget();
+                        self.slot = true;
+                    }
+                }
+                if self.slot {
+                    return Some(Input::Paced);
+                }
+                // Every slot is taken: the next input is ours once one is free.
+                self.pacing = true;
+            }
+            Effect::Request { id, op } => self.send(id, op),
+            Effect::Watch { id, key, start } => self.watch(id, key, start),
+            Effect::Unwatch(id) => {
+                if let Some(w) = self.watching.as_mut() {
+                    w.unwatch(id);
+                    if w.is_empty() {
+                        self.watching = None;
+                    }
+                }
+            }
+            Effect::Refused(kind, msg) => self.inner.refusal.report(kind, msg),
+            Effect::Progress => self.inner.refusal.clear(),
+            Effect::SawEpoch(e) => self.inner.core().saw_epoch(e),
+            Effect::LeaseLost { lease, why } => {
+                tracing::info!(%why, "etcd lease lost; campaigning again with a new lease");
+                self.cell().metrics().count(metrics::LEASE_LOSSES, &[]);
+                if self.lease.as_ref().is_some_and(|(l, _, _)| l.id == lease) {
+                    if let Some((l, _, _)) = self.lease.take() {
+                        l.declare_lost(why.to_string());
+                    }
+                    self.set_lease_view(None);
+                }
+            }
+            Effect::Done(res) => {
+                if let Err((kind, msg)) = res {
+                    *self
+                        .inner
+                        .leftover
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) =
+                        self.lease.as_ref().map(|(l, _, _)| l.id);
+                    self.cell().set_health(HealthLevel::Degraded, msg.clone());
+                    self.result = Err(Error::new(kind, msg));
+                }
+            }
+            Effect::Exit => self.exit = true,
+        }
+        None
     }
 }
 

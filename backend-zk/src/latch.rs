@@ -644,6 +644,8 @@ struct DriverState {
     pacing: bool,
     /// Acknowledgements of resigns and closes, in the order they were sent.
     acks: VecDeque<(Command, oneshot::Sender<Result<()>>)>,
+    /// The input being fed is the session's doubt or loss (it demoted us already).
+    demoted: bool,
     exit: bool,
 }
 
@@ -674,6 +676,7 @@ impl DriverState {
             slot: false,
             pacing: false,
             acks: VecDeque::new(),
+            demoted: false,
             exit: false,
         }
     }
@@ -849,95 +852,18 @@ impl DriverState {
         Some(Input::Command(cmd))
     }
 
-    /// Feed one input and carry out the machine's effects, in order.
+    /// Feed one input and carry out the machine's effects, in order (through the one
+    /// runner, [`participant::feed`]).
     async fn feed(&mut self, input: Input) {
         // The session demotes every election itself (at once, under its registry lock,
         // before it publishes the doubt): the machine's own account of that demotion is
         // already published.
-        let demoted = matches!(
+        self.demoted = matches!(
             input,
             Input::Session(SessionInput::Doubt { .. } | SessionInput::Lost)
         );
-        let mut queue: VecDeque<Effect> = VecDeque::new();
-        self.handle(input, &mut queue);
-        while let Some(e) = queue.pop_front() {
-            match e {
-                Effect::Publish { .. } if demoted => {}
-                Effect::Publish {
-                    role,
-                    health,
-                    reason,
-                } => {
-                    let cell = &self.inner.cell;
-                    match role {
-                        Some(Role::Closed) => cell.close(reason),
-                        Some(role) => {
-                            if role == Role::Idle && health == HealthLevel::Unhealthy {
-                                warn!(%reason, "permanent failure; leaving the election");
-                            }
-                            cell.set(role, health, reason);
-                        }
-                        None => {
-                            cell.set_health(health, reason);
-                        }
-                    }
-                }
-                Effect::PublishLeader {
-                    generation,
-                    term,
-                    reason,
-                } => {
-                    let cell = &self.inner.cell;
-                    let was = cell.get().role;
-                    // Published only while the session we claimed on is current and
-                    // connected, atomically with the session task's demotions.
-                    let published = self.core.publish_leader(generation, || {
-                        cell.set(Role::Leader { term }, HealthLevel::Healthy, reason);
-                    });
-                    if !published {
-                        debug!("the session changed during our claim; not publishing it");
-                        self.handle(Input::LeaderRefused, &mut queue);
-                    } else if !was.is_leader() {
-                        info!(%term, "elected");
-                    }
-                }
-                Effect::Pace => {
-                    if !self.slot {
-                        if let Ok(p) = self.core.rounds.try_acquire() {
-                            p.forget();
-                            self.slot = true;
-                        }
-                    }
-                    if self.slot {
-                        self.handle(Input::Paced, &mut queue);
-                    } else {
-                        // Every slot is taken: the next input is ours once one is free.
-                        self.pacing = true;
-                    }
-                }
-                Effect::Request { id, op } => self.send(id, op),
-                Effect::Fatal(kind, msg) => {
-                    if let Some(f) = lock(&self.inner.fatal).as_ref() {
-                        f.report(kind, msg);
-                    }
-                }
-                Effect::Done(cmd, r) => {
-                    let i = self.acks.iter().position(|(c, _)| *c == cmd);
-                    if let Some((_, ack)) = i.and_then(|i| self.acks.remove(i)) {
-                        let _ = ack.send(r.map_err(|(kind, msg)| Error::new(kind, msg)));
-                    }
-                }
-                Effect::Repair(cause) => {
-                    info!(%cause, "repairing our place in the latch");
-                    self.inner
-                        .cell
-                        .metrics()
-                        .count(metrics::REPAIRS, &[("cause", cause)]);
-                }
-                Effect::Handover(at) => self.inner.cell.metrics().handover(at),
-                Effect::Exit => self.exit = true,
-            }
-        }
+        participant::feed(self, input);
+        self.demoted = false;
         // A round's slot is held while the machine is in a round.
         if self.slot && !self.m.in_round() {
             self.slot = false;
@@ -952,16 +878,6 @@ impl DriverState {
         if known.as_deref() != self.m.node() {
             *known = self.m.node_path();
         }
-    }
-
-    /// Hand `input` to the machine (which decides on the role everyone published) and
-    /// queue its effects.
-    fn handle(&mut self, input: Input, queue: &mut VecDeque<Effect>) {
-        self.m.set_role(self.inner.cell.role());
-        let mut fx = Vec::new();
-        let now = Instant::now().into_std();
-        self.m.handle(now, input, &mut fx);
-        queue.extend(fx);
     }
 
     /// Send request `id` on the client of the machine's session.
@@ -989,6 +905,103 @@ impl DriverState {
         self.inflight
             .get_or_insert_with(FuturesUnordered::new)
             .push(fut);
+    }
+}
+
+impl participant::Executor for DriverState {
+    type M = LatchMachine;
+
+    fn machine(&mut self) -> &mut LatchMachine {
+        &mut self.m
+    }
+
+    fn now(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    /// The session demotes elections itself: the machine decides on the role published.
+    fn prepare(&mut self) {
+        self.m.set_role(self.inner.cell.role());
+    }
+
+    fn execute(&mut self, e: Effect) -> Option<Input> {
+        match e {
+            Effect::Publish { .. } if self.demoted => {}
+            Effect::Publish {
+                role,
+                health,
+                reason,
+            } => {
+                let cell = &self.inner.cell;
+                match role {
+                    Some(Role::Closed) => cell.close(reason),
+                    Some(role) => {
+                        if role == Role::Idle && health == HealthLevel::Unhealthy {
+                            warn!(%reason, "permanent failure; leaving the election");
+                        }
+                        cell.set(role, health, reason);
+                    }
+                    None => {
+                        cell.set_health(health, reason);
+                    }
+                }
+            }
+            Effect::PublishLeader {
+                generation,
+                term,
+                reason,
+            } => {
+                let cell = &self.inner.cell;
+                let was = cell.get().role;
+                // Published only while the session we claimed on is current and
+                // connected, atomically with the session task's demotions.
+                let published = self.core.publish_leader(generation, || {
+                    cell.set(Role::Leader { term }, HealthLevel::Healthy, reason);
+                });
+                if !published {
+                    debug!("the session changed during our claim; not publishing it");
+                    return Some(Input::LeaderRefused);
+                } else if !was.is_leader() {
+                    info!(%term, "elected");
+                }
+            }
+            Effect::Pace => {
+                if !self.slot {
+                    if let Ok(p) = self.core.rounds.try_acquire() {
+                        p.forget();
+                        self.slot = true;
+                    }
+                }
+                if self.slot {
+                    return Some(Input::Paced);
+                } else {
+                    // Every slot is taken: the next input is ours once one is free.
+                    self.pacing = true;
+                }
+            }
+            Effect::Request { id, op } => self.send(id, op),
+            Effect::Fatal(kind, msg) => {
+                if let Some(f) = lock(&self.inner.fatal).as_ref() {
+                    f.report(kind, msg);
+                }
+            }
+            Effect::Done(cmd, r) => {
+                let i = self.acks.iter().position(|(c, _)| *c == cmd);
+                if let Some((_, ack)) = i.and_then(|i| self.acks.remove(i)) {
+                    let _ = ack.send(r.map_err(|(kind, msg)| Error::new(kind, msg)));
+                }
+            }
+            Effect::Repair(cause) => {
+                info!(%cause, "repairing our place in the latch");
+                self.inner
+                    .cell
+                    .metrics()
+                    .count(metrics::REPAIRS, &[("cause", cause)]);
+            }
+            Effect::Handover(at) => self.inner.cell.metrics().handover(at),
+            Effect::Exit => self.exit = true,
+        }
+        None
     }
 }
 

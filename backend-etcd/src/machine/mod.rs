@@ -283,6 +283,19 @@ pub enum Effect {
     Exit,
 }
 
+impl succession_core::participant::EffectKind for Effect {
+    fn is_publication(&self) -> bool {
+        matches!(self, Effect::Publish { .. } | Effect::PublishLeader { .. })
+    }
+
+    fn is_store(&self) -> bool {
+        matches!(
+            self,
+            Effect::Request { .. } | Effect::Watch { .. } | Effect::Unwatch(_)
+        )
+    }
+}
+
 /// What a [`CampaignMachine`] is doing ([`CampaignMachine::activity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activity {

@@ -170,6 +170,16 @@ pub enum Effect {
     Exit,
 }
 
+impl succession_core::participant::EffectKind for Effect {
+    fn is_publication(&self) -> bool {
+        matches!(self, Effect::Publish { .. } | Effect::PublishLeader { .. })
+    }
+
+    fn is_store(&self) -> bool {
+        matches!(self, Effect::Request { .. })
+    }
+}
+
 /// What a [`LatchMachine`] is doing ([`LatchMachine::activity`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -1,5 +1,9 @@
-//! The participant shell every backend shares: the one `join` wait and the one path by
-//! which a permanent failure found by a participation task reaches `join`.
+//! The participant shell every backend shares: the one `join` wait, the one path by which
+//! a permanent failure found by a participation task reaches `join`, and the one runner
+//! that feeds a decision [`Machine`] and carries out its effects ([`feed`], through a
+//! backend's [`Executor`]), deferring every store effect of a batch until after the
+//! batch's status publications ("stop leading before leaving", enforced here whatever the
+//! machine emits).
 //!
 //! Every participant (ZooKeeper latch, etcd election, memory, supervisor) is a handle that
 //! steers a background task and reads its [`Status`] stream. What `join` waits for is the
@@ -10,7 +14,9 @@
 use std::sync::Arc;
 
 mod machine;
+mod runner;
 pub use machine::{virtual_origin, Machine};
+pub use runner::{feed, publications_first, EffectKind, Executor};
 
 use tokio::sync::watch;
 

@@ -134,7 +134,6 @@ pub(crate) struct State {
     pub(crate) beat: watch::Sender<Option<Heartbeat>>,
     pub(crate) sinks: Sinks,
     pub(crate) tasks: Vec<AbortHandle>,
-    effects: Vec<Effect>,
 }
 
 impl State {
@@ -152,7 +151,6 @@ impl State {
             beat,
             sinks,
             tasks: Vec::new(),
-            effects: Vec::new(),
         }
     }
 }
@@ -166,24 +164,48 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 /// Feed the machine one input (with the layers' latest statuses) and carry out its effects
-/// in order. Returns the machine's next deadline.
+/// in order, through the one runner ([`crate::participant::feed`]). Returns the machine's
+/// next deadline.
 pub(crate) fn step(inner: &Inner, st: &mut State, input: Input) -> Instant {
     let now = Instant::now();
     if st.closed {
         return now + inner.timings.check_interval;
     }
-    for layer in [Layer::Primary, Layer::Fallback] {
-        let s = st.rx[layer.index()].borrow_and_update().clone();
-        st.m.set_layer(layer, s);
-    }
-    let mut fx = std::mem::take(&mut st.effects);
-    st.m.handle(now.into_std(), input, &mut fx);
-    for e in fx.drain(..) {
-        execute(inner, st, e);
-    }
-    st.effects = fx;
+    crate::participant::feed(&mut Exec { inner, st, now }, input);
     st.m.next_deadline()
         .map_or(now + inner.timings.check_interval, Instant::from_std)
+}
+
+/// One step's executor: the machine's state and what carries out its effects.
+struct Exec<'a> {
+    inner: &'a Inner,
+    st: &'a mut State,
+    now: Instant,
+}
+
+impl crate::participant::Executor for Exec<'_> {
+    type M = SupervisorMachine;
+
+    fn machine(&mut self) -> &mut SupervisorMachine {
+        &mut self.st.m
+    }
+
+    fn now(&self) -> std::time::Instant {
+        self.now.into_std()
+    }
+
+    /// The machine decides on the layers' latest statuses.
+    fn prepare(&mut self) {
+        for layer in [Layer::Primary, Layer::Fallback] {
+            let s = self.st.rx[layer.index()].borrow_and_update().clone();
+            self.st.m.set_layer(layer, s);
+        }
+    }
+
+    fn execute(&mut self, effect: Effect) -> Option<Input> {
+        execute(self.inner, self.st, effect);
+        None
+    }
 }
 
 fn execute(inner: &Inner, st: &mut State, effect: Effect) {

@@ -239,6 +239,16 @@ impl std::fmt::Debug for SupervisorMachine {
     }
 }
 
+impl crate::participant::EffectKind for Effect {
+    fn is_publication(&self) -> bool {
+        matches!(self, Effect::Publish { .. })
+    }
+
+    fn is_store(&self) -> bool {
+        matches!(self, Effect::Cas(_) | Effect::ReadMode)
+    }
+}
+
 impl Machine for SupervisorMachine {
     type Input = Input;
     type Effect = Effect;
