@@ -639,19 +639,15 @@ struct Task {
     stopping: bool,
     inflight: Option<FuturesUnordered<Pending>>,
     watching: Option<Watching>,
-    /// Whether we hold one of the session's round slots (see `ROUNDS_IN_FLIGHT`).
-    slot: bool,
-    /// The machine asked for a slot.
-    pacing: bool,
+    /// Our slot among the session's rounds in flight (see `ROUNDS_IN_FLIGHT`).
+    slot: participant::RoundSlot,
     result: Result<()>,
     exit: bool,
 }
 
 impl Drop for Task {
     fn drop(&mut self) {
-        if self.slot {
-            self.inner.core().rounds.add_permits(1);
-        }
+        self.slot.release(&self.inner.core().rounds);
     }
 }
 
@@ -685,8 +681,7 @@ impl Task {
             stopping: false,
             inflight: None,
             watching: None,
-            slot: false,
-            pacing: false,
+            slot: participant::RoundSlot::default(),
             result: Ok(()),
             exit: false,
         })
@@ -727,7 +722,7 @@ impl Task {
                 inflight,
                 watching,
                 inner,
-                pacing,
+                slot,
                 stopping,
                 ..
             } = self;
@@ -750,16 +745,7 @@ impl Task {
                     None => std::future::pending().await,
                 }
             };
-            let slot = async {
-                if *pacing {
-                    // The semaphore is never closed: this waits for a permit, never fails.
-                    if let Ok(p) = inner.core().rounds.acquire().await {
-                        p.forget();
-                        return;
-                    }
-                }
-                std::future::pending::<()>().await
-            };
+            let slot = slot.wait(&inner.core().rounds);
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -806,8 +792,7 @@ impl Task {
                 }
                 () = timer => return Input::Timer,
                 () = slot => {
-                    self.slot = true;
-                    self.pacing = false;
+                    self.slot.granted();
                     return Input::Paced;
                 }
             }
@@ -906,13 +891,8 @@ impl Task {
     fn feed(&mut self, input: Input) {
         participant::feed(self, input);
         // A round's slot is held while the machine is in a round.
-        if self.slot && !self.m.in_round() {
-            self.slot = false;
-            self.inner.core().rounds.add_permits(1);
-        }
-        if !self.m.in_round() {
-            self.pacing = false;
-        }
+        self.slot
+            .settle(self.m.in_round(), &self.inner.core().rounds);
     }
 
     /// Publish `Leader` if lease `lease` is the one we hold and still safe. Under the
@@ -1024,17 +1004,10 @@ impl participant::Executor for Task {
                 }
             }
             Effect::Pace => {
-                if !self.slot {
-                    if let Ok(p) = self.inner.core().rounds.try_acquire() {
-                        p.forget();
-                        self.slot = true;
-                    }
-                }
-                if self.slot {
+                // Held now, or the next input is ours once one is free.
+                if self.slot.ask(&self.inner.core().rounds) {
                     return Some(Input::Paced);
                 }
-                // Every slot is taken: the next input is ours once one is free.
-                self.pacing = true;
             }
             Effect::Request { id, op } => self.send(id, op),
             Effect::Watch { id, key, start } => self.watch(id, key, start),

@@ -4,23 +4,16 @@
 //! `SUCCESSION_SIM_SEED=S` replays one with its trace.
 #![cfg(feature = "sim")]
 
-use succession_core::sim::seeds;
+use succession_core::sim;
 use succession_etcd::machine::Bugs;
-use succession_etcd::sim::{explore, run, Faults, Outcome, SimConfig, Summary};
+use succession_etcd::sim::{run, Faults, Outcome, SimConfig, Summary};
 
 fn explore_or_panic(cfg: &SimConfig, base: u64, n: u64) -> Summary {
-    match explore(cfg, &seeds(base, n)) {
-        Ok(s) => {
-            eprintln!("{s:?}");
-            s
-        }
-        Err(failure) => panic!("{failure}"),
-    }
-}
-
-/// The first failing schedule among `n` seeds from `base`, if any.
-fn first_failure(cfg: &SimConfig, base: u64, n: u64) -> Option<Outcome> {
-    (base..base + n).map(|s| run(s, cfg)).find(|o| !o.ok())
+    sim::explore_or_panic(base, n, |seed, trace| {
+        let mut c = cfg.clone();
+        c.trace |= trace;
+        run(seed, &c)
+    })
 }
 
 fn with_bugs(bugs: Bugs) -> SimConfig {
@@ -32,15 +25,7 @@ fn with_bugs(bugs: Bugs) -> SimConfig {
 
 /// A planted bug must be caught within `n` schedules, as a violation naming one of `what`.
 fn assert_caught(cfg: &SimConfig, n: u64, what: &[&str]) -> Outcome {
-    let o = first_failure(cfg, 9_000_000, n)
-        .unwrap_or_else(|| panic!("the planted bug survived {n} schedules"));
-    let all = format!("{:?} {:?}", o.report.violations, o.store);
-    assert!(
-        what.iter().any(|w| all.contains(w)),
-        "caught, but not as {what:?}: {all}"
-    );
-    eprintln!("caught by seed {}: {all}", o.seed);
-    o
+    sim::assert_caught(9_000_000, n, what, |seed| run(seed, cfg))
 }
 
 fn only(f: impl FnOnce(&mut Faults)) -> SimConfig {

@@ -638,10 +638,8 @@ struct DriverState {
     inflight: Option<FuturesUnordered<Pending>>,
     /// One-shot watches the machine still waits on (own node, predecessor).
     watches: Vec<(ReqId, OwnWatch)>,
-    /// Whether we hold one of the session's round slots (see `ROUNDS_IN_FLIGHT`).
-    slot: bool,
-    /// The machine asked for a slot.
-    pacing: bool,
+    /// Our slot among the session's rounds in flight (see `ROUNDS_IN_FLIGHT`).
+    slot: participant::RoundSlot,
     /// Acknowledgements of resigns and closes, in the order they were sent.
     acks: VecDeque<(Command, oneshot::Sender<Result<()>>)>,
     /// The input being fed is the session's doubt or loss (it demoted us already).
@@ -651,9 +649,7 @@ struct DriverState {
 
 impl Drop for DriverState {
     fn drop(&mut self) {
-        if self.slot {
-            self.core.rounds.add_permits(1);
-        }
+        self.slot.release(&self.core.rounds);
         // `inner.node` is left as it is: a handle dropped on a shared session aborts this
         // task and then deletes that node itself.
     }
@@ -673,8 +669,7 @@ impl DriverState {
             client: None,
             inflight: None,
             watches: Vec::new(),
-            slot: false,
-            pacing: false,
+            slot: participant::RoundSlot::default(),
             acks: VecDeque::new(),
             demoted: false,
             exit: false,
@@ -758,7 +753,7 @@ impl DriverState {
                 inflight,
                 watches,
                 core,
-                pacing,
+                slot,
                 ..
             } = self;
             let answered = futures::future::poll_fn(|cx| match inflight.as_mut() {
@@ -777,16 +772,7 @@ impl DriverState {
                 }
                 std::task::Poll::Pending
             });
-            let slot = async {
-                if *pacing {
-                    // The semaphore is never closed: this waits for a permit, never fails.
-                    if let Ok(p) = core.rounds.acquire().await {
-                        p.forget();
-                        return;
-                    }
-                }
-                std::future::pending::<()>().await
-            };
+            let slot = slot.wait(&core.rounds);
             let timer = async {
                 match deadline {
                     Some(d) => sleep_until(d).await,
@@ -824,8 +810,7 @@ impl DriverState {
                 }
                 () = timer => return Some(Input::Timer),
                 () = slot => {
-                    self.slot = true;
-                    self.pacing = false;
+                    self.slot.granted();
                     return Some(Input::Paced);
                 }
             }
@@ -865,13 +850,7 @@ impl DriverState {
         participant::feed(self, input);
         self.demoted = false;
         // A round's slot is held while the machine is in a round.
-        if self.slot && !self.m.in_round() {
-            self.slot = false;
-            self.core.rounds.add_permits(1);
-        }
-        if !self.m.in_round() {
-            self.pacing = false;
-        }
+        self.slot.settle(self.m.in_round(), &self.core.rounds);
         let m = &self.m;
         self.watches.retain(|(id, _)| m.wants_watch(*id));
         let mut known = lock(&self.inner.node);
@@ -966,17 +945,9 @@ impl participant::Executor for DriverState {
                 }
             }
             Effect::Pace => {
-                if !self.slot {
-                    if let Ok(p) = self.core.rounds.try_acquire() {
-                        p.forget();
-                        self.slot = true;
-                    }
-                }
-                if self.slot {
+                // Held now, or the next input is ours once one is free.
+                if self.slot.ask(&self.core.rounds) {
                     return Some(Input::Paced);
-                } else {
-                    // Every slot is taken: the next input is ours once one is free.
-                    self.pacing = true;
                 }
             }
             Effect::Request { id, op } => self.send(id, op),

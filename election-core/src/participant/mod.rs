@@ -15,8 +15,10 @@ use std::sync::Arc;
 
 mod machine;
 mod runner;
+mod slot;
 pub use machine::{virtual_origin, Machine};
 pub use runner::{feed, publications_first, EffectKind, Executor};
+pub use slot::RoundSlot;
 
 use tokio::sync::watch;
 

@@ -24,7 +24,7 @@ mod rng;
 pub mod supervised;
 mod timeline;
 
-pub use outcome::{explore, Outcome, Summary};
+pub use outcome::{assert_caught, explore, explore_or_panic, Outcome, Summary};
 pub use queue::Queue;
 pub use rng::Rng;
 pub use timeline::{Timeline, TimelineReport};

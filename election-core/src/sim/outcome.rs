@@ -85,3 +85,34 @@ pub fn explore(seeds: &[u64], run: impl Fn(u64, bool) -> Outcome) -> Result<Summ
     }
     Ok(sum)
 }
+
+/// For tests: run the schedules of `seeds(base, n)` (see [`super::seeds`]) and return the
+/// totals; panic with the first failing seed's description (its trace, how to replay it).
+#[track_caller]
+pub fn explore_or_panic(base: u64, n: u64, run: impl Fn(u64, bool) -> Outcome) -> Summary {
+    let started = std::time::Instant::now();
+    match explore(&super::seeds(base, n), run) {
+        Ok(s) => {
+            eprintln!("{} schedules in {:?}: {s:?}", s.runs, started.elapsed());
+            s
+        }
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+/// For tests of planted bugs: the first of `n` schedules from `base` that breaks an
+/// invariant must exist, and name one of `what` among its violations.
+#[track_caller]
+pub fn assert_caught(base: u64, n: u64, what: &[&str], run: impl Fn(u64) -> Outcome) -> Outcome {
+    let o = (base..base + n)
+        .map(run)
+        .find(|o| !o.ok())
+        .unwrap_or_else(|| panic!("the planted bug survived {n} schedules"));
+    let all = format!("{:?} {:?}", o.report.violations, o.store);
+    assert!(
+        what.iter().any(|w| all.contains(w)),
+        "caught, but not as {what:?}: {all}"
+    );
+    eprintln!("caught by seed {}: {all}", o.seed);
+    o
+}
