@@ -14,8 +14,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use succession_core::participant::{virtual_origin, Machine};
-use succession_core::sim::{fmt_vt, Queue, Rng, Timeline, Vt};
+use succession_core::sim::{fmt_vt, net_delay, next_wire, Host, Queue, Rng, Timeline, Vt};
 pub use succession_core::sim::{Outcome, Summary};
 
 use super::store::{Delivery, SimEtcd};
@@ -230,8 +229,8 @@ struct Proc {
     run: u64,
     crashed: bool,
     paused: bool,
-    inbox: VecDeque<Input>,
-    busy_until: Vt,
+    /// Its clock, inbox and executor pace.
+    host: Host<Input>,
     connected: bool,
     /// The current connection (and watch stream); messages of another are lost.
     wire: u64,
@@ -248,9 +247,6 @@ struct Proc {
     /// not with each other.
     answer_clock: Vt,
     note_clock: Vt,
-    timer_token: u64,
-    /// The clock rate of this process (drift).
-    rate: f64,
     keeper: Keeper,
     /// Whether it takes part (false between a resign and the next join, after a close).
     want: bool,
@@ -331,15 +327,14 @@ impl<'c> World<'c> {
 
     fn new_proc(&mut self, p: usize, life: u64) -> Proc {
         let m = self.machine(p);
-        let drift = self.rng.range(0, 81) as f64 / 1000.0 - 0.04;
+        let host = Host::new(&mut self.rng);
         Proc {
             m,
             life,
             run: 0,
             crashed: false,
             paused: false,
-            inbox: VecDeque::new(),
-            busy_until: 0,
+            host,
             connected: false,
             wire: next_wire(),
             cut: false,
@@ -349,8 +344,6 @@ impl<'c> World<'c> {
             out_clock: 0,
             answer_clock: 0,
             note_clock: 0,
-            timer_token: 0,
-            rate: 1.0 + drift,
             keeper: Keeper::default(),
             want: false,
             closing: false,
@@ -388,7 +381,7 @@ impl<'c> World<'c> {
 
     /// A duration measured by `p`'s clock, in virtual time.
     fn local(&self, p: usize, d: Vt) -> Vt {
-        (d as f64 / self.procs[p].rate) as Vt
+        self.procs[p].host.local(d)
     }
 
     fn now_of(&self, p: usize) -> std::time::Instant {
@@ -396,21 +389,11 @@ impl<'c> World<'c> {
     }
 
     fn instant_of(&self, p: usize, vt: Vt) -> std::time::Instant {
-        let local = (vt as f64 * self.procs[p].rate) as u64;
-        virtual_origin() + Duration::from_micros(local)
-    }
-
-    fn vt_of(&self, p: usize, at: std::time::Instant) -> Vt {
-        let local = at.saturating_duration_since(virtual_origin()).as_micros() as f64;
-        (local / self.procs[p].rate).ceil() as Vt
+        self.procs[p].host.instant(vt)
     }
 
     fn net_delay(&mut self) -> Vt {
-        if self.rng.chance(20) {
-            self.rng.range(5 * MS, 40 * MS)
-        } else {
-            self.rng.range(100, 3 * MS)
-        }
+        net_delay(&mut self.rng)
     }
 
     fn run(&mut self) {
@@ -484,7 +467,7 @@ impl<'c> World<'c> {
             Ev::Reconnect(p) => self.reconnect(p),
             Ev::Timer(p, run, token) => {
                 let pr = &self.procs[p];
-                if pr.run == run && pr.timer_token == token && !pr.crashed {
+                if pr.run == run && pr.host.timer_token == token && !pr.crashed {
                     self.push(p, Input::Timer);
                 }
             }
@@ -506,59 +489,44 @@ impl<'c> World<'c> {
 
     /// Queue an input for `p` and run it when the process can.
     fn push(&mut self, p: usize, input: Input) {
-        self.procs[p].inbox.push_back(input);
-        let at = self.procs[p].busy_until.max(self.q.now());
+        self.procs[p].host.inbox.push_back(input);
+        let at = self.procs[p].host.busy_until.max(self.q.now());
         self.q.at(at, Ev::Run(p));
     }
 
     /// Run `input` before anything queued (what the executor feeds at once).
     fn push_front(&mut self, p: usize, input: Input) {
-        self.procs[p].inbox.push_front(input);
-        let at = self.procs[p].busy_until.max(self.q.now());
+        self.procs[p].host.inbox.push_front(input);
+        let at = self.procs[p].host.busy_until.max(self.q.now());
         self.q.at(at, Ev::Run(p));
     }
 
     fn run_inbox(&mut self, p: usize) {
         let now = self.q.now();
-        if self.procs[p].crashed || self.procs[p].paused || now < self.procs[p].busy_until {
+        if self.procs[p].crashed || self.procs[p].paused || now < self.procs[p].host.busy_until {
             return;
         }
-        let Some(input) = self.procs[p].inbox.pop_front() else {
+        let Some(input) = self.procs[p].host.inbox.pop_front() else {
             return;
         };
-        let t = self.now_of(p);
-        let mut fx = Vec::new();
         if self.cfg.trace {
             let line = format!("p{p} <- {}", short_input(&input));
             self.log(|| line);
         }
-        // The executor syncs the role the keeper may have published.
-        let role = self.procs[p].m.role().clone();
-        if role.is_leader() && !self.procs[p].leading {
+        // The executor syncs the role the status cell (or the keeper) may have demoted.
+        if self.procs[p].m.role().is_leader() && !self.procs[p].leading {
             self.procs[p].m.set_role(succession_core::Role::Suspended);
         }
-        self.procs[p].m.handle(t, input, &mut fx);
-        // The executor carries out the effects in order, each a little after the last
-        // (occasionally much later: a slow executor, a busy runtime).
-        let mut at = now;
-        let run = self.procs[p].run;
-        for e in fx {
-            at += if self.rng.chance(30) {
-                self.rng.range(MS, 25 * MS)
-            } else {
-                self.rng.range(0, 200)
-            };
+        let pr = &mut self.procs[p];
+        let run = pr.run;
+        let out = pr.host.step(&mut pr.m, now, input, &mut self.rng);
+        for (at, e) in out.effects {
             self.q.at(at, Ev::Exec(p, run, e));
         }
-        self.procs[p].busy_until = at + 1;
-        self.procs[p].timer_token += 1;
-        if let Some(d) = self.procs[p].m.next_deadline() {
-            let vt = self.vt_of(p, d).max(now);
-            let token = self.procs[p].timer_token;
-            self.q.at(vt, Ev::Timer(p, run, token));
+        if let Some((at, token)) = out.timer {
+            self.q.at(at, Ev::Timer(p, run, token));
         }
-        if !self.procs[p].inbox.is_empty() {
-            let at = self.procs[p].busy_until;
+        if let Some(at) = out.again {
             self.q.at(at, Ev::Run(p));
         }
     }
@@ -978,16 +946,6 @@ impl<'c> World<'c> {
     }
 }
 
-/// A connection id never used before in this thread's simulations (messages in flight on
-/// an earlier connection, of this process or of one it replaced, are lost).
-fn next_wire() -> u64 {
-    thread_local!(static WIRE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    WIRE.with(|w| {
-        w.set(w.get() + 1);
-        w.get()
-    })
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Partition,
@@ -1276,10 +1234,10 @@ impl World<'_> {
                 if pr.life != life || pr.crashed || pr.want {
                     return;
                 }
-                if pr.busy_until > now {
+                if pr.host.busy_until > now {
                     // The executor is still carrying out the last effects (the stop's
                     // result among them): the handle's join waits for the task's end.
-                    let at = pr.busy_until;
+                    let at = pr.host.busy_until;
                     self.heal_at(at, Heal::Join(p, life));
                     return;
                 }
@@ -1291,7 +1249,7 @@ impl World<'_> {
                     pr.m = m;
                     pr.run += 1;
                     pr.leading = false;
-                    pr.inbox.clear();
+                    pr.host.inbox.clear();
                     pr.inflight.clear();
                 } else if pr.m.activity() != Activity::Idle {
                     // Still stopping: try again shortly.

@@ -2,11 +2,9 @@
 //! each with one ZooKeeper session on one [`SimZk`] server, a network with delays, and
 //! seeded faults; the [`Timeline`] checker judges what they published.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use succession_core::participant::{virtual_origin, Machine};
-use succession_core::sim::{fmt_vt, Queue, Rng, Timeline, Vt};
+use succession_core::sim::{fmt_vt, net_delay, next_wire, Host, Queue, Rng, Timeline, Vt};
 pub use succession_core::sim::{Outcome, Summary};
 
 use super::store::{Delivery, SessionId, SimZk};
@@ -193,8 +191,8 @@ struct Proc {
     life: u64,
     crashed: bool,
     paused: bool,
-    inbox: VecDeque<Input>,
-    busy_until: Vt,
+    /// Its clock, inbox and executor pace.
+    host: Host<Input>,
     session: Option<SessionId>,
     generation: u64,
     epoch: u64,
@@ -216,9 +214,6 @@ struct Proc {
     held: Vec<(ReqId, WatchEvent)>,
     out_clock: Vt,
     in_clock: Vt,
-    timer_token: u64,
-    /// The clock rate of this process (drift).
-    rate: f64,
     /// Whether it wants to take part (re-joined after a fatal or churn).
     want: bool,
     leading: bool,
@@ -282,14 +277,13 @@ impl<'c> World<'c> {
         self.next_seed = self.next_seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut m = LatchMachine::new(PATH, &format!("p{p}"), self.next_seed);
         m.bugs = self.cfg.bugs;
-        let drift = self.rng.range(0, 81) as f64 / 1000.0 - 0.04;
+        let host = Host::new(&mut self.rng);
         Proc {
             m,
             life: 0,
             crashed: false,
             paused: false,
-            inbox: VecDeque::new(),
-            busy_until: 0,
+            host,
             session: None,
             generation: 0,
             epoch: 0,
@@ -304,8 +298,6 @@ impl<'c> World<'c> {
             held: Vec::new(),
             out_clock: 0,
             in_clock: 0,
-            timer_token: 0,
-            rate: 1.0 + drift,
             want: true,
             leading: false,
             reconnecting: false,
@@ -340,25 +332,11 @@ impl<'c> World<'c> {
 
     /// A duration measured by `p`'s clock, in virtual time.
     fn local(&self, p: usize, d: Vt) -> Vt {
-        (d as f64 / self.procs[p].rate) as Vt
-    }
-
-    fn now_of(&self, p: usize) -> std::time::Instant {
-        let local = (self.q.now() as f64 * self.procs[p].rate) as u64;
-        virtual_origin() + Duration::from_micros(local)
-    }
-
-    fn vt_of(&self, p: usize, at: std::time::Instant) -> Vt {
-        let local = at.saturating_duration_since(virtual_origin()).as_micros() as f64;
-        (local / self.procs[p].rate).ceil() as Vt
+        self.procs[p].host.local(d)
     }
 
     fn net_delay(&mut self) -> Vt {
-        if self.rng.chance(20) {
-            self.rng.range(5 * MS, 40 * MS)
-        } else {
-            self.rng.range(100, 3 * MS)
-        }
+        net_delay(&mut self.rng)
     }
 
     fn run(&mut self) {
@@ -439,7 +417,7 @@ impl<'c> World<'c> {
             Ev::Reconnect(p) => self.reconnect(p),
             Ev::Timer(p, life, token) => {
                 let pr = &self.procs[p];
-                if pr.life == life && pr.timer_token == token && !pr.crashed {
+                if pr.life == life && pr.host.timer_token == token && !pr.crashed {
                     self.push(p, Input::Timer);
                 }
             }
@@ -463,52 +441,37 @@ impl<'c> World<'c> {
 
     /// Queue an input for `p` and run it when the process can.
     fn push(&mut self, p: usize, input: Input) {
-        self.procs[p].inbox.push_back(input);
-        let at = self.procs[p].busy_until.max(self.q.now());
+        self.procs[p].host.inbox.push_back(input);
+        let at = self.procs[p].host.busy_until.max(self.q.now());
         self.q.at(at, Ev::Run(p));
     }
 
     fn run_inbox(&mut self, p: usize) {
         let now = self.q.now();
-        if self.procs[p].crashed || self.procs[p].paused || now < self.procs[p].busy_until {
+        if self.procs[p].crashed || self.procs[p].paused || now < self.procs[p].host.busy_until {
             return;
         }
-        let Some(input) = self.procs[p].inbox.pop_front() else {
+        let Some(input) = self.procs[p].host.inbox.pop_front() else {
             return;
         };
-        let t = self.now_of(p);
-        let mut fx = Vec::new();
         if self.cfg.trace {
             let line = format!("p{p} <- {}", short_input(&input));
             self.log(|| line);
         }
-        // The executor syncs the role the status cell may have demoted.
+        // The executor syncs the role the status cell (or the keeper) may have demoted.
         if self.procs[p].m.role().is_leader() && !self.procs[p].leading {
             self.procs[p].m.set_role(succession_core::Role::Suspended);
         }
-        self.procs[p].m.handle(t, input, &mut fx);
-        // The executor carries out the effects in order, each a little after the last
-        // (occasionally much later: a slow executor, a busy runtime).
-        let mut at = now;
-        let life = self.procs[p].life;
-        for e in fx {
-            at += if self.rng.chance(30) {
-                self.rng.range(MS, 25 * MS)
-            } else {
-                self.rng.range(0, 200)
-            };
+        let pr = &mut self.procs[p];
+        let life = pr.life;
+        let out = pr.host.step(&mut pr.m, now, input, &mut self.rng);
+        for (at, e) in out.effects {
             self.q.at(at, Ev::Exec(p, life, e));
         }
-        self.procs[p].busy_until = at + 1;
-        // The machine's timer.
-        self.procs[p].timer_token += 1;
-        if let Some(d) = self.procs[p].m.next_deadline() {
-            let vt = self.vt_of(p, d).max(now);
-            let token = self.procs[p].timer_token;
-            self.q.at(vt, Ev::Timer(p, life, token));
+        if let Some((at, token)) = out.timer {
+            self.q.at(at, Ev::Timer(p, life, token));
         }
-        if !self.procs[p].inbox.is_empty() {
-            let at = self.procs[p].busy_until;
+        if let Some(at) = out.again {
             self.q.at(at, Ev::Run(p));
         }
     }
@@ -547,16 +510,16 @@ impl<'c> World<'c> {
                     self.timeline.publish(p, now, Some(term));
                 } else {
                     self.log(|| format!("p{p} leader refused (session changed)"));
-                    self.procs[p].inbox.push_front(Input::LeaderRefused);
-                    let at = self.procs[p].busy_until.max(now);
+                    self.procs[p].host.inbox.push_front(Input::LeaderRefused);
+                    let at = self.procs[p].host.busy_until.max(now);
                     self.q.at(at, Ev::Run(p));
                 }
             }
             Effect::Request { id, op } => self.send(p, id, op),
             Effect::Pace => {
                 // A slot is free at once (one election per process).
-                self.procs[p].inbox.push_front(Input::Paced);
-                let at = self.procs[p].busy_until.max(now);
+                self.procs[p].host.inbox.push_front(Input::Paced);
+                let at = self.procs[p].host.busy_until.max(now);
                 self.q.at(at, Ev::Run(p));
             }
             Effect::Fatal(kind, msg) => {
@@ -779,16 +742,6 @@ impl<'c> World<'c> {
         let iv = self.local(p, t / 3);
         self.q.after(iv, Ev::Ping(p, wire));
     }
-}
-
-/// A connection id never used before in this thread's simulations (messages in flight on an
-/// earlier connection, of this process or of one it replaced, are lost).
-fn next_wire() -> u64 {
-    thread_local!(static WIRE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
-    WIRE.with(|w| {
-        w.set(w.get() + 1);
-        w.get()
-    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,12 +18,14 @@
 //! Environment: `SUCCESSION_SIM_SEEDS=N` runs N schedules per test instead of the CI
 //! default; `SUCCESSION_SIM_SEED=S` replays one seed with its trace.
 
+mod host;
 mod outcome;
 mod queue;
 mod rng;
 pub mod supervised;
 mod timeline;
 
+pub use host::{net_delay, next_wire, Host, Stepped};
 pub use outcome::{assert_caught, explore, explore_or_panic, Outcome, Summary};
 pub use queue::Queue;
 pub use rng::Rng;
