@@ -105,9 +105,6 @@ pub(crate) struct Inner {
     lease: StdMutex<Option<(i64, Duration, watch::Receiver<LeaseState>)>>,
     /// A permanent refusal met by the background task (e.g. permission denied), for `join`.
     refusal: Fatal,
-    /// The lease under which a stop left our key (its delete failed): the next run deletes
-    /// it before campaigning, since it may have led (a new key carries a new term).
-    leftover: StdMutex<Option<i64>>,
     run: Mutex<Option<Run>>,
 }
 
@@ -258,7 +255,6 @@ impl EtcdElection {
             closed: AtomicBool::new(false),
             lease: StdMutex::new(None),
             refusal: Fatal::new(),
-            leftover: StdMutex::new(None),
             run: Mutex::new(None),
         });
         shared.register(reg_id, &inner);
@@ -661,13 +657,6 @@ impl Task {
             cfg.ttl,
             cfg.request_timeout,
             rand::random(),
-        )
-        .with_leftover(
-            inner
-                .leftover
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
         );
         let view = inner.core().view.subscribe();
         Box::new(Task {
@@ -835,27 +824,27 @@ impl Task {
             return None;
         }
         let now = Instant::now();
-        if let Some((l, rx, told)) = self.lease.as_mut() {
-            let s = rx.borrow_and_update().clone();
+        if let Some((_, rx, told)) = self.lease.as_mut() {
             let recheck = std::mem::take(&mut self.recheck);
-            if let Some(why) = &s.lost {
-                if *told != Told::Lost || recheck {
-                    *told = Told::Lost;
-                    return Some(Input::Lease(LeaseInput::Lost(why.clone())));
-                }
-            } else if !s.safe_at(now) {
-                if *told != Told::Doubt || recheck {
-                    *told = Told::Doubt;
-                    return Some(Input::Lease(LeaseInput::Doubt {
+            // Read in place: this runs before every input.
+            let s = rx.borrow_and_update();
+            let state = match &s.lost {
+                Some(_) => Told::Lost,
+                None if s.safe_at(now) => Told::Safe,
+                None => Told::Doubt,
+            };
+            if state != *told || recheck {
+                *told = state;
+                return Some(Input::Lease(match (state, &s.lost) {
+                    (Told::Lost, Some(why)) => LeaseInput::Lost(why.clone()),
+                    (Told::Safe, _) => LeaseInput::Safe,
+                    _ => LeaseInput::Doubt {
                         reason: s.doubt_reason(now).into(),
                         expires: s.expires.into_std(),
-                    }));
-                }
-            } else if *told != Told::Safe || recheck {
-                *told = Told::Safe;
-                return Some(Input::Lease(LeaseInput::Safe));
+                    },
+                }));
             }
-            if *told != Told::Lost || !l.is_lost() {
+            if state != Told::Lost {
                 return None;
             }
         }
@@ -1034,12 +1023,6 @@ impl participant::Executor for Task {
             }
             Effect::Done(res) => {
                 if let Err((kind, msg)) = res {
-                    *self
-                        .inner
-                        .leftover
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) =
-                        self.lease.as_ref().map(|(l, _, _)| l.id);
                     self.cell().set_health(HealthLevel::Degraded, msg.clone());
                     self.result = Err(Error::new(kind, msg));
                 }

@@ -433,17 +433,16 @@ pub struct CampaignMachine {
     led_with_lease: bool,
     /// Our key led before the lease fell into doubt: delete it before campaigning again.
     drop_key: bool,
-    /// A key of ours may be left under this lease by an earlier run whose delete failed:
-    /// it may have led, so it is deleted before campaigning (a new key, a new term).
-    leftover: Option<i64>,
+    /// The create revision of the key this run put under the current lease. A key of
+    /// ours found without it was left by an earlier run (e.g. a resign whose delete was
+    /// refused) and may have led: it is replaced, never adopted with its old term.
+    created: Option<i64>,
     /// The highest epoch seen.
     epoch_seen: u64,
     /// When we saw the leader before us leave (for the handover metric).
     vacated: Option<Instant>,
     /// The role last published.
     role: Role,
-    /// The term we last led with (for the planted term-reuse bug).
-    last_term: Option<Term>,
     /// The role and `led_with_lease` before the last `Leader` publication was asked for.
     before_lead: Option<(Role, bool)>,
     step: Step,
@@ -484,24 +483,15 @@ impl CampaignMachine {
             lease: None,
             led_with_lease: false,
             drop_key: false,
-            leftover: None,
+            created: None,
             epoch_seen: 0,
             vacated: None,
             role: Role::Idle,
-            last_term: None,
             before_lead: None,
             step: Step::Idle,
             next_id: 0,
             bugs: Bugs::default(),
         }
-    }
-
-    /// An earlier run of this election could not delete its key under `lease` (its stop
-    /// ended with an error): that key may have led, so if the machine campaigns with that
-    /// lease, it deletes the key first and campaigns with a new one (a new, higher term).
-    pub fn with_leftover(mut self, lease: Option<i64>) -> Self {
-        self.leftover = lease;
-        self
     }
 
     /// The role this machine last published.
@@ -713,7 +703,8 @@ impl CampaignMachine {
     fn set_lease(&mut self, lease: Option<i64>) {
         self.lease = lease;
         self.led_with_lease = false;
-        self.drop_key = lease.is_some() && lease == self.leftover;
+        self.drop_key = false;
+        self.created = None;
     }
 
     fn saw_epoch(&mut self, epoch: u64, fx: &mut Vec<Effect>) {
@@ -805,7 +796,6 @@ impl CampaignMachine {
         // Kept until the executor says whether the publication was refused.
         self.before_lead = Some((self.role.clone(), self.led_with_lease));
         self.led_with_lease = true;
-        self.last_term = Some(term);
         self.role = Role::Leader { term };
         fx.push(Effect::PublishLeader {
             lease,
@@ -818,7 +808,7 @@ impl CampaignMachine {
     fn command(&mut self, cmd: Command, fx: &mut Vec<Effect>) {
         match cmd {
             Command::Join => {
-                if matches!(self.step, Step::Idle) && !self.exited() {
+                if matches!(self.step, Step::Idle) {
                     self.restart(fx);
                 }
             }
@@ -987,7 +977,6 @@ impl CampaignMachine {
             Step::DropKey(want) if want == id => match res {
                 Ok(_) => {
                     self.drop_key = false;
-                    self.leftover = None;
                     self.start(now, Next::Campaign, fx);
                 }
                 Err(e) => self.failed(now, e, fx),
@@ -1019,6 +1008,9 @@ impl CampaignMachine {
                     own,
                     epoch_exists,
                 }) => {
+                    if succeeded {
+                        self.created = Some(header_rev);
+                    }
                     let my_rev = if succeeded {
                         Some(header_rev)
                     } else if !epoch_exists {
@@ -1026,6 +1018,11 @@ impl CampaignMachine {
                     } else {
                         own.map(|k| k.create_rev)
                     };
+                    if my_rev.is_some() && my_rev != self.created {
+                        // Not the key this run put: replace it (a new key, a new term).
+                        self.drop_key = true;
+                        return self.start(now, Next::DropKey, fx);
+                    }
                     match my_rev {
                         Some(rev) if self.bugs.lead_before_read => {
                             let term = Term::new(self.epoch_seen, rev as u64);

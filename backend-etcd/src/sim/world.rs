@@ -252,8 +252,6 @@ struct Proc {
     want: bool,
     /// Closed for good: the lease is revoked once the machine is done.
     closing: bool,
-    /// The lease a stop could not delete our key under.
-    leftover: Option<i64>,
     leading: bool,
     reconnecting: bool,
 }
@@ -347,7 +345,6 @@ impl<'c> World<'c> {
             keeper: Keeper::default(),
             want: false,
             closing: false,
-            leftover: None,
             leading: false,
             reconnecting: false,
         }
@@ -606,13 +603,7 @@ impl<'c> World<'c> {
                     self.lease_gone(p);
                 }
             }
-            Effect::Done(r) => {
-                self.log(|| format!("p{p} stop done: {r:?}"));
-                // A key the stop could not delete stays with the session's lease.
-                if r.is_err() {
-                    self.procs[p].leftover = self.procs[p].m.lease().or(self.procs[p].keeper.lease);
-                }
-            }
+            Effect::Done(r) => self.log(|| format!("p{p} stop done: {r:?}")),
             Effect::Exit => {
                 self.log(|| format!("p{p} machine exited"));
                 if self.procs[p].closing {
@@ -1243,8 +1234,7 @@ impl World<'_> {
                 }
                 if pr.m.exited() {
                     // A resigned participant's run is over: a new one joins.
-                    let leftover = self.procs[p].leftover.take();
-                    let m = self.machine(p).with_leftover(leftover);
+                    let m = self.machine(p);
                     let pr = &mut self.procs[p];
                     pr.m = m;
                     pr.run += 1;
