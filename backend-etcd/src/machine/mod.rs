@@ -29,7 +29,7 @@ pub mod ops;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use succession_core::participant::Machine;
+use succession_core::participant::{mix, Machine};
 use succession_core::text::Human;
 use succession_core::{Error, ErrorKind, HealthLevel, Result, Role, Term};
 
@@ -452,14 +452,6 @@ pub struct CampaignMachine {
     pub bugs: Bugs,
 }
 
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
 impl CampaignMachine {
     /// Participant `id` (slot `slot` of its session on `prefix`), not yet taking part. `ttl`
     /// sizes the backoff; `request_timeout` bounds the wait for a watcher's
@@ -614,12 +606,18 @@ impl CampaignMachine {
 
     /// Start over with the session's lease: wait for it, or campaign with it.
     fn restart(&mut self, fx: &mut Vec<Effect>) {
+        self.resume(Next::Campaign, fx);
+    }
+
+    /// Go on with `next`: wait for a lease first if there is none, and delete a key that
+    /// must be replaced before anything else.
+    fn resume(&mut self, next: Next, fx: &mut Vec<Effect>) {
         if self.lease.is_none() {
             self.step = Step::Lease;
         } else if self.drop_key {
             self.pace(Next::DropKey, fx);
         } else {
-            self.pace(Next::Campaign, fx);
+            self.pace(next, fx);
         }
     }
 
@@ -1370,16 +1368,7 @@ impl CampaignMachine {
 
     fn on_timer(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match self.step.clone() {
-            Step::Pause { until, next } if now >= until => {
-                self.step = Step::Idle;
-                if self.lease.is_none() {
-                    self.step = Step::Lease;
-                } else if self.drop_key {
-                    self.pace(Next::DropKey, fx);
-                } else {
-                    self.pace(next, fx);
-                }
-            }
+            Step::Pause { until, next } if now >= until => self.resume(next, fx),
             Step::Open { deadline, .. } if now >= deadline => {
                 let msg = format!(
                     "etcd did not acknowledge a watch of our key within {}",

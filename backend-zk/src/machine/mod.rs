@@ -29,7 +29,7 @@ pub mod ops;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use succession_core::participant::Machine;
+use succession_core::participant::{mix, Machine};
 use succession_core::{ErrorKind, HealthLevel, Role, Term};
 
 use crate::names::{self, protected_prefix, LOCK_NAME};
@@ -1611,13 +1611,6 @@ fn cmd_of(step: &Step) -> Command {
 }
 
 /// SplitMix64's finaliser: a well-mixed u64 from any u64.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

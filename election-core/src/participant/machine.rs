@@ -39,3 +39,13 @@ pub fn virtual_origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
 }
+
+/// SplitMix64's step: a well-mixed 64-bit value from `x`. Machines draw their jitter (and
+/// ZooKeeper's protected-name uuids) from a seed with it, so that a seeded simulation
+/// replays them exactly; the simulation's own generator is the same sequence.
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -16,7 +16,7 @@ use std::sync::Arc;
 mod machine;
 mod runner;
 mod slot;
-pub use machine::{virtual_origin, Machine};
+pub use machine::{mix, virtual_origin, Machine};
 pub use runner::{feed, publications_first, EffectKind, Executor};
 pub use slot::RoundSlot;
 
