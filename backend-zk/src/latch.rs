@@ -7,9 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use futures::stream::FuturesUnordered;
+use futures::task::AtomicWaker;
 use futures::StreamExt;
 use rand::Rng;
 use succession_core::metrics::{self, ElectionMetrics};
@@ -18,7 +20,7 @@ use succession_core::text::Human;
 use succession_core::{
     Contact, Election, Error, HealthLevel, Participant, Result, Role, Status, StatusCell, Term,
 };
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tracing::{debug, info, warn, Instrument};
@@ -127,6 +129,11 @@ fn phase_name(phase: u8) -> &'static str {
 }
 
 impl Inner {
+    /// Wake this election's driver (the session's view changed).
+    pub(crate) fn wake_driver(&self) {
+        self.cmds.wake();
+    }
+
     pub(crate) fn has_node(&self) -> bool {
         lock(&self.node).is_some()
     }
@@ -145,11 +152,13 @@ struct Driver {
 }
 
 /// The driver's command queue: lighter than a tokio mpsc channel (which allocates a block
-/// of 32 slots and cache-padded state per channel); memory per election matters.
+/// of 32 slots and cache-padded state per channel); memory per election matters. Its
+/// waker is the driver's: a command, a change of the session's view (the session wakes
+/// every registered election, see [`Commands::wake`]) and `close` wake the driver.
 #[derive(Default)]
 struct Commands {
     queue: Mutex<VecDeque<Cmd>>,
-    notify: Notify,
+    waker: AtomicWaker,
     /// No more commands (closing): `recv` returns None once the queue is drained.
     closed: AtomicBool,
 }
@@ -160,33 +169,36 @@ impl Commands {
             return Err(cmd);
         }
         lock(&self.queue).push_back(cmd);
-        self.notify.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
-    /// The next command; None once closed and drained. Cancel-safe.
-    async fn recv(&self) -> Option<Cmd> {
-        loop {
-            {
-                let mut q = lock(&self.queue);
-                if let Some(cmd) = q.pop_front() {
-                    if q.is_empty() {
-                        // Commands are rare: keep no buffer while idle.
-                        *q = VecDeque::new();
-                    }
-                    return Some(cmd);
-                }
+    /// The next command; `Ready(None)` once closed and drained. The caller's waker is
+    /// registered first, so a command sent after the check wakes it.
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Cmd>> {
+        self.waker.register(cx.waker());
+        let mut q = lock(&self.queue);
+        if let Some(cmd) = q.pop_front() {
+            if q.is_empty() {
+                // Commands are rare: keep no buffer while idle.
+                *q = VecDeque::new();
             }
-            if self.closed.load(Ordering::SeqCst) {
-                return None;
-            }
-            self.notify.notified().await;
+            return Poll::Ready(Some(cmd));
         }
+        if self.closed.load(Ordering::SeqCst) {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    /// Wake the driver (the session's view changed).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 }
 
@@ -265,9 +277,9 @@ impl ZkElection {
                 return Ok(());
             }
         }
-        let state = Box::new(DriverState::new(core.clone(), self.inner.clone()));
+        let state = DriverState::new(core.clone(), self.inner.clone());
         let span = tracing::info_span!(parent: core.span(), "zk_latch", id = %self.inner.cfg.id, path = %self.inner.cfg.path);
-        let task = tokio::spawn(state.run().instrument(span));
+        let task = tokio::spawn(state.instrument(span));
         *d = Some(Driver { task });
         Ok(())
     }
@@ -642,10 +654,47 @@ struct DriverState {
     slot: participant::RoundSlot,
     /// Acknowledgements of resigns and closes, in the order they were sent.
     acks: VecDeque<(Command, oneshot::Sender<Result<()>>)>,
+    /// The acquisition of a round slot, only while the machine waits for one.
+    acquiring: Option<Acquiring>,
+    /// The machine's timer, only while it has a deadline.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The input being fed is the session's doubt or loss (it demoted us already).
     demoted: bool,
+    /// The session's view was fed once (the first poll).
+    started: bool,
     exit: bool,
 }
+
+/// The driver is its task's future itself (no async frames beside its state: memory per
+/// election matters). It ends when the machine exits or the handle is gone.
+impl Future for DriverState {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let r = this.step(cx);
+        if r.is_ready() {
+            *lock(&this.inner.node) = None;
+        }
+        r
+    }
+}
+
+/// A round slot being acquired.
+type Acquiring = Pin<
+    Box<
+        dyn Future<
+                Output = std::result::Result<
+                    tokio::sync::OwnedSemaphorePermit,
+                    tokio::sync::AcquireError,
+                >,
+            > + Send,
+    >,
+>;
+
+/// Inputs one poll of a driver feeds its machine at most before it yields to the
+/// runtime's other tasks (thousands of elections share a session's runtime).
+const INPUTS_PER_POLL: usize = 32;
 
 impl Drop for DriverState {
     fn drop(&mut self) {
@@ -671,30 +720,45 @@ impl DriverState {
             watches: Vec::new(),
             slot: participant::RoundSlot::default(),
             acks: VecDeque::new(),
+            acquiring: None,
+            sleep: None,
             demoted: false,
+            started: false,
             exit: false,
         }
     }
 
-    /// Boxed: an async fn's future holds its argument and the moved state apart.
-    async fn run(mut self: Box<Self>) {
-        if let Some(s) = self.session_input() {
-            self.feed(Input::Session(s)).await;
+    /// One step of the driver: feed the machine whatever is ready, up to a budget (so that
+    /// thousands of elections on a runtime take turns).
+    fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.started {
+            self.started = true;
+            if let Some(s) = self.session_input() {
+                self.feed(Input::Session(s));
+            }
         }
-        while !self.exit {
+        for _ in 0..INPUTS_PER_POLL {
+            if self.exit {
+                return Poll::Ready(());
+            }
             self.phase();
-            match self.next_input().await {
+            match self.poll_input(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(()),
                 // close() is under way (it deleted our node itself, and sends Close next):
                 // what happens meanwhile, our node's deletion included, is no reason to
                 // repair anything.
-                Some(input)
+                Poll::Ready(Some(input))
                     if self.inner.closed.load(Ordering::SeqCst)
                         && !matches!(input, Input::Command(_)) => {}
-                Some(input) => self.feed(input).await,
-                None => break,
+                Poll::Ready(Some(input)) => self.feed(input),
             }
         }
-        *lock(&self.inner.node) = None;
+        if self.exit {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Record what the machine is doing (see [`Inner::phase`]).
@@ -737,83 +801,104 @@ impl DriverState {
         Some(input)
     }
 
-    /// Wait for the next input: a command first, then the session, answers, watches, the
-    /// machine's timer, a round slot. None: the handle is gone.
-    async fn next_input(&mut self) -> Option<Input> {
-        loop {
-            if self.inner.closed.load(Ordering::SeqCst) {
-                // close() is under way: it deletes our node itself and then sends Close.
-                // Never repair (re-create the node) meanwhile; just wait for that command.
-                return self.command(self.inner.cmds.recv().await?);
-            }
-            let deadline = self.m.next_deadline().map(Instant::from_std);
-            let DriverState {
-                inner,
-                view,
-                inflight,
-                watches,
-                core,
-                slot,
-                ..
-            } = self;
-            let answered = futures::future::poll_fn(|cx| match inflight.as_mut() {
-                Some(f) if !f.is_empty() => match f.poll_next_unpin(cx) {
-                    std::task::Poll::Ready(Some(a)) => std::task::Poll::Ready(a),
-                    _ => std::task::Poll::Pending,
-                },
-                _ => std::task::Poll::Pending,
-            });
-            let fired = futures::future::poll_fn(|cx| {
-                for i in 0..watches.len() {
-                    if let std::task::Poll::Ready(ev) = watches[i].1.as_mut().poll(cx) {
-                        let (id, _) = watches.remove(i);
-                        return std::task::Poll::Ready((id, ev));
-                    }
-                }
-                std::task::Poll::Pending
-            });
-            let slot = slot.wait(&core.rounds);
-            let timer = async {
-                match deadline {
-                    Some(d) => sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
+    /// The next input, if one is ready: a command first, then the session, answers,
+    /// watches, the machine's timer, a round slot. `Ready(None)`: the handle is gone.
+    /// Every source wakes the driver's task: commands and the session's view through
+    /// [`Commands`]' waker (registered first), the rest through their own futures.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<Input>> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // close() is under way: it deletes our node itself and then sends Close.
+            // Never repair (re-create the node) meanwhile; just wait for that command.
+            return match self.inner.cmds.poll_recv(cx) {
+                Poll::Ready(Some(cmd)) => Poll::Ready(self.command(cmd)),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
             };
-            tokio::select! {
-                biased;
-                cmd = inner.cmds.recv() => return self.command(cmd?),
-                r = view.changed() => {
-                    if r.is_err() {
-                        return None;
-                    }
-                    if let Some(s) = self.session_input() {
-                        return Some(Input::Session(s));
-                    }
-                }
-                (id, answer, watch) = answered => {
-                    if let Some(w) = watch {
-                        self.watches.push((id, w));
-                    }
-                    if self.inflight.as_ref().is_some_and(|f| f.is_empty()) {
-                        // Nothing in flight: keep no buffer while idle.
-                        self.inflight = None;
-                    }
-                    return Some(Input::Answer(id, answer));
-                }
-                (id, ev) = fired => {
-                    let ev = if ev.event_type == zk::EventType::NodeDeleted {
-                        WatchEvent::Deleted
-                    } else {
-                        WatchEvent::Changed
-                    };
-                    return Some(Input::Watch(id, ev));
-                }
-                () = timer => return Some(Input::Timer),
-                () = slot => {
-                    self.slot.granted();
-                    return Some(Input::Paced);
+        }
+        // Commands, then the view: both wake the waker `poll_recv` registers.
+        match self.inner.cmds.poll_recv(cx) {
+            Poll::Ready(Some(cmd)) => return Poll::Ready(self.command(cmd)),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        match self.view.has_changed() {
+            Err(_) => return Poll::Ready(None),
+            Ok(true) => {
+                if let Some(s) = self.session_input() {
+                    return Poll::Ready(Some(Input::Session(s)));
                 }
             }
+            Ok(false) => {}
+        }
+        if let Some(f) = self.inflight.as_mut().filter(|f| !f.is_empty()) {
+            if let Poll::Ready(Some((id, answer, watch))) = f.poll_next_unpin(cx) {
+                if let Some(w) = watch {
+                    self.watches.push((id, w));
+                }
+                if self.inflight.as_ref().is_some_and(|f| f.is_empty()) {
+                    // Nothing in flight: keep no buffer while idle.
+                    self.inflight = None;
+                }
+                return Poll::Ready(Some(Input::Answer(id, answer)));
+            }
+        }
+        for i in 0..self.watches.len() {
+            if let Poll::Ready(ev) = self.watches[i].1.as_mut().poll(cx) {
+                let (id, _) = self.watches.remove(i);
+                let ev = if ev.event_type == zk::EventType::NodeDeleted {
+                    WatchEvent::Deleted
+                } else {
+                    WatchEvent::Changed
+                };
+                return Poll::Ready(Some(Input::Watch(id, ev)));
+            }
+        }
+        // The machine's timer: a sleep exists only while the machine has a deadline.
+        match self.m.next_deadline().map(Instant::from_std) {
+            None => self.sleep = None,
+            Some(d) => {
+                let sleep = match &mut self.sleep {
+                    Some(s) => {
+                        if s.deadline() != d {
+                            s.as_mut().reset(d);
+                        }
+                        s
+                    }
+                    none => none.insert(Box::pin(sleep_until(d))),
+                };
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.sleep = None;
+                    return Poll::Ready(Some(Input::Timer));
+                }
+            }
+        }
+        if self.poll_slot(cx).is_ready() {
+            return Poll::Ready(Some(Input::Paced));
+        }
+        Poll::Pending
+    }
+
+    /// A round slot asked for: ready once a permit is ours (the acquisition exists only
+    /// while the machine waits for one).
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.slot.is_waiting() {
+            self.acquiring = None;
+            return Poll::Pending;
+        }
+        let rounds = &self.core.rounds;
+        let f = self
+            .acquiring
+            .get_or_insert_with(|| Box::pin(rounds.clone().acquire_owned()));
+        match f.as_mut().poll(cx) {
+            Poll::Ready(Ok(permit)) => {
+                // Given back with `add_permits` when the round ends (see `RoundSlot`).
+                permit.forget();
+                self.acquiring = None;
+                self.slot.granted();
+                Poll::Ready(())
+            }
+            // The session's semaphore is never closed.
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
         }
     }
 
@@ -839,7 +924,7 @@ impl DriverState {
 
     /// Feed one input and carry out the machine's effects, in order (through the one
     /// runner, [`participant::feed`]).
-    async fn feed(&mut self, input: Input) {
+    fn feed(&mut self, input: Input) {
         // The session demotes every election itself (at once, under its registry lock,
         // before it publishes the doubt): the machine's own account of that demotion is
         // already published.
@@ -1152,8 +1237,27 @@ mod tests {
         assert!(cmds.send(Cmd::Resign(ack)).is_ok());
         cmds.close();
         assert!(cmds.send(Cmd::Join).is_err(), "refused once closed");
-        assert!(matches!(cmds.recv().await, Some(Cmd::Join)));
-        assert!(matches!(cmds.recv().await, Some(Cmd::Resign(_))));
-        assert!(cmds.recv().await.is_none());
+        let recv = || futures::future::poll_fn(|cx| cmds.poll_recv(cx));
+        assert!(matches!(recv().await, Some(Cmd::Join)));
+        assert!(matches!(recv().await, Some(Cmd::Resign(_))));
+        assert!(recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_command_sent_while_the_driver_waits_wakes_it() {
+        let cmds = Arc::new(Commands::default());
+        let waiting = tokio::spawn({
+            let cmds = cmds.clone();
+            async move { futures::future::poll_fn(|cx| cmds.poll_recv(cx)).await }
+        });
+        // Until it is sent, the receiver has nothing and stays pending.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(cmds.send(Cmd::Join).is_ok());
+        let got = timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by the command")
+            .expect("task");
+        assert!(matches!(got, Some(Cmd::Join)));
     }
 }

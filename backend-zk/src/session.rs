@@ -318,7 +318,7 @@ pub(crate) struct Core {
     /// A client for reads when the session has none.
     reader: Mutex<Option<zk::Client>>,
     /// Election rounds in flight at once on this session (see [`ROUNDS_IN_FLIGHT`]).
-    pub(crate) rounds: tokio::sync::Semaphore,
+    pub(crate) rounds: Arc<tokio::sync::Semaphore>,
     metrics: ElectionMetrics,
     span: tracing::Span,
 }
@@ -356,7 +356,7 @@ impl ZkSession {
             task: Mutex::new(None),
             kick: Notify::new(),
             reader: Mutex::new(None),
-            rounds: tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT),
+            rounds: Arc::new(tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT)),
             metrics,
             span,
         });
@@ -465,7 +465,7 @@ impl Core {
         let mut task = lock(&self.task);
         let running = task.as_ref().is_some_and(|t| !t.is_finished());
         if running {
-            self.view.send_if_modified(|v| {
+            let woke = self.view.send_if_modified(|v| {
                 if matches!(v.state, Conn::Fatal(..)) {
                     v.state = Conn::Connecting;
                     true
@@ -473,13 +473,16 @@ impl Core {
                     false
                 }
             });
+            if woke {
+                Core::wake_elections(&lock(&self.registry));
+            }
             self.kick.notify_one();
             return;
         }
         if self.closed.load(Ordering::SeqCst) && self.view.borrow().state == Conn::Closed {
             return;
         }
-        self.view.send_modify(|v| {
+        self.set_view(|v| {
             if matches!(v.state, Conn::Fatal(..)) {
                 v.state = Conn::Connecting;
             }
@@ -498,7 +501,7 @@ impl Core {
             t.abort();
         }
         let mut last = None;
-        self.view.send_modify(|v| {
+        self.set_view(|v| {
             last = v.client.take();
             v.state = Conn::Closed;
         });
@@ -553,6 +556,19 @@ impl Core {
         Ok(c)
     }
 
+    /// Change the session's view and wake every election's driver (a driver polls the view
+    /// when woken, see `latch::DriverState`).
+    pub(crate) fn set_view(&self, update: impl FnOnce(&mut View)) {
+        self.view.send_modify(update);
+        Core::wake_elections(&lock(&self.registry));
+    }
+
+    fn wake_elections(registry: &HashMap<u64, Arc<Inner>>) {
+        for inner in registry.values() {
+            inner.wake_driver();
+        }
+    }
+
     /// Demote every participating election (under the registry lock), then publish `view`.
     /// `leaders_too`: demote leaders as well (false only during the grace of
     /// [`ConnectionPolicy::Session`]). `suspended`: an election with a node becomes
@@ -603,6 +619,7 @@ impl Core {
             inner.cell.set(role, HealthLevel::Degraded, reason.clone());
         }
         self.view.send_modify(update);
+        Core::wake_elections(&registry);
         let state = self.view.borrow().state.clone();
         self.state_gauge(&state);
         drop(registry);
@@ -862,7 +879,7 @@ async fn run(weak: std::sync::Weak<Core>) {
             Ok(c) => c,
             Err((kind, msg)) => {
                 warn!(%msg, "permanent failure of the session");
-                core.view.send_modify(|v| {
+                core.set_view(|v| {
                     v.client = None;
                     v.state = Conn::Fatal(kind, msg.clone().into());
                 });
@@ -878,7 +895,7 @@ async fn run(weak: std::sync::Weak<Core>) {
         info!(session = %client.session_id(), timeout = ?session_timeout, generation, "session ready");
         core.set_bound(session_timeout);
         core.led.store(false, Ordering::SeqCst);
-        core.view.send_modify(|v| {
+        core.set_view(|v| {
             v.generation = generation;
             v.epoch = epoch;
             v.client = Some(SessionClient::new(client.clone()));
@@ -909,7 +926,7 @@ async fn run(weak: std::sync::Weak<Core>) {
                     // Same session, same nodes: no demotion beyond the suspension's. The
                     // elections re-read what they watched (their watches were the old
                     // client's) and claim again.
-                    core.view.send_modify(|v| {
+                    core.set_view(|v| {
                         v.epoch = epoch;
                         v.client = Some(SessionClient::new(client.clone()));
                         v.state = Conn::Connected;
@@ -1114,7 +1131,7 @@ async fn connected(
                 if let Some(turn) = suspended(&core, client, &mut states, connect_took, doubt).await {
                     return Some(turn);
                 }
-                core.view.send_modify(|v| v.state = Conn::Connected);
+                core.set_view(|v| v.state = Conn::Connected);
                 core.state_gauge(&Conn::Connected);
                 continue;
             }
@@ -1161,7 +1178,7 @@ async fn connected(
                         if let Some(turn) = suspended(&core, client, &mut states, connect_took, doubt).await {
                             return Some(turn);
                         }
-                        core.view.send_modify(|v| v.state = Conn::Connected);
+                        core.set_view(|v| v.state = Conn::Connected);
                         core.state_gauge(&Conn::Connected);
                     }
                     None => {}

@@ -40,6 +40,13 @@ impl RoundSlot {
         std::future::pending::<()>().await
     }
 
+    /// Whether a slot was asked for and is not held yet (an executor that polls instead of
+    /// awaiting [`wait`](Self::wait) acquires a permit itself, then calls
+    /// [`granted`](Self::granted)).
+    pub fn is_waiting(&self) -> bool {
+        self.waiting
+    }
+
     /// [`wait`](Self::wait) resolved: the slot is held.
     pub fn granted(&mut self) {
         self.held = true;
