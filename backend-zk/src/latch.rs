@@ -653,7 +653,7 @@ struct DriverState {
     /// Our slot among the session's rounds in flight (see `ROUNDS_IN_FLIGHT`).
     slot: participant::RoundSlot,
     /// Acknowledgements of resigns and closes, in the order they were sent.
-    acks: VecDeque<(Command, oneshot::Sender<Result<()>>)>,
+    acks: Vec<(Command, oneshot::Sender<Result<()>>)>,
     /// The acquisition of a round slot, only while the machine waits for one.
     acquiring: Option<Acquiring>,
     /// The machine's timer, only while it has a deadline.
@@ -719,7 +719,7 @@ impl DriverState {
             inflight: None,
             watches: Vec::new(),
             slot: participant::RoundSlot::default(),
-            acks: VecDeque::new(),
+            acks: Vec::new(),
             acquiring: None,
             sleep: None,
             demoted: false,
@@ -911,11 +911,11 @@ impl DriverState {
                 if self.inner.cell.get().role.is_leader() {
                     info!("resigning leadership");
                 }
-                self.acks.push_back((Command::Resign, ack));
+                self.acks.push((Command::Resign, ack));
                 Command::Resign
             }
             Cmd::Close(ack) => {
-                self.acks.push_back((Command::Close, ack));
+                self.acks.push((Command::Close, ack));
                 Command::Close
             }
         };
@@ -1043,7 +1043,7 @@ impl participant::Executor for DriverState {
             }
             Effect::Done(cmd, r) => {
                 let i = self.acks.iter().position(|(c, _)| *c == cmd);
-                if let Some((_, ack)) = i.and_then(|i| self.acks.remove(i)) {
+                if let Some((_, ack)) = i.map(|i| self.acks.remove(i)) {
                     let _ = ack.send(r.map_err(|(kind, msg)| Error::new(kind, msg)));
                 }
             }

@@ -227,7 +227,9 @@ impl Drop for Issued {
 /// `Deref`; writes through [`write`](SessionClient::write).
 #[derive(Clone)]
 pub(crate) struct SessionClient {
-    zk: zk::Client,
+    /// Shared: every election's driver holds a clone of its session's client (a
+    /// zookeeper-client `Client` is over 100 bytes).
+    zk: Arc<zk::Client>,
     writes: Arc<Writes>,
 }
 
@@ -241,7 +243,7 @@ impl std::ops::Deref for SessionClient {
 impl SessionClient {
     fn new(zk: zk::Client) -> SessionClient {
         SessionClient {
-            zk,
+            zk: Arc::new(zk),
             writes: Arc::default(),
         }
     }
@@ -507,7 +509,7 @@ impl Core {
         });
         *lock(&self.reader) = None;
         self.state_gauge(&Conn::Closed);
-        last.map(|c| end_session(self.cfg.clone(), c.zk))
+        last.map(|c| end_session(self.cfg.clone(), (*c.zk).clone()))
     }
 
     /// Record contact at `at` (the send instant of an answered request). Once per
@@ -544,7 +546,7 @@ impl Core {
     /// A client for reads: the session's, or a lazily connected reader.
     pub(crate) async fn read_client(&self) -> Result<zk::Client> {
         if let Some(c) = self.client() {
-            return Ok(c.zk);
+            return Ok((*c.zk).clone());
         }
         if let Some(c) = lock(&self.reader).clone() {
             if !c.state().is_terminated() {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use succession_core::{Election, Role};
+use succession_core::Election;
 use succession_zk::{ZkElection, ZkSession, ZkSessionConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -174,67 +174,57 @@ async fn serve() {
 }
 
 /// Report every election's `j`, `l` and `n` events (`rxs[i]` is election `i`'s status); a
-/// new term without a visible gap counts as `n` then `l`.
+/// new term without a visible gap counts as `n` then `l`. The statuses are polled every
+/// [`FOLLOW_EVERY`], with no future or task per election (what this process costs per
+/// election beyond the library's own is its receiver and this record); each event keeps
+/// the exact instant of its status (`since`), so polling does not move the stamps.
 async fn follow_all(
-    rxs: Vec<tokio::sync::watch::Receiver<succession_core::Status>>,
+    mut rxs: Vec<tokio::sync::watch::Receiver<succession_core::Status>>,
     tx: mpsc::UnboundedSender<Ev>,
 ) {
     // Per election: joined yet, and the term last reported.
     let mut seen: Vec<(bool, Option<succession_core::Term>)> = vec![(false, None); rxs.len()];
-    let mut pending: FuturesUnordered<_> = rxs
-        .into_iter()
-        .enumerate()
-        .map(|(i, rx)| changed(i, rx, true))
-        .collect();
-    while let Some((idx, rx)) = pending.next().await {
-        let Some(rx) = rx else { continue };
-        let (role, since) = {
-            let s = rx.borrow();
-            (s.role.clone(), s.since)
-        };
-        let t = instant_ns(since);
-        let (joined, term) = &mut seen[idx];
-        if !*joined && role.is_joined() {
-            *joined = true;
-            let _ = tx.send(('j', idx, t));
-        }
-        match (role.term(), *term) {
-            (Some(now), Some(was)) if now != was => {
-                let _ = tx.send(('n', idx, t));
-                let _ = tx.send(('l', idx, t));
+    for rx in &mut rxs {
+        rx.mark_changed();
+    }
+    let mut tick = tokio::time::interval(FOLLOW_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (idx, rx) in rxs.iter_mut().enumerate() {
+            if !rx.has_changed().unwrap_or(false) {
+                continue;
             }
-            (Some(_), None) => {
-                let _ = tx.send(('l', idx, t));
+            let (role, since) = {
+                let s = rx.borrow_and_update();
+                (s.role.clone(), s.since)
+            };
+            let t = instant_ns(since);
+            let (joined, term) = &mut seen[idx];
+            if !*joined && role.is_joined() {
+                *joined = true;
+                let _ = tx.send(('j', idx, t));
             }
-            (None, Some(_)) => {
-                let _ = tx.send(('n', idx, t));
+            match (role.term(), *term) {
+                (Some(now), Some(was)) if now != was => {
+                    let _ = tx.send(('n', idx, t));
+                    let _ = tx.send(('l', idx, t));
+                }
+                (Some(_), None) => {
+                    let _ = tx.send(('l', idx, t));
+                }
+                (None, Some(_)) => {
+                    let _ = tx.send(('n', idx, t));
+                }
+                _ => {}
             }
-            _ => {}
-        }
-        *term = role.term();
-        if role != Role::Closed {
-            pending.push(changed(idx, rx, false));
+            *term = role.term();
         }
     }
 }
 
-/// `rx` back once its status changed (at once when `first`), None once its sender is gone.
-async fn changed(
-    idx: usize,
-    mut rx: tokio::sync::watch::Receiver<succession_core::Status>,
-    first: bool,
-) -> (
-    usize,
-    Option<tokio::sync::watch::Receiver<succession_core::Status>>,
-) {
-    if first {
-        rx.mark_changed();
-    }
-    match rx.changed().await {
-        Ok(()) => (idx, Some(rx)),
-        Err(_) => (idx, None),
-    }
-}
+/// How often [`follow_all`] reads every election's status.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
 /// Print events as `b` lines: every few milliseconds, runs of one kind, at most 2000 each.
 async fn print_batches(mut rx: mpsc::UnboundedReceiver<Ev>) {

@@ -266,6 +266,10 @@ enum Deleting {
     Pausing(Instant),
 }
 
+/// A request of a step and its answer once in (boxed: a step waits for one or two, and
+/// each election keeps its machine as long as it takes part).
+type Slot = (ReqId, Option<Box<Result<Answer, ZkErr>>>);
+
 /// Where the participant is.
 #[derive(Debug, Clone)]
 enum Step {
@@ -304,13 +308,13 @@ enum Step {
     Read {
         node: OwnNode,
         first_next: bool,
-        watch: Option<(ReqId, Option<Result<Answer, ZkErr>>)>,
-        list: Option<(ReqId, Option<Result<Answer, ZkErr>>)>,
+        watch: Option<Slot>,
+        list: Option<Slot>,
     },
     /// Round: watching the predecessor and reading the leader's id.
     Follow {
-        pred: (ReqId, Option<Result<Answer, ZkErr>>),
-        leader: Option<(ReqId, Option<Result<Answer, ZkErr>>)>,
+        pred: Slot,
+        leader: Option<Slot>,
         claim_next: bool,
     },
     /// Round: the claim is in flight.
@@ -766,7 +770,7 @@ impl LatchMachine {
             return;
         };
         if let Some((id, Some(r))) = watch {
-            match r {
+            match *r {
                 Ok(Answer::Stat(Some(_))) if self.take_early(id).is_none() => {
                     self.own_watch = Some(id)
                 }
@@ -778,14 +782,14 @@ impl LatchMachine {
             }
         }
         let leading = self.role.is_leader();
-        let st = match list {
+        let st = match list.map(|(_, r)| r.map(|b| *b)) {
             None if leading => Standing::StillLeading,
             None => Standing::Claim,
-            Some((_, Some(Ok(Answer::Children(c))))) => {
+            Some(Some(Ok(Answer::Children(c)))) => {
                 standing(&names::sorted(c), node.name(), leading, self.assert_ahead)
             }
-            Some((_, Some(Err(ZkErr::NoNode)))) => return self.again(now, fx),
-            Some((_, Some(Err(e)))) => return self.failed(now, e, fx),
+            Some(Some(Err(ZkErr::NoNode))) => return self.again(now, fx),
+            Some(Some(Err(e))) => return self.failed(now, e, fx),
             Some(_) => return self.failed(now, ZkErr::Other("unexpected answer".into()), fx),
         };
         match st {
@@ -934,15 +938,15 @@ impl LatchMachine {
             return;
         };
         let (pred_id, pred_r) = pred;
-        let pred_data = match pred_r {
+        let pred_data = match pred_r.map(|b| *b) {
             Some(Ok(Answer::Data(d))) => d,
             Some(Err(ZkErr::NoNode)) => return self.again(now, fx),
             Some(Err(e)) => return self.failed(now, e, fx),
             _ => return self.again(now, fx),
         };
-        let leader = match leader {
+        let leader = match leader.map(|(_, r)| r.map(|b| *b)) {
             None => Some(String::from_utf8_lossy(&pred_data).into_owned()),
-            Some((_, Some(Ok(Answer::Data(d))))) => Some(String::from_utf8_lossy(&d).into_owned()),
+            Some(Some(Ok(Answer::Data(d)))) => Some(String::from_utf8_lossy(&d).into_owned()),
             Some(_) => None,
         };
         let reason = if self.role.is_leader() {
@@ -1410,7 +1414,7 @@ impl LatchMachine {
                 let mut used = false;
                 for slot in [&mut watch, &mut list].into_iter().flatten() {
                     if slot.0 == id && slot.1.is_none() {
-                        slot.1 = Some(r.clone());
+                        slot.1 = Some(Box::new(r.clone()));
                         used = true;
                     }
                 }
@@ -1433,11 +1437,11 @@ impl LatchMachine {
             } => {
                 let mut used = false;
                 if pred.0 == id && pred.1.is_none() {
-                    pred.1 = Some(r.clone());
+                    pred.1 = Some(Box::new(r.clone()));
                     used = true;
                 }
                 if let Some(l) = leader.as_mut().filter(|l| l.0 == id && l.1.is_none()) {
-                    l.1 = Some(r);
+                    l.1 = Some(Box::new(r));
                     used = true;
                 }
                 let done = pred.1.is_some() && leader.as_ref().is_none_or(|l| l.1.is_some());
