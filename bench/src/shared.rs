@@ -150,8 +150,10 @@ async fn raw_floor(port: u16, e: usize) -> Res<(f64, f64)> {
     if let Some(err) = done.iter().flatten().find_map(|r| r.as_ref().err()) {
         return Err(format!("floor: {err}").into());
     }
-    drop(done);
+    // The clients first: their sessions close (ZooKeeper deletes the nodes) without a
+    // removeWatches request for each watch.
     drop(cs);
+    drop(done);
     Ok((ms, packets(&after) - packets(&before)))
 }
 
@@ -649,6 +651,7 @@ async fn measure(ctx: &mut Ctx, side: Side, e: usize) -> SharedRow {
         row.notes.push(format!("wipe: {err}"));
     }
     if side == Side::Ours {
+        let base = mntr(ctx.zk.port()).await;
         match raw_floor(ctx.zk.port(), e).await {
             Ok((ms, n)) => {
                 ctx.progress(&format!(
@@ -657,6 +660,10 @@ async fn measure(ctx: &mut Ctx, side: Side, e: usize) -> SharedRow {
                 row.floor = Some((ms, n));
             }
             Err(err) => row.notes.push(format!("floor: {err}")),
+        }
+        // Its sessions end and their nodes go before the next part starts.
+        if let Ok(base) = base {
+            settle(ctx, &base, SETTLE).await;
         }
     }
     row
