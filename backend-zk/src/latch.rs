@@ -654,14 +654,10 @@ struct DriverState {
     slot: participant::RoundSlot,
     /// Acknowledgements of resigns and closes, in the order they were sent.
     acks: Vec<(Command, oneshot::Sender<Result<()>>)>,
-    /// The acquisition of a round slot, only while the machine waits for one.
-    acquiring: Option<Acquiring>,
     /// The machine's timer, only while it has a deadline.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The input being fed is the session's doubt or loss (it demoted us already).
     demoted: bool,
-    /// The session's view was fed once (the first poll).
-    started: bool,
     exit: bool,
 }
 
@@ -679,18 +675,6 @@ impl Future for DriverState {
         r
     }
 }
-
-/// A round slot being acquired.
-type Acquiring = Pin<
-    Box<
-        dyn Future<
-                Output = std::result::Result<
-                    tokio::sync::OwnedSemaphorePermit,
-                    tokio::sync::AcquireError,
-                >,
-            > + Send,
-    >,
->;
 
 /// Inputs one poll of a driver feeds its machine at most before it yields to the
 /// runtime's other tasks (thousands of elections share a session's runtime).
@@ -720,10 +704,8 @@ impl DriverState {
             watches: Vec::new(),
             slot: participant::RoundSlot::default(),
             acks: Vec::new(),
-            acquiring: None,
             sleep: None,
             demoted: false,
-            started: false,
             exit: false,
         }
     }
@@ -731,8 +713,9 @@ impl DriverState {
     /// One step of the driver: feed the machine whatever is ready, up to a budget (so that
     /// thousands of elections on a runtime take turns).
     fn step(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.started {
-            self.started = true;
+        // The first poll: the session's view as it is (`session_input` always records
+        // what it told).
+        if self.told.is_none() {
             if let Some(s) = self.session_input() {
                 self.feed(Input::Session(s));
             }
@@ -806,19 +789,12 @@ impl DriverState {
     /// Every source wakes the driver's task: commands and the session's view through
     /// [`Commands`]' waker (registered first), the rest through their own futures.
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Option<Input>> {
-        if self.inner.closed.load(Ordering::SeqCst) {
-            // close() is under way: it deletes our node itself and then sends Close.
-            // Never repair (re-create the node) meanwhile; just wait for that command.
-            return match self.inner.cmds.poll_recv(cx) {
-                Poll::Ready(Some(cmd)) => Poll::Ready(self.command(cmd)),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
-        }
         // Commands, then the view: both wake the waker `poll_recv` registers.
         match self.inner.cmds.poll_recv(cx) {
-            Poll::Ready(Some(cmd)) => return Poll::Ready(self.command(cmd)),
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(cmd) => return Poll::Ready(cmd.map(|c| self.command(c))),
+            // close() is under way: it deletes our node itself and then sends Close.
+            // Never repair (re-create the node) meanwhile; just wait for that command.
+            Poll::Pending if self.inner.closed.load(Ordering::SeqCst) => return Poll::Pending,
             Poll::Pending => {}
         }
         match self.view.has_changed() {
@@ -872,39 +848,15 @@ impl DriverState {
                 }
             }
         }
-        if self.poll_slot(cx).is_ready() {
+        if self.slot.poll_wait(&self.core.rounds, cx).is_ready() {
             return Poll::Ready(Some(Input::Paced));
         }
         Poll::Pending
     }
 
-    /// A round slot asked for: ready once a permit is ours (the acquisition exists only
-    /// while the machine waits for one).
-    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if !self.slot.is_waiting() {
-            self.acquiring = None;
-            return Poll::Pending;
-        }
-        let rounds = &self.core.rounds;
-        let f = self
-            .acquiring
-            .get_or_insert_with(|| Box::pin(rounds.clone().acquire_owned()));
-        match f.as_mut().poll(cx) {
-            Poll::Ready(Ok(permit)) => {
-                // Given back with `add_permits` when the round ends (see `RoundSlot`).
-                permit.forget();
-                self.acquiring = None;
-                self.slot.granted();
-                Poll::Ready(())
-            }
-            // The session's semaphore is never closed.
-            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
-        }
-    }
-
     /// A command as the machine's input (resigns and closes are acknowledged on
     /// [`Effect::Done`]).
-    fn command(&mut self, cmd: Cmd) -> Option<Input> {
+    fn command(&mut self, cmd: Cmd) -> Input {
         let cmd = match cmd {
             Cmd::Join => Command::Join,
             Cmd::Resign(ack) => {
@@ -919,7 +871,7 @@ impl DriverState {
                 Command::Close
             }
         };
-        Some(Input::Command(cmd))
+        Input::Command(cmd)
     }
 
     /// Feed one input and carry out the machine's effects, in order (through the one

@@ -87,8 +87,13 @@ pub struct SharedRow {
 /// flight (`ROUNDS_IN_FLIGHT` in succession-zk).
 const FLOOR_IN_FLIGHT: usize = 64;
 
+/// One `mntr` figure (0 when the server did not report it).
+fn metric(m: &HashMap<String, f64>, key: &str) -> f64 {
+    m.get(key).copied().unwrap_or(0.0)
+}
+
 fn packets(m: &HashMap<String, f64>) -> f64 {
-    m.get("zk_packets_received").copied().unwrap_or(0.0)
+    metric(m, "zk_packets_received")
 }
 
 /// The floor of what the wipe asks of the server: 3 plain zookeeper-client sessions (one
@@ -403,12 +408,11 @@ async fn store_owners(addr: &str, prefix: &str, e: usize) -> Res<Vec<(usize, Opt
 /// sessions (sessions abandoned by killed or quit processes expire), so that the next part
 /// does not meet the leftovers of this one.
 async fn settle(ctx: &Ctx, base: &HashMap<String, f64>, bound: Duration) {
-    let key = |m: &HashMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
     let deadline = tokio::time::Instant::now() + bound;
     while tokio::time::Instant::now() < deadline {
         if let Ok(m) = mntr(ctx.zk.port()).await {
-            if key(&m, "zk_ephemerals_count") <= key(base, "zk_ephemerals_count")
-                && key(&m, "zk_global_sessions") <= key(base, "zk_global_sessions")
+            if ephemerals(&m) <= ephemerals(base)
+                && metric(&m, "zk_global_sessions") <= metric(base, "zk_global_sessions")
             {
                 return;
             }
@@ -418,7 +422,7 @@ async fn settle(ctx: &Ctx, base: &HashMap<String, f64>, bound: Duration) {
 }
 
 fn ephemerals(m: &HashMap<String, f64>) -> f64 {
-    m.get("zk_ephemerals_count").copied().unwrap_or(0.0)
+    metric(m, "zk_ephemerals_count")
 }
 
 /// Start, footprint, exactly-one, graceful close of the process leading the most.
@@ -464,14 +468,8 @@ async fn start_and_close(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRo
         .collect();
     let after = mntr(port).await?;
     row.alive = Some((
-        before
-            .get("zk_num_alive_connections")
-            .copied()
-            .unwrap_or(0.0),
-        after
-            .get("zk_num_alive_connections")
-            .copied()
-            .unwrap_or(0.0),
+        metric(&before, "zk_num_alive_connections"),
+        metric(&after, "zk_num_alive_connections"),
     ));
     row.ephemerals = Some(ephemerals(&after) - ephemerals(&before));
     let by_sid = cons(port).await?;
@@ -600,8 +598,8 @@ async fn wipe(ctx: &mut Ctx, side: Side, e: usize, row: &mut SharedRow) -> Res<(
     if let Ok(m) = mntr(port).await {
         row.wipe_requests = got.map(|_| packets(&m));
         row.wipe_server = Some((
-            m.get("zk_num_alive_connections").copied().unwrap_or(0.0),
-            m.get("zk_global_sessions").copied().unwrap_or(0.0),
+            metric(&m, "zk_num_alive_connections"),
+            metric(&m, "zk_global_sessions"),
         ));
     }
     let mut led = BTreeSet::new();

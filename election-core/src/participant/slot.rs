@@ -1,16 +1,37 @@
 //! A participant's share of its session's rounds in flight.
 
-use tokio::sync::Semaphore;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+
+/// A permit being acquired by [`RoundSlot::poll_wait`].
+type Acquiring =
+    Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send + Sync>>;
 
 /// One participant's slot among its session's rounds in flight (a semaphore of the
 /// session: many elections on one session start their rounds a bounded number at a
 /// time). Asked for when the machine starts a round, held while it is in one, given back
 /// when it leaves it. Permits are taken with `forget` and given back with `add_permits`,
 /// so the slot is a flag, not a guard kept in every participant.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RoundSlot {
     held: bool,
     waiting: bool,
+    /// [`poll_wait`](Self::poll_wait)'s acquisition, only while it waits (it keeps its
+    /// place in the semaphore's queue between polls).
+    acquiring: Option<Acquiring>,
+}
+
+impl std::fmt::Debug for RoundSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundSlot")
+            .field("held", &self.held)
+            .field("waiting", &self.waiting)
+            .finish()
+    }
 }
 
 impl RoundSlot {
@@ -40,11 +61,27 @@ impl RoundSlot {
         std::future::pending::<()>().await
     }
 
-    /// Whether a slot was asked for and is not held yet (an executor that polls instead of
-    /// awaiting [`wait`](Self::wait) acquires a permit itself, then calls
-    /// [`granted`](Self::granted)).
-    pub fn is_waiting(&self) -> bool {
-        self.waiting
+    /// [`wait`](Self::wait) for an executor that is a future itself: ready once a slot
+    /// asked for is held (never, when none is asked for). The slot is then held: no
+    /// [`granted`](Self::granted) call is needed.
+    pub fn poll_wait(&mut self, rounds: &Arc<Semaphore>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.waiting {
+            self.acquiring = None;
+            return Poll::Pending;
+        }
+        let f = self
+            .acquiring
+            .get_or_insert_with(|| Box::pin(rounds.clone().acquire_owned()));
+        match f.as_mut().poll(cx) {
+            Poll::Ready(Ok(p)) => {
+                p.forget();
+                self.acquiring = None;
+                self.granted();
+                Poll::Ready(())
+            }
+            // The session's semaphore is never closed.
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
     }
 
     /// [`wait`](Self::wait) resolved: the slot is held.
@@ -87,6 +124,36 @@ mod tests {
             .await
             .expect("the slot given back goes to the waiting participant");
         b.granted();
+        b.release(&rounds);
+        assert_eq!(rounds.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn poll_wait_holds_the_slot_once_given_back_and_nothing_while_not_asked() {
+        let rounds = Arc::new(Semaphore::new(1));
+        let mut a = RoundSlot::default();
+        let mut b = RoundSlot::default();
+        let mut idle = RoundSlot::default();
+        assert!(a.ask(&rounds));
+        assert!(!b.ask(&rounds));
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            b.poll_wait(&rounds, &mut cx).is_pending(),
+            "the only slot is taken"
+        );
+        assert!(
+            idle.poll_wait(&rounds, &mut cx).is_pending(),
+            "nothing asked for"
+        );
+        a.settle(false, &rounds);
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures::future::poll_fn(|cx| b.poll_wait(&rounds, cx)),
+        )
+        .await
+        .expect("the slot given back goes to the waiting participant");
+        assert_eq!(rounds.available_permits(), 0, "held by b");
         b.release(&rounds);
         assert_eq!(rounds.available_permits(), 1);
     }
