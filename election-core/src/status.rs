@@ -222,6 +222,10 @@ fn change_role(s: &mut Status, role: Role, reason: Arc<str>) {
         if let Some(term) = starts {
             if spans.len() == LeadershipHistory::CAPACITY {
                 spans.pop_front();
+            } else if spans.len() == spans.capacity() {
+                // Room for one span first (most elections lead once), then doubling; a
+                // plain push would reserve four at once.
+                spans.reserve_exact(spans.len().max(1));
             }
             spans.push_back(LeadershipSpan {
                 term,
