@@ -264,6 +264,34 @@ impl ZkElection {
         self.session.core()
     }
 
+    /// Join without waiting, like Curator's `LeaderLatch.start()`: the participant starts
+    /// taking part in the background and this returns at once. What
+    /// [`join`](Election::join) would wait for shows on the [`status`](Election::status)
+    /// stream instead: the role becomes `Candidate` now, then `Follower` or `Leader` once
+    /// our node is in place; a permanent refusal (say `NoAuth` on the path) leaves it
+    /// `Idle` and unhealthy, its reason naming the refusal, where `join` would have
+    /// returned that error. Calling it again, or `join`, while taking part changes nothing.
+    ///
+    /// This is the form for many elections on one [`ZkSession`]: starting 10,000 of them
+    /// holds no future per election while they join (the session paces their first
+    /// rounds), which keeps the process's resident memory down to the elections' own.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Closed`](succession_core::ErrorKind) once the participant (or its
+    /// session) is closed.
+    pub fn start(&self) -> Result<()> {
+        self.sender()?;
+        if self.inner.cell.role() == Role::Idle {
+            self.inner
+                .cell
+                .set_role(Role::Candidate, reason!("joining"));
+        }
+        self.inner
+            .cmds
+            .send(Cmd::Join)
+            .map_err(|_| self.inner.closed_error())
+    }
+
     /// Make sure the driver runs (and the session task).
     fn sender(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::SeqCst) {
@@ -504,15 +532,7 @@ impl Election for ZkElection {
         let _joining = Joining(&self.inner);
         fatal.clear();
         let rx = self.inner.cell.subscribe();
-        if rx.borrow().role == Role::Idle {
-            self.inner
-                .cell
-                .set_role(Role::Candidate, reason!("joining"));
-        }
-        self.inner
-            .cmds
-            .send(Cmd::Join)
-            .map_err(|_| self.inner.closed_error())?;
+        self.start()?;
         let what = format!("ZooKeeper latch participant {}", self.inner.cfg.id);
         participant::wait_joined(rx, Some(&fatal), &self.inner.cfg.id, &what, || None).await
     }

@@ -94,3 +94,32 @@ async fn zk_participant_with_wrong_credentials_gets_a_clear_error() {
     b.close().await.expect("close");
     a.close().await.expect("close");
 }
+
+/// A participant started in the background with wrong credentials ends `Idle` and
+/// unhealthy, its status reason naming the refused credentials (what `join` would have
+/// returned), and never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_started_participant_with_wrong_credentials_ends_idle_naming_the_refusal() {
+    let zk = shared_zk().await;
+    let path = unique_path("acl-start");
+    let a = secured(&zk.addr(), &path, "a", "s3cret");
+    a.join().await.expect("join");
+    let b = secured(&zk.addr(), &path, "b", "pw-WRONG-456");
+    b.start().expect("start");
+    let mut rx = b.status();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| s.role == succession_core::Role::Idle),
+    )
+    .await
+    .expect("the refusal shows on the status stream in time")
+    .expect("status")
+    .clone();
+    assert_eq!(refused.health.level, HealthLevel::Unhealthy);
+    let reason = refused.health.reason.to_string();
+    assert!(reason.contains("credentials"), "{reason}");
+    assert!(!reason.contains("pw-WRONG-456"), "no password: {reason}");
+    assert!(a.is_leader(), "the authorised participant keeps leading");
+    b.close().await.expect("close");
+    a.close().await.expect("close");
+}

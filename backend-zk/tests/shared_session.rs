@@ -554,6 +554,68 @@ async fn zk_several_participants_on_one_path_from_one_session_take_turns() {
     checker.assert_ok();
 }
 
+/// `start()` joins in the background (Curator's `LeaderLatch.start()`): it returns before
+/// the node exists, and the status stream shows what `join` would have waited for. 300
+/// elections started on one session all lead; started on a second session they all
+/// follow; starting again changes nothing; closing the first session hands every one over;
+/// a closed election refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zk_started_elections_join_in_the_background_and_hand_over_like_joined_ones() {
+    let zk = succession_testkit::shared_zk().await;
+    let ps = paths("started", 300);
+    let (a, b) = (session(&zk.addr()), session(&zk.addr()));
+    let checkers: Vec<LeadershipChecker> = ps.iter().map(|_| LeadershipChecker::new()).collect();
+    let make = |s: &ZkSession, id: &str| -> Vec<ZkElection> {
+        ps.iter()
+            .zip(&checkers)
+            .map(|(p, c)| {
+                let e = s.election(p, id).expect("election");
+                c.watch(&e);
+                e
+            })
+            .collect()
+    };
+    let (ea, eb) = (make(&a, "a"), make(&b, "b"));
+    for e in &ea {
+        e.start().expect("start");
+        assert!(
+            !matches!(e.status().borrow().role, Role::Idle | Role::Closed),
+            "a started election is taking part at once"
+        );
+    }
+    all_of(&ea, Duration::from_secs(60), "leading", Role::is_leader).await;
+    let terms: Vec<_> = ea
+        .iter()
+        .map(|e| e.status().borrow().role.clone())
+        .collect();
+    for e in &eb {
+        e.start().expect("start");
+    }
+    all_of(&eb, Duration::from_secs(60), "following", |r| {
+        matches!(r, Role::Follower { .. })
+    })
+    .await;
+    for (e, before) in ea.iter().zip(&terms) {
+        e.start().expect("start again");
+        assert_eq!(
+            &e.status().borrow().role,
+            before,
+            "starting again changes nothing"
+        );
+    }
+    a.close().await.expect("close the first session");
+    for e in &ea {
+        assert_eq!(e.status().borrow().role, Role::Closed);
+        let err = e.start().expect_err("a closed election does not start");
+        assert_eq!(err.kind(), succession_core::ErrorKind::Closed, "{err}");
+    }
+    all_of(&eb, Duration::from_secs(60), "leading", Role::is_leader).await;
+    b.close().await.expect("close");
+    for c in &checkers {
+        c.assert_ok();
+    }
+}
+
 /// Resident memory per election: 10,000 elections joined on one session (each its own
 /// path). Run with `cargo test -p succession-zk --release --test shared_session -- --ignored
 /// --nocapture memory`.
@@ -582,11 +644,10 @@ async fn zk_memory_per_election_at_ten_thousand_elections_on_one_session() {
         .collect();
     let created = rss_kib();
     let heap_created = live_heap();
-    for chunk in es.chunks(500) {
-        futures::future::join_all(chunk.iter().map(|e| e.join()))
-            .await
-            .into_iter()
-            .for_each(|r| r.expect("join"));
+    // Started all at once (as a service with many elections would, and as the bench
+    // does): no future per election while they join.
+    for e in &es {
+        e.start().expect("start");
     }
     // Wait until every election leads (each is alone on its path).
     all_of(&es, Duration::from_secs(300), "leading", Role::is_leader).await;
@@ -619,11 +680,8 @@ async fn zk_memory_per_election_at_ten_thousand_elections_on_one_session() {
     let followers: Vec<ZkElection> = (0..E)
         .map(|i| s.election(&format!("{base}/e{i}"), "f").expect("election"))
         .collect();
-    for chunk in followers.chunks(500) {
-        futures::future::join_all(chunk.iter().map(|e| e.join()))
-            .await
-            .into_iter()
-            .for_each(|r| r.expect("join"));
+    for e in &followers {
+        e.start().expect("start");
     }
     all_of(&followers, Duration::from_secs(300), "following", |r| {
         matches!(r, Role::Follower { .. })
