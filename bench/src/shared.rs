@@ -966,21 +966,27 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         ),
         met: rt.map(|x| x <= 0.1),
         why: "Marginal VmRSS of E elections in one process, divided by E, median of the three \
-             processes, at the largest E both sides ran. The library keeps 3.2 KiB of live heap \
-             per leading election and 3.4 KiB per following one \
+             processes, at the largest E both sides ran. Both sides start their elections \
+             without waiting for each (ours with `ZkElection::start`, Curator's with \
+             `LeaderLatch.start()`). The library keeps 3.1 KiB of live heap per leading \
+             election and 3.4 KiB per following one, 3.5 and 3.8 KiB of RSS, the session \
+             itself left out \
              (`shared_session.rs::zk_memory_per_election_at_ten_thousand_elections_on_one_session`): \
              its participation task, 896 bytes (the driver is the task's future itself, with \
              the election's decision machine inside; tokio rounds a task to 128 bytes), its \
              status channel (a tokio watch, 456 bytes: the public `status()` stream), its \
              record and configuration (408 bytes), its metric labels (112 bytes), and \
              zookeeper-client's bookkeeping of each pending watch (about 0.6 KiB with the \
-             watch's future: its own node, and a follower's predecessor). The rest is the \
-             allocator: 10,000 elections join at once, and what the joins held meanwhile is \
-             freed between the long-lived allocations, so glibc keeps it resident (that test, \
-             joining in chunks of 500: 3.75 KiB RSS per leading election). The two watches \
-             a follower needs (its node, its predecessor) and the status channel are \
-             more than a quarter of it; a client with lighter watch bookkeeping, or a status \
-             stream lighter than a tokio watch (an API change), is what would move it."
+             watch's future: its own node, and a follower's predecessor). The rest here is the \
+             session's own (its connection, zookeeper-client's watch table), this bench \
+             process's receivers of the 10,000 statuses, and the allocator. Awaiting 10,000 \
+             `join()` futures at once instead of `start()` leaves about 1 KiB more per \
+             election resident (4.8 KiB in that test, 4.8 KiB here in the previous run): \
+             the futures are freed between long-lived allocations and glibc keeps the pages. \
+             The two watches a follower needs (its node, its predecessor) and the status \
+             channel are more than a quarter of the rest; a client with lighter watch \
+             bookkeeping, or a status stream lighter than a tokio watch (an API change), is \
+             what would move it."
             .to_string(),
     });
     for (target, get) in [

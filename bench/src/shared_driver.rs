@@ -19,10 +19,8 @@
 //! stamp in the batch (each stamp is the `since` instant of the status, as in `__driver`);
 //! batches keep the order of the events. Failures: `err <index> <message>`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use succession_core::Election;
 use succession_zk::{ZkElection, ZkSession, ZkSessionConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -75,7 +73,7 @@ type Ev = (char, usize, u64);
 async fn serve() {
     let (tx, rx) = mpsc::unbounded_channel::<Ev>();
     let printer = tokio::spawn(print_batches(rx));
-    let mut held: Option<(Handle, Vec<Arc<ZkElection>>)> = None;
+    let mut held: Option<(Handle, Vec<ZkElection>)> = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -94,27 +92,21 @@ async fn serve() {
                 let paths: Vec<String> = (0..n).map(|i| format!("{prefix}/e{i}")).collect();
                 match shared_elections(connect, &paths, tag, Duration::from_millis(ms)) {
                     Ok((handle, es)) => {
-                        let es: Vec<Arc<ZkElection>> = es.into_iter().map(Arc::new).collect();
-                        // One task follows every election, one joins them all: the
-                        // driver's own cost per election stays a few dozen bytes (a task
-                        // per election would be counted in the RSS per election).
+                        // One task follows every election: the driver's own cost per
+                        // election stays a few dozen bytes (a task per election would be
+                        // counted in the RSS per election).
                         tokio::spawn(follow_all(
                             es.iter().map(|e| e.status()).collect(),
                             tx.clone(),
                         ));
-                        let joining = es.clone();
-                        tokio::spawn(async move {
-                            let mut all: FuturesUnordered<_> = joining
-                                .iter()
-                                .enumerate()
-                                .map(|(i, e)| async move { (i, e.join().await) })
-                                .collect();
-                            while let Some((i, r)) = all.next().await {
-                                if let Err(err) = r {
-                                    say(&format!("err {i} join: {err}"));
-                                }
+                        // Started like Curator's latches (`LeaderLatch.start()`), with
+                        // no future per election while they join; a refusal would show
+                        // as an election that never leads (its status says why).
+                        for (i, e) in es.iter().enumerate() {
+                            if let Err(err) = e.start() {
+                                say(&format!("err {i} start: {err}"));
                             }
-                        });
+                        }
                         held = Some((handle, es));
                         say(&format!("added {t0} 0 {n}"));
                     }
