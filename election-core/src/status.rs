@@ -175,8 +175,11 @@ pub struct Status {
 }
 
 /// The recent [`LeadershipSpan`]s of one participant, oldest first. Cheap to clone.
+///
+/// Allocated at the first leadership only: a participant that never led (most followers
+/// among thousands of elections in one process) keeps none.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct LeadershipHistory(Arc<std::collections::VecDeque<LeadershipSpan>>);
+pub struct LeadershipHistory(Option<Arc<std::collections::VecDeque<LeadershipSpan>>>);
 
 impl LeadershipHistory {
     /// How many spans are kept.
@@ -184,12 +187,12 @@ impl LeadershipHistory {
 
     /// The most recent span (the current one while leading).
     pub fn last(&self) -> Option<&LeadershipSpan> {
-        self.0.back()
+        self.0.as_ref()?.back()
     }
 
     /// All kept spans, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &LeadershipSpan> {
-        self.0.iter()
+        self.0.iter().flat_map(|spans| spans.iter())
     }
 }
 
@@ -213,7 +216,7 @@ fn change_role(s: &mut Status, role: Role, reason: Arc<str>) {
         .is_some_and(|span| span.end.is_none() && role.term() != Some(span.term));
     let starts = role.term().filter(|t| s.role.term() != Some(*t));
     if ends || starts.is_some() {
-        let spans = Arc::make_mut(&mut s.leaderships.0);
+        let spans = Arc::make_mut(s.leaderships.0.get_or_insert_with(Default::default));
         if ends {
             if let Some(span) = spans.back_mut() {
                 span.end = Some(now);
