@@ -734,7 +734,8 @@ impl Task {
                     None => std::future::pending().await,
                 }
             };
-            let slot = slot.wait(&inner.core().rounds);
+            let rounds = &inner.core().rounds;
+            let slot = futures::future::poll_fn(|cx| slot.poll_wait(rounds, cx));
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -780,10 +781,7 @@ impl Task {
                     }
                 }
                 () = timer => return Input::Timer,
-                () = slot => {
-                    self.slot.granted();
-                    return Input::Paced;
-                }
+                () = slot => return Input::Paced,
             }
         }
     }

@@ -467,7 +467,7 @@ impl Core {
         let mut task = lock(&self.task);
         let running = task.as_ref().is_some_and(|t| !t.is_finished());
         if running {
-            let woke = self.view.send_if_modified(|v| {
+            self.set_view_if(|v| {
                 if matches!(v.state, Conn::Fatal(..)) {
                     v.state = Conn::Connecting;
                     true
@@ -475,9 +475,6 @@ impl Core {
                     false
                 }
             });
-            if woke {
-                Core::wake_elections(&lock(&self.registry));
-            }
             self.kick.notify_one();
             return;
         }
@@ -561,8 +558,17 @@ impl Core {
     /// Change the session's view and wake every election's driver (a driver polls the view
     /// when woken, see `latch::DriverState`).
     pub(crate) fn set_view(&self, update: impl FnOnce(&mut View)) {
-        self.view.send_modify(update);
-        Core::wake_elections(&lock(&self.registry));
+        self.set_view_if(|v| {
+            update(v);
+            true
+        });
+    }
+
+    /// [`set_view`](Self::set_view) when `update` says it changed something.
+    fn set_view_if(&self, update: impl FnOnce(&mut View) -> bool) {
+        if self.view.send_if_modified(update) {
+            Core::wake_elections(&lock(&self.registry));
+        }
     }
 
     fn wake_elections(registry: &HashMap<u64, Arc<Inner>>) {

@@ -981,7 +981,8 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
              session's own (its connection, zookeeper-client's watch table), this bench \
              process's receivers of the 10,000 statuses, and the allocator. Awaiting 10,000 \
              `join()` futures at once instead of `start()` leaves about 1 KiB more per \
-             election resident (4.8 KiB in that test, 4.8 KiB here in the previous run): \
+             election resident (4.8 KiB in that test, and 4.8 KiB here before this bench \
+             started its elections): \
              the futures are freed between long-lived allocations and glibc keeps the pages. \
              The two watches a follower needs (its node, its predecessor) and the status \
              channel are more than a quarter of the rest; a client with lighter watch \

@@ -36,8 +36,8 @@ impl std::fmt::Debug for RoundSlot {
 
 impl RoundSlot {
     /// The machine asked for a slot: true when it is held now (feed the machine its
-    /// "paced" input at once); false when every slot is taken ([`wait`](Self::wait) then
-    /// resolves once one is free).
+    /// "paced" input at once); false when every slot is taken
+    /// ([`poll_wait`](Self::poll_wait) then resolves once one is free).
     pub fn ask(&mut self, rounds: &Semaphore) -> bool {
         if !self.held {
             if let Ok(p) = rounds.try_acquire() {
@@ -49,21 +49,8 @@ impl RoundSlot {
         self.held
     }
 
-    /// Resolves once a slot asked for is held (never, when none is asked for).
-    pub async fn wait(&self, rounds: &Semaphore) {
-        if self.waiting {
-            // The session's semaphore is never closed: this waits for a permit.
-            if let Ok(p) = rounds.acquire().await {
-                p.forget();
-                return;
-            }
-        }
-        std::future::pending::<()>().await
-    }
-
-    /// [`wait`](Self::wait) for an executor that is a future itself: ready once a slot
-    /// asked for is held (never, when none is asked for). The slot is then held: no
-    /// [`granted`](Self::granted) call is needed.
+    /// Ready once a slot asked for is held (never, when none is asked for); the slot is
+    /// then held. The acquisition keeps its place in the semaphore's queue between polls.
     pub fn poll_wait(&mut self, rounds: &Arc<Semaphore>, cx: &mut Context<'_>) -> Poll<()> {
         if !self.waiting {
             self.acquiring = None;
@@ -84,8 +71,8 @@ impl RoundSlot {
         }
     }
 
-    /// [`wait`](Self::wait) resolved: the slot is held.
-    pub fn granted(&mut self) {
+    /// A slot waited for is held.
+    fn granted(&mut self) {
         self.held = true;
         self.waiting = false;
     }
@@ -112,7 +99,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slot_is_held_during_a_round_and_given_back_after_it() {
-        let rounds = Semaphore::new(1);
+        let rounds = Arc::new(Semaphore::new(1));
         let mut a = RoundSlot::default();
         let mut b = RoundSlot::default();
         assert!(a.ask(&rounds));
@@ -120,10 +107,12 @@ mod tests {
         a.settle(true, &rounds);
         assert_eq!(rounds.available_permits(), 0, "held while in a round");
         a.settle(false, &rounds);
-        tokio::time::timeout(std::time::Duration::from_secs(5), b.wait(&rounds))
-            .await
-            .expect("the slot given back goes to the waiting participant");
-        b.granted();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            futures::future::poll_fn(|cx| b.poll_wait(&rounds, cx)),
+        )
+        .await
+        .expect("the slot given back goes to the waiting participant");
         b.release(&rounds);
         assert_eq!(rounds.available_permits(), 1);
     }
